@@ -1,0 +1,275 @@
+//! Map keys, values and constants shared by the Switchyard datapath (lb-ebpf)
+//! and user space (lb-userspace).
+//!
+//! Every type here is `#[repr(C)]` with explicit padding so the layout is the
+//! same on both sides and in the BTF the kernel shows to `bpftool`.
+//! Addresses and ports are stored in **network byte order** ("be" fields): the
+//! datapath compares and writes them straight from/to packet headers without
+//! swapping; user space converts at the edge.
+#![no_std]
+
+/// Names of the pinned maps under the pin directory (default
+/// `/sys/fs/bpf/switchyard`). They are also the map symbols in the BPF object.
+pub mod map_names {
+    pub const SERVICES: &str = "services";
+    pub const BACKENDS: &str = "backends";
+    pub const CONNTRACK: &str = "conntrack";
+    pub const SERVICE_NAMES: &str = "service_names";
+    pub const REASON_STATS: &str = "reason_stats";
+    pub const SERVICE_STATS: &str = "service_stats";
+    pub const ALL: [&str; 6] = [
+        SERVICES,
+        BACKENDS,
+        CONNTRACK,
+        SERVICE_NAMES,
+        REASON_STATS,
+        SERVICE_STATS,
+    ];
+}
+
+/// Names of the BPF programs in the object.
+pub mod program_names {
+    /// tc ingress on a pod's host-side interface: packets leaving the pod.
+    pub const FROM_POD: &str = "from_pod";
+    /// tc egress on a pod's host-side interface: packets about to enter the pod.
+    pub const TO_POD: &str = "to_pod";
+}
+
+/// Default capacities. The services map holds one master entry per frontend
+/// plus one entry per backend slot.
+pub const MAX_SERVICE_ENTRIES: u32 = 262_144;
+pub const MAX_BACKENDS: u32 = 65_536;
+/// Two entries (forward and reply) per connection.
+pub const MAX_CONNTRACK_ENTRIES: u32 = 262_144;
+/// Service IDs index `service_stats` and `service_names`; ID 0 is never used.
+pub const MAX_SERVICES: u32 = 65_536;
+/// Highest number of backend slots one frontend may have.
+pub const MAX_BACKENDS_PER_SERVICE: u32 = 65_535;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Key of the `services` map: a frontend (VIP, port, protocol) and a slot.
+///
+/// Slot 0 is the *master* entry: its value carries the backend count and the
+/// service ID. Slots `1..=count` each point at one backend. Keeping slots as
+/// separate entries lets user space change one backend at a time and grow the
+/// set before publishing the new count, so the datapath never sees a slot
+/// that is not filled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub vip_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    /// Reserved for frontend scopes (external/internal) of later service types.
+    pub scope: u8,
+    pub slot: u16,
+    pub _pad: u16,
+}
+
+impl ServiceKey {
+    pub const fn new(vip_be: u32, port_be: u16, proto: u8, slot: u16) -> Self {
+        Self {
+            vip_be,
+            port_be,
+            proto,
+            scope: 0,
+            slot,
+            _pad: 0,
+        }
+    }
+
+    pub const fn master(&self) -> Self {
+        Self::new(self.vip_be, self.port_be, self.proto, 0)
+    }
+}
+
+/// Value of the `services` map. In the master entry (slot 0) `count` and
+/// `service_id` are set and `backend_id` is 0; in a slot entry only
+/// `backend_id` is set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendSlot {
+    pub backend_id: u32,
+    pub service_id: u32,
+    pub count: u16,
+    pub flags: u16,
+}
+
+/// Key of the `backends` map.
+pub type BackendId = u32;
+
+/// Value of the `backends` map: where a backend lives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Backend {
+    pub ip_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
+/// Key of the `conntrack` map: a flow as seen in the packet being looked up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src_ip_be: u32,
+    pub dst_ip_be: u32,
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// The same flow seen from the other side.
+    pub const fn reversed(&self) -> Self {
+        Self {
+            src_ip_be: self.dst_ip_be,
+            dst_ip_be: self.src_ip_be,
+            src_port_be: self.dst_port_be,
+            dst_port_be: self.src_port_be,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// `ConnEntry::kind`: which way the keyed packet travels.
+pub mod conn_kind {
+    /// Client → VIP. `nat_*` is the backend to DNAT to.
+    pub const FORWARD: u8 = 1;
+    /// Backend → client. `nat_*` is the VIP:port to restore as source.
+    pub const REPLY: u8 = 2;
+}
+
+/// `ConnEntry::tcp_flags`: TCP flags seen on the flow, ORed together.
+pub mod tcp_seen {
+    pub const SYN: u8 = 0x02;
+    pub const FIN: u8 = 0x01;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// Value of the `conntrack` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnEntry {
+    /// Address written into the packet: the backend (forward) or the VIP (reply).
+    pub nat_ip_be: u32,
+    pub nat_port_be: u16,
+    pub kind: u8,
+    pub tcp_flags: u8,
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) at creation.
+    pub created_ns: u64,
+    /// CLOCK_MONOTONIC of the last packet, refreshed at most once a second.
+    pub last_seen_ns: u64,
+}
+
+/// Value of the `service_names` map: "namespace/name:port" of a service ID,
+/// NUL-padded. Only user space reads it; it lives beside the datapath maps so
+/// `switchyard inspect` can name what it shows without the agent running.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceName {
+    pub name: [u8; SERVICE_NAME_LEN],
+}
+
+pub const SERVICE_NAME_LEN: usize = 160;
+
+impl Default for ServiceName {
+    fn default() -> Self {
+        Self {
+            name: [0; SERVICE_NAME_LEN],
+        }
+    }
+}
+
+/// Per-service, per-CPU counters (`service_stats`, indexed by service ID).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceCounters {
+    /// Packets DNATed to a backend (new and established flows).
+    pub packets: u64,
+    pub bytes: u64,
+    /// New flows given a backend.
+    pub new_flows: u64,
+    /// Packets refused because the service had no ready backend.
+    pub no_backend: u64,
+}
+
+/// Indices of `reason_stats`: why the datapath did what it did with a packet.
+pub mod reason {
+    pub const NEW_FLOW: u32 = 0;
+    pub const ESTABLISHED: u32 = 1;
+    pub const REPLY_REV_NAT: u32 = 2;
+    pub const NO_BACKEND_REJECTED: u32 = 3;
+    pub const NO_BACKEND_DROPPED: u32 = 4;
+    pub const BACKEND_MISSING: u32 = 5;
+    pub const FRAGMENT_PASSED: u32 = 6;
+    pub const CONNTRACK_FULL: u32 = 7;
+    pub const NAT_FAILED: u32 = 8;
+    pub const COUNT: u32 = 9;
+
+    /// Human names, indexed by reason.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "new_flow",
+        "established",
+        "reply_rev_nat",
+        "no_backend_rejected",
+        "no_backend_dropped",
+        "backend_missing",
+        "fragment_passed",
+        "conntrack_full",
+        "nat_failed",
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    use super::*;
+    // SAFETY: all these are repr(C), Copy, with explicit padding and no
+    // pointers, so every bit pattern is valid.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for BackendSlot {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for ServiceName {}
+    unsafe impl aya::Pod for ServiceCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<ServiceKey>(), 12);
+        assert_eq!(size_of::<BackendSlot>(), 12);
+        assert_eq!(size_of::<Backend>(), 8);
+        assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(size_of::<ConnEntry>(), 32);
+        assert_eq!(size_of::<ServiceCounters>(), 32);
+    }
+
+    #[test]
+    fn reversed_flow_swaps_ends() {
+        let k = FlowKey {
+            src_ip_be: 1,
+            dst_ip_be: 2,
+            src_port_be: 3,
+            dst_port_be: 4,
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let r = k.reversed();
+        assert_eq!((r.src_ip_be, r.dst_ip_be, r.src_port_be, r.dst_port_be), (2, 1, 4, 3));
+        assert_eq!(r.reversed(), k);
+    }
+}

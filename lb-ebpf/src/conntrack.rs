@@ -1,0 +1,78 @@
+//! Connection tracking: one entry per direction of each translated flow, so
+//! later packets keep their backend and replies get the VIP back.
+
+use aya_ebpf::bindings::BPF_ANY;
+use lb_common::{Backend, BackendId, ConnEntry, FlowKey, conn_kind, tcp_seen};
+
+use crate::maps::conntrack;
+
+/// Refresh `last_seen_ns` at most this often, to keep map writes off the fast path.
+const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+pub fn lookup(flow: &FlowKey) -> Option<*mut ConnEntry> {
+    conntrack.get_ptr_mut(flow)
+}
+
+/// Records a new flow `client → VIP` DNATed to `backend`.
+#[inline(always)]
+pub fn create(
+    flow: &FlowKey,
+    backend_id: BackendId,
+    backend: &Backend,
+    service_id: u32,
+    tcp_flags: u8,
+    now: u64,
+) -> Result<(), i32> {
+    let forward = ConnEntry {
+        nat_ip_be: backend.ip_be,
+        nat_port_be: backend.port_be,
+        kind: conn_kind::FORWARD,
+        tcp_flags: tcp_flags & TRACKED_FLAGS,
+        backend_id,
+        service_id,
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    // The reply travels backend → client; its source gets the VIP back.
+    let reply_key = FlowKey {
+        src_ip_be: backend.ip_be,
+        dst_ip_be: flow.src_ip_be,
+        src_port_be: backend.port_be,
+        dst_port_be: flow.src_port_be,
+        proto: flow.proto,
+        _pad: [0; 3],
+    };
+    let reply = ConnEntry {
+        nat_ip_be: flow.dst_ip_be,
+        nat_port_be: flow.dst_port_be,
+        kind: conn_kind::REPLY,
+        tcp_flags: 0,
+        ..forward
+    };
+    // Reply first: once the forward entry exists the backend may answer.
+    conntrack.insert(&reply_key, &reply, BPF_ANY as u64)?;
+    conntrack.insert(flow, &forward, BPF_ANY as u64)
+}
+
+const TRACKED_FLAGS: u8 = tcp_seen::SYN | tcp_seen::FIN | tcp_seen::RST | tcp_seen::ACK;
+
+/// Notes activity on an existing entry.
+#[inline(always)]
+pub fn touch(entry: &mut ConnEntry, tcp_flags: u8, now: u64) {
+    let flags = entry.tcp_flags | (tcp_flags & TRACKED_FLAGS);
+    if flags != entry.tcp_flags {
+        entry.tcp_flags = flags;
+    }
+    if now.wrapping_sub(entry.last_seen_ns) > TOUCH_INTERVAL_NS {
+        entry.last_seen_ns = now;
+    }
+}
+
+/// A SYN on a flow that was closed is a new connection reusing the same
+/// ports: it must be balanced afresh, not sent to the old (maybe gone) backend.
+#[inline(always)]
+pub fn is_reopened(entry: &ConnEntry, tcp_flags: u8) -> bool {
+    tcp_flags & (tcp_seen::SYN | tcp_seen::ACK) == tcp_seen::SYN
+        && entry.tcp_flags & (tcp_seen::FIN | tcp_seen::RST) != 0
+}

@@ -1,0 +1,149 @@
+//! Switchyard datapath: tc programs on the host side of pod interfaces.
+//!
+//! `from_pod` (tc ingress: packets leaving a pod) DNATs traffic addressed to
+//! a service frontend to one of its backends and records the flow;
+//! `to_pod` (tc egress: packets entering a pod) restores the VIP as the
+//! source of replies, so the client only ever talks to the service address.
+#![no_std]
+#![no_main]
+#![allow(non_upper_case_globals)]
+
+mod conntrack;
+mod lookup;
+mod maps;
+mod nat;
+mod parse;
+mod reject;
+mod stats;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_ns,
+    macros::classifier,
+    programs::TcContext,
+};
+use lb_common::{conn_kind, reason};
+
+use crate::{
+    nat::End,
+    parse::{Packet, Parsed},
+};
+
+#[classifier]
+pub fn from_pod(ctx: TcContext) -> i32 {
+    match parse::parse(&ctx) {
+        Parsed::Flow(pkt) => forward(&ctx, &pkt),
+        Parsed::Fragment { dst_ip_be } => {
+            // Only the first fragment carries ports; translating it alone
+            // would split the datagram. Counted so it shows up when it matters.
+            let _ = dst_ip_be;
+            stats::count(reason::FRAGMENT_PASSED);
+            TC_ACT_OK as i32
+        }
+        Parsed::Other => TC_ACT_OK as i32,
+    }
+}
+
+#[classifier]
+pub fn to_pod(ctx: TcContext) -> i32 {
+    if let Parsed::Flow(pkt) = parse::parse(&ctx) {
+        reply(&ctx, &pkt);
+    }
+    TC_ACT_OK as i32
+}
+
+#[inline(always)]
+fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    // Established flows first: they keep their backend even if the service
+    // changed or disappeared since, as with kube-proxy's conntrack.
+    if let Some(entry) = conntrack::lookup(&pkt.flow) {
+        let entry = unsafe { &mut *entry };
+        if entry.kind == conn_kind::FORWARD && !conntrack::is_reopened(entry, pkt.tcp_flags) {
+            conntrack::touch(entry, pkt.tcp_flags, now);
+            let (ip, port, service_id) = (entry.nat_ip_be, entry.nat_port_be, entry.service_id);
+            return match nat::rewrite(ctx, pkt, End::Destination, ip, port) {
+                Ok(()) => {
+                    stats::count(reason::ESTABLISHED);
+                    stats::service(service_id, |c| {
+                        c.packets += 1;
+                        c.bytes += pkt.len as u64;
+                    });
+                    TC_ACT_OK as i32
+                }
+                Err(_) => {
+                    stats::count(reason::NAT_FAILED);
+                    TC_ACT_SHOT as i32
+                }
+            };
+        }
+    }
+
+    let Some(master) = lookup::service_of(&pkt.flow) else {
+        return TC_ACT_OK as i32;
+    };
+    let service_id = master.service_id;
+    if master.count == 0 {
+        stats::service(service_id, |c| c.no_backend += 1);
+        return match reject::port_unreachable(ctx, pkt) {
+            Ok(action) => {
+                stats::count(reason::NO_BACKEND_REJECTED);
+                action
+            }
+            Err(_) => {
+                stats::count(reason::NO_BACKEND_DROPPED);
+                TC_ACT_SHOT as i32
+            }
+        };
+    }
+    let Some((backend_id, backend)) = lookup::pick_backend(&pkt.flow, &master) else {
+        // A slot or backend missing: user space is mid-update or the maps
+        // are inconsistent. Dropping is safer than guessing an address.
+        stats::count(reason::BACKEND_MISSING);
+        return TC_ACT_SHOT as i32;
+    };
+    if conntrack::create(&pkt.flow, backend_id, &backend, service_id, pkt.tcp_flags, now).is_err()
+    {
+        stats::count(reason::CONNTRACK_FULL);
+    }
+    match nat::rewrite(ctx, pkt, End::Destination, backend.ip_be, backend.port_be) {
+        Ok(()) => {
+            stats::count(reason::NEW_FLOW);
+            stats::service(service_id, |c| {
+                c.packets += 1;
+                c.bytes += pkt.len as u64;
+                c.new_flows += 1;
+            });
+            TC_ACT_OK as i32
+        }
+        Err(_) => {
+            stats::count(reason::NAT_FAILED);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+#[inline(always)]
+fn reply(ctx: &TcContext, pkt: &Packet) {
+    let Some(entry) = conntrack::lookup(&pkt.flow) else {
+        return;
+    };
+    let entry = unsafe { &mut *entry };
+    if entry.kind != conn_kind::REPLY {
+        return;
+    }
+    conntrack::touch(entry, pkt.tcp_flags, unsafe { bpf_ktime_get_ns() });
+    let (ip, port) = (entry.nat_ip_be, entry.nat_port_be);
+    if nat::rewrite(ctx, pkt, End::Source, ip, port).is_ok() {
+        stats::count(reason::REPLY_REV_NAT);
+    } else {
+        stats::count(reason::NAT_FAILED);
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

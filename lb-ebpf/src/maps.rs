@@ -1,0 +1,38 @@
+//! The maps shared with user space. BTF-defined so `bpftool map dump` shows
+//! field names; user space pins them by name under its pin directory.
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    Backend, BackendId, BackendSlot, ConnEntry, FlowKey, MAX_BACKENDS, MAX_CONNTRACK_ENTRIES,
+    MAX_SERVICE_ENTRIES, MAX_SERVICES, ServiceCounters, ServiceKey, ServiceName, reason,
+};
+
+/// Frontend (VIP, port, proto, slot) → master entry or backend slot.
+#[btf_map]
+pub static services: HashMap<ServiceKey, BackendSlot, { MAX_SERVICE_ENTRIES as usize }> =
+    HashMap::new();
+
+/// Backend ID → backend address.
+#[btf_map]
+pub static backends: HashMap<BackendId, Backend, { MAX_BACKENDS as usize }> = HashMap::new();
+
+/// Flow → NAT decision, for both directions of every translated connection.
+#[btf_map]
+pub static conntrack: LruHashMap<FlowKey, ConnEntry, { MAX_CONNTRACK_ENTRIES as usize }> =
+    LruHashMap::new();
+
+/// Service ID → "namespace/name:port", for inspection only.
+#[btf_map]
+pub static service_names: Array<ServiceName, { MAX_SERVICES as usize }> = Array::new();
+
+/// Why packets were translated, refused or passed.
+#[btf_map]
+pub static reason_stats: PerCpuArray<u64, { reason::COUNT as usize }> = PerCpuArray::new();
+
+/// Per-service traffic counters, indexed by service ID.
+#[btf_map]
+pub static service_stats: PerCpuArray<ServiceCounters, { MAX_SERVICES as usize }> =
+    PerCpuArray::new();

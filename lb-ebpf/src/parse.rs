@@ -1,0 +1,119 @@
+//! Packet parsing: Ethernet → IPv4 → TCP/UDP ports, with every read bounds
+//! checked by the kernel (`bpf_skb_load_bytes`), so truncated or malformed
+//! packets simply fail to parse and are passed on untouched.
+
+use aya_ebpf::programs::TcContext;
+use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP};
+
+pub const ETH_HLEN: usize = 14;
+const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+const IPV4_MIN_HLEN: usize = 20;
+/// More-fragments flag and fragment offset bits of `frag_off`.
+const IP_MF_OFFSET_MASK: u16 = 0x3fff;
+
+/// Offsets of the IPv4 header fields we read or rewrite.
+pub mod ipv4_off {
+    use super::ETH_HLEN;
+    pub const TOT_LEN: usize = ETH_HLEN + 2;
+    pub const FRAG_OFF: usize = ETH_HLEN + 6;
+    pub const PROTOCOL: usize = ETH_HLEN + 9;
+    pub const CHECK: usize = ETH_HLEN + 10;
+    pub const SADDR: usize = ETH_HLEN + 12;
+    pub const DADDR: usize = ETH_HLEN + 16;
+}
+
+/// A TCP or UDP packet over IPv4 that the load balancer may translate.
+pub struct Packet {
+    /// Offset of the L4 header (Ethernet + IPv4 header with options).
+    pub l4_off: usize,
+    pub flow: FlowKey,
+    /// TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
+    /// Whether the UDP checksum is zero ("no checksum").
+    pub udp_csum_zero: bool,
+    pub len: u32,
+}
+
+impl Packet {
+    pub fn is_tcp(&self) -> bool {
+        self.flow.proto == PROTO_TCP
+    }
+
+    /// Offset of the L4 checksum field.
+    pub fn l4_csum_off(&self) -> usize {
+        if self.is_tcp() {
+            self.l4_off + 16
+        } else {
+            self.l4_off + 6
+        }
+    }
+}
+
+pub enum Parsed {
+    /// Not IPv4 TCP/UDP, or malformed: leave it alone.
+    Other,
+    /// An IPv4 fragment: its ports are not (all) in this packet.
+    Fragment { dst_ip_be: u32 },
+    Flow(Packet),
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Parsed {
+    match try_parse(ctx) {
+        Ok(p) => p,
+        Err(()) => Parsed::Other,
+    }
+}
+
+#[inline(always)]
+fn try_parse(ctx: &TcContext) -> Result<Parsed, ()> {
+    let eth_proto: u16 = ctx.load(12).map_err(|_| ())?;
+    if eth_proto != ETH_P_IP_BE {
+        return Ok(Parsed::Other);
+    }
+    let ver_ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| ())?;
+    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+    if ver_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
+        return Ok(Parsed::Other);
+    }
+    let tot_len = u16::from_be(ctx.load(ipv4_off::TOT_LEN).map_err(|_| ())?) as usize;
+    let len = ctx.len();
+    if tot_len < ihl || ETH_HLEN + tot_len > len as usize {
+        return Ok(Parsed::Other);
+    }
+    let proto: u8 = ctx.load(ipv4_off::PROTOCOL).map_err(|_| ())?;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Ok(Parsed::Other);
+    }
+    let src_ip_be: u32 = ctx.load(ipv4_off::SADDR).map_err(|_| ())?;
+    let dst_ip_be: u32 = ctx.load(ipv4_off::DADDR).map_err(|_| ())?;
+    let frag_off: u16 = ctx.load(ipv4_off::FRAG_OFF).map_err(|_| ())?;
+    if u16::from_be(frag_off) & IP_MF_OFFSET_MASK != 0 {
+        return Ok(Parsed::Fragment { dst_ip_be });
+    }
+    let l4_off = ETH_HLEN + ihl;
+    let l4_min = if proto == PROTO_TCP { 20 } else { 8 };
+    if tot_len < ihl + l4_min {
+        return Ok(Parsed::Other);
+    }
+    let ports: [u16; 2] = ctx.load(l4_off).map_err(|_| ())?;
+    let (tcp_flags, udp_csum_zero) = if proto == PROTO_TCP {
+        (ctx.load::<u8>(l4_off + 13).map_err(|_| ())?, false)
+    } else {
+        (0, ctx.load::<u16>(l4_off + 6).map_err(|_| ())? == 0)
+    };
+    Ok(Parsed::Flow(Packet {
+        l4_off,
+        flow: FlowKey {
+            src_ip_be,
+            dst_ip_be,
+            src_port_be: ports[0],
+            dst_port_be: ports[1],
+            proto,
+            _pad: [0; 3],
+        },
+        tcp_flags,
+        udp_csum_zero,
+        len,
+    }))
+}

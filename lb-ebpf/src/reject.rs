@@ -1,0 +1,122 @@
+//! Refusing traffic to a service with no ready backend, as kube-proxy does:
+//! the client gets ICMP "port unreachable" from the VIP, quoting its own
+//! packet, so `connect()` fails at once with ECONNREFUSED (TCP) and a
+//! connected UDP socket sees ECONNREFUSED, instead of waiting for a timeout.
+//!
+//! The packet is turned into the ICMP error in place and sent back out of the
+//! interface it came in on.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_REDIRECT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes},
+    programs::TcContext,
+};
+use lb_common::PROTO_ICMP;
+
+use crate::parse::{ETH_HLEN, Packet};
+
+const IPV4_HLEN: usize = 20;
+const ICMP_HLEN: usize = 8;
+/// RFC 792: the error quotes the IP header and the first 8 payload bytes.
+const QUOTED_LEN: usize = IPV4_HLEN + 8;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_PORT_UNREACH: u8 = 3;
+const ERROR_PKT_LEN: usize = ETH_HLEN + IPV4_HLEN + ICMP_HLEN + QUOTED_LEN;
+
+#[repr(C, align(4))]
+struct Words<const N: usize>([u8; N]);
+
+/// Ones' complement checksum of `bytes` (length a multiple of 4).
+#[inline(always)]
+fn checksum<const N: usize>(bytes: &mut Words<N>) -> u16 {
+    let sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            bytes.0.as_mut_ptr() as *mut u32,
+            N as u32,
+            0,
+        )
+    };
+    let mut s = sum as u64 & 0xffff_ffff;
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
+/// Reads exactly N bytes (aya's `load_bytes` clamps the length, which the
+/// verifier rejects as a possibly zero-sized read).
+#[inline(always)]
+fn load_exact<const N: usize>(ctx: &TcContext, offset: usize, dst: &mut [u8; N]) -> Result<(), i64> {
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            offset as u32,
+            dst.as_mut_ptr() as *mut _,
+            N as u32,
+        )
+    };
+    if ret == 0 { Ok(()) } else { Err(ret) }
+}
+
+/// Rewrites `pkt` into an ICMP port-unreachable for its sender and redirects
+/// it back. Returns the tc action, or an error when the packet cannot be
+/// answered (the caller drops it then).
+#[inline(always)]
+pub fn port_unreachable(ctx: &TcContext, pkt: &Packet) -> Result<i32, i64> {
+    // Packets with IP options would need a longer quote; they are dropped.
+    if pkt.l4_off != ETH_HLEN + IPV4_HLEN {
+        return Err(-1);
+    }
+    let mut eth = [0u8; ETH_HLEN];
+    load_exact(ctx, 0, &mut eth)?;
+
+    // [eth][ip][l4...] → [eth][28 new bytes][ip][l4...]: the original IP
+    // header and first 8 L4 bytes are then exactly where the quote belongs.
+    ctx.adjust_room((IPV4_HLEN + ICMP_HLEN) as i32, BPF_ADJ_ROOM_MAC, 0)?;
+    let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, ERROR_PKT_LEN as u32, 0) };
+    if ret != 0 {
+        return Err(ret);
+    }
+
+    // Ethernet: back to where it came from.
+    let mut new_eth = [0u8; ETH_HLEN];
+    new_eth[0..6].copy_from_slice(&eth[6..12]);
+    new_eth[6..12].copy_from_slice(&eth[0..6]);
+    new_eth[12..14].copy_from_slice(&eth[12..14]);
+    ctx.store(0, &new_eth, 0)?;
+
+    // IPv4: from the VIP the client addressed, to the client.
+    let mut ip = Words([0u8; IPV4_HLEN]);
+    ip.0[0] = 0x45;
+    ip.0[1] = 0xc0; // precedence "internetwork control", as the kernel sends
+    ip.0[2..4].copy_from_slice(&((IPV4_HLEN + ICMP_HLEN + QUOTED_LEN) as u16).to_be_bytes());
+    ip.0[8] = 64;
+    ip.0[9] = PROTO_ICMP;
+    ip.0[12..16].copy_from_slice(&pkt.flow.dst_ip_be.to_ne_bytes());
+    ip.0[16..20].copy_from_slice(&pkt.flow.src_ip_be.to_ne_bytes());
+    let ip_csum = checksum(&mut ip);
+    ip.0[10..12].copy_from_slice(&ip_csum.to_ne_bytes());
+    ctx.store(ETH_HLEN, &ip.0, 0)?;
+
+    // ICMP header + quote, checksummed together.
+    let mut icmp = Words([0u8; ICMP_HLEN + QUOTED_LEN]);
+    icmp.0[0] = ICMP_DEST_UNREACH;
+    icmp.0[1] = ICMP_PORT_UNREACH;
+    let mut quote = [0u8; QUOTED_LEN];
+    load_exact(ctx, ETH_HLEN + IPV4_HLEN + ICMP_HLEN, &mut quote)?;
+    icmp.0[ICMP_HLEN..].copy_from_slice(&quote);
+    let icmp_csum = checksum(&mut icmp);
+    let mut icmp_hdr = [0u8; ICMP_HLEN];
+    icmp_hdr[0] = ICMP_DEST_UNREACH;
+    icmp_hdr[1] = ICMP_PORT_UNREACH;
+    icmp_hdr[2..4].copy_from_slice(&icmp_csum.to_ne_bytes());
+    ctx.store(ETH_HLEN + IPV4_HLEN, &icmp_hdr, 0)?;
+
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
+    if action != TC_ACT_REDIRECT as i32 {
+        return Err(action as i64);
+    }
+    Ok(action)
+}

@@ -1,0 +1,119 @@
+//! `switchyard agent`: keeps the datapath in line with a source of cluster
+//! state and attached to the pod interfaces that come and go.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::datapath::ifaces::{self, IfaceGlobs};
+use crate::datapath::loader::{self, Datapath};
+use crate::datapath::maps::PinnedMaps;
+use crate::datapath::sync::{MapSync, SyncReport};
+use crate::model::DesiredState;
+use crate::source::standalone;
+
+pub struct AgentConfig {
+    pub standalone_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub pod_ifaces: IfaceGlobs,
+    pub bpf_object: Option<PathBuf>,
+    pub node_name: Option<String>,
+    /// How often the manifest directory and the interface list are polled.
+    pub poll_interval: Duration,
+}
+
+fn log_report(report: &SyncReport, elapsed: Duration, services: usize) {
+    for e in &report.errors {
+        error!("sync: {e}");
+    }
+    if report.changed() || !report.errors.is_empty() {
+        info!(
+            services,
+            created = report.services_created,
+            updated = report.services_updated,
+            deleted = report.services_deleted,
+            backends_created = report.backends_created,
+            backends_deleted = report.backends_deleted,
+            errors = report.errors.len(),
+            elapsed_us = elapsed.as_micros() as u64,
+            "maps synced"
+        );
+    }
+}
+
+pub async fn run(cfg: AgentConfig) -> Result<()> {
+    let object = loader::find_object(cfg.bpf_object.as_deref())?;
+    let mut datapath = Datapath::load(&object, &cfg.pin_dir)?;
+    let maps = PinnedMaps::open(&cfg.pin_dir)?;
+    let mut sync = MapSync::adopt(maps).context("adopting the pinned maps")?;
+    info!(
+        node = cfg.node_name.as_deref().unwrap_or("(unset)"),
+        adopted_services = sync.programmed().len(),
+        "agent starting"
+    );
+
+    let (tx, mut desired_rx) = watch::channel(DesiredState::default());
+    let source = tokio::spawn(standalone::watch_dir(
+        cfg.standalone_dir.clone(),
+        cfg.poll_interval,
+        tx,
+    ));
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+
+    // The first state from the source is applied before attaching, so the
+    // programs never see half-filled maps on a fresh node.
+    tokio::select! {
+        changed = desired_rx.changed() => {
+            if changed.is_err() {
+                bail!("the standalone source stopped before delivering any state");
+            }
+        }
+        _ = sigterm.recv() => return Ok(()),
+        _ = sigint.recv() => return Ok(()),
+    }
+    let apply = |sync: &mut MapSync<PinnedMaps>, desired: &DesiredState| {
+        let started = Instant::now();
+        let report = sync.apply(desired);
+        log_report(&report, started.elapsed(), desired.services.len());
+    };
+    let first = desired_rx.borrow_and_update().clone();
+    apply(&mut sync, &first);
+    if let Err(e) = ifaces::reconcile(&mut datapath, &cfg.pod_ifaces) {
+        warn!("listing interfaces: {e:#}");
+    }
+    info!(
+        services = sync.programmed().len(),
+        interfaces = datapath.attached().count(),
+        "initial sync complete"
+    );
+
+    let mut iface_tick = tokio::time::interval(cfg.poll_interval);
+    let outcome = loop {
+        tokio::select! {
+            changed = desired_rx.changed() => {
+                if changed.is_err() {
+                    break Err(anyhow::anyhow!("the standalone source stopped"));
+                }
+                let desired = desired_rx.borrow_and_update().clone();
+                apply(&mut sync, &desired);
+            }
+            _ = iface_tick.tick() => {
+                if let Err(e) = ifaces::reconcile(&mut datapath, &cfg.pod_ifaces) {
+                    warn!("listing interfaces: {e:#}");
+                }
+            }
+            _ = sigterm.recv() => break Ok(()),
+            _ = sigint.recv() => break Ok(()),
+        }
+    };
+    source.abort();
+    datapath.detach_all();
+    info!(pin_dir = %cfg.pin_dir.display(), "agent stopped; maps stay pinned for the next start");
+    outcome
+}

@@ -1,0 +1,119 @@
+//! Which interfaces the datapath is attached to: the host side of pod
+//! interfaces, selected by name globs, followed as pods come and go.
+
+use std::collections::BTreeMap;
+use std::ffi::CStr;
+
+use anyhow::{Result, bail};
+use tracing::warn;
+
+use super::loader::Datapath;
+
+/// Interface names of the common CNIs' host-side pod interfaces.
+pub const DEFAULT_POD_IFACES: &str = "veth*,lxc*,cali*,gke*,eni*,azv*";
+
+/// Name patterns with `*` (any run of characters) and `?` (one character).
+#[derive(Clone, Debug)]
+pub struct IfaceGlobs(Vec<String>);
+
+impl IfaceGlobs {
+    pub fn parse(spec: &str) -> Result<Self> {
+        let globs: Vec<String> = spec
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(String::from)
+            .collect();
+        if globs.is_empty() {
+            bail!("--pod-ifaces: no interface pattern given");
+        }
+        Ok(Self(globs))
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.0.iter().any(|g| glob_match(g.as_bytes(), name.as_bytes()))
+    }
+}
+
+fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.first(), name.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            glob_match(&pattern[1..], name) || (!name.is_empty() && glob_match(pattern, &name[1..]))
+        }
+        (Some(b'?'), Some(_)) => glob_match(&pattern[1..], &name[1..]),
+        (Some(p), Some(n)) if p == n => glob_match(&pattern[1..], &name[1..]),
+        _ => false,
+    }
+}
+
+/// The interfaces of this network namespace, by name, with their index.
+pub fn list_interfaces() -> Result<BTreeMap<String, u32>> {
+    let head = unsafe { libc::if_nameindex() };
+    if head.is_null() {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let mut out = BTreeMap::new();
+    let mut cur = head;
+    loop {
+        let entry = unsafe { &*cur };
+        if entry.if_index == 0 || entry.if_name.is_null() {
+            break;
+        }
+        let name = unsafe { CStr::from_ptr(entry.if_name) }.to_string_lossy().into_owned();
+        out.insert(name, entry.if_index);
+        cur = unsafe { cur.add(1) };
+    }
+    unsafe { libc::if_freenameindex(head) };
+    Ok(out)
+}
+
+/// Attaches to matching interfaces that appeared (or were re-created with a
+/// new index) and forgets the ones that went away.
+pub fn reconcile(datapath: &mut Datapath, globs: &IfaceGlobs) -> Result<()> {
+    let present: BTreeMap<String, u32> = list_interfaces()?
+        .into_iter()
+        .filter(|(name, _)| globs.matches(name))
+        .collect();
+    let attached: Vec<(String, u32)> = datapath
+        .attached()
+        .map(|(n, i)| (n.to_string(), i))
+        .collect();
+    for (name, ifindex) in &attached {
+        if present.get(name) != Some(ifindex) {
+            datapath.detach(name, true);
+        }
+    }
+    for (name, ifindex) in present {
+        if datapath.attached().any(|(n, _)| n == name) {
+            continue;
+        }
+        if let Err(e) = datapath.attach(&name, ifindex) {
+            // The interface may be vanishing right now; retried next round.
+            warn!(iface = %name, "cannot attach: {e:#}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        let g = IfaceGlobs::parse("veth*, lxc?x,eth0").expect("valid");
+        assert!(g.matches("veth1234"));
+        assert!(g.matches("veth"));
+        assert!(g.matches("lxc1x"));
+        assert!(!g.matches("lxc12x"));
+        assert!(g.matches("eth0"));
+        assert!(!g.matches("eth01"));
+        assert!(IfaceGlobs::parse(" , ").is_err());
+    }
+
+    #[test]
+    fn lists_loopback() {
+        assert!(list_interfaces().expect("if_nameindex").contains_key("lo"));
+    }
+}

@@ -1,0 +1,193 @@
+//! Loading the BPF object with its maps pinned (reusing pins left by an
+//! earlier run), and attaching the programs to pod interfaces with tcx links.
+//! The links belong to this process: they go away when it exits, the pinned
+//! maps stay.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+};
+use lb_common::{map_names, program_names};
+use tracing::{debug, info, warn};
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+const OBJECT_FILE: &str = "switchyard.bpf.o";
+
+/// Finds the BPF object: the explicit path, `$SWITCHYARD_BPF_OBJECT`, next to
+/// the binary, or the installed location.
+pub fn find_object(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let mut candidates = Vec::new();
+    if let Some(p) = std::env::var_os("SWITCHYARD_BPF_OBJECT") {
+        candidates.push(PathBuf::from(p));
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        candidates.push(dir.join(OBJECT_FILE));
+    }
+    candidates.push(PathBuf::from("/usr/lib/switchyard").join(OBJECT_FILE));
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "BPF object not found (looked at {candidates:?}); build it with `cargo xtask build` or pass --bpf-object"
+            )
+        })
+}
+
+/// Fails clearly unless `dir`'s parent file system is bpffs: pinning on any
+/// other file system fails with an obscure error.
+pub fn ensure_pin_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("statfs {}", dir.display()));
+    }
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        bail!(
+            "{} is not on a bpffs mount; mount one with `mount -t bpf bpf /sys/fs/bpf`",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+struct Attachment {
+    ifindex: u32,
+    ingress: SchedClassifierLinkId,
+    egress: SchedClassifierLinkId,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    attached: BTreeMap<String, Attachment>,
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the BPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a tc classifier"))
+}
+
+impl Datapath {
+    pub fn load(object: &Path, pin_dir: &Path) -> Result<Self> {
+        ensure_pin_dir(pin_dir)?;
+        let mut loader = EbpfLoader::new();
+        for name in map_names::ALL {
+            loader.map_pin_path(name, pin_dir.join(name));
+        }
+        let mut ebpf = loader
+            .load_file(object)
+            .with_context(|| format!("loading BPF object {}", object.display()))?;
+        for name in [program_names::FROM_POD, program_names::TO_POD] {
+            classifier(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("loading program {name} into the kernel"))?;
+        }
+        info!(object = %object.display(), pin_dir = %pin_dir.display(), "datapath loaded");
+        Ok(Self {
+            ebpf,
+            attached: BTreeMap::new(),
+        })
+    }
+
+    /// The raw fd of a loaded program, for `BPF_PROG_TEST_RUN` in tests and
+    /// benchmarks.
+    pub fn program_fd(&mut self, name: &str) -> Result<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd, AsRawFd};
+        Ok(classifier(&mut self.ebpf, name)?.fd()?.as_fd().as_raw_fd())
+    }
+
+    pub fn attached(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.attached.iter().map(|(n, a)| (n.as_str(), a.ifindex))
+    }
+
+    /// Attaches both programs to `iface` (ingress: from the pod; egress: to
+    /// the pod).
+    pub fn attach(&mut self, iface: &str, ifindex: u32) -> Result<()> {
+        let ingress = classifier(&mut self.ebpf, program_names::FROM_POD)?
+            .attach(iface, TcAttachType::Ingress)
+            .with_context(|| format!("attaching {} to {iface} ingress", program_names::FROM_POD))?;
+        let egress = match classifier(&mut self.ebpf, program_names::TO_POD)?
+            .attach(iface, TcAttachType::Egress)
+        {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = classifier(&mut self.ebpf, program_names::FROM_POD)?.detach(ingress);
+                return Err(e).context(format!("attaching {} to {iface} egress", program_names::TO_POD));
+            }
+        };
+        self.attached.insert(
+            iface.to_string(),
+            Attachment {
+                ifindex,
+                ingress,
+                egress,
+            },
+        );
+        info!(iface, ifindex, "attached");
+        Ok(())
+    }
+
+    /// Detaches from `iface`. When the interface is already gone the kernel
+    /// has dropped the links with it; errors then are expected and ignored.
+    pub fn detach(&mut self, iface: &str, gone: bool) {
+        let Some(a) = self.attached.remove(iface) else {
+            return;
+        };
+        for (prog, link) in [
+            (program_names::FROM_POD, a.ingress),
+            (program_names::TO_POD, a.egress),
+        ] {
+            let result = classifier(&mut self.ebpf, prog).and_then(|p| p.detach(link).map_err(Into::into));
+            match result {
+                Ok(()) => {}
+                Err(e) if gone => debug!(iface, "detach after interface removal: {e:#}"),
+                Err(e) => warn!(iface, "detaching {prog}: {e:#}"),
+            }
+        }
+        info!(iface, "detached");
+    }
+
+    pub fn detach_all(&mut self) {
+        let names: Vec<String> = self.attached.keys().cloned().collect();
+        for n in names {
+            self.detach(&n, false);
+        }
+    }
+}
+
+/// `switchyard agent --cleanup`: removes the pinned maps and the pin
+/// directory. Links need no cleanup: they died with the agent process.
+pub fn cleanup(pin_dir: &Path) -> Result<()> {
+    if !pin_dir.exists() {
+        info!(pin_dir = %pin_dir.display(), "nothing to clean up");
+        return Ok(());
+    }
+    for name in map_names::ALL {
+        let p = pin_dir.join(name);
+        match std::fs::remove_file(&p) {
+            Ok(()) => info!(pin = %p.display(), "removed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context(format!("removing {}", p.display())),
+        }
+    }
+    std::fs::remove_dir(pin_dir).with_context(|| {
+        format!("removing {} (does it hold pins that are not ours?)", pin_dir.display())
+    })?;
+    info!(pin_dir = %pin_dir.display(), "removed");
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! Typed handles on the pinned maps, shared by the agent and `inspect`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use lb_common::{
+    Backend, BackendId, BackendSlot, ConnEntry, FlowKey, SERVICE_NAME_LEN, ServiceCounters,
+    ServiceKey, ServiceName, map_names,
+};
+
+pub struct PinnedMaps {
+    pub services: HashMap<MapData, ServiceKey, BackendSlot>,
+    pub backends: HashMap<MapData, BackendId, Backend>,
+    pub conntrack: HashMap<MapData, FlowKey, ConnEntry>,
+    pub service_names: Array<MapData, ServiceName>,
+    pub reason_stats: PerCpuArray<MapData, u64>,
+    pub service_stats: PerCpuArray<MapData, ServiceCounters>,
+}
+
+fn open(pin_dir: &Path, name: &str) -> Result<Map> {
+    let path: PathBuf = pin_dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening pinned map {} (is the agent running, or was it started with another --pin-dir?)",
+            path.display()
+        )
+    })?;
+    Map::from_map_data(data).with_context(|| format!("map {}", path.display()))
+}
+
+impl PinnedMaps {
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        Ok(Self {
+            services: HashMap::try_from(open(pin_dir, map_names::SERVICES)?)?,
+            backends: HashMap::try_from(open(pin_dir, map_names::BACKENDS)?)?,
+            conntrack: HashMap::try_from(open(pin_dir, map_names::CONNTRACK)?)?,
+            service_names: Array::try_from(open(pin_dir, map_names::SERVICE_NAMES)?)?,
+            reason_stats: PerCpuArray::try_from(open(pin_dir, map_names::REASON_STATS)?)?,
+            service_stats: PerCpuArray::try_from(open(pin_dir, map_names::SERVICE_STATS)?)?,
+        })
+    }
+
+    /// The service name stored for `service_id`, if any.
+    pub fn service_name(&self, service_id: u32) -> Option<String> {
+        let stored = self.service_names.get(&service_id, 0).ok()?;
+        decode_name(&stored)
+    }
+
+    /// Sum of a per-CPU counter over all CPUs.
+    pub fn reason_count(&self, reason: u32) -> u64 {
+        self.reason_stats
+            .get(&reason, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
+    pub fn service_counters(&self, service_id: u32) -> ServiceCounters {
+        let mut total = ServiceCounters::default();
+        if let Ok(per_cpu) = self.service_stats.get(&service_id, 0) {
+            for c in per_cpu.iter() {
+                total.packets += c.packets;
+                total.bytes += c.bytes;
+                total.new_flows += c.new_flows;
+                total.no_backend += c.no_backend;
+            }
+        }
+        total
+    }
+}
+
+pub fn encode_name(name: &str) -> ServiceName {
+    let mut stored = ServiceName::default();
+    // Truncate on a char boundary so the stored bytes stay valid UTF-8.
+    let mut end = name.len().min(SERVICE_NAME_LEN);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    stored.name[..end].copy_from_slice(&name.as_bytes()[..end]);
+    stored
+}
+
+pub fn decode_name(stored: &ServiceName) -> Option<String> {
+    let end = stored
+        .name
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(SERVICE_NAME_LEN);
+    if end == 0 {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&stored.name[..end]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_truncate_on_char_boundary() {
+        assert_eq!(decode_name(&encode_name("default/web:http")).as_deref(), Some("default/web:http"));
+        assert_eq!(decode_name(&ServiceName::default()), None);
+        let long = "é".repeat(SERVICE_NAME_LEN);
+        let decoded = decode_name(&encode_name(&long)).expect("non-empty");
+        assert!(decoded.len() <= SERVICE_NAME_LEN);
+        assert!(decoded.chars().all(|c| c == 'é'));
+    }
+}
+
+mod service_maps_impl {
+    use anyhow::{Context, Result};
+    use aya::maps::PerCpuValues;
+    use lb_common::{Backend, BackendId, BackendSlot, ServiceCounters, ServiceKey, ServiceName};
+
+    use super::{PinnedMaps, decode_name, encode_name};
+    use crate::datapath::sync::ServiceMaps;
+
+    /// Absent keys are fine to delete: the goal state is "not there".
+    fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<()> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    impl ServiceMaps for PinnedMaps {
+        fn put_backend(&mut self, id: BackendId, backend: Backend) -> Result<()> {
+            self.backends
+                .insert(id, backend, 0)
+                .with_context(|| format!("writing backend {id}"))
+        }
+
+        fn delete_backend(&mut self, id: BackendId) -> Result<()> {
+            ignore_missing(self.backends.remove(&id)).with_context(|| format!("removing backend {id}"))
+        }
+
+        fn put_service(&mut self, key: ServiceKey, value: BackendSlot) -> Result<()> {
+            self.services
+                .insert(key, value, 0)
+                .with_context(|| format!("writing services entry, slot {}", key.slot))
+        }
+
+        fn delete_service(&mut self, key: ServiceKey) -> Result<()> {
+            ignore_missing(self.services.remove(&key))
+                .with_context(|| format!("removing services entry, slot {}", key.slot))
+        }
+
+        fn assign_service_id(&mut self, service_id: u32, name: &str) -> Result<()> {
+            self.service_names
+                .set(service_id, encode_name(name), 0)
+                .with_context(|| format!("naming service ID {service_id}"))?;
+            let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+            let zero = PerCpuValues::try_from(vec![ServiceCounters::default(); cpus])?;
+            self.service_stats
+                .set(service_id, zero, 0)
+                .with_context(|| format!("zeroing counters of service ID {service_id}"))
+        }
+
+        fn release_service_id(&mut self, service_id: u32) -> Result<()> {
+            self.service_names
+                .set(service_id, ServiceName::default(), 0)
+                .with_context(|| format!("clearing name of service ID {service_id}"))
+        }
+
+        fn read_services(&self) -> Result<Vec<(ServiceKey, BackendSlot)>> {
+            self.services
+                .iter()
+                .map(|r| r.map_err(Into::into))
+                .collect()
+        }
+
+        fn read_backends(&self) -> Result<Vec<(BackendId, Backend)>> {
+            self.backends
+                .iter()
+                .map(|r| r.map_err(Into::into))
+                .collect()
+        }
+
+        fn read_service_name(&self, service_id: u32) -> Option<String> {
+            self.service_names
+                .get(&service_id, 0)
+                .ok()
+                .and_then(|n| decode_name(&n))
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! How the datapath realises the desired state: the BPF object, its pinned
+//! maps, the interfaces it is attached to, and the map synchronisation.
+
+pub mod addr;
+pub mod ifaces;
+pub mod loader;
+pub mod maps;
+pub mod sync;
+
+/// Where the maps are pinned unless `--pin-dir` says otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/switchyard";

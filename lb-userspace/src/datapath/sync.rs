@@ -1,0 +1,658 @@
+//! Map synchronisation: brings the pinned maps from what they hold to the
+//! desired state, writing only the difference, in an order that never lets
+//! the datapath see a frontend with a missing or wrong backend:
+//!
+//! 1. backends that are new get their `backends` entry first;
+//! 2. per frontend, backend slots are written before the master entry that
+//!    publishes their count, and slots beyond a smaller count are removed only
+//!    after the count shrank; a live frontend is updated in place, never
+//!    deleted and re-added;
+//! 3. backends nothing points at any more are removed last.
+//!
+//! IDs (service IDs, backend IDs) are allocated next-fit, so a freed ID is
+//! reused only after the rest of the space, keeping counters and conntrack
+//! entries that mention an old ID from being confused with a new owner.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use anyhow::{Context, Result, anyhow};
+use lb_common::{Backend, BackendId, BackendSlot, MAX_BACKENDS, MAX_SERVICES, ServiceKey};
+use tracing::{debug, warn};
+
+use crate::datapath::addr::{ip_be, ip_from_be, port_be, port_from_be};
+use crate::model::{BackendAddr, DesiredState, Frontend, Protocol};
+
+/// The map operations sync needs; implemented by the pinned maps and by an
+/// in-memory fake in tests.
+pub trait ServiceMaps {
+    fn put_backend(&mut self, id: BackendId, backend: Backend) -> Result<()>;
+    fn delete_backend(&mut self, id: BackendId) -> Result<()>;
+    fn put_service(&mut self, key: ServiceKey, value: BackendSlot) -> Result<()>;
+    fn delete_service(&mut self, key: ServiceKey) -> Result<()>;
+    /// Stores the name and zeroes the counters of a newly assigned service ID.
+    fn assign_service_id(&mut self, service_id: u32, name: &str) -> Result<()>;
+    fn release_service_id(&mut self, service_id: u32) -> Result<()>;
+    fn read_services(&self) -> Result<Vec<(ServiceKey, BackendSlot)>>;
+    fn read_backends(&self) -> Result<Vec<(BackendId, Backend)>>;
+    fn read_service_name(&self, service_id: u32) -> Option<String>;
+}
+
+/// Next-fit allocator over `1..=max`.
+#[derive(Debug)]
+struct IdAllocator {
+    max: u32,
+    cursor: u32,
+    used: BTreeSet<u32>,
+}
+
+impl IdAllocator {
+    fn new(max: u32) -> Self {
+        Self {
+            max,
+            cursor: 0,
+            used: BTreeSet::new(),
+        }
+    }
+
+    fn mark_used(&mut self, id: u32) {
+        self.used.insert(id);
+        self.cursor = self.cursor.max(id);
+    }
+
+    fn allocate(&mut self) -> Option<u32> {
+        if self.used.len() as u32 >= self.max {
+            return None;
+        }
+        loop {
+            self.cursor = if self.cursor >= self.max {
+                1
+            } else {
+                self.cursor + 1
+            };
+            if self.used.insert(self.cursor) {
+                return Some(self.cursor);
+            }
+        }
+    }
+
+    fn release(&mut self, id: u32) {
+        self.used.remove(&id);
+    }
+}
+
+/// What the maps hold for one frontend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgrammedService {
+    pub service_id: u32,
+    pub name: String,
+    /// `slots[i]` is the backend in slot `i + 1`.
+    pub slots: Vec<BackendId>,
+}
+
+/// Counts of one sync pass, for logs and metrics.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub services_created: usize,
+    pub services_updated: usize,
+    pub services_deleted: usize,
+    pub backends_created: usize,
+    pub backends_deleted: usize,
+    /// One line per frontend or backend that could not be written; the rest
+    /// of the state was still applied.
+    pub errors: Vec<String>,
+}
+
+impl SyncReport {
+    pub fn changed(&self) -> bool {
+        self.services_created
+            + self.services_updated
+            + self.services_deleted
+            + self.backends_created
+            + self.backends_deleted
+            > 0
+    }
+}
+
+pub struct MapSync<M: ServiceMaps> {
+    maps: M,
+    services: BTreeMap<Frontend, ProgrammedService>,
+    backend_ids: HashMap<BackendAddr, BackendId>,
+    service_ids: IdAllocator,
+    backend_id_alloc: IdAllocator,
+}
+
+fn frontend_key(f: &Frontend, slot: u16) -> ServiceKey {
+    ServiceKey::new(ip_be(f.ip), port_be(f.port), f.protocol.number(), slot)
+}
+
+fn backend_value(b: &BackendAddr) -> Backend {
+    Backend {
+        ip_be: ip_be(b.ip),
+        port_be: port_be(b.port),
+        proto: b.protocol.number(),
+        flags: 0,
+    }
+}
+
+impl<M: ServiceMaps> MapSync<M> {
+    /// Adopts whatever the maps already hold (from an earlier run of the
+    /// agent), so the first sync only changes what differs and established
+    /// connections are not disturbed.
+    pub fn adopt(mut maps: M) -> Result<Self> {
+        let mut service_ids = IdAllocator::new(MAX_SERVICES - 1);
+        let mut backend_id_alloc = IdAllocator::new(MAX_BACKENDS);
+        let mut backend_ids = HashMap::new();
+        for (id, b) in maps.read_backends().context("reading the backends map")? {
+            let Some(protocol) = Protocol::from_number(b.proto) else {
+                warn!(backend_id = id, proto = b.proto, "removing backend with unknown protocol");
+                maps.delete_backend(id)?;
+                continue;
+            };
+            let addr = BackendAddr {
+                ip: ip_from_be(b.ip_be),
+                port: port_from_be(b.port_be),
+                protocol,
+            };
+            backend_id_alloc.mark_used(id);
+            if let Some(dup) = backend_ids.insert(addr, id) {
+                // Two IDs for one address: keep one, the other is removed
+                // once no slot refers to it.
+                backend_ids.insert(addr, dup.min(id));
+            }
+        }
+        let entries = maps.read_services().context("reading the services map")?;
+        let mut slots: HashMap<(u32, u16, u8), BTreeMap<u16, BackendId>> = HashMap::new();
+        let mut services = BTreeMap::new();
+        let mut masters = Vec::new();
+        for (key, value) in &entries {
+            if key.slot == 0 {
+                masters.push((*key, *value));
+            } else {
+                slots
+                    .entry((key.vip_be, key.port_be, key.proto))
+                    .or_default()
+                    .insert(key.slot, value.backend_id);
+            }
+        }
+        for (key, master) in masters {
+            let Some(protocol) = Protocol::from_number(key.proto) else {
+                continue;
+            };
+            let frontend = Frontend {
+                ip: ip_from_be(key.vip_be),
+                port: port_from_be(key.port_be),
+                protocol,
+            };
+            let own = slots
+                .remove(&(key.vip_be, key.port_be, key.proto))
+                .unwrap_or_default();
+            let mut programmed = Vec::with_capacity(master.count as usize);
+            for slot in 1..=master.count {
+                match own.get(&slot) {
+                    Some(id) => programmed.push(*id),
+                    None => {
+                        // A hole: treat as unknown so the next sync rewrites it.
+                        programmed.push(0);
+                    }
+                }
+            }
+            for (&slot, _) in own.range(master.count + 1..) {
+                maps.delete_service(frontend_key(&frontend, slot))?;
+            }
+            service_ids.mark_used(master.service_id);
+            let name = maps.read_service_name(master.service_id).unwrap_or_default();
+            services.insert(
+                frontend,
+                ProgrammedService {
+                    service_id: master.service_id,
+                    name,
+                    slots: programmed,
+                },
+            );
+        }
+        // Slots without a master belong to nothing the datapath can reach.
+        for ((vip_be, port_be, proto), orphan) in slots {
+            for slot in orphan.keys() {
+                maps.delete_service(ServiceKey::new(vip_be, port_be, proto, *slot))?;
+            }
+        }
+        debug!(
+            services = services.len(),
+            backends = backend_ids.len(),
+            "adopted existing map state"
+        );
+        Ok(Self {
+            maps,
+            services,
+            backend_ids,
+            service_ids,
+            backend_id_alloc,
+        })
+    }
+
+    pub fn programmed(&self) -> &BTreeMap<Frontend, ProgrammedService> {
+        &self.services
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    /// Applies `desired`. Errors on single frontends or backends are
+    /// collected in the report; everything else is still applied.
+    pub fn apply(&mut self, desired: &DesiredState) -> SyncReport {
+        let mut report = SyncReport::default();
+        let wanted: BTreeMap<Frontend, (String, Vec<BackendAddr>)> = desired
+            .services
+            .iter()
+            .map(|(f, sp)| (*f, (sp.name.to_string(), sp.active_backends())))
+            .collect();
+
+        // 1. New backends first.
+        let needed: BTreeSet<BackendAddr> =
+            wanted.values().flat_map(|(_, b)| b.iter().copied()).collect();
+        for addr in &needed {
+            if self.backend_ids.contains_key(addr) {
+                continue;
+            }
+            let Some(id) = self.backend_id_alloc.allocate() else {
+                report
+                    .errors
+                    .push(format!("backend {addr}: backends map full ({MAX_BACKENDS} IDs in use)"));
+                continue;
+            };
+            match self.maps.put_backend(id, backend_value(addr)) {
+                Ok(()) => {
+                    self.backend_ids.insert(*addr, id);
+                    report.backends_created += 1;
+                }
+                Err(e) => {
+                    self.backend_id_alloc.release(id);
+                    report.errors.push(format!("backend {addr}: {e:#}"));
+                }
+            }
+        }
+
+        // 2. Frontends: create or update in place, then delete the gone ones.
+        for (frontend, (name, backends)) in &wanted {
+            let slots: Vec<BackendId> = backends
+                .iter()
+                .filter_map(|b| self.backend_ids.get(b).copied())
+                .collect();
+            let result = match self.services.get(frontend).cloned() {
+                None => self.create_service(frontend, name, slots).map(|()| {
+                    report.services_created += 1;
+                }),
+                Some(current) if current.slots == slots && current.name == *name => Ok(()),
+                Some(current) => self.update_service(frontend, current, name, slots).map(|()| {
+                    report.services_updated += 1;
+                }),
+            };
+            if let Err(e) = result {
+                report.errors.push(format!("service {name} ({frontend}): {e:#}"));
+            }
+        }
+        let gone: Vec<Frontend> = self
+            .services
+            .keys()
+            .filter(|f| !wanted.contains_key(f))
+            .copied()
+            .collect();
+        for frontend in gone {
+            match self.delete_service(&frontend) {
+                Ok(()) => report.services_deleted += 1,
+                Err(e) => report.errors.push(format!("deleting {frontend}: {e:#}")),
+            }
+        }
+
+        // 3. Backends no slot refers to any more.
+        let referenced: BTreeSet<BackendId> = self
+            .services
+            .values()
+            .flat_map(|s| s.slots.iter().copied())
+            .collect();
+        let unused: Vec<(BackendAddr, BackendId)> = self
+            .backend_ids
+            .iter()
+            .filter(|(addr, id)| !needed.contains(addr) && !referenced.contains(id))
+            .map(|(a, i)| (*a, *i))
+            .collect();
+        for (addr, id) in unused {
+            match self.maps.delete_backend(id) {
+                Ok(()) => {
+                    self.backend_ids.remove(&addr);
+                    self.backend_id_alloc.release(id);
+                    report.backends_deleted += 1;
+                }
+                Err(e) => report.errors.push(format!("deleting backend {addr}: {e:#}")),
+            }
+        }
+        report
+    }
+
+    fn write_slots(&mut self, frontend: &Frontend, old: &[BackendId], new: &[BackendId]) -> Result<()> {
+        for (i, id) in new.iter().enumerate() {
+            if old.get(i) != Some(id) {
+                let slot = u16::try_from(i + 1).map_err(|_| anyhow!("too many backends"))?;
+                self.maps.put_service(
+                    frontend_key(frontend, slot),
+                    BackendSlot {
+                        backend_id: *id,
+                        ..Default::default()
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn master_value(service_id: u32, count: usize) -> Result<BackendSlot> {
+        Ok(BackendSlot {
+            backend_id: 0,
+            service_id,
+            count: u16::try_from(count)
+                .map_err(|_| anyhow!("{count} backends exceed the {} slot limit", u16::MAX))?,
+            flags: 0,
+        })
+    }
+
+    fn create_service(&mut self, frontend: &Frontend, name: &str, slots: Vec<BackendId>) -> Result<()> {
+        let master = Self::master_value(0, slots.len())?;
+        let service_id = self
+            .service_ids
+            .allocate()
+            .ok_or_else(|| anyhow!("no free service ID ({} in use)", MAX_SERVICES - 1))?;
+        let written = (|| {
+            self.maps.assign_service_id(service_id, name)?;
+            self.write_slots(frontend, &[], &slots)?;
+            // Publishing the master last makes the frontend visible only
+            // once all its slots are filled.
+            self.maps.put_service(
+                frontend_key(frontend, 0),
+                BackendSlot {
+                    service_id,
+                    ..master
+                },
+            )
+        })();
+        if let Err(e) = written {
+            self.service_ids.release(service_id);
+            return Err(e);
+        }
+        self.services.insert(
+            *frontend,
+            ProgrammedService {
+                service_id,
+                name: name.to_string(),
+                slots,
+            },
+        );
+        Ok(())
+    }
+
+    fn update_service(
+        &mut self,
+        frontend: &Frontend,
+        current: ProgrammedService,
+        name: &str,
+        slots: Vec<BackendId>,
+    ) -> Result<()> {
+        if current.name != name {
+            self.maps.assign_service_id(current.service_id, name)?;
+        }
+        self.write_slots(frontend, &current.slots, &slots)?;
+        if current.slots.len() != slots.len() {
+            self.maps.put_service(
+                frontend_key(frontend, 0),
+                Self::master_value(current.service_id, slots.len())?,
+            )?;
+        }
+        // Only now that the count no longer covers them.
+        for slot in slots.len() + 1..=current.slots.len() {
+            self.maps.delete_service(frontend_key(frontend, slot as u16))?;
+        }
+        self.services.insert(
+            *frontend,
+            ProgrammedService {
+                service_id: current.service_id,
+                name: name.to_string(),
+                slots,
+            },
+        );
+        Ok(())
+    }
+
+    fn delete_service(&mut self, frontend: &Frontend) -> Result<()> {
+        let Some(current) = self.services.get(frontend).cloned() else {
+            return Ok(());
+        };
+        // Master first: the frontend disappears as a whole.
+        self.maps.delete_service(frontend_key(frontend, 0))?;
+        self.services.remove(frontend);
+        for slot in 1..=current.slots.len() {
+            if let Err(e) = self.maps.delete_service(frontend_key(frontend, slot as u16)) {
+                warn!(%frontend, slot, "leaving an unreachable slot behind: {e:#}");
+            }
+        }
+        self.maps.release_service_id(current.service_id)?;
+        self.service_ids.release(current.service_id);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::{Endpoint, ServicePort, ServicePortName, ServiceType};
+    use std::net::Ipv4Addr;
+
+    /// In-memory maps that check, after every write, what the datapath would
+    /// check: every slot a master's count covers is present and points at an
+    /// existing backend.
+    #[derive(Default)]
+    pub struct FakeMaps {
+        pub services: BTreeMap<ServiceKey, BackendSlot>,
+        pub backends: BTreeMap<BackendId, Backend>,
+        pub names: BTreeMap<u32, String>,
+        pub writes: usize,
+    }
+
+    impl FakeMaps {
+        fn check(&self) {
+            for (key, master) in self.services.iter().filter(|(k, _)| k.slot == 0) {
+                for slot in 1..=master.count {
+                    let slot_key = ServiceKey { slot, ..*key };
+                    let entry = self
+                        .services
+                        .get(&slot_key)
+                        .unwrap_or_else(|| panic!("window: {key:?} count {} but slot {slot} missing", master.count));
+                    assert!(
+                        self.backends.contains_key(&entry.backend_id),
+                        "window: slot {slot} of {key:?} points at missing backend {}",
+                        entry.backend_id
+                    );
+                }
+            }
+        }
+    }
+
+    impl ServiceMaps for FakeMaps {
+        fn put_backend(&mut self, id: BackendId, backend: Backend) -> Result<()> {
+            self.backends.insert(id, backend);
+            self.writes += 1;
+            self.check();
+            Ok(())
+        }
+        fn delete_backend(&mut self, id: BackendId) -> Result<()> {
+            self.backends.remove(&id);
+            self.writes += 1;
+            self.check();
+            Ok(())
+        }
+        fn put_service(&mut self, key: ServiceKey, value: BackendSlot) -> Result<()> {
+            self.services.insert(key, value);
+            self.writes += 1;
+            self.check();
+            Ok(())
+        }
+        fn delete_service(&mut self, key: ServiceKey) -> Result<()> {
+            self.services.remove(&key);
+            self.writes += 1;
+            self.check();
+            Ok(())
+        }
+        fn assign_service_id(&mut self, service_id: u32, name: &str) -> Result<()> {
+            self.names.insert(service_id, name.to_string());
+            Ok(())
+        }
+        fn release_service_id(&mut self, service_id: u32) -> Result<()> {
+            self.names.remove(&service_id);
+            Ok(())
+        }
+        fn read_services(&self) -> Result<Vec<(ServiceKey, BackendSlot)>> {
+            Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn read_backends(&self) -> Result<Vec<(BackendId, Backend)>> {
+            Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn read_service_name(&self, service_id: u32) -> Option<String> {
+            self.names.get(&service_id).cloned()
+        }
+    }
+
+    fn frontend(last: u8, port: u16) -> Frontend {
+        Frontend {
+            ip: Ipv4Addr::new(10, 96, 0, last),
+            port,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    fn state(services: &[(Frontend, &[u8])]) -> DesiredState {
+        let mut d = DesiredState::default();
+        for (f, backends) in services {
+            d.services.insert(
+                *f,
+                ServicePort {
+                    name: ServicePortName {
+                        namespace: "default".into(),
+                        name: format!("svc{}", f.ip.octets()[3]),
+                        port_name: String::new(),
+                    },
+                    frontend: *f,
+                    service_type: ServiceType::ClusterIP,
+                    endpoints: backends
+                        .iter()
+                        .map(|last| Endpoint {
+                            addr: BackendAddr {
+                                ip: Ipv4Addr::new(10, 244, 0, *last),
+                                port: 8080,
+                                protocol: Protocol::Tcp,
+                            },
+                            ready: true,
+                            serving: true,
+                            terminating: false,
+                            node: None,
+                        })
+                        .collect(),
+                },
+            );
+        }
+        d
+    }
+
+    fn backend_ips(sync: &MapSync<FakeMaps>, f: &Frontend) -> Vec<u8> {
+        let m = sync.maps();
+        let master = m.services[&frontend_key(f, 0)];
+        let mut ips: Vec<u8> = (1..=master.count)
+            .map(|s| {
+                let id = m.services[&frontend_key(f, s)].backend_id;
+                ip_from_be(m.backends[&id].ip_be).octets()[3]
+            })
+            .collect();
+        ips.sort();
+        ips
+    }
+
+    #[test]
+    fn creates_updates_and_deletes_without_windows() {
+        let a = frontend(1, 80);
+        let b = frontend(2, 53);
+        let mut sync = MapSync::adopt(FakeMaps::default()).expect("adopt");
+        let r = sync.apply(&state(&[(a, &[1, 2, 3]), (b, &[])]));
+        assert_eq!((r.services_created, r.backends_created), (2, 3));
+        assert_eq!(backend_ips(&sync, &a), vec![1, 2, 3]);
+        assert_eq!(sync.maps().services[&frontend_key(&b, 0)].count, 0);
+
+        // Shrink, grow and replace.
+        sync.apply(&state(&[(a, &[2]), (b, &[4])]));
+        assert_eq!(backend_ips(&sync, &a), vec![2]);
+        assert_eq!(backend_ips(&sync, &b), vec![4]);
+        assert_eq!(sync.maps().backends.len(), 2, "backends 1 and 3 removed");
+        assert!(!sync.maps().services.contains_key(&frontend_key(&a, 2)));
+
+        let r = sync.apply(&state(&[(b, &[4, 5])]));
+        assert_eq!(r.services_deleted, 1);
+        assert!(!sync.maps().services.contains_key(&frontend_key(&a, 0)));
+        assert_eq!(sync.maps().services.len(), 3, "b master + 2 slots");
+        assert_eq!(sync.maps().names.len(), 1);
+    }
+
+    #[test]
+    fn unchanged_state_writes_nothing() {
+        let a = frontend(1, 80);
+        let mut sync = MapSync::adopt(FakeMaps::default()).expect("adopt");
+        sync.apply(&state(&[(a, &[1, 2])]));
+        let writes = sync.maps().writes;
+        let r = sync.apply(&state(&[(a, &[2, 1])]));
+        assert!(!r.changed());
+        assert_eq!(sync.maps().writes, writes);
+    }
+
+    #[test]
+    fn adopting_existing_maps_keeps_ids_and_writes_nothing() {
+        let a = frontend(1, 80);
+        let b = frontend(2, 80);
+        let desired = state(&[(a, &[1, 2]), (b, &[2, 3])]);
+        let mut first = MapSync::adopt(FakeMaps::default()).expect("adopt");
+        first.apply(&desired);
+        let before = first.programmed().clone();
+        let mut maps = std::mem::take(&mut first.maps);
+        maps.writes = 0;
+
+        let mut restarted = MapSync::adopt(maps).expect("adopt");
+        assert_eq!(restarted.programmed(), &before);
+        let r = restarted.apply(&desired);
+        assert!(!r.changed(), "{r:?}");
+        assert_eq!(restarted.maps().writes, 0);
+
+        // Something that vanished while the agent was down is removed.
+        let r = restarted.apply(&state(&[(a, &[1, 2])]));
+        assert_eq!((r.services_deleted, r.backends_deleted), (1, 1));
+    }
+
+    #[test]
+    fn adoption_removes_orphan_and_excess_slots() {
+        let a = frontend(1, 80);
+        let mut maps = FakeMaps::default();
+        maps.backends.insert(7, backend_value(&BackendAddr { ip: Ipv4Addr::new(10, 244, 0, 7), port: 8080, protocol: Protocol::Tcp }));
+        maps.services.insert(frontend_key(&a, 0), BackendSlot { service_id: 3, count: 1, ..Default::default() });
+        maps.services.insert(frontend_key(&a, 1), BackendSlot { backend_id: 7, ..Default::default() });
+        maps.services.insert(frontend_key(&a, 2), BackendSlot { backend_id: 7, ..Default::default() });
+        maps.services.insert(frontend_key(&frontend(9, 9), 1), BackendSlot { backend_id: 7, ..Default::default() });
+        let sync = MapSync::adopt(maps).expect("adopt");
+        assert_eq!(sync.maps().services.len(), 2);
+        assert_eq!(sync.programmed()[&a].slots, vec![7]);
+    }
+
+    #[test]
+    fn ids_are_not_reused_immediately() {
+        let mut alloc = IdAllocator::new(3);
+        assert_eq!(alloc.allocate(), Some(1));
+        assert_eq!(alloc.allocate(), Some(2));
+        alloc.release(1);
+        assert_eq!(alloc.allocate(), Some(3));
+        assert_eq!(alloc.allocate(), Some(1), "wraps to the freed one");
+        assert_eq!(alloc.allocate(), None);
+    }
+}

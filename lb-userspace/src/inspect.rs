@@ -1,0 +1,306 @@
+//! `switchyard inspect …`: the pinned maps as people read them. Reads only
+//! the maps, so it works whether or not the agent is running.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use lb_common::{ConnEntry, FlowKey, conn_kind, reason, tcp_seen};
+use serde::Serialize;
+
+use crate::datapath::addr::{ip_from_be, port_from_be};
+use crate::datapath::maps::PinnedMaps;
+use crate::model::Protocol;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Serialize)]
+pub struct ServiceRow {
+    pub service: String,
+    pub service_id: u32,
+    pub frontend: String,
+    pub backends: Vec<String>,
+    pub new_flows: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub refused_no_backend: u64,
+}
+
+#[derive(Serialize)]
+pub struct BackendRow {
+    pub backend_id: u32,
+    pub address: String,
+    pub protocol: String,
+    pub used_by: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct ConnRow {
+    pub protocol: String,
+    pub client: String,
+    pub frontend: String,
+    pub backend: String,
+    pub service: String,
+    pub age_seconds: u64,
+    pub idle_seconds: u64,
+    pub tcp_flags: String,
+}
+
+fn proto_name(p: u8) -> String {
+    Protocol::from_number(p).map_or_else(|| format!("proto-{p}"), |p| p.to_string())
+}
+
+fn endpoint(ip_be: u32, port_be: u16) -> String {
+    format!("{}:{}", ip_from_be(ip_be), port_from_be(port_be))
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn service_label(maps: &PinnedMaps, service_id: u32) -> String {
+    maps.service_name(service_id)
+        .unwrap_or_else(|| format!("(service #{service_id})"))
+}
+
+pub fn services(maps: &PinnedMaps) -> Result<Vec<ServiceRow>> {
+    let entries: Vec<_> = maps.services.iter().collect::<Result<_, _>>()?;
+    let slots: BTreeMap<_, _> = entries
+        .iter()
+        .filter(|(k, _)| k.slot != 0)
+        .map(|(k, v)| (*k, v.backend_id))
+        .collect();
+    let mut rows = Vec::new();
+    for (key, master) in entries.iter().filter(|(k, _)| k.slot == 0) {
+        let backends = (1..=master.count)
+            .map(|slot| {
+                let id = slots.get(&lb_common::ServiceKey { slot, ..*key });
+                match id.and_then(|id| maps.backends.get(id, 0).ok()) {
+                    Some(b) => endpoint(b.ip_be, b.port_be),
+                    None => format!("(slot {slot} missing)"),
+                }
+            })
+            .collect();
+        let counters = maps.service_counters(master.service_id);
+        rows.push(ServiceRow {
+            service: service_label(maps, master.service_id),
+            service_id: master.service_id,
+            frontend: format!("{}/{}", endpoint(key.vip_be, key.port_be), proto_name(key.proto)),
+            backends,
+            new_flows: counters.new_flows,
+            packets: counters.packets,
+            bytes: counters.bytes,
+            refused_no_backend: counters.no_backend,
+        });
+    }
+    rows.sort_by(|a, b| (&a.service, &a.frontend).cmp(&(&b.service, &b.frontend)));
+    Ok(rows)
+}
+
+pub fn backends(maps: &PinnedMaps) -> Result<Vec<BackendRow>> {
+    let mut users: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    let entries: Vec<_> = maps.services.iter().collect::<Result<_, _>>()?;
+    let masters: BTreeMap<_, _> = entries
+        .iter()
+        .filter(|(k, _)| k.slot == 0)
+        .map(|(k, v)| ((k.vip_be, k.port_be, k.proto), v.service_id))
+        .collect();
+    for (key, slot) in entries.iter().filter(|(k, _)| k.slot != 0) {
+        if let Some(service_id) = masters.get(&(key.vip_be, key.port_be, key.proto)) {
+            users
+                .entry(slot.backend_id)
+                .or_default()
+                .push(service_label(maps, *service_id));
+        }
+    }
+    let mut rows = Vec::new();
+    for item in maps.backends.iter() {
+        let (id, b) = item?;
+        let mut used_by = users.remove(&id).unwrap_or_default();
+        used_by.sort();
+        used_by.dedup();
+        rows.push(BackendRow {
+            backend_id: id,
+            address: endpoint(b.ip_be, b.port_be),
+            protocol: proto_name(b.proto),
+            used_by,
+        });
+    }
+    rows.sort_by_key(|r| r.backend_id);
+    Ok(rows)
+}
+
+fn flags_text(flags: u8) -> String {
+    let mut s = String::new();
+    for (bit, name) in [
+        (tcp_seen::SYN, "SYN"),
+        (tcp_seen::ACK, "ACK"),
+        (tcp_seen::FIN, "FIN"),
+        (tcp_seen::RST, "RST"),
+    ] {
+        if flags & bit != 0 {
+            if !s.is_empty() {
+                s.push('|');
+            }
+            s.push_str(name);
+        }
+    }
+    s
+}
+
+/// One row per connection (its forward entry); reply entries are the same
+/// connections seen from the backend.
+pub fn conntrack(maps: &PinnedMaps) -> Result<Vec<ConnRow>> {
+    let now = monotonic_ns();
+    let entries: Vec<(FlowKey, ConnEntry)> = maps.conntrack.iter().collect::<Result<_, _>>()?;
+    let mut rows: Vec<ConnRow> = entries
+        .iter()
+        .filter(|(_, e)| e.kind == conn_kind::FORWARD)
+        .map(|(k, e)| ConnRow {
+            protocol: proto_name(k.proto),
+            client: endpoint(k.src_ip_be, k.src_port_be),
+            frontend: endpoint(k.dst_ip_be, k.dst_port_be),
+            backend: endpoint(e.nat_ip_be, e.nat_port_be),
+            service: service_label(maps, e.service_id),
+            age_seconds: now.saturating_sub(e.created_ns) / 1_000_000_000,
+            idle_seconds: now.saturating_sub(e.last_seen_ns) / 1_000_000_000,
+            tcp_flags: flags_text(e.tcp_flags),
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.service, &a.client).cmp(&(&b.service, &b.client)));
+    Ok(rows)
+}
+
+pub fn stats(maps: &PinnedMaps) -> BTreeMap<&'static str, u64> {
+    (0..reason::COUNT)
+        .map(|r| (reason::NAMES[r as usize], maps.reason_count(r)))
+        .collect()
+}
+
+/// Renders rows as an aligned text table.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &mut dyn Iterator<Item = &str>| {
+        let cells: Vec<&str> = cells.collect();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                let _ = write!(out, "{cell}");
+            } else {
+                let _ = write!(out, "{cell:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push('\n');
+    };
+    line(&mut out, &mut header.iter().copied());
+    for row in rows {
+        line(&mut out, &mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+#[derive(Clone, Copy, Debug, clap::Subcommand)]
+pub enum InspectWhat {
+    /// Frontends (VIP:port/proto) with their service and backends.
+    Services,
+    /// Backends by ID, with the services that use them.
+    Backends,
+    /// Tracked connections: client → frontend → backend.
+    Conntrack,
+    /// Datapath counters by reason.
+    Stats,
+}
+
+pub fn run(pin_dir: &Path, what: InspectWhat, format: OutputFormat) -> Result<String> {
+    let maps = PinnedMaps::open(pin_dir)?;
+    let json = |v: serde_json::Value| -> Result<String> { Ok(serde_json::to_string_pretty(&v)? + "\n") };
+    match (what, format) {
+        (InspectWhat::Services, OutputFormat::Json) => json(serde_json::to_value(services(&maps)?)?),
+        (InspectWhat::Services, OutputFormat::Table) => {
+            let rows: Vec<Vec<String>> = services(&maps)?
+                .into_iter()
+                .map(|r| {
+                    vec![
+                        r.service,
+                        r.frontend,
+                        if r.backends.is_empty() {
+                            "(none: refused)".to_string()
+                        } else {
+                            r.backends.join(", ")
+                        },
+                        r.new_flows.to_string(),
+                        r.refused_no_backend.to_string(),
+                    ]
+                })
+                .collect();
+            Ok(table(&["SERVICE", "FRONTEND", "BACKENDS", "FLOWS", "REFUSED"], &rows))
+        }
+        (InspectWhat::Backends, OutputFormat::Json) => json(serde_json::to_value(backends(&maps)?)?),
+        (InspectWhat::Backends, OutputFormat::Table) => {
+            let rows: Vec<Vec<String>> = backends(&maps)?
+                .into_iter()
+                .map(|r| vec![r.backend_id.to_string(), r.address, r.protocol, r.used_by.join(", ")])
+                .collect();
+            Ok(table(&["ID", "ADDRESS", "PROTO", "USED BY"], &rows))
+        }
+        (InspectWhat::Conntrack, OutputFormat::Json) => json(serde_json::to_value(conntrack(&maps)?)?),
+        (InspectWhat::Conntrack, OutputFormat::Table) => {
+            let rows: Vec<Vec<String>> = conntrack(&maps)?
+                .into_iter()
+                .map(|r| {
+                    vec![
+                        r.protocol,
+                        r.client,
+                        r.frontend,
+                        r.backend,
+                        r.service,
+                        format!("{}s", r.age_seconds),
+                        format!("{}s", r.idle_seconds),
+                        r.tcp_flags,
+                    ]
+                })
+                .collect();
+            Ok(table(
+                &["PROTO", "CLIENT", "FRONTEND", "BACKEND", "SERVICE", "AGE", "IDLE", "TCP"],
+                &rows,
+            ))
+        }
+        (InspectWhat::Stats, OutputFormat::Json) => json(serde_json::to_value(stats(&maps))?),
+        (InspectWhat::Stats, OutputFormat::Table) => {
+            let rows: Vec<Vec<String>> = stats(&maps)
+                .into_iter()
+                .map(|(k, v)| vec![k.to_string(), v.to_string()])
+                .collect();
+            Ok(table(&["REASON", "PACKETS"], &rows))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+
+    #[test]
+    fn flags() {
+        assert_eq!(flags_text(tcp_seen::SYN | tcp_seen::ACK), "SYN|ACK");
+        assert_eq!(flags_text(0), "");
+    }
+}

@@ -1,0 +1,8 @@
+//! Switchyard user space: the agent that programs the eBPF datapath from
+//! Kubernetes objects, and the tools to look inside it.
+
+pub mod agent;
+pub mod datapath;
+pub mod inspect;
+pub mod model;
+pub mod source;

@@ -1,0 +1,123 @@
+//! The `switchyard` command.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_userspace::{
+    agent::{self, AgentConfig},
+    datapath::{DEFAULT_PIN_DIR, ifaces::DEFAULT_POD_IFACES, ifaces::IfaceGlobs, loader},
+    inspect::{self, InspectWhat, OutputFormat},
+};
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "eBPF Kubernetes service load balancer")]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `lb_userspace=debug`.
+    #[arg(long, global = true, env = "SWITCHYARD_LOG", default_value = "info")]
+    log_level: String,
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: load the datapath, attach it to pod interfaces and keep
+    /// its maps in line with the cluster's Services and EndpointSlices.
+    Agent(AgentArgs),
+    /// Show what the datapath maps hold.
+    Inspect {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: OutputFormat,
+        #[command(subcommand)]
+        what: InspectWhat,
+    },
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Read Services and EndpointSlices from YAML/JSON manifests in DIR
+    /// (followed while running) instead of an API server.
+    #[arg(long, value_name = "DIR")]
+    standalone: Option<PathBuf>,
+    /// bpffs directory for the pinned maps.
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Comma-separated name globs of the host-side pod interfaces.
+    #[arg(long, default_value = DEFAULT_POD_IFACES)]
+    pod_ifaces: String,
+    /// The BPF object (default: next to this binary, then /usr/lib/switchyard).
+    #[arg(long)]
+    bpf_object: Option<PathBuf>,
+    /// This node's name, for node-local endpoint decisions.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Poll interval for the manifest directory and the interface list.
+    #[arg(long, default_value = "200", value_name = "MS")]
+    poll_ms: u64,
+    /// Remove the pinned maps and pin directory, then exit.
+    #[arg(long)]
+    cleanup: bool,
+}
+
+fn init_logging(level: &str, format: LogFormat) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level, cli.log_format)?;
+    match cli.command {
+        Command::Inspect {
+            pin_dir,
+            output,
+            what,
+        } => {
+            print!("{}", inspect::run(&pin_dir, what, output)?);
+            Ok(())
+        }
+        Command::Agent(args) => {
+            if args.cleanup {
+                return loader::cleanup(&args.pin_dir);
+            }
+            let Some(standalone_dir) = args.standalone else {
+                bail!(
+                    "no source given: pass --standalone DIR (the API-server source is not built yet)"
+                );
+            };
+            let cfg = AgentConfig {
+                standalone_dir,
+                pin_dir: args.pin_dir,
+                pod_ifaces: IfaceGlobs::parse(&args.pod_ifaces)?,
+                bpf_object: args.bpf_object,
+                node_name: args.node_name,
+                poll_interval: Duration::from_millis(args.poll_ms.max(10)),
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(agent::run(cfg))
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! What the cluster wants, independent of how the datapath realises it.
+//!
+//! Sources (standalone manifests, the API server) produce a [`DesiredState`];
+//! the map-sync layer turns it into BPF map entries. Nothing here knows about
+//! BPF.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            lb_common::PROTO_TCP => Some(Protocol::Tcp),
+            lb_common::PROTO_UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum ServiceType {
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl fmt::Display for ServiceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// `namespace/name:port-name`, the identity kube-proxy gives a service port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ServicePortName {
+    pub namespace: String,
+    pub name: String,
+    /// Empty for a single unnamed port.
+    pub port_name: String,
+}
+
+impl fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)?;
+        if !self.port_name.is_empty() {
+            write!(f, ":{}", self.port_name)?;
+        }
+        Ok(())
+    }
+}
+
+/// An address clients send to: VIP (or later node IP, LB IP), port, protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Frontend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.ip, self.port, self.protocol)
+    }
+}
+
+/// Where traffic is sent: a pod address and the target port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct BackendAddr {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.ip, self.port)
+    }
+}
+
+/// One endpoint of a service port, with the EndpointSlice conditions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub addr: BackendAddr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node: Option<String>,
+}
+
+/// A service port as the cluster wants it served.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    pub name: ServicePortName,
+    pub frontend: Frontend,
+    pub service_type: ServiceType,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl ServicePort {
+    /// Backends that get new flows, as kube-proxy chooses them: the ready
+    /// endpoints; when there are none, the ones that are still serving while
+    /// terminating (so a rolling update does not black-hole traffic).
+    /// Sorted and deduplicated, so equal sets compare equal.
+    pub fn active_backends(&self) -> Vec<BackendAddr> {
+        let mut chosen: Vec<BackendAddr> = self
+            .endpoints
+            .iter()
+            .filter(|e| e.ready)
+            .map(|e| e.addr)
+            .collect();
+        if chosen.is_empty() {
+            chosen = self
+                .endpoints
+                .iter()
+                .filter(|e| e.serving && e.terminating)
+                .map(|e| e.addr)
+                .collect();
+        }
+        chosen.sort();
+        chosen.dedup();
+        chosen
+    }
+}
+
+/// Everything the datapath should serve, keyed by frontend.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DesiredState {
+    pub services: BTreeMap<Frontend, ServicePort>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(ip: [u8; 4], ready: bool, serving: bool, terminating: bool) -> Endpoint {
+        Endpoint {
+            addr: BackendAddr {
+                ip: Ipv4Addr::from(ip),
+                port: 8080,
+                protocol: Protocol::Tcp,
+            },
+            ready,
+            serving,
+            terminating,
+            node: None,
+        }
+    }
+
+    fn port(endpoints: Vec<Endpoint>) -> ServicePort {
+        ServicePort {
+            name: ServicePortName {
+                namespace: "default".into(),
+                name: "web".into(),
+                port_name: "http".into(),
+            },
+            frontend: Frontend {
+                ip: Ipv4Addr::new(10, 96, 0, 10),
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            service_type: ServiceType::ClusterIP,
+            endpoints,
+        }
+    }
+
+    #[test]
+    fn ready_endpoints_win_over_terminating() {
+        let p = port(vec![
+            ep([10, 0, 0, 2], true, true, false),
+            ep([10, 0, 0, 1], false, true, true),
+        ]);
+        let ips: Vec<_> = p.active_backends().iter().map(|b| b.ip).collect();
+        assert_eq!(ips, vec![Ipv4Addr::new(10, 0, 0, 2)]);
+    }
+
+    #[test]
+    fn falls_back_to_serving_terminating() {
+        let p = port(vec![
+            ep([10, 0, 0, 3], false, false, true),
+            ep([10, 0, 0, 1], false, true, true),
+        ]);
+        let ips: Vec<_> = p.active_backends().iter().map(|b| b.ip).collect();
+        assert_eq!(ips, vec![Ipv4Addr::new(10, 0, 0, 1)]);
+    }
+
+    #[test]
+    fn duplicates_are_merged_and_sorted() {
+        let p = port(vec![
+            ep([10, 0, 0, 2], true, true, false),
+            ep([10, 0, 0, 1], true, true, false),
+            ep([10, 0, 0, 2], true, true, false),
+        ]);
+        assert_eq!(p.active_backends().len(), 2);
+        assert_eq!(p.active_backends()[0].ip, Ipv4Addr::new(10, 0, 0, 1));
+    }
+
+    #[test]
+    fn display_names() {
+        let p = port(vec![]);
+        assert_eq!(p.name.to_string(), "default/web:http");
+        assert_eq!(p.frontend.to_string(), "10.96.0.10:80/TCP");
+    }
+}

@@ -1,0 +1,250 @@
+//! Build and test orchestration: `cargo xtask <command>`.
+//!
+//! The BPF object is built for `bpfel-unknown-none` with one of two
+//! toolchain routes (see scripts/bootstrap.sh) and copied next to the
+//! `switchyard` binary, where the agent looks for it.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(about = "Switchyard build and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the BPF object (target/<profile>/switchyard.bpf.o).
+    BuildEbpf(EbpfArgs),
+    /// Build the BPF object, the switchyard binary and the test helpers.
+    Build(BuildArgs),
+    /// Build everything and run every test: unit, BPF_PROG_TEST_RUN packet
+    /// tests and namespace integration tests (needs root).
+    Test(TestArgs),
+    /// Run the standalone demo: agent + pods in network namespaces.
+    Demo(BuildArgs),
+    /// cargo fmt --check and clippy -D warnings on every crate, BPF included.
+    Lint(EbpfArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum Route {
+    Auto,
+    /// rustup nightly + rust-src, -Z build-std=core.
+    Nightly,
+    /// Debian rustc-web + libstd-rust-web-dev-bpf, RUSTC_BOOTSTRAP=1.
+    RustcWeb,
+}
+
+#[derive(clap::Args, Clone)]
+struct EbpfArgs {
+    #[arg(long, value_enum, default_value = "auto", env = "SWITCHYARD_BPF_ROUTE")]
+    route: Route,
+}
+
+#[derive(clap::Args, Clone)]
+struct BuildArgs {
+    #[command(flatten)]
+    ebpf: EbpfArgs,
+    #[arg(long)]
+    release: bool,
+}
+
+#[derive(clap::Args, Clone)]
+struct TestArgs {
+    #[command(flatten)]
+    build: BuildArgs,
+    /// Extra arguments for `cargo test` (e.g. a test name filter).
+    #[arg(last = true)]
+    cargo_args: Vec<String>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Task::BuildEbpf(a) => build_ebpf(a.route, "debug").map(|_| ()),
+        Task::Build(a) => build(&a),
+        Task::Test(a) => test(&a),
+        Task::Demo(a) => demo(&a),
+        Task::Lint(a) => lint(a.route),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Picks the toolchain route: the one bootstrap recorded, else whichever works.
+fn resolve_route(route: Route) -> Result<Route> {
+    if route != Route::Auto {
+        return Ok(route);
+    }
+    let recorded = std::fs::read_to_string(workspace_root().join("target/bpf-toolchain.env"))
+        .unwrap_or_default();
+    if recorded.contains("SWITCHYARD_BPF_ROUTE=rustc-web") {
+        return Ok(Route::RustcWeb);
+    }
+    let nightly_has_src = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src"))
+        .unwrap_or(false);
+    if nightly_has_src {
+        return Ok(Route::Nightly);
+    }
+    if Path::new("/usr/lib/rustlib/bpfel-unknown-none").exists() {
+        return Ok(Route::RustcWeb);
+    }
+    bail!("no eBPF toolchain found: run scripts/bootstrap.sh first")
+}
+
+fn ebpf_command(route: Route) -> Result<Command> {
+    let root = workspace_root();
+    let rustflags = [
+        "--cfg=bpf_target_arch=\"x86_64\"",
+        "-Cdebuginfo=2",
+        // Emit BTF so the kernel (and bpftool) know the map field names.
+        "-Clink-arg=--btf",
+    ]
+    .join("\x1f");
+    let mut cmd = match route {
+        Route::Nightly => {
+            let mut c = Command::new("cargo");
+            c.args(["+nightly", "build", "-Z", "build-std=core"]);
+            c
+        }
+        Route::RustcWeb => {
+            if !succeeds(Command::new("/usr/bin/rustc").arg("--version")) {
+                bail!("route rustc-web: /usr/bin/rustc missing (apt-get install rustc-web)");
+            }
+            let mut c = Command::new("/usr/bin/cargo");
+            c.arg("build")
+                .env("RUSTC", "/usr/bin/rustc")
+                .env("RUSTC_BOOTSTRAP", "1");
+            c
+        }
+        Route::Auto => unreachable!("resolved before"),
+    };
+    cmd.current_dir(root.join("lb-ebpf"))
+        .args(["--target", "bpfel-unknown-none", "--release", "--target-dir"])
+        .arg(root.join("target/bpf"))
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTUP_TOOLCHAIN");
+    Ok(cmd)
+}
+
+/// Builds the BPF object and copies it to target/<profile>/switchyard.bpf.o.
+fn build_ebpf(route: Route, profile: &str) -> Result<PathBuf> {
+    let route = resolve_route(route)?;
+    eprintln!("xtask: building the BPF object with the {route:?} route");
+    run(&mut ebpf_command(route)?)?;
+    let root = workspace_root();
+    let built = root.join("target/bpf/bpfel-unknown-none/release/switchyard");
+    let dest_dir = root.join("target").join(profile);
+    std::fs::create_dir_all(&dest_dir)?;
+    let dest = dest_dir.join("switchyard.bpf.o");
+    std::fs::copy(&built, &dest)
+        .with_context(|| format!("copying {} to {}", built.display(), dest.display()))?;
+    eprintln!("xtask: BPF object at {}", dest.display());
+    Ok(dest)
+}
+
+fn profile(release: bool) -> &'static str {
+    if release { "release" } else { "debug" }
+}
+
+fn build(a: &BuildArgs) -> Result<()> {
+    build_ebpf(a.ebpf.route, profile(a.release))?;
+    let mut c = Command::new("cargo");
+    c.current_dir(workspace_root())
+        .args(["build", "--bins", "-p", "lb-userspace", "-p", "switchyard-tests"]);
+    if a.release {
+        c.arg("--release");
+    }
+    run(&mut c)
+}
+
+fn test(a: &TestArgs) -> Result<()> {
+    build(&a.build)?;
+    let mut c = Command::new("cargo");
+    c.current_dir(workspace_root()).args(["test", "--workspace"]);
+    if a.build.release {
+        c.arg("--release");
+    }
+    c.args(&a.cargo_args);
+    run(&mut c)
+}
+
+fn demo(a: &BuildArgs) -> Result<()> {
+    build(a)?;
+    let bin = workspace_root()
+        .join("target")
+        .join(profile(a.release))
+        .join("switchyard-demo");
+    run(&mut Command::new(bin))
+}
+
+fn lint(route: Route) -> Result<()> {
+    let root = workspace_root();
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["fmt", "--all", "--", "--check"]))?;
+    run(Command::new("cargo")
+        .current_dir(root.join("lb-ebpf"))
+        .args(["fmt", "--", "--check"]))?;
+    run(Command::new("cargo").current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let route = resolve_route(route)?;
+    if route == Route::Nightly {
+        let mut c = ebpf_command(route)?;
+        // Same build, through clippy.
+        let args: Vec<_> = c.get_args().map(|s| s.to_owned()).collect();
+        let mut clippy = Command::new("cargo");
+        clippy.current_dir(root.join("lb-ebpf"));
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => clippy.env(k, v),
+                None => clippy.env_remove(k),
+            };
+        }
+        clippy.arg("+nightly").arg("clippy");
+        clippy.args(args.iter().skip(2)); // drop "+nightly build"
+        clippy.args(["--", "-D", "warnings"]);
+        c = clippy;
+        run(&mut c)?;
+    }
+    Ok(())
+}
