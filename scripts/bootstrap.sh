@@ -37,7 +37,7 @@ apt_install() {
 
 # Tools the tests and the demo use: iproute2 for namespaces/veth/tc, bpftool
 # for map dumps, build essentials for crates with C parts.
-apt_install iproute2 bpftool build-essential pkg-config ca-certificates curl
+apt_install iproute2 util-linux bpftool build-essential pkg-config ca-certificates
 
 # Host Rust toolchain (stable) for the user-space crates.
 if ! command -v cargo >/dev/null; then
@@ -81,6 +81,12 @@ if ! command -v bpf-linker >/dev/null; then
   say "building bpf-linker ${BPF_LINKER_VERSION} against LLVM ${LLVM_VERSION} (several minutes, once)"
   LLVM_PREFIX="/usr/lib/llvm-${LLVM_VERSION}" cargo install --locked bpf-linker \
     --version "${BPF_LINKER_VERSION}" --no-default-features --features "llvm-${LLVM_VERSION}"
+fi
+
+# The agent pins its maps on bpffs; mount it where a minimal machine lacks it.
+if [ "$(stat -f -c %T /sys/fs/bpf 2>/dev/null)" != "bpf_fs" ]; then
+  say "mounting bpffs on /sys/fs/bpf"
+  mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf
 fi
 
 mkdir -p "$here/target"

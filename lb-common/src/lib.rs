@@ -269,7 +269,10 @@ mod tests {
             _pad: [0; 3],
         };
         let r = k.reversed();
-        assert_eq!((r.src_ip_be, r.dst_ip_be, r.src_port_be, r.dst_port_be), (2, 1, 4, 3));
+        assert_eq!(
+            (r.src_ip_be, r.dst_ip_be, r.src_port_be, r.dst_port_be),
+            (2, 1, 4, 3)
+        );
         assert_eq!(r.reversed(), k);
     }
 }

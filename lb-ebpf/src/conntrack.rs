@@ -51,8 +51,8 @@ pub fn create(
         ..forward
     };
     // Reply first: once the forward entry exists the backend may answer.
-    conntrack.insert(&reply_key, &reply, BPF_ANY as u64)?;
-    conntrack.insert(flow, &forward, BPF_ANY as u64)
+    conntrack.insert(reply_key, reply, BPF_ANY as u64)?;
+    conntrack.insert(flow, forward, BPF_ANY as u64)
 }
 
 const TRACKED_FLAGS: u8 = tcp_seen::SYN | tcp_seen::FIN | tcp_seen::RST | tcp_seen::ACK;

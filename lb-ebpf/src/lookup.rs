@@ -9,7 +9,7 @@ use crate::maps::{backends, services};
 #[inline(always)]
 pub fn service_of(flow: &FlowKey) -> Option<BackendSlot> {
     let key = ServiceKey::new(flow.dst_ip_be, flow.dst_port_be, flow.proto, 0);
-    unsafe { services.get(&key) }.copied()
+    unsafe { services.get(key) }.copied()
 }
 
 /// Picks a backend uniformly at random among the service's slots, like
@@ -22,7 +22,7 @@ pub fn pick_backend(flow: &FlowKey, master: &BackendSlot) -> Option<(BackendId, 
     }
     let slot = (unsafe { bpf_get_prandom_u32() } % count) + 1;
     let key = ServiceKey::new(flow.dst_ip_be, flow.dst_port_be, flow.proto, slot as u16);
-    let backend_id = unsafe { services.get(&key) }?.backend_id;
-    let backend = unsafe { backends.get(&backend_id) }?;
+    let backend_id = unsafe { services.get(key) }?.backend_id;
+    let backend = unsafe { backends.get(backend_id) }?;
     Some((backend_id, *backend))
 }

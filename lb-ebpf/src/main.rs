@@ -38,9 +38,9 @@ pub fn from_pod(ctx: TcContext) -> i32 {
             // would split the datagram. Counted so it shows up when it matters.
             let _ = dst_ip_be;
             stats::count(reason::FRAGMENT_PASSED);
-            TC_ACT_OK as i32
+            TC_ACT_OK
         }
-        Parsed::Other => TC_ACT_OK as i32,
+        Parsed::Other => TC_ACT_OK,
     }
 }
 
@@ -49,7 +49,7 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     if let Parsed::Flow(pkt) = parse::parse(&ctx) {
         reply(&ctx, &pkt);
     }
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 #[inline(always)]
@@ -70,18 +70,18 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
                         c.packets += 1;
                         c.bytes += pkt.len as u64;
                     });
-                    TC_ACT_OK as i32
+                    TC_ACT_OK
                 }
                 Err(_) => {
                     stats::count(reason::NAT_FAILED);
-                    TC_ACT_SHOT as i32
+                    TC_ACT_SHOT
                 }
             };
         }
     }
 
     let Some(master) = lookup::service_of(&pkt.flow) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     let service_id = master.service_id;
     if master.count == 0 {
@@ -93,7 +93,7 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
             }
             Err(_) => {
                 stats::count(reason::NO_BACKEND_DROPPED);
-                TC_ACT_SHOT as i32
+                TC_ACT_SHOT
             }
         };
     }
@@ -101,9 +101,17 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
         // A slot or backend missing: user space is mid-update or the maps
         // are inconsistent. Dropping is safer than guessing an address.
         stats::count(reason::BACKEND_MISSING);
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     };
-    if conntrack::create(&pkt.flow, backend_id, &backend, service_id, pkt.tcp_flags, now).is_err()
+    if conntrack::create(
+        &pkt.flow,
+        backend_id,
+        &backend,
+        service_id,
+        pkt.tcp_flags,
+        now,
+    )
+    .is_err()
     {
         stats::count(reason::CONNTRACK_FULL);
     }
@@ -115,11 +123,11 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
                 c.bytes += pkt.len as u64;
                 c.new_flows += 1;
             });
-            TC_ACT_OK as i32
+            TC_ACT_OK
         }
         Err(_) => {
             stats::count(reason::NAT_FAILED);
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }

@@ -22,7 +22,13 @@ pub enum End {
 }
 
 #[inline(always)]
-pub fn rewrite(ctx: &TcContext, pkt: &Packet, end: End, ip_be: u32, port_be: u16) -> Result<(), i64> {
+pub fn rewrite(
+    ctx: &TcContext,
+    pkt: &Packet,
+    end: End,
+    ip_be: u32,
+    port_be: u16,
+) -> Result<(), i64> {
     let (old_ip, old_port, ip_off, port_off) = match end {
         End::Destination => (
             pkt.flow.dst_ip_be,

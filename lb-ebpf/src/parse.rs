@@ -53,7 +53,9 @@ pub enum Parsed {
     /// Not IPv4 TCP/UDP, or malformed: leave it alone.
     Other,
     /// An IPv4 fragment: its ports are not (all) in this packet.
-    Fragment { dst_ip_be: u32 },
+    Fragment {
+        dst_ip_be: u32,
+    },
     Flow(Packet),
 }
 

@@ -47,7 +47,11 @@ fn checksum<const N: usize>(bytes: &mut Words<N>) -> u16 {
 /// Reads exactly N bytes (aya's `load_bytes` clamps the length, which the
 /// verifier rejects as a possibly zero-sized read).
 #[inline(always)]
-fn load_exact<const N: usize>(ctx: &TcContext, offset: usize, dst: &mut [u8; N]) -> Result<(), i64> {
+fn load_exact<const N: usize>(
+    ctx: &TcContext,
+    offset: usize,
+    dst: &mut [u8; N],
+) -> Result<(), i64> {
     let ret = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb as *const _,
@@ -115,7 +119,7 @@ pub fn port_unreachable(ctx: &TcContext, pkt: &Packet) -> Result<i32, i64> {
 
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
-    if action != TC_ACT_REDIRECT as i32 {
+    if action != TC_ACT_REDIRECT {
         return Err(action as i64);
     }
     Ok(action)

@@ -92,7 +92,11 @@ pub fn services(maps: &PinnedMaps) -> Result<Vec<ServiceRow>> {
         rows.push(ServiceRow {
             service: service_label(maps, master.service_id),
             service_id: master.service_id,
-            frontend: format!("{}/{}", endpoint(key.vip_be, key.port_be), proto_name(key.proto)),
+            frontend: format!(
+                "{}/{}",
+                endpoint(key.vip_be, key.port_be),
+                proto_name(key.proto)
+            ),
             backends,
             new_flows: counters.new_flows,
             packets: counters.packets,
@@ -225,9 +229,12 @@ pub enum InspectWhat {
 
 pub fn run(pin_dir: &Path, what: InspectWhat, format: OutputFormat) -> Result<String> {
     let maps = PinnedMaps::open(pin_dir)?;
-    let json = |v: serde_json::Value| -> Result<String> { Ok(serde_json::to_string_pretty(&v)? + "\n") };
+    let json =
+        |v: serde_json::Value| -> Result<String> { Ok(serde_json::to_string_pretty(&v)? + "\n") };
     match (what, format) {
-        (InspectWhat::Services, OutputFormat::Json) => json(serde_json::to_value(services(&maps)?)?),
+        (InspectWhat::Services, OutputFormat::Json) => {
+            json(serde_json::to_value(services(&maps)?)?)
+        }
         (InspectWhat::Services, OutputFormat::Table) => {
             let rows: Vec<Vec<String>> = services(&maps)?
                 .into_iter()
@@ -245,17 +252,31 @@ pub fn run(pin_dir: &Path, what: InspectWhat, format: OutputFormat) -> Result<St
                     ]
                 })
                 .collect();
-            Ok(table(&["SERVICE", "FRONTEND", "BACKENDS", "FLOWS", "REFUSED"], &rows))
+            Ok(table(
+                &["SERVICE", "FRONTEND", "BACKENDS", "FLOWS", "REFUSED"],
+                &rows,
+            ))
         }
-        (InspectWhat::Backends, OutputFormat::Json) => json(serde_json::to_value(backends(&maps)?)?),
+        (InspectWhat::Backends, OutputFormat::Json) => {
+            json(serde_json::to_value(backends(&maps)?)?)
+        }
         (InspectWhat::Backends, OutputFormat::Table) => {
             let rows: Vec<Vec<String>> = backends(&maps)?
                 .into_iter()
-                .map(|r| vec![r.backend_id.to_string(), r.address, r.protocol, r.used_by.join(", ")])
+                .map(|r| {
+                    vec![
+                        r.backend_id.to_string(),
+                        r.address,
+                        r.protocol,
+                        r.used_by.join(", "),
+                    ]
+                })
                 .collect();
             Ok(table(&["ID", "ADDRESS", "PROTO", "USED BY"], &rows))
         }
-        (InspectWhat::Conntrack, OutputFormat::Json) => json(serde_json::to_value(conntrack(&maps)?)?),
+        (InspectWhat::Conntrack, OutputFormat::Json) => {
+            json(serde_json::to_value(conntrack(&maps)?)?)
+        }
         (InspectWhat::Conntrack, OutputFormat::Table) => {
             let rows: Vec<Vec<String>> = conntrack(&maps)?
                 .into_iter()
@@ -273,7 +294,9 @@ pub fn run(pin_dir: &Path, what: InspectWhat, format: OutputFormat) -> Result<St
                 })
                 .collect();
             Ok(table(
-                &["PROTO", "CLIENT", "FRONTEND", "BACKEND", "SERVICE", "AGE", "IDLE", "TCP"],
+                &[
+                    "PROTO", "CLIENT", "FRONTEND", "BACKEND", "SERVICE", "AGE", "IDLE", "TCP",
+                ],
                 &rows,
             ))
         }

@@ -12,7 +12,11 @@ use lb_userspace::{
 };
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "eBPF Kubernetes service load balancer")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "eBPF Kubernetes service load balancer"
+)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `lb_userspace=debug`.
     #[arg(long, global = true, env = "SWITCHYARD_LOG", default_value = "info")]

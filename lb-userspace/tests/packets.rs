@@ -162,11 +162,14 @@ fn try_test_run(prog_fd: RawFd, packet: &[u8]) -> std::io::Result<(u32, Vec<u8>)
 }
 
 impl Fixture {
-    fn from_pod(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
-        let fd = self.datapath.program_fd(program_names::FROM_POD).expect("fd");
+    fn run_from_pod(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
+        let fd = self
+            .datapath
+            .program_fd(program_names::FROM_POD)
+            .expect("fd");
         test_run(fd, packet)
     }
-    fn to_pod(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
+    fn run_to_pod(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
         let fd = self.datapath.program_fd(program_names::TO_POD).expect("fd");
         test_run(fd, packet)
     }
@@ -295,7 +298,11 @@ struct Parsed {
 fn parse_checked(frame: &[u8]) -> Parsed {
     let ip = &frame[14..];
     let ihl = ((ip[0] & 0xf) * 4) as usize;
-    assert_eq!(fold(sum16(&ip[..ihl])), 0xffff, "IPv4 header checksum invalid");
+    assert_eq!(
+        fold(sum16(&ip[..ihl])),
+        0xffff,
+        "IPv4 header checksum invalid"
+    );
     let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
     let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
     let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
@@ -329,7 +336,7 @@ const FIN: u8 = 0x01;
 #[test]
 fn tcp_to_vip_is_dnated_with_valid_checksums_and_tracked() {
     let mut f = fixture();
-    let (rc, out) = f.from_pod(&Pkt::tcp(CLIENT, 40000, VIP, 80, SYN).build());
+    let (rc, out) = f.run_from_pod(&Pkt::tcp(CLIENT, 40000, VIP, 80, SYN).build());
     assert_eq!(rc, TC_ACT_OK);
     let p = parse_checked(&out);
     assert!(BACKENDS.contains(&p.dst), "DNATed to {}", p.dst);
@@ -337,18 +344,35 @@ fn tcp_to_vip_is_dnated_with_valid_checksums_and_tracked() {
     assert_eq!(p.payload, b"hello\n");
 
     // Both directions tracked.
-    let entries: Vec<_> = f.maps.conntrack.iter().collect::<Result<_, _>>().expect("ct");
+    let entries: Vec<_> = f
+        .maps
+        .conntrack
+        .iter()
+        .collect::<Result<_, _>>()
+        .expect("ct");
     assert_eq!(entries.len(), 2);
-    let fwd = entries.iter().find(|(_, e)| e.kind == conn_kind::FORWARD).expect("fwd");
+    let fwd = entries
+        .iter()
+        .find(|(_, e)| e.kind == conn_kind::FORWARD)
+        .expect("fwd");
     assert_eq!(fwd.0.src_ip_be, ip_be(CLIENT));
     assert_eq!(fwd.1.nat_ip_be, ip_be(p.dst));
-    let rev = entries.iter().find(|(_, e)| e.kind == conn_kind::REPLY).expect("reply");
-    assert_eq!((rev.0.src_ip_be, rev.0.src_port_be), (ip_be(p.dst), port_be(8080)));
-    assert_eq!((rev.1.nat_ip_be, rev.1.nat_port_be), (ip_be(VIP), port_be(80)));
+    let rev = entries
+        .iter()
+        .find(|(_, e)| e.kind == conn_kind::REPLY)
+        .expect("reply");
+    assert_eq!(
+        (rev.0.src_ip_be, rev.0.src_port_be),
+        (ip_be(p.dst), port_be(8080))
+    );
+    assert_eq!(
+        (rev.1.nat_ip_be, rev.1.nat_port_be),
+        (ip_be(VIP), port_be(80))
+    );
 
     // Every later packet of the flow goes to the same backend.
     for _ in 0..30 {
-        let (_, out) = f.from_pod(&Pkt::tcp(CLIENT, 40000, VIP, 80, ACK).build());
+        let (_, out) = f.run_from_pod(&Pkt::tcp(CLIENT, 40000, VIP, 80, ACK).build());
         assert_eq!(parse_checked(&out).dst, p.dst);
     }
     assert_eq!(f.maps.reason_count(reason::NEW_FLOW), 1);
@@ -358,31 +382,31 @@ fn tcp_to_vip_is_dnated_with_valid_checksums_and_tracked() {
 #[test]
 fn replies_are_reverse_nated_to_the_vip() {
     let mut f = fixture();
-    let (_, out) = f.from_pod(&Pkt::tcp(CLIENT, 40001, VIP, 80, SYN).build());
+    let (_, out) = f.run_from_pod(&Pkt::tcp(CLIENT, 40001, VIP, 80, SYN).build());
     let backend = parse_checked(&out).dst;
-    let (rc, out) = f.to_pod(&Pkt::tcp(backend, 8080, CLIENT, 40001, SYN | ACK).build());
+    let (rc, out) = f.run_to_pod(&Pkt::tcp(backend, 8080, CLIENT, 40001, SYN | ACK).build());
     assert_eq!(rc, TC_ACT_OK);
     let p = parse_checked(&out);
     assert_eq!((p.src, p.sport, p.dst, p.dport), (VIP, 80, CLIENT, 40001));
 
     // A packet from the same backend to another client port is not ours.
     let other = Pkt::tcp(backend, 8080, CLIENT, 40999, ACK).build();
-    assert_eq!(f.to_pod(&other), (TC_ACT_OK, other.clone()));
+    assert_eq!(f.run_to_pod(&other), (TC_ACT_OK, other.clone()));
 }
 
 #[test]
 fn udp_with_and_without_checksum() {
     let mut f = fixture();
-    let (_, out) = f.from_pod(&Pkt::udp(CLIENT, 5353, VIP, 53).build());
+    let (_, out) = f.run_from_pod(&Pkt::udp(CLIENT, 5353, VIP, 53).build());
     let p = parse_checked(&out);
     assert!(BACKENDS.contains(&p.dst));
     assert_ne!(p.l4_csum, 0);
-    let (_, out) = f.to_pod(&Pkt::udp(p.dst, 8080, CLIENT, 5353).build());
+    let (_, out) = f.run_to_pod(&Pkt::udp(p.dst, 8080, CLIENT, 5353).build());
     assert_eq!(parse_checked(&out).src, VIP);
 
     let mut zero = Pkt::udp(CLIENT, 5354, VIP, 53);
     zero.udp_zero_csum = true;
-    let (_, out) = f.from_pod(&zero.build());
+    let (_, out) = f.run_from_pod(&zero.build());
     let p = parse_checked(&out);
     assert!(BACKENDS.contains(&p.dst));
     assert_eq!(p.l4_csum, 0, "a zero UDP checksum must stay zero");
@@ -393,7 +417,7 @@ fn new_flows_reach_every_backend() {
     let mut f = fixture();
     let mut seen = std::collections::BTreeSet::new();
     for port in 20000..20060 {
-        let (_, out) = f.from_pod(&Pkt::tcp(CLIENT, port, VIP, 80, SYN).build());
+        let (_, out) = f.run_from_pod(&Pkt::tcp(CLIENT, port, VIP, 80, SYN).build());
         seen.insert(parse_checked(&out).dst);
     }
     assert_eq!(seen.len(), BACKENDS.len(), "{seen:?}");
@@ -402,15 +426,19 @@ fn new_flows_reach_every_backend() {
 #[test]
 fn syn_after_close_is_balanced_afresh_but_retransmitted_syn_is_not() {
     let mut f = fixture();
-    let (_, out) = f.from_pod(&Pkt::tcp(CLIENT, 41000, VIP, 80, SYN).build());
+    let (_, out) = f.run_from_pod(&Pkt::tcp(CLIENT, 41000, VIP, 80, SYN).build());
     let first = parse_checked(&out).dst;
     for _ in 0..10 {
-        let (_, out) = f.from_pod(&Pkt::tcp(CLIENT, 41000, VIP, 80, SYN).build());
-        assert_eq!(parse_checked(&out).dst, first, "SYN retransmit keeps its backend");
+        let (_, out) = f.run_from_pod(&Pkt::tcp(CLIENT, 41000, VIP, 80, SYN).build());
+        assert_eq!(
+            parse_checked(&out).dst,
+            first,
+            "SYN retransmit keeps its backend"
+        );
     }
-    f.from_pod(&Pkt::tcp(CLIENT, 41000, VIP, 80, FIN | ACK).build());
+    f.run_from_pod(&Pkt::tcp(CLIENT, 41000, VIP, 80, FIN | ACK).build());
     let before = f.maps.reason_count(reason::NEW_FLOW);
-    f.from_pod(&Pkt::tcp(CLIENT, 41000, VIP, 80, SYN).build());
+    f.run_from_pod(&Pkt::tcp(CLIENT, 41000, VIP, 80, SYN).build());
     assert_eq!(f.maps.reason_count(reason::NEW_FLOW), before + 1);
 }
 
@@ -421,7 +449,7 @@ fn no_backend_is_refused_with_icmp_port_unreachable() {
         Pkt::tcp(CLIENT, 42000, EMPTY_VIP, 80, SYN).build(),
         Pkt::udp(CLIENT, 42001, EMPTY_VIP, 53).build(),
     ] {
-        let (rc, out) = f.from_pod(&original);
+        let (rc, out) = f.run_from_pod(&original);
         assert_eq!(rc, TC_ACT_REDIRECT, "sent back out of the interface");
         assert_eq!(out.len(), 14 + 20 + 8 + 28);
         assert_eq!(&out[0..6], &original[6..12], "Ethernet addresses swapped");
@@ -434,7 +462,11 @@ fn no_backend_is_refused_with_icmp_port_unreachable() {
         let icmp = &out[34..];
         assert_eq!((icmp[0], icmp[1]), (3, 3), "destination/port unreachable");
         assert_eq!(fold(sum16(icmp)), 0xffff, "ICMP checksum");
-        assert_eq!(&icmp[8..], &original[14..14 + 28], "quotes the original packet");
+        assert_eq!(
+            &icmp[8..],
+            &original[14..14 + 28],
+            "quotes the original packet"
+        );
     }
     assert_eq!(f.maps.reason_count(reason::NO_BACKEND_REJECTED), 2);
     assert!(f.maps.conntrack.iter().next().is_none(), "nothing tracked");
@@ -445,7 +477,7 @@ fn ip_options_are_translated_at_the_right_offset() {
     let mut f = fixture();
     let mut pkt = Pkt::tcp(CLIENT, 43000, VIP, 80, SYN);
     pkt.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
-    let (rc, out) = f.from_pod(&pkt.build());
+    let (rc, out) = f.run_from_pod(&pkt.build());
     assert_eq!(rc, TC_ACT_OK);
     let p = parse_checked(&out);
     assert!(BACKENDS.contains(&p.dst));
@@ -457,7 +489,10 @@ fn ip_options_are_translated_at_the_right_offset() {
 fn non_matching_and_malformed_packets_pass_untouched() {
     let mut f = fixture();
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
-        ("other destination", Pkt::tcp(CLIENT, 1, Ipv4Addr::new(10, 244, 1, 1), 80, SYN).build()),
+        (
+            "other destination",
+            Pkt::tcp(CLIENT, 1, Ipv4Addr::new(10, 244, 1, 1), 80, SYN).build(),
+        ),
         ("VIP, other port", Pkt::tcp(CLIENT, 1, VIP, 81, SYN).build()),
         ("VIP, other protocol", Pkt::udp(CLIENT, 1, VIP, 80).build()),
     ];
@@ -481,10 +516,10 @@ fn non_matching_and_malformed_packets_pass_untouched() {
     cases.push(("IP total length beyond the packet", long_total));
 
     for (what, packet) in cases {
-        let (rc, out) = f.from_pod(&packet);
+        let (rc, out) = f.run_from_pod(&packet);
         assert_eq!(rc, TC_ACT_OK, "{what}");
         assert_eq!(out, packet, "{what}: changed");
-        let (rc, out) = f.to_pod(&packet);
+        let (rc, out) = f.run_to_pod(&packet);
         assert_eq!((rc, out), (TC_ACT_OK, packet.clone()), "{what} (to_pod)");
     }
     assert_eq!(f.maps.reason_count(reason::FRAGMENT_PASSED), 2);
@@ -495,7 +530,7 @@ fn non_matching_and_malformed_packets_pass_untouched() {
     let full = Pkt::tcp(CLIENT, 44000, VIP, 80, SYN).build();
     for len in 14 + 20..full.len() {
         let cut = &full[..len];
-        let (rc, out) = f.from_pod(cut);
+        let (rc, out) = f.run_from_pod(cut);
         assert_eq!(rc, TC_ACT_OK, "truncated at {len}");
         assert_eq!(out, cut, "truncated at {len}: changed");
     }

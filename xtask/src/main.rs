@@ -152,7 +152,12 @@ fn ebpf_command(route: Route) -> Result<Command> {
         Route::Auto => unreachable!("resolved before"),
     };
     cmd.current_dir(root.join("lb-ebpf"))
-        .args(["--target", "bpfel-unknown-none", "--release", "--target-dir"])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "--release",
+            "--target-dir",
+        ])
         .arg(root.join("target/bpf"))
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
         .env_remove("RUSTFLAGS")
@@ -183,8 +188,14 @@ fn profile(release: bool) -> &'static str {
 fn build(a: &BuildArgs) -> Result<()> {
     build_ebpf(a.ebpf.route, profile(a.release))?;
     let mut c = Command::new("cargo");
-    c.current_dir(workspace_root())
-        .args(["build", "--bins", "-p", "lb-userspace", "-p", "switchyard-tests"]);
+    c.current_dir(workspace_root()).args([
+        "build",
+        "--bins",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "switchyard-tests",
+    ]);
     if a.release {
         c.arg("--release");
     }
@@ -194,7 +205,8 @@ fn build(a: &BuildArgs) -> Result<()> {
 fn test(a: &TestArgs) -> Result<()> {
     build(&a.build)?;
     let mut c = Command::new("cargo");
-    c.current_dir(workspace_root()).args(["test", "--workspace"]);
+    c.current_dir(workspace_root())
+        .args(["test", "--workspace"]);
     if a.build.release {
         c.arg("--release");
     }

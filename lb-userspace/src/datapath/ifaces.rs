@@ -31,7 +31,9 @@ impl IfaceGlobs {
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        self.0.iter().any(|g| glob_match(g.as_bytes(), name.as_bytes()))
+        self.0
+            .iter()
+            .any(|g| glob_match(g.as_bytes(), name.as_bytes()))
     }
 }
 
@@ -60,7 +62,9 @@ pub fn list_interfaces() -> Result<BTreeMap<String, u32>> {
         if entry.if_index == 0 || entry.if_name.is_null() {
             break;
         }
-        let name = unsafe { CStr::from_ptr(entry.if_name) }.to_string_lossy().into_owned();
+        let name = unsafe { CStr::from_ptr(entry.if_name) }
+            .to_string_lossy()
+            .into_owned();
         out.insert(name, entry.if_index);
         cur = unsafe { cur.add(1) };
     }

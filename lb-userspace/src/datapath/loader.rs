@@ -49,7 +49,8 @@ pub fn find_object(explicit: Option<&Path>) -> Result<PathBuf> {
 /// Fails clearly unless `dir`'s parent file system is bpffs: pinning on any
 /// other file system fails with an obscure error.
 pub fn ensure_pin_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating pin directory {}", dir.display()))?;
     let c_path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
@@ -127,7 +128,10 @@ impl Datapath {
             Ok(l) => l,
             Err(e) => {
                 let _ = classifier(&mut self.ebpf, program_names::FROM_POD)?.detach(ingress);
-                return Err(e).context(format!("attaching {} to {iface} egress", program_names::TO_POD));
+                return Err(e).context(format!(
+                    "attaching {} to {iface} egress",
+                    program_names::TO_POD
+                ));
             }
         };
         self.attached.insert(
@@ -152,7 +156,8 @@ impl Datapath {
             (program_names::FROM_POD, a.ingress),
             (program_names::TO_POD, a.egress),
         ] {
-            let result = classifier(&mut self.ebpf, prog).and_then(|p| p.detach(link).map_err(Into::into));
+            let result =
+                classifier(&mut self.ebpf, prog).and_then(|p| p.detach(link).map_err(Into::into));
             match result {
                 Ok(()) => {}
                 Err(e) if gone => debug!(iface, "detach after interface removal: {e:#}"),
@@ -186,7 +191,10 @@ pub fn cleanup(pin_dir: &Path) -> Result<()> {
         }
     }
     std::fs::remove_dir(pin_dir).with_context(|| {
-        format!("removing {} (does it hold pins that are not ours?)", pin_dir.display())
+        format!(
+            "removing {} (does it hold pins that are not ours?)",
+            pin_dir.display()
+        )
     })?;
     info!(pin_dir = %pin_dir.display(), "removed");
     Ok(())

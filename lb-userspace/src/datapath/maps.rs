@@ -98,7 +98,10 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_truncate_on_char_boundary() {
-        assert_eq!(decode_name(&encode_name("default/web:http")).as_deref(), Some("default/web:http"));
+        assert_eq!(
+            decode_name(&encode_name("default/web:http")).as_deref(),
+            Some("default/web:http")
+        );
         assert_eq!(decode_name(&ServiceName::default()), None);
         let long = "é".repeat(SERVICE_NAME_LEN);
         let decoded = decode_name(&encode_name(&long)).expect("non-empty");
@@ -132,7 +135,8 @@ mod service_maps_impl {
         }
 
         fn delete_backend(&mut self, id: BackendId) -> Result<()> {
-            ignore_missing(self.backends.remove(&id)).with_context(|| format!("removing backend {id}"))
+            ignore_missing(self.backends.remove(&id))
+                .with_context(|| format!("removing backend {id}"))
         }
 
         fn put_service(&mut self, key: ServiceKey, value: BackendSlot) -> Result<()> {

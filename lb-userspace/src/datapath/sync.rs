@@ -144,7 +144,11 @@ impl<M: ServiceMaps> MapSync<M> {
         let mut backend_ids = HashMap::new();
         for (id, b) in maps.read_backends().context("reading the backends map")? {
             let Some(protocol) = Protocol::from_number(b.proto) else {
-                warn!(backend_id = id, proto = b.proto, "removing backend with unknown protocol");
+                warn!(
+                    backend_id = id,
+                    proto = b.proto,
+                    "removing backend with unknown protocol"
+                );
                 maps.delete_backend(id)?;
                 continue;
             };
@@ -200,7 +204,9 @@ impl<M: ServiceMaps> MapSync<M> {
                 maps.delete_service(frontend_key(&frontend, slot))?;
             }
             service_ids.mark_used(master.service_id);
-            let name = maps.read_service_name(master.service_id).unwrap_or_default();
+            let name = maps
+                .read_service_name(master.service_id)
+                .unwrap_or_default();
             services.insert(
                 frontend,
                 ProgrammedService {
@@ -249,16 +255,18 @@ impl<M: ServiceMaps> MapSync<M> {
             .collect();
 
         // 1. New backends first.
-        let needed: BTreeSet<BackendAddr> =
-            wanted.values().flat_map(|(_, b)| b.iter().copied()).collect();
+        let needed: BTreeSet<BackendAddr> = wanted
+            .values()
+            .flat_map(|(_, b)| b.iter().copied())
+            .collect();
         for addr in &needed {
             if self.backend_ids.contains_key(addr) {
                 continue;
             }
             let Some(id) = self.backend_id_alloc.allocate() else {
-                report
-                    .errors
-                    .push(format!("backend {addr}: backends map full ({MAX_BACKENDS} IDs in use)"));
+                report.errors.push(format!(
+                    "backend {addr}: backends map full ({MAX_BACKENDS} IDs in use)"
+                ));
                 continue;
             };
             match self.maps.put_backend(id, backend_value(addr)) {
@@ -284,12 +292,16 @@ impl<M: ServiceMaps> MapSync<M> {
                     report.services_created += 1;
                 }),
                 Some(current) if current.slots == slots && current.name == *name => Ok(()),
-                Some(current) => self.update_service(frontend, current, name, slots).map(|()| {
-                    report.services_updated += 1;
-                }),
+                Some(current) => self
+                    .update_service(frontend, current, name, slots)
+                    .map(|()| {
+                        report.services_updated += 1;
+                    }),
             };
             if let Err(e) = result {
-                report.errors.push(format!("service {name} ({frontend}): {e:#}"));
+                report
+                    .errors
+                    .push(format!("service {name} ({frontend}): {e:#}"));
             }
         }
         let gone: Vec<Frontend> = self
@@ -324,13 +336,20 @@ impl<M: ServiceMaps> MapSync<M> {
                     self.backend_id_alloc.release(id);
                     report.backends_deleted += 1;
                 }
-                Err(e) => report.errors.push(format!("deleting backend {addr}: {e:#}")),
+                Err(e) => report
+                    .errors
+                    .push(format!("deleting backend {addr}: {e:#}")),
             }
         }
         report
     }
 
-    fn write_slots(&mut self, frontend: &Frontend, old: &[BackendId], new: &[BackendId]) -> Result<()> {
+    fn write_slots(
+        &mut self,
+        frontend: &Frontend,
+        old: &[BackendId],
+        new: &[BackendId],
+    ) -> Result<()> {
         for (i, id) in new.iter().enumerate() {
             if old.get(i) != Some(id) {
                 let slot = u16::try_from(i + 1).map_err(|_| anyhow!("too many backends"))?;
@@ -356,7 +375,12 @@ impl<M: ServiceMaps> MapSync<M> {
         })
     }
 
-    fn create_service(&mut self, frontend: &Frontend, name: &str, slots: Vec<BackendId>) -> Result<()> {
+    fn create_service(
+        &mut self,
+        frontend: &Frontend,
+        name: &str,
+        slots: Vec<BackendId>,
+    ) -> Result<()> {
         let master = Self::master_value(0, slots.len())?;
         let service_id = self
             .service_ids
@@ -409,7 +433,8 @@ impl<M: ServiceMaps> MapSync<M> {
         }
         // Only now that the count no longer covers them.
         for slot in slots.len() + 1..=current.slots.len() {
-            self.maps.delete_service(frontend_key(frontend, slot as u16))?;
+            self.maps
+                .delete_service(frontend_key(frontend, slot as u16))?;
         }
         self.services.insert(
             *frontend,
@@ -430,7 +455,10 @@ impl<M: ServiceMaps> MapSync<M> {
         self.maps.delete_service(frontend_key(frontend, 0))?;
         self.services.remove(frontend);
         for slot in 1..=current.slots.len() {
-            if let Err(e) = self.maps.delete_service(frontend_key(frontend, slot as u16)) {
+            if let Err(e) = self
+                .maps
+                .delete_service(frontend_key(frontend, slot as u16))
+            {
                 warn!(%frontend, slot, "leaving an unreachable slot behind: {e:#}");
             }
         }
@@ -462,10 +490,12 @@ pub(crate) mod tests {
             for (key, master) in self.services.iter().filter(|(k, _)| k.slot == 0) {
                 for slot in 1..=master.count {
                     let slot_key = ServiceKey { slot, ..*key };
-                    let entry = self
-                        .services
-                        .get(&slot_key)
-                        .unwrap_or_else(|| panic!("window: {key:?} count {} but slot {slot} missing", master.count));
+                    let entry = self.services.get(&slot_key).unwrap_or_else(|| {
+                        panic!(
+                            "window: {key:?} count {} but slot {slot} missing",
+                            master.count
+                        )
+                    });
                     assert!(
                         self.backends.contains_key(&entry.backend_id),
                         "window: slot {slot} of {key:?} points at missing backend {}",
@@ -635,11 +665,43 @@ pub(crate) mod tests {
     fn adoption_removes_orphan_and_excess_slots() {
         let a = frontend(1, 80);
         let mut maps = FakeMaps::default();
-        maps.backends.insert(7, backend_value(&BackendAddr { ip: Ipv4Addr::new(10, 244, 0, 7), port: 8080, protocol: Protocol::Tcp }));
-        maps.services.insert(frontend_key(&a, 0), BackendSlot { service_id: 3, count: 1, ..Default::default() });
-        maps.services.insert(frontend_key(&a, 1), BackendSlot { backend_id: 7, ..Default::default() });
-        maps.services.insert(frontend_key(&a, 2), BackendSlot { backend_id: 7, ..Default::default() });
-        maps.services.insert(frontend_key(&frontend(9, 9), 1), BackendSlot { backend_id: 7, ..Default::default() });
+        maps.backends.insert(
+            7,
+            backend_value(&BackendAddr {
+                ip: Ipv4Addr::new(10, 244, 0, 7),
+                port: 8080,
+                protocol: Protocol::Tcp,
+            }),
+        );
+        maps.services.insert(
+            frontend_key(&a, 0),
+            BackendSlot {
+                service_id: 3,
+                count: 1,
+                ..Default::default()
+            },
+        );
+        maps.services.insert(
+            frontend_key(&a, 1),
+            BackendSlot {
+                backend_id: 7,
+                ..Default::default()
+            },
+        );
+        maps.services.insert(
+            frontend_key(&a, 2),
+            BackendSlot {
+                backend_id: 7,
+                ..Default::default()
+            },
+        );
+        maps.services.insert(
+            frontend_key(&frontend(9, 9), 1),
+            BackendSlot {
+                backend_id: 7,
+                ..Default::default()
+            },
+        );
         let sync = MapSync::adopt(maps).expect("adopt");
         assert_eq!(sync.maps().services.len(), 2);
         assert_eq!(sync.programmed()[&a].slots, vec![7]);
