@@ -1,0 +1,356 @@
+//! `--standalone DIR`: Services and EndpointSlices from manifest files,
+//! followed while the agent runs.
+//!
+//! Every `*.yaml`, `*.yml` and `*.json` file in DIR (not recursive; hidden
+//! files skipped, so editors' swap files and atomic-write temporaries are
+//! ignored) may hold several documents and `kind: List`s. A broken document
+//! is reported with its file and position; the others still load.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::translate::translate;
+use super::{ClusterObjects, ObjectError, Sourced};
+use crate::model::DesiredState;
+
+#[derive(Debug, Default)]
+pub struct LoadedDir {
+    pub objects: ClusterObjects,
+    pub errors: Vec<ObjectError>,
+}
+
+fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let is_manifest = [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|ext| name.ends_with(ext));
+        if !name.starts_with('.') && is_manifest && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// `kind namespace/name` of a document, as far as it can be read.
+fn describe(value: &serde_json::Value) -> String {
+    let kind = value["kind"].as_str().unwrap_or("object");
+    let ns = value["metadata"]["namespace"].as_str().unwrap_or("default");
+    match value["metadata"]["name"].as_str() {
+        Some(name) => format!("{kind} {ns}/{name}"),
+        None => kind.to_string(),
+    }
+}
+
+/// The field a serde message complains about, when it can be found: serde
+/// names the field for missing/unknown fields; type errors only give a
+/// position, so fall back to the document.
+fn field_of(message: &str) -> String {
+    for marker in ["missing field `", "unknown field `", "duplicate field `"] {
+        if let Some(rest) = message.split(marker).nth(1)
+            && let Some(field) = rest.split('`').next()
+        {
+            return field.to_string();
+        }
+    }
+    "(document)".to_string()
+}
+
+fn add_object(value: serde_json::Value, origin: String, loaded: &mut LoadedDir) {
+    let api_version = value["apiVersion"].as_str().unwrap_or_default().to_string();
+    let kind = value["kind"].as_str().unwrap_or_default().to_string();
+    let object = describe(&value);
+    let error = |field: String, message: String| ObjectError {
+        origin: origin.clone(),
+        object: object.clone(),
+        field,
+        message,
+    };
+    match (api_version.as_str(), kind.as_str()) {
+        ("v1", "List") => {
+            let items = value["items"].as_array().cloned().unwrap_or_default();
+            for (i, item) in items.into_iter().enumerate() {
+                add_object(item, format!("{origin} items[{i}]"), loaded);
+            }
+        }
+        ("v1", "Service") => match serde_json::from_value(value) {
+            Ok(object) => loaded.objects.services.push(Sourced { origin, object }),
+            Err(e) => loaded
+                .errors
+                .push(error(field_of(&e.to_string()), e.to_string())),
+        },
+        ("discovery.k8s.io/v1", "EndpointSlice") => match serde_json::from_value(value) {
+            Ok(object) => loaded.objects.slices.push(Sourced { origin, object }),
+            Err(e) => loaded
+                .errors
+                .push(error(field_of(&e.to_string()), e.to_string())),
+        },
+        ("", _) | (_, "") => loaded.errors.push(error(
+            "apiVersion/kind".into(),
+            "missing apiVersion or kind".into(),
+        )),
+        _ => debug!(%origin, %api_version, %kind, "not a Service or EndpointSlice, ignored"),
+    }
+}
+
+fn load_file(path: &Path, loaded: &mut LoadedDir) {
+    let file = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            loaded.errors.push(ObjectError {
+                origin: file,
+                object: "file".into(),
+                field: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            });
+            return;
+        }
+    };
+    // JSON is YAML, so one parser serves both.
+    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let origin = format!("{file} (document {})", i + 1);
+        let value = match serde_yaml::Value::deserialize(doc) {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(v) => v,
+            Err(e) => {
+                loaded.errors.push(ObjectError {
+                    origin,
+                    object: "document".into(),
+                    field: "(syntax)".into(),
+                    message: e.to_string(),
+                });
+                // A syntax error leaves the rest of the stream unreadable.
+                break;
+            }
+        };
+        match serde_json::to_value(value) {
+            Ok(json) if json.is_object() => add_object(json, origin, loaded),
+            Ok(_) => loaded.errors.push(ObjectError {
+                origin,
+                object: "document".into(),
+                field: "(document)".into(),
+                message: "not a mapping".into(),
+            }),
+            Err(e) => loaded.errors.push(ObjectError {
+                origin,
+                object: "document".into(),
+                field: "(document)".into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
+pub fn load_dir(dir: &Path) -> std::io::Result<LoadedDir> {
+    let mut loaded = LoadedDir::default();
+    for path in manifest_files(dir)? {
+        load_file(&path, &mut loaded);
+    }
+    Ok(loaded)
+}
+
+/// Path, size, mtime (s, ns) and inode of one manifest file.
+type FileStamp = (PathBuf, u64, i64, i64, u64);
+
+/// Cheap change detection: names, sizes, mtimes and inodes of the files.
+fn fingerprint(dir: &Path) -> std::io::Result<Vec<FileStamp>> {
+    manifest_files(dir)?
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p)?;
+            Ok((p, m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+        })
+        .collect()
+}
+
+/// Polls `dir` every `interval` and publishes the desired state whenever it
+/// changes. The first state is published at once, even if it is empty.
+pub async fn watch_dir(dir: PathBuf, interval: Duration, tx: watch::Sender<DesiredState>) {
+    let mut last_fingerprint = None;
+    let mut unreadable = false;
+    let mut reported: BTreeSet<String> = BTreeSet::new();
+    let mut first = true;
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let current = match fingerprint(&dir) {
+            Ok(f) => {
+                unreadable = false;
+                Some(f)
+            }
+            Err(e) => {
+                // Unreadable (e.g. being replaced): keep serving the last
+                // state rather than withdrawing every service.
+                if !unreadable {
+                    warn!(dir = %dir.display(), "cannot read manifest directory: {e}; keeping the last state");
+                }
+                unreadable = true;
+                None
+            }
+        };
+        if !first && (current.is_none() || current == last_fingerprint) {
+            continue;
+        }
+        let (objects, mut errors) = match load_dir(&dir) {
+            Ok(l) => (l.objects, l.errors),
+            Err(_) => (ClusterObjects::default(), Vec::new()),
+        };
+        let translation = translate(&objects);
+        errors.extend(translation.errors);
+        let now: BTreeSet<String> = errors.iter().map(ToString::to_string).collect();
+        for e in now.difference(&reported) {
+            warn!("skipping invalid object: {e}");
+        }
+        reported = now;
+        for s in &translation.skipped {
+            debug!("not programmed: {s}");
+        }
+        info!(
+            dir = %dir.display(),
+            services = objects.services.len(),
+            slices = objects.slices.len(),
+            frontends = translation.desired.services.len(),
+            errors = reported.len(),
+            "manifests loaded"
+        );
+        let desired = translation.desired;
+        tx.send_if_modified(|old| {
+            let changed = first || *old != desired;
+            *old = desired;
+            changed
+        });
+        if tx.is_closed() {
+            return;
+        }
+        first = false;
+        last_fingerprint = current;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new() -> Self {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "switchyard-standalone-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).expect("temp dir");
+            Self(p)
+        }
+        fn write(&self, name: &str, text: &str) {
+            std::fs::write(self.0.join(name), text).expect("write");
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n";
+
+    #[test]
+    fn multi_document_files_lists_and_unknown_kinds() {
+        let d = TempDir::new();
+        d.write(
+            "a.yaml",
+            &format!("{SVC}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n---\n"),
+        );
+        d.write(
+            "b.json",
+            r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"web-1","labels":{"kubernetes.io/service-name":"web"}},"addressType":"IPv4","endpoints":[]}]}"#,
+        );
+        d.write(".hidden.yaml", SVC);
+        d.write("notes.txt", SVC);
+        let l = load_dir(&d.0).expect("load");
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!(l.objects.services.len(), 1);
+        assert_eq!(l.objects.slices.len(), 1);
+        assert_eq!(l.objects.slices[0].origin, "b.json (document 1) items[0]");
+    }
+
+    #[test]
+    fn a_broken_document_is_reported_and_the_rest_loads() {
+        let d = TempDir::new();
+        d.write(
+            "mixed.yaml",
+            &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: broken}}\nspec: {{ports: [{{port: eighty}}]}}\n---\n{}", SVC.replace("web", "ok")),
+        );
+        d.write(
+            "syntax.yaml",
+            "apiVersion: v1\nkind: Service\n  bad: [indent\n",
+        );
+        d.write("z.yaml", SVC);
+        let l = load_dir(&d.0).expect("load");
+        let lines: Vec<String> = l.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(
+            lines[0].starts_with("mixed.yaml (document 1): Service default/broken:"),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[1].starts_with("syntax.yaml (document 1)"),
+            "{lines:#?}"
+        );
+        let names: Vec<_> = l
+            .objects
+            .services
+            .iter()
+            .filter_map(|s| s.object.metadata.name.clone())
+            .collect();
+        assert_eq!(names, vec!["ok", "web"]);
+    }
+
+    #[test]
+    fn field_names_are_extracted_from_serde_messages() {
+        assert_eq!(
+            field_of("missing field `addressType` at line 1"),
+            "addressType"
+        );
+        assert_eq!(field_of("invalid type: string"), "(document)");
+    }
+
+    #[tokio::test]
+    async fn watcher_follows_changes() {
+        let d = TempDir::new();
+        let (tx, mut rx) = watch::channel(DesiredState::default());
+        let task = tokio::spawn(watch_dir(d.0.clone(), Duration::from_millis(20), tx));
+        rx.changed().await.expect("first state");
+        assert!(rx.borrow_and_update().services.is_empty());
+        d.write("web.yaml", SVC);
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .expect("in time")
+            .expect("open");
+        assert_eq!(rx.borrow_and_update().services.len(), 1);
+        std::fs::remove_file(d.0.join("web.yaml")).expect("rm");
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .expect("in time")
+            .expect("open");
+        assert!(rx.borrow_and_update().services.is_empty());
+        task.abort();
+    }
+}
