@@ -17,11 +17,17 @@ use crate::parse::{ETH_HLEN, Packet};
 
 const IPV4_HLEN: usize = 20;
 const ICMP_HLEN: usize = 8;
-/// RFC 792: the error quotes the IP header and the first 8 payload bytes.
-const QUOTED_LEN: usize = IPV4_HLEN + 8;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
-const ERROR_PKT_LEN: usize = ETH_HLEN + IPV4_HLEN + ICMP_HLEN + QUOTED_LEN;
+
+// How much of the original packet the error quotes (RFC 792 asks for the IP
+// header and 8 bytes; more is allowed). The error must end exactly where the
+// packet ends: a packet from a local socket may be CHECKSUM_PARTIAL, and the
+// kernel then refuses to cut it, or to trim padding on receive, anywhere
+// before its L4 checksum field (offset 16 in TCP, 6 in UDP). So TCP errors
+// quote 18 bytes of the TCP header, UDP errors the 8 bytes of UDP header.
+const TCP_QUOTE: usize = IPV4_HLEN + 18;
+const UDP_QUOTE: usize = IPV4_HLEN + 8;
 
 #[repr(C, align(4))]
 struct Words<const N: usize>([u8; N]);
@@ -72,13 +78,26 @@ pub fn port_unreachable(ctx: &TcContext, pkt: &Packet) -> Result<i32, i64> {
     if pkt.l4_off != ETH_HLEN + IPV4_HLEN {
         return Err(-1);
     }
+    if pkt.is_tcp() {
+        // ICMP header + quote, rounded up to whole words for bpf_csum_diff.
+        emit::<TCP_QUOTE, 48>(ctx, pkt)
+    } else {
+        emit::<UDP_QUOTE, 36>(ctx, pkt)
+    }
+}
+
+/// `QUOTE`: bytes of the original packet quoted; `WORDS`: ICMP header plus
+/// quote rounded up to a multiple of 4 (zero padding leaves the sum alone).
+#[inline(always)]
+fn emit<const QUOTE: usize, const WORDS: usize>(ctx: &TcContext, pkt: &Packet) -> Result<i32, i64> {
     let mut eth = [0u8; ETH_HLEN];
     load_exact(ctx, 0, &mut eth)?;
 
     // [eth][ip][l4...] → [eth][28 new bytes][ip][l4...]: the original IP
-    // header and first 8 L4 bytes are then exactly where the quote belongs.
+    // header and L4 bytes are then exactly where the quote belongs.
     ctx.adjust_room((IPV4_HLEN + ICMP_HLEN) as i32, BPF_ADJ_ROOM_MAC, 0)?;
-    let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, ERROR_PKT_LEN as u32, 0) };
+    let total = ETH_HLEN + IPV4_HLEN + ICMP_HLEN + QUOTE;
+    let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, total as u32, 0) };
     if ret != 0 {
         return Err(ret);
     }
@@ -94,7 +113,7 @@ pub fn port_unreachable(ctx: &TcContext, pkt: &Packet) -> Result<i32, i64> {
     let mut ip = Words([0u8; IPV4_HLEN]);
     ip.0[0] = 0x45;
     ip.0[1] = 0xc0; // precedence "internetwork control", as the kernel sends
-    ip.0[2..4].copy_from_slice(&((IPV4_HLEN + ICMP_HLEN + QUOTED_LEN) as u16).to_be_bytes());
+    ip.0[2..4].copy_from_slice(&((IPV4_HLEN + ICMP_HLEN + QUOTE) as u16).to_be_bytes());
     ip.0[8] = 64;
     ip.0[9] = PROTO_ICMP;
     ip.0[12..16].copy_from_slice(&pkt.flow.dst_ip_be.to_ne_bytes());
@@ -104,12 +123,12 @@ pub fn port_unreachable(ctx: &TcContext, pkt: &Packet) -> Result<i32, i64> {
     ctx.store(ETH_HLEN, &ip.0, 0)?;
 
     // ICMP header + quote, checksummed together.
-    let mut icmp = Words([0u8; ICMP_HLEN + QUOTED_LEN]);
+    let mut icmp = Words([0u8; WORDS]);
     icmp.0[0] = ICMP_DEST_UNREACH;
     icmp.0[1] = ICMP_PORT_UNREACH;
-    let mut quote = [0u8; QUOTED_LEN];
+    let mut quote = [0u8; QUOTE];
     load_exact(ctx, ETH_HLEN + IPV4_HLEN + ICMP_HLEN, &mut quote)?;
-    icmp.0[ICMP_HLEN..].copy_from_slice(&quote);
+    icmp.0[ICMP_HLEN..ICMP_HLEN + QUOTE].copy_from_slice(&quote);
     let icmp_csum = checksum(&mut icmp);
     let mut icmp_hdr = [0u8; ICMP_HLEN];
     icmp_hdr[0] = ICMP_DEST_UNREACH;
@@ -119,7 +138,7 @@ pub fn port_unreachable(ctx: &TcContext, pkt: &Packet) -> Result<i32, i64> {
 
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
-    if action != TC_ACT_REDIRECT {
+    if action != TC_ACT_REDIRECT as i32 {
         return Err(action as i64);
     }
     Ok(action)

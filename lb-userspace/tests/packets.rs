@@ -445,17 +445,23 @@ fn syn_after_close_is_balanced_afresh_but_retransmitted_syn_is_not() {
 #[test]
 fn no_backend_is_refused_with_icmp_port_unreachable() {
     let mut f = fixture();
-    for original in [
-        Pkt::tcp(CLIENT, 42000, EMPTY_VIP, 80, SYN).build(),
-        Pkt::udp(CLIENT, 42001, EMPTY_VIP, 53).build(),
+    // Quote length: TCP 20 + 18 bytes, UDP 20 + 8 (see reject.rs for why).
+    for (original, quote) in [
+        (Pkt::tcp(CLIENT, 42000, EMPTY_VIP, 80, SYN).build(), 38),
+        (Pkt::udp(CLIENT, 42001, EMPTY_VIP, 53).build(), 28),
     ] {
         let (rc, out) = f.run_from_pod(&original);
         assert_eq!(rc, TC_ACT_REDIRECT, "sent back out of the interface");
-        assert_eq!(out.len(), 14 + 20 + 8 + 28);
+        assert_eq!(out.len(), 14 + 20 + 8 + quote, "trimmed to the ICMP error");
         assert_eq!(&out[0..6], &original[6..12], "Ethernet addresses swapped");
         assert_eq!(&out[6..12], &original[0..6]);
         let ip = &out[14..34];
         assert_eq!(fold(sum16(ip)), 0xffff, "IPv4 checksum");
+        assert_eq!(
+            u16::from_be_bytes([ip[2], ip[3]]) as usize,
+            out.len() - 14,
+            "total length"
+        );
         assert_eq!(ip[9], 1, "ICMP");
         assert_eq!(&ip[12..16], &EMPTY_VIP.octets(), "from the VIP");
         assert_eq!(&ip[16..20], &CLIENT.octets(), "to the client");
@@ -464,7 +470,7 @@ fn no_backend_is_refused_with_icmp_port_unreachable() {
         assert_eq!(fold(sum16(icmp)), 0xffff, "ICMP checksum");
         assert_eq!(
             &icmp[8..],
-            &original[14..14 + 28],
+            &original[14..14 + quote],
             "quotes the original packet"
         );
     }

@@ -1,0 +1,105 @@
+//! Clients inside pod namespaces, run from test threads: a thread enters the
+//! pod's network namespace (setns affects only that thread), creates its
+//! socket there and hands it back; the socket stays in the pod's namespace.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::topology::Pod;
+
+/// Runs `f` on a thread inside network namespace `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let path = format!("/run/netns/{ns}");
+    let handle = std::thread::spawn(move || -> Result<T> {
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error()).context(format!("setns {path}"));
+        }
+        Ok(f())
+    });
+    handle
+        .join()
+        .map_err(|_| anyhow!("client thread in {ns} panicked"))?
+}
+
+/// Whether the error is a refused connection (ECONNREFUSED), which is what a
+/// service without backends must produce.
+pub fn is_refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == ErrorKind::ConnectionRefused)
+    })
+}
+
+/// Sends one line on `stream` and returns the reply line, trimmed.
+pub fn ask(stream: &mut TcpStream) -> Result<String> {
+    stream.write_all(b"hello\n").context("sending")?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    let n = reader.read_line(&mut line).context("reading reply")?;
+    if n == 0 {
+        bail!("connection closed by peer");
+    }
+    Ok(line.trim().to_string())
+}
+
+impl Pod {
+    pub fn in_netns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        in_netns(self.ns(), f)
+    }
+
+    /// A TCP connection from this pod, to keep open across a test.
+    pub fn tcp_connect(&self, addr: SocketAddrV4, timeout: Duration) -> Result<TcpStream> {
+        let stream = self
+            .in_netns(move || TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout))?
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(stream)
+    }
+
+    /// Connect, send a line, return the reply line: which backend answered.
+    pub fn tcp_request(&self, addr: SocketAddrV4, timeout: Duration) -> Result<String> {
+        let mut stream = self.tcp_connect(addr, timeout)?;
+        ask(&mut stream).with_context(|| format!("request to {addr}"))
+    }
+
+    /// One datagram on a connected socket: the kernel accepts a reply only
+    /// from `addr` itself (so it checks reverse NAT) and reports an ICMP
+    /// port-unreachable as ECONNREFUSED.
+    pub fn udp_request(&self, addr: SocketAddrV4, timeout: Duration) -> Result<String> {
+        let reply = self.in_netns(move || -> std::io::Result<String> {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.connect(addr)?;
+            socket.set_read_timeout(Some(timeout))?;
+            socket.send(b"hello\n")?;
+            let mut buf = [0u8; 512];
+            let n = socket.recv(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+        })?;
+        reply.with_context(|| format!("UDP request to {addr}"))
+    }
+
+    /// One datagram on an unconnected socket: returns the reply and the
+    /// address it came from.
+    pub fn udp_request_from(
+        &self,
+        addr: SocketAddrV4,
+        timeout: Duration,
+    ) -> Result<(String, SocketAddr)> {
+        let reply = self.in_netns(move || -> std::io::Result<(String, SocketAddr)> {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.set_read_timeout(Some(timeout))?;
+            socket.send_to(b"hello\n", addr)?;
+            let mut buf = [0u8; 512];
+            let (n, from) = socket.recv_from(&mut buf)?;
+            Ok((String::from_utf8_lossy(&buf[..n]).trim().to_string(), from))
+        })?;
+        reply.with_context(|| format!("UDP request to {addr}"))
+    }
+}

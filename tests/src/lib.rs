@@ -1,0 +1,24 @@
+//! Test harness: Kubernetes-like topologies built from network namespaces.
+//!
+//! A [`Topology`] is a node namespace with pods attached by veth pairs (the
+//! host side in the node, `eth0` in the pod), routed like a typical CNI:
+//! each pod reaches everything through the node, the node routes each pod IP
+//! to its veth. Real servers run in pods ([`PodServer`]), clients run in
+//! pod namespaces from test threads ([`Pod::in_netns`]), and the real
+//! `switchyard` binary runs in the node namespace ([`AgentProcess`]).
+//! Everything is torn down on drop, also when a test panics.
+
+pub mod agent;
+pub mod client;
+pub mod command;
+pub mod manifests;
+pub mod paths;
+pub mod pod_server;
+pub mod topology;
+pub mod wait;
+
+pub use agent::{AgentOptions, AgentProcess};
+pub use client::is_refused;
+pub use manifests::{EndpointSpec, ManifestDir, endpoint_slice_yaml, service_yaml};
+pub use pod_server::{PodServer, ServerPorts};
+pub use topology::{Pod, Topology, cleanup_stale};
