@@ -138,7 +138,7 @@ fn emit<const QUOTE: usize, const WORDS: usize>(ctx: &TcContext, pkt: &Packet) -
 
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
-    if action != TC_ACT_REDIRECT as i32 {
+    if action != TC_ACT_REDIRECT {
         return Err(action as i64);
     }
     Ok(action)

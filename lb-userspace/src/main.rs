@@ -80,6 +80,7 @@ fn init_logging(level: &str, format: LogFormat) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

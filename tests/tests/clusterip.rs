@@ -1,0 +1,414 @@
+//! ClusterIP end to end: the real agent in a node namespace, real servers in
+//! pod namespaces, real TCP and UDP from a client pod. Needs root.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use switchyard_tests::{
+    AgentOptions, AgentProcess, EndpointSpec, ManifestDir, PodServer, ServerPorts, Topology,
+    cleanup_stale, client::ask, endpoint_slice_yaml, is_refused, service_yaml, wait,
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const TCP_FRONTEND: &str = "10.96.0.10:80/TCP";
+const TIMEOUT: Duration = Duration::from_secs(2);
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
+
+fn tcp_vip() -> SocketAddrV4 {
+    SocketAddrV4::new(VIP, 80)
+}
+
+fn udp_vip() -> SocketAddrV4 {
+    SocketAddrV4::new(VIP, 53)
+}
+
+fn backend_ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 0, 20 + i)
+}
+
+/// A node with a client pod, backend pods `b0..bN` serving TCP 8080 and
+/// UDP 5353, the Service `test/echo` in the manifests and the agent running.
+/// Field order is drop order: agent first, then servers, then namespaces.
+struct Cluster {
+    agent: AgentProcess,
+    servers: Vec<PodServer>,
+    manifests: ManifestDir,
+    topo: Topology,
+}
+
+impl Cluster {
+    fn start(backends: u8) -> Result<Self> {
+        cleanup_stale();
+        let mut topo = Topology::new()?;
+        topo.add_pod("client", CLIENT_IP)?;
+        let mut servers = Vec::new();
+        for i in 0..backends {
+            servers.push(Self::add_backend_pod(&mut topo, i)?);
+        }
+        let manifests = ManifestDir::new()?;
+        let cluster_ready: Vec<u8> = (0..backends).collect();
+        manifests.write("echo-service.yaml", &service())?;
+        manifests.write("echo-slice.yaml", &slice(&cluster_ready, &[]))?;
+        let agent = AgentProcess::start(AgentOptions {
+            node_ns: topo.node_ns().to_string(),
+            pin_dir: format!("/sys/fs/bpf/{}", topo.id()).into(),
+            manifests: manifests.path().to_path_buf(),
+            pod_ifaces: topo.pod_iface_glob(),
+            extra_args: vec![],
+        })?;
+        Ok(Self {
+            agent,
+            servers,
+            manifests,
+            topo,
+        })
+    }
+
+    fn add_backend_pod(topo: &mut Topology, i: u8) -> Result<PodServer> {
+        let pod = topo.add_pod(&format!("b{i}"), backend_ip(i))?;
+        pod.start_server(&ServerPorts::tcp_udp(8080, 5353))
+    }
+
+    fn client(&self) -> &switchyard_tests::Pod {
+        self.topo.pod("client")
+    }
+
+    /// Writes the slice and waits until the TCP frontend shows `expected`
+    /// backends; returns how long the change took to reach the maps.
+    fn set_endpoints(&self, ready: &[u8], not_ready: &[u8]) -> Result<Duration> {
+        let expected: BTreeSet<String> = ready
+            .iter()
+            .map(|i| format!("{}:8080", backend_ip(*i)))
+            .collect();
+        let written = Instant::now();
+        self.manifests
+            .write("echo-slice.yaml", &slice(ready, not_ready))?;
+        wait::until(
+            "the new endpoints in the maps",
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+            || {
+                let now: BTreeSet<String> =
+                    self.agent.backends_of(TCP_FRONTEND)?.into_iter().collect();
+                Ok(now == expected)
+            },
+        )?;
+        Ok(written.elapsed())
+    }
+}
+
+fn service() -> String {
+    service_yaml(
+        "test",
+        "echo",
+        VIP,
+        &[("tcp", 80, 8080, "TCP"), ("udp", 53, 5353, "UDP")],
+    )
+}
+
+fn slice(ready: &[u8], not_ready: &[u8]) -> String {
+    let mut endpoints: Vec<EndpointSpec> = ready
+        .iter()
+        .map(|i| EndpointSpec::ready(backend_ip(*i)))
+        .collect();
+    endpoints.extend(not_ready.iter().map(|i| EndpointSpec {
+        ready: false,
+        serving: false,
+        ..EndpointSpec::ready(backend_ip(*i))
+    }));
+    endpoint_slice_yaml(
+        "test",
+        "echo-1",
+        "echo",
+        &[("tcp", 8080, "TCP"), ("udp", 5353, "UDP")],
+        &endpoints,
+    )
+}
+
+fn names(range: std::ops::RangeInclusive<u8>) -> BTreeSet<String> {
+    range.map(|i| format!("b{i}")).collect()
+}
+
+#[test]
+fn tcp_and_udp_reach_every_backend_and_replies_come_from_the_vip() -> Result<()> {
+    let c = Cluster::start(3)?;
+    let mut tcp_seen = BTreeSet::new();
+    let mut udp_seen = BTreeSet::new();
+    for _ in 0..30 {
+        tcp_seen.insert(c.client().tcp_request(tcp_vip(), TIMEOUT)?);
+        // Connected UDP socket: the kernel drops replies not from VIP:53.
+        udp_seen.insert(c.client().udp_request(udp_vip(), TIMEOUT)?);
+        let (who, from) = c.client().udp_request_from(udp_vip(), TIMEOUT)?;
+        assert_eq!(
+            from,
+            SocketAddr::V4(udp_vip()),
+            "reply from {who} not reverse-NATed"
+        );
+        udp_seen.insert(who);
+    }
+    assert_eq!(tcp_seen, names(0..=2), "TCP spread");
+    assert_eq!(udp_seen, names(0..=2), "UDP spread");
+
+    let stream = c.client().tcp_connect(tcp_vip(), TIMEOUT)?;
+    assert_eq!(stream.peer_addr()?, SocketAddr::V4(tcp_vip()));
+
+    // What inspect shows matches: 3 backends, flows counted, connections tracked.
+    let services = c.agent.services_json()?;
+    let tcp = services
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["frontend"] == TCP_FRONTEND))
+        .cloned();
+    let tcp = tcp.expect("tcp frontend listed");
+    assert_eq!(tcp["service"], "test/echo:tcp");
+    assert!(tcp["new_flows"].as_u64().unwrap_or(0) >= 31, "{tcp}");
+    let conntrack = c.agent.inspect(&["conntrack"])?;
+    assert!(conntrack.contains("10.244.0.10:"), "{conntrack}");
+    assert!(
+        conntrack.contains("test/echo:tcp") && conntrack.contains("test/echo:udp"),
+        "{conntrack}"
+    );
+    Ok(())
+}
+
+#[test]
+fn endpoint_changes_steer_new_flows_and_keep_established_ones() -> Result<()> {
+    let mut c = Cluster::start(3)?;
+    // A long-lived connection, and which backend it landed on.
+    let mut kept = c.client().tcp_connect(tcp_vip(), TIMEOUT)?;
+    let kept_on = ask(&mut kept)?;
+    let kept_idx: u8 = kept_on.trim_start_matches('b').parse()?;
+    let removed = (kept_idx + 1) % 3;
+    let remaining: Vec<u8> = (0..3).filter(|i| *i != removed).collect();
+
+    let took = c.set_endpoints(&remaining, &[])?;
+    eprintln!("endpoint removal reached the maps in {took:?}");
+    assert!(took < Duration::from_secs(1), "removal took {took:?}");
+    for _ in 0..30 {
+        let who = c.client().tcp_request(tcp_vip(), TIMEOUT)?;
+        assert_ne!(
+            who,
+            format!("b{removed}"),
+            "new flow went to the removed endpoint"
+        );
+        let who = c.client().udp_request(udp_vip(), TIMEOUT)?;
+        assert_ne!(
+            who,
+            format!("b{removed}"),
+            "new UDP flow went to the removed endpoint"
+        );
+    }
+    assert_eq!(
+        ask(&mut kept)?,
+        kept_on,
+        "established connection moved or broke"
+    );
+
+    // A new pod and endpoint: new flows start using it.
+    c.servers.push(Cluster::add_backend_pod(&mut c.topo, 3)?);
+    let mut with_new = remaining.clone();
+    with_new.push(3);
+    let took = c.set_endpoints(&with_new, &[])?;
+    eprintln!("endpoint addition reached the maps in {took:?}");
+    let mut seen = BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(c.client().tcp_request(tcp_vip(), TIMEOUT)?);
+    }
+    assert!(seen.contains("b3"), "new endpoint never used: {seen:?}");
+    assert_eq!(ask(&mut kept)?, kept_on);
+    Ok(())
+}
+
+#[test]
+fn a_service_without_ready_endpoints_is_refused() -> Result<()> {
+    let c = Cluster::start(2)?;
+    c.set_endpoints(&[], &[0, 1])?;
+    let started = Instant::now();
+    let err = c
+        .client()
+        .tcp_request(tcp_vip(), TIMEOUT)
+        .expect_err("must not connect");
+    assert!(
+        is_refused(&err),
+        "TCP: expected connection refused, got {err:#}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refusal took {:?}",
+        started.elapsed()
+    );
+    let err = c
+        .client()
+        .udp_request(udp_vip(), TIMEOUT)
+        .expect_err("must not answer");
+    assert!(
+        is_refused(&err),
+        "UDP: expected connection refused, got {err:#}"
+    );
+    let stats = c.agent.inspect(&["-o", "json", "stats"])?;
+    let stats: serde_json::Value = serde_json::from_str(&stats)?;
+    assert!(
+        stats["no_backend_rejected"].as_u64().unwrap_or(0) >= 2,
+        "{stats}"
+    );
+
+    // Readiness back: served again.
+    c.set_endpoints(&[1], &[0])?;
+    assert_eq!(c.client().tcp_request(tcp_vip(), TIMEOUT)?, "b1");
+    Ok(())
+}
+
+#[test]
+fn agent_restarts_lose_no_established_connection() -> Result<()> {
+    let mut c = Cluster::start(3)?;
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        let mut s = c.client().tcp_connect(tcp_vip(), TIMEOUT)?;
+        let on = ask(&mut s)?;
+        conns.push((s, on));
+    }
+    let before = c.agent.inspect(&["-o", "json", "services"])?;
+
+    c.agent.restart()?;
+    for (s, on) in conns.iter_mut() {
+        assert_eq!(ask(s)?, *on, "after graceful restart");
+    }
+    c.agent.kill9();
+    c.agent.start_again()?;
+    for (s, on) in conns.iter_mut() {
+        assert_eq!(ask(s)?, *on, "after kill -9 and start");
+    }
+    // Same frontends, same service IDs, same backends: nothing rebuilt.
+    let after = c.agent.inspect(&["-o", "json", "services"])?;
+    let strip = |v: &str| -> Result<serde_json::Value> {
+        let mut v: serde_json::Value = serde_json::from_str(v)?;
+        for row in v.as_array_mut().into_iter().flatten() {
+            for k in ["new_flows", "packets", "bytes", "refused_no_backend"] {
+                row[k] = serde_json::Value::Null;
+            }
+        }
+        Ok(v)
+    };
+    assert_eq!(strip(&before)?, strip(&after)?);
+    assert!(
+        c.agent.log_text().contains("adopted_services=2"),
+        "{}",
+        c.agent.log_tail()
+    );
+    Ok(())
+}
+
+#[test]
+fn pods_that_appear_later_are_served_and_vanished_ones_detached() -> Result<()> {
+    let mut c = Cluster::start(2)?;
+    c.topo
+        .add_pod("late-client", Ipv4Addr::new(10, 244, 0, 99))?;
+    let late = c.topo.pod("late-client");
+    let iface = late.host_iface().to_string();
+    wait::until(
+        "the new pod's interface attached",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            Ok(c.agent
+                .log_text()
+                .contains(&format!("attached iface=\"{iface}\"")))
+        },
+    )?;
+    let who = late.tcp_request(tcp_vip(), TIMEOUT)?;
+    assert!(who == "b0" || who == "b1", "{who}");
+    c.topo.remove_pod("late-client")?;
+    wait::until(
+        "the vanished interface detached",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            Ok(c.agent
+                .log_text()
+                .contains(&format!("detached iface=\"{iface}\"")))
+        },
+    )?;
+    // The others are unaffected.
+    c.client().tcp_request(tcp_vip(), TIMEOUT)?;
+    Ok(())
+}
+
+#[test]
+fn invalid_objects_are_reported_and_the_rest_still_applies() -> Result<()> {
+    let c = Cluster::start(2)?;
+    c.manifests.write(
+        "broken.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: test}\nspec:\n  clusterIP: 10.96.0.77\n  ports: [{name: x, port: 99999}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: test}\nspec: {clusterIP: 10.96.0.78, ports: [{port: 81}]}\n",
+    )?;
+    wait::until(
+        "the error reported",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            Ok(c.agent.log_text().contains("broken.yaml (document 1): Service test/broken: spec.ports[0].port: 99999 is not in 1..=65535"))
+        },
+    )?;
+    wait::until(
+        "the valid service programmed",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || Ok(c.agent.backends_of("10.96.0.78:81/TCP").is_ok()),
+    )?;
+    assert!(c.agent.backends_of("10.96.0.77:99999/TCP").is_err());
+    assert!(
+        c.client().tcp_request(tcp_vip(), TIMEOUT).is_ok(),
+        "echo must keep working"
+    );
+    Ok(())
+}
+
+#[test]
+fn deleting_a_service_removes_it_and_maps_dump_with_field_names() -> Result<()> {
+    let c = Cluster::start(1)?;
+    let dump = switchyard_tests::command::run(&[
+        "bpftool",
+        "map",
+        "dump",
+        "pinned",
+        &c.agent.pin_dir().join("services").to_string_lossy(),
+    ])?;
+    assert!(
+        dump.contains("\"vip_be\"") && dump.contains("\"backend_id\""),
+        "no field names:\n{dump}"
+    );
+
+    c.manifests.remove("echo-service.yaml")?;
+    wait::until(
+        "the service removed from the maps",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || {
+            Ok(c.agent
+                .services_json()?
+                .as_array()
+                .is_some_and(|a| a.is_empty()))
+        },
+    )?;
+    let backends = c.agent.inspect(&["-o", "json", "backends"])?;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&backends)?,
+        serde_json::json!([])
+    );
+    Ok(())
+}
+
+#[test]
+fn cleanup_removes_every_pin() -> Result<()> {
+    let mut c = Cluster::start(1)?;
+    let pins = c.agent.pin_dir().to_path_buf();
+    c.agent.stop()?;
+    assert!(
+        pins.join("conntrack").exists(),
+        "maps stay pinned after the agent exits"
+    );
+    c.agent.cleanup()?;
+    assert!(!pins.exists(), "{} still there", pins.display());
+    c.agent.keep_pins();
+    Ok(())
+}
