@@ -143,6 +143,13 @@ pub mod conn_kind {
     pub const FORWARD: u8 = 1;
     /// Backend → client. `nat_*` is the VIP:port to restore as source.
     pub const REPLY: u8 = 2;
+    /// Client → VIP where the chosen backend is the client pod itself
+    /// ("hairpin"): DNAT to `nat_*` and SNAT to the VIP, so the reply comes
+    /// back through the datapath instead of short-cutting inside the pod.
+    pub const HAIRPIN_FORWARD: u8 = 3;
+    /// Pod (as backend) → VIP:client-port: restore `nat_*` (VIP:port) as
+    /// source and the pod itself as destination.
+    pub const HAIRPIN_REPLY: u8 = 4;
 }
 
 /// `ConnEntry::tcp_flags`: TCP flags seen on the flow, ORed together.

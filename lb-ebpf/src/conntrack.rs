@@ -14,6 +14,12 @@ pub fn lookup(flow: &FlowKey) -> Option<*mut ConnEntry> {
     conntrack.get_ptr_mut(flow)
 }
 
+/// Whether a new flow is balanced to the client itself.
+#[inline(always)]
+pub fn is_hairpin(flow: &FlowKey, backend: &Backend) -> bool {
+    flow.src_ip_be == backend.ip_be
+}
+
 /// Records a new flow `client → VIP` DNATed to `backend`.
 #[inline(always)]
 pub fn create(
@@ -24,20 +30,30 @@ pub fn create(
     tcp_flags: u8,
     now: u64,
 ) -> Result<(), i32> {
+    let hairpin = is_hairpin(flow, backend);
     let forward = ConnEntry {
         nat_ip_be: backend.ip_be,
         nat_port_be: backend.port_be,
-        kind: conn_kind::FORWARD,
+        kind: if hairpin {
+            conn_kind::HAIRPIN_FORWARD
+        } else {
+            conn_kind::FORWARD
+        },
         tcp_flags: tcp_flags & TRACKED_FLAGS,
         backend_id,
         service_id,
         created_ns: now,
         last_seen_ns: now,
     };
-    // The reply travels backend → client; its source gets the VIP back.
+    // The reply travels backend → client; its source gets the VIP back. A
+    // hairpin flow was SNATed to the VIP, so its reply is addressed there.
     let reply_key = FlowKey {
         src_ip_be: backend.ip_be,
-        dst_ip_be: flow.src_ip_be,
+        dst_ip_be: if hairpin {
+            flow.dst_ip_be
+        } else {
+            flow.src_ip_be
+        },
         src_port_be: backend.port_be,
         dst_port_be: flow.src_port_be,
         proto: flow.proto,
@@ -46,7 +62,11 @@ pub fn create(
     let reply = ConnEntry {
         nat_ip_be: flow.dst_ip_be,
         nat_port_be: flow.dst_port_be,
-        kind: conn_kind::REPLY,
+        kind: if hairpin {
+            conn_kind::HAIRPIN_REPLY
+        } else {
+            conn_kind::REPLY
+        },
         tcp_flags: 0,
         ..forward
     };

@@ -17,7 +17,7 @@ mod reject;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     macros::classifier,
     programs::TcContext,
@@ -60,17 +60,39 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
     // changed or disappeared since, as with kube-proxy's conntrack.
     if let Some(entry) = conntrack::lookup(&pkt.flow) {
         let entry = unsafe { &mut *entry };
-        if entry.kind == conn_kind::FORWARD && !conntrack::is_reopened(entry, pkt.tcp_flags) {
+        let kind = entry.kind;
+        let is_forward = kind == conn_kind::FORWARD || kind == conn_kind::HAIRPIN_FORWARD;
+        if is_forward && !conntrack::is_reopened(entry, pkt.tcp_flags) {
             conntrack::touch(entry, pkt.tcp_flags, now);
             let (ip, port, service_id) = (entry.nat_ip_be, entry.nat_port_be, entry.service_id);
-            return match nat::rewrite(ctx, pkt, End::Destination, ip, port) {
-                Ok(()) => {
-                    stats::count(reason::ESTABLISHED);
-                    stats::service(service_id, |c| {
-                        c.packets += 1;
-                        c.bytes += pkt.len as u64;
-                    });
-                    TC_ACT_OK
+            let hairpin = kind == conn_kind::HAIRPIN_FORWARD;
+            let action = translate(ctx, pkt, ip, port, hairpin);
+            if action != TC_ACT_SHOT {
+                stats::count(reason::ESTABLISHED);
+                stats::service(service_id, |c| {
+                    c.packets += 1;
+                    c.bytes += pkt.len as u64;
+                });
+            }
+            return action;
+        }
+        if kind == conn_kind::HAIRPIN_REPLY {
+            conntrack::touch(entry, pkt.tcp_flags, now);
+            let (vip, vport) = (entry.nat_ip_be, entry.nat_port_be);
+            // Pod:backend-port → VIP:client-port becomes VIP:port → pod:client-port.
+            let rewritten = nat::rewrite(ctx, pkt, End::Source, vip, vport).and_then(|()| {
+                nat::rewrite(
+                    ctx,
+                    pkt,
+                    End::Destination,
+                    pkt.flow.src_ip_be,
+                    pkt.flow.dst_port_be,
+                )
+            });
+            return match rewritten.and_then(|()| nat::bounce(ctx)) {
+                Ok(action) => {
+                    stats::count(reason::REPLY_REV_NAT);
+                    action
                 }
                 Err(_) => {
                     stats::count(reason::NAT_FAILED);
@@ -115,16 +137,42 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
     {
         stats::count(reason::CONNTRACK_FULL);
     }
-    match nat::rewrite(ctx, pkt, End::Destination, backend.ip_be, backend.port_be) {
-        Ok(()) => {
-            stats::count(reason::NEW_FLOW);
-            stats::service(service_id, |c| {
-                c.packets += 1;
-                c.bytes += pkt.len as u64;
-                c.new_flows += 1;
-            });
-            TC_ACT_OK
-        }
+    let hairpin = conntrack::is_hairpin(&pkt.flow, &backend);
+    let action = translate(ctx, pkt, backend.ip_be, backend.port_be, hairpin);
+    if action != TC_ACT_SHOT {
+        stats::count(reason::NEW_FLOW);
+        stats::service(service_id, |c| {
+            c.packets += 1;
+            c.bytes += pkt.len as u64;
+            c.new_flows += 1;
+        });
+    }
+    action
+}
+
+/// DNATs a client → VIP packet to its backend. A hairpin packet (the client
+/// is its own backend) is also SNATed to the VIP and sent straight back to
+/// the pod; without that the pod would answer itself internally, from an
+/// address its client socket does not expect.
+#[inline(always)]
+fn translate(ctx: &TcContext, pkt: &Packet, ip_be: u32, port_be: u16, hairpin: bool) -> i32 {
+    let mut result = nat::rewrite(ctx, pkt, End::Destination, ip_be, port_be);
+    if hairpin {
+        result = result
+            .and_then(|()| {
+                nat::rewrite(
+                    ctx,
+                    pkt,
+                    End::Source,
+                    pkt.flow.dst_ip_be,
+                    pkt.flow.src_port_be,
+                )
+            })
+            .and_then(|()| nat::bounce(ctx).map(|_| ()));
+    }
+    match result {
+        Ok(()) if hairpin => TC_ACT_REDIRECT,
+        Ok(()) => TC_ACT_OK,
         Err(_) => {
             stats::count(reason::NAT_FAILED);
             TC_ACT_SHOT

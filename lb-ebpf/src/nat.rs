@@ -72,3 +72,16 @@ pub fn rewrite(
     }
     Ok(())
 }
+
+/// Sends the packet back out of the interface it arrived on, towards the
+/// pod it came from (hairpin), with the Ethernet addresses swapped.
+#[inline(always)]
+pub fn bounce(ctx: &TcContext) -> Result<i32, i64> {
+    let macs: [u8; 12] = ctx.load(0)?;
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&macs[6..]);
+    swapped[6..].copy_from_slice(&macs[..6]);
+    ctx.store(0, &swapped, 0)?;
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    Ok(unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) } as i32)
+}

@@ -166,12 +166,16 @@ pub fn conntrack(maps: &PinnedMaps) -> Result<Vec<ConnRow>> {
     let entries: Vec<(FlowKey, ConnEntry)> = maps.conntrack.iter().collect::<Result<_, _>>()?;
     let mut rows: Vec<ConnRow> = entries
         .iter()
-        .filter(|(_, e)| e.kind == conn_kind::FORWARD)
+        .filter(|(_, e)| e.kind == conn_kind::FORWARD || e.kind == conn_kind::HAIRPIN_FORWARD)
         .map(|(k, e)| ConnRow {
             protocol: proto_name(k.proto),
             client: endpoint(k.src_ip_be, k.src_port_be),
             frontend: endpoint(k.dst_ip_be, k.dst_port_be),
-            backend: endpoint(e.nat_ip_be, e.nat_port_be),
+            backend: if e.kind == conn_kind::HAIRPIN_FORWARD {
+                format!("{} (hairpin)", endpoint(e.nat_ip_be, e.nat_port_be))
+            } else {
+                endpoint(e.nat_ip_be, e.nat_port_be)
+            },
             service: service_label(maps, e.service_id),
             age_seconds: now.saturating_sub(e.created_ns) / 1_000_000_000,
             idle_seconds: now.saturating_sub(e.last_seen_ns) / 1_000_000_000,

@@ -25,6 +25,8 @@ const TC_ACT_REDIRECT: u32 = 7;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 99);
+/// A service whose only backend is CLIENT itself.
+const HAIRPIN_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 const BACKENDS: [Ipv4Addr; 3] = [
     Ipv4Addr::new(10, 244, 1, 1),
     Ipv4Addr::new(10, 244, 1, 2),
@@ -95,6 +97,7 @@ fn fixture() -> Fixture {
         service(VIP, 53, Protocol::Udp, &BACKENDS),
         service(EMPTY_VIP, 80, Protocol::Tcp, &[]),
         service(EMPTY_VIP, 53, Protocol::Udp, &[]),
+        service(HAIRPIN_VIP, 80, Protocol::Tcp, &[CLIENT]),
     ] {
         desired.services.insert(s.frontend, s);
     }
@@ -541,4 +544,34 @@ fn non_matching_and_malformed_packets_pass_untouched() {
         assert_eq!(out, cut, "truncated at {len}: changed");
     }
     assert!(f.maps.conntrack.iter().next().is_none());
+}
+
+#[test]
+fn hairpin_flows_are_snated_to_the_vip_and_bounced_back() {
+    let mut f = fixture();
+    let syn = Pkt::tcp(CLIENT, 45000, HAIRPIN_VIP, 80, SYN).build();
+    for _ in 0..2 {
+        // First packet and an established one behave the same.
+        let (rc, out) = f.run_from_pod(&syn);
+        assert_eq!(rc, TC_ACT_REDIRECT, "sent straight back to the pod");
+        assert_eq!(&out[0..6], &syn[6..12], "Ethernet addresses swapped");
+        let p = parse_checked(&out);
+        assert_eq!((p.src, p.sport), (HAIRPIN_VIP, 45000), "SNATed to the VIP");
+        assert_eq!((p.dst, p.dport), (CLIENT, 8080), "DNATed to itself");
+    }
+    // The pod's answer to VIP:45000 comes back as VIP:80 → pod:45000.
+    let (rc, out) = f.run_from_pod(&Pkt::tcp(CLIENT, 8080, HAIRPIN_VIP, 45000, SYN | ACK).build());
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    let p = parse_checked(&out);
+    assert_eq!(
+        (p.src, p.sport, p.dst, p.dport),
+        (HAIRPIN_VIP, 80, CLIENT, 45000)
+    );
+    let conntrack = lb_userspace::inspect::conntrack(&f.maps).expect("inspect");
+    assert_eq!(conntrack.len(), 1);
+    assert!(
+        conntrack[0].backend.ends_with("(hairpin)"),
+        "{}",
+        conntrack[0].backend
+    );
 }

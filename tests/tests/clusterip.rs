@@ -412,3 +412,23 @@ fn cleanup_removes_every_pin() -> Result<()> {
     c.agent.keep_pins();
     Ok(())
 }
+
+#[test]
+fn a_pod_reaches_itself_through_its_service() -> Result<()> {
+    // The only backend is b0; b0 asks the VIP and must get its own answer,
+    // from the VIP (hairpin, which kube-proxy supports too).
+    let c = Cluster::start(1)?;
+    let b0 = c.topo.pod("b0");
+    for _ in 0..5 {
+        assert_eq!(b0.tcp_request(tcp_vip(), TIMEOUT)?, "b0");
+        assert_eq!(b0.udp_request(udp_vip(), TIMEOUT)?, "b0");
+    }
+    let mut kept = b0.tcp_connect(tcp_vip(), TIMEOUT)?;
+    for _ in 0..3 {
+        assert_eq!(ask(&mut kept)?, "b0");
+    }
+    assert!(c.agent.inspect(&["conntrack"])?.contains("(hairpin)"));
+    // Other clients are unaffected.
+    assert_eq!(c.client().tcp_request(tcp_vip(), TIMEOUT)?, "b0");
+    Ok(())
+}
