@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::datapath::conntrack::{self, Timeouts};
 use crate::datapath::ifaces::{self, IfaceGlobs};
 use crate::datapath::loader::{self, Datapath};
 use crate::datapath::maps::PinnedMaps;
@@ -24,6 +25,9 @@ pub struct AgentConfig {
     pub node_name: Option<String>,
     /// How often the manifest directory and the interface list are polled.
     pub poll_interval: Duration,
+    /// How often conntrack is swept for expired connections.
+    pub conntrack_gc_interval: Duration,
+    pub conntrack_timeouts: Timeouts,
 }
 
 fn log_report(report: &SyncReport, elapsed: Duration, services: usize) {
@@ -81,6 +85,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         let started = Instant::now();
         let report = sync.apply(desired);
         log_report(&report, started.elapsed(), desired.services.len());
+        match conntrack::flush_backends(sync.maps_mut(), &report.udp_backends_gone) {
+            Ok(0) => {}
+            Ok(n) => info!(flows = n, "flushed UDP flows of removed backends"),
+            Err(e) => warn!("flushing UDP flows of removed backends: {e:#}"),
+        }
     };
     let first = desired_rx.borrow_and_update().clone();
     apply(&mut sync, &first);
@@ -94,6 +103,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     );
 
     let mut iface_tick = tokio::time::interval(cfg.poll_interval);
+    let mut gc_tick = tokio::time::interval(cfg.conntrack_gc_interval);
     let outcome = loop {
         tokio::select! {
             changed = desired_rx.changed() => {
@@ -106,6 +116,16 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             _ = iface_tick.tick() => {
                 if let Err(e) = ifaces::reconcile(&mut datapath, &cfg.pod_ifaces) {
                     warn!("listing interfaces: {e:#}");
+                }
+            }
+            _ = gc_tick.tick() => {
+                let now = conntrack::monotonic_ns();
+                match conntrack::collect_garbage(sync.maps_mut(), now, &cfg.conntrack_timeouts) {
+                    Ok(sweep) if sweep.connections + sweep.orphans > 0 => {
+                        debug!(connections = sweep.connections, orphans = sweep.orphans, "conntrack sweep");
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("conntrack sweep: {e:#}"),
                 }
             }
             _ = sigterm.recv() => break Ok(()),

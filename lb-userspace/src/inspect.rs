@@ -10,6 +10,7 @@ use lb_common::{ConnEntry, FlowKey, conn_kind, reason, tcp_seen};
 use serde::Serialize;
 
 use crate::datapath::addr::{ip_from_be, port_from_be};
+use crate::datapath::conntrack::monotonic_ns;
 use crate::datapath::maps::PinnedMaps;
 use crate::model::Protocol;
 
@@ -57,12 +58,6 @@ fn proto_name(p: u8) -> String {
 
 fn endpoint(ip_be: u32, port_be: u16) -> String {
     format!("{}:{}", ip_from_be(ip_be), port_from_be(port_be))
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn service_label(maps: &PinnedMaps, service_id: u32) -> String {

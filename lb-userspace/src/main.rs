@@ -7,7 +7,10 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
     agent::{self, AgentConfig},
-    datapath::{DEFAULT_PIN_DIR, ifaces::DEFAULT_POD_IFACES, ifaces::IfaceGlobs, loader},
+    datapath::{
+        DEFAULT_PIN_DIR, conntrack::Timeouts, ifaces::DEFAULT_POD_IFACES, ifaces::IfaceGlobs,
+        loader,
+    },
     inspect::{self, InspectWhat, OutputFormat},
 };
 
@@ -70,9 +73,31 @@ struct AgentArgs {
     /// Poll interval for the manifest directory and the interface list.
     #[arg(long, default_value = "200", value_name = "MS")]
     poll_ms: u64,
+    /// Seconds between conntrack sweeps.
+    #[arg(long, default_value = "10", value_name = "SECONDS")]
+    ct_gc_interval: f64,
+    /// Idle timeout of UDP flows, seconds.
+    #[arg(long, default_value = "120", value_name = "SECONDS")]
+    ct_timeout_udp: f64,
+    /// Idle timeout of established TCP connections, seconds.
+    #[arg(long, default_value = "86400", value_name = "SECONDS")]
+    ct_timeout_tcp_established: f64,
+    /// Idle timeout of TCP connections that saw only a SYN, seconds.
+    #[arg(long, default_value = "60", value_name = "SECONDS")]
+    ct_timeout_tcp_syn: f64,
+    /// Time TCP connections are kept after FIN or RST, seconds.
+    #[arg(long, default_value = "10", value_name = "SECONDS")]
+    ct_timeout_tcp_closing: f64,
     /// Remove the pinned maps and pin directory, then exit.
     #[arg(long)]
     cleanup: bool,
+}
+
+fn seconds(flag: &str, value: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow::anyhow!("{flag} {value}: must be a positive number of seconds"))
 }
 
 fn init_logging(level: &str, format: LogFormat) -> Result<()> {
@@ -117,6 +142,16 @@ fn main() -> Result<()> {
                 bpf_object: args.bpf_object,
                 node_name: args.node_name,
                 poll_interval: Duration::from_millis(args.poll_ms.max(10)),
+                conntrack_gc_interval: seconds("--ct-gc-interval", args.ct_gc_interval)?,
+                conntrack_timeouts: Timeouts {
+                    tcp_established: seconds(
+                        "--ct-timeout-tcp-established",
+                        args.ct_timeout_tcp_established,
+                    )?,
+                    tcp_syn: seconds("--ct-timeout-tcp-syn", args.ct_timeout_tcp_syn)?,
+                    tcp_closing: seconds("--ct-timeout-tcp-closing", args.ct_timeout_tcp_closing)?,
+                    udp: seconds("--ct-timeout-udp", args.ct_timeout_udp)?,
+                },
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

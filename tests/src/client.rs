@@ -85,6 +85,26 @@ impl Pod {
         reply.with_context(|| format!("UDP request to {addr}"))
     }
 
+    /// Like [`Pod::udp_request`] but from a fixed local port, so successive
+    /// requests are the same flow (as a resolver reusing its socket is).
+    pub fn udp_request_from_port(
+        &self,
+        local_port: u16,
+        addr: SocketAddrV4,
+        timeout: Duration,
+    ) -> Result<String> {
+        let reply = self.in_netns(move || -> std::io::Result<String> {
+            let socket = UdpSocket::bind(("0.0.0.0", local_port))?;
+            socket.connect(addr)?;
+            socket.set_read_timeout(Some(timeout))?;
+            socket.send(b"hello\n")?;
+            let mut buf = [0u8; 512];
+            let n = socket.recv(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+        })?;
+        reply.with_context(|| format!("UDP request to {addr} from port {local_port}"))
+    }
+
     /// One datagram on an unconnected socket: returns the reply and the
     /// address it came from.
     pub fn udp_request_from(

@@ -40,6 +40,10 @@ struct Cluster {
 
 impl Cluster {
     fn start(backends: u8) -> Result<Self> {
+        Self::start_with(backends, &[])
+    }
+
+    fn start_with(backends: u8, agent_args: &[&str]) -> Result<Self> {
         cleanup_stale();
         let mut topo = Topology::new()?;
         topo.add_pod("client", CLIENT_IP)?;
@@ -56,7 +60,7 @@ impl Cluster {
             pin_dir: format!("/sys/fs/bpf/{}", topo.id()).into(),
             manifests: manifests.path().to_path_buf(),
             pod_ifaces: topo.pod_iface_glob(),
-            extra_args: vec![],
+            extra_args: agent_args.iter().map(|a| a.to_string()).collect(),
         })?;
         Ok(Self {
             agent,
@@ -430,5 +434,93 @@ fn a_pod_reaches_itself_through_its_service() -> Result<()> {
     assert!(c.agent.inspect(&["conntrack"])?.contains("(hairpin)"));
     // Other clients are unaffected.
     assert_eq!(c.client().tcp_request(tcp_vip(), TIMEOUT)?, "b0");
+    Ok(())
+}
+
+#[test]
+fn udp_flows_of_a_removed_backend_are_flushed() -> Result<()> {
+    // A resolver-like client reuses one socket (one 5-tuple). When its
+    // backend goes, its next datagram must reach a live backend instead of
+    // being pinned to the dead one by conntrack.
+    let c = Cluster::start(3)?;
+    let first = c
+        .client()
+        .udp_request_from_port(40053, udp_vip(), TIMEOUT)?;
+    for _ in 0..5 {
+        assert_eq!(
+            c.client()
+                .udp_request_from_port(40053, udp_vip(), TIMEOUT)?,
+            first,
+            "sticky flow"
+        );
+    }
+    let gone: u8 = first.trim_start_matches('b').parse()?;
+    let remaining: Vec<u8> = (0..3).filter(|i| *i != gone).collect();
+    c.set_endpoints(&remaining, &[])?;
+    wait::until(
+        "the flow to move off the removed backend",
+        Duration::from_secs(3),
+        Duration::from_millis(50),
+        || {
+            Ok(c.client()
+                .udp_request_from_port(40053, udp_vip(), TIMEOUT)?
+                != first)
+        },
+    )?;
+    for _ in 0..5 {
+        assert_ne!(
+            c.client()
+                .udp_request_from_port(40053, udp_vip(), TIMEOUT)?,
+            first
+        );
+    }
+    assert!(
+        c.agent
+            .log_text()
+            .contains("flushed UDP flows of removed backends"),
+        "{}",
+        c.agent.log_tail()
+    );
+    Ok(())
+}
+
+#[test]
+fn idle_and_closed_connections_expire_while_established_ones_stay() -> Result<()> {
+    let c = Cluster::start_with(
+        2,
+        &[
+            "--ct-gc-interval",
+            "0.2",
+            "--ct-timeout-udp",
+            "1",
+            "--ct-timeout-tcp-closing",
+            "1",
+        ],
+    )?;
+    let mut kept = c.client().tcp_connect(tcp_vip(), TIMEOUT)?;
+    let kept_on = ask(&mut kept)?;
+    let kept_port = kept.local_addr()?.port();
+    c.client().udp_request(udp_vip(), TIMEOUT)?;
+    c.client().tcp_request(tcp_vip(), TIMEOUT)?; // connects and closes
+    let rows = |c: &Cluster| -> Result<Vec<serde_json::Value>> {
+        let v: serde_json::Value =
+            serde_json::from_str(&c.agent.inspect(&["-o", "json", "conntrack"])?)?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    };
+    assert_eq!(rows(&c)?.len(), 3, "three connections tracked");
+    let took = wait::until(
+        "idle UDP and closed TCP to expire",
+        Duration::from_secs(6),
+        Duration::from_millis(100),
+        || Ok(rows(&c)?.len() == 1),
+    )?;
+    eprintln!("expired after {took:?}");
+    let left = rows(&c)?;
+    assert_eq!(
+        left[0]["client"],
+        format!("{CLIENT_IP}:{kept_port}"),
+        "the open connection stays"
+    );
+    assert_eq!(ask(&mut kept)?, kept_on);
     Ok(())
 }

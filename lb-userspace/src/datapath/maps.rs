@@ -127,6 +127,17 @@ mod service_maps_impl {
         }
     }
 
+    impl crate::datapath::conntrack::ConntrackTable for PinnedMaps {
+        fn entries(&self) -> Result<Vec<(lb_common::FlowKey, lb_common::ConnEntry)>> {
+            // Entries can vanish (LRU eviction, the datapath) while we walk.
+            Ok(self.conntrack.iter().filter_map(|r| r.ok()).collect())
+        }
+
+        fn remove(&mut self, key: &lb_common::FlowKey) -> Result<()> {
+            ignore_missing(self.conntrack.remove(key)).context("removing conntrack entry")
+        }
+    }
+
     impl ServiceMaps for PinnedMaps {
         fn put_backend(&mut self, id: BackendId, backend: Backend) -> Result<()> {
             self.backends

@@ -100,6 +100,9 @@ pub struct SyncReport {
     /// One line per frontend or backend that could not be written; the rest
     /// of the state was still applied.
     pub errors: Vec<String>,
+    /// Backends that stopped serving a UDP frontend (or whose UDP frontend
+    /// went away): their conntrack entries must be flushed.
+    pub udp_backends_gone: Vec<(Frontend, BackendAddr)>,
 }
 
 impl SyncReport {
@@ -244,10 +247,16 @@ impl<M: ServiceMaps> MapSync<M> {
         &self.maps
     }
 
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
     /// Applies `desired`. Errors on single frontends or backends are
     /// collected in the report; everything else is still applied.
     pub fn apply(&mut self, desired: &DesiredState) -> SyncReport {
         let mut report = SyncReport::default();
+        let addr_of: HashMap<BackendId, BackendAddr> =
+            self.backend_ids.iter().map(|(a, i)| (*i, *a)).collect();
         let wanted: BTreeMap<Frontend, (String, Vec<BackendAddr>)> = desired
             .services
             .iter()
@@ -292,11 +301,22 @@ impl<M: ServiceMaps> MapSync<M> {
                     report.services_created += 1;
                 }),
                 Some(current) if current.slots == slots && current.name == *name => Ok(()),
-                Some(current) => self
-                    .update_service(frontend, current, name, slots)
-                    .map(|()| {
-                        report.services_updated += 1;
-                    }),
+                Some(current) => {
+                    let before = current.slots.clone();
+                    self.update_service(frontend, current, name, slots.clone())
+                        .map(|()| {
+                            report.services_updated += 1;
+                            if frontend.protocol == Protocol::Udp {
+                                report.udp_backends_gone.extend(
+                                    before
+                                        .iter()
+                                        .filter(|id| !slots.contains(id))
+                                        .filter_map(|id| addr_of.get(id))
+                                        .map(|addr| (*frontend, *addr)),
+                                );
+                            }
+                        })
+                }
             };
             if let Err(e) = result {
                 report
@@ -311,8 +331,23 @@ impl<M: ServiceMaps> MapSync<M> {
             .copied()
             .collect();
         for frontend in gone {
+            let before = self
+                .services
+                .get(&frontend)
+                .map(|s| s.slots.clone())
+                .unwrap_or_default();
             match self.delete_service(&frontend) {
-                Ok(()) => report.services_deleted += 1,
+                Ok(()) => {
+                    report.services_deleted += 1;
+                    if frontend.protocol == Protocol::Udp {
+                        report.udp_backends_gone.extend(
+                            before
+                                .iter()
+                                .filter_map(|id| addr_of.get(id))
+                                .map(|a| (frontend, *a)),
+                        );
+                    }
+                }
                 Err(e) => report.errors.push(format!("deleting {frontend}: {e:#}")),
             }
         }
@@ -626,6 +661,47 @@ pub(crate) mod tests {
         assert!(!sync.maps().services.contains_key(&frontend_key(&a, 0)));
         assert_eq!(sync.maps().services.len(), 3, "b master + 2 slots");
         assert_eq!(sync.maps().names.len(), 1);
+    }
+
+    #[test]
+    fn udp_backends_that_leave_are_reported_for_flushing() {
+        let mut udp = frontend(5, 53);
+        udp.protocol = Protocol::Udp;
+        let mut d = state(&[(udp, &[1, 2])]);
+        d.services = d
+            .services
+            .into_values()
+            .map(|mut sp| {
+                sp.frontend = udp;
+                for e in &mut sp.endpoints {
+                    e.addr.protocol = Protocol::Udp;
+                }
+                (udp, sp)
+            })
+            .collect();
+        let mut sync = MapSync::adopt(FakeMaps::default()).expect("adopt");
+        assert!(sync.apply(&d).udp_backends_gone.is_empty());
+        let mut shrunk = d.clone();
+        for sp in shrunk.services.values_mut() {
+            sp.endpoints.retain(|e| e.addr.ip.octets()[3] == 2);
+        }
+        let gone = sync.apply(&shrunk).udp_backends_gone;
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].1.ip, Ipv4Addr::new(10, 244, 0, 1));
+        let gone = sync.apply(&DesiredState::default()).udp_backends_gone;
+        assert_eq!(
+            gone.len(),
+            1,
+            "deleting the service flushes its last backend"
+        );
+        // TCP frontends never report: their flows end by themselves.
+        let tcp = frontend(6, 80);
+        sync.apply(&state(&[(tcp, &[1, 2])]));
+        assert!(
+            sync.apply(&state(&[(tcp, &[2])]))
+                .udp_backends_gone
+                .is_empty()
+        );
     }
 
     #[test]

@@ -1,0 +1,373 @@
+//! Conntrack hygiene from user space: expiring entries by TCP state and
+//! idle time, and flushing UDP flows whose backend went away.
+//!
+//! A connection has two entries (forward and reply); they are judged and
+//! removed together, using the most recent activity of either, so a flow
+//! that is busy in one direction only keeps both.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::Result;
+use lb_common::{ConnEntry, FlowKey, conn_kind, tcp_seen};
+
+use crate::datapath::addr::{ip_be, port_be};
+use crate::model::{BackendAddr, Frontend};
+
+/// How long an idle connection is kept, by state (kube-proxy and
+/// nf_conntrack-like defaults).
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// TCP that has exchanged data (ACK seen, no FIN/RST).
+    pub tcp_established: Duration,
+    /// TCP with only a SYN so far.
+    pub tcp_syn: Duration,
+    /// TCP after FIN or RST from either side.
+    pub tcp_closing: Duration,
+    pub udp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp_established: Duration::from_secs(24 * 3600),
+            tcp_syn: Duration::from_secs(60),
+            tcp_closing: Duration::from_secs(10),
+            udp: Duration::from_secs(120),
+        }
+    }
+}
+
+fn is_forward(e: &ConnEntry) -> bool {
+    e.kind == conn_kind::FORWARD || e.kind == conn_kind::HAIRPIN_FORWARD
+}
+
+/// The key of the reply entry that belongs with a forward entry.
+pub fn reply_key(forward_key: &FlowKey, forward: &ConnEntry) -> FlowKey {
+    FlowKey {
+        src_ip_be: forward.nat_ip_be,
+        dst_ip_be: if forward.kind == conn_kind::HAIRPIN_FORWARD {
+            forward_key.dst_ip_be
+        } else {
+            forward_key.src_ip_be
+        },
+        src_port_be: forward.nat_port_be,
+        dst_port_be: forward_key.src_port_be,
+        proto: forward_key.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Whether a connection, given its entries, has been idle too long.
+pub fn expired(
+    proto: u8,
+    forward: &ConnEntry,
+    reply: Option<&ConnEntry>,
+    now_ns: u64,
+    t: &Timeouts,
+) -> bool {
+    let last = reply.map_or(forward.last_seen_ns, |r| {
+        r.last_seen_ns.max(forward.last_seen_ns)
+    });
+    let idle = Duration::from_nanos(now_ns.saturating_sub(last));
+    let flags = forward.tcp_flags | reply.map_or(0, |r| r.tcp_flags);
+    let limit = if proto == lb_common::PROTO_TCP {
+        if flags & (tcp_seen::FIN | tcp_seen::RST) != 0 {
+            t.tcp_closing
+        } else if reply.is_some_and(|r| r.tcp_flags & tcp_seen::ACK != 0) {
+            t.tcp_established
+        } else {
+            t.tcp_syn
+        }
+    } else {
+        t.udp
+    };
+    idle > limit
+}
+
+/// What one pass removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    pub connections: usize,
+    pub orphans: usize,
+}
+
+/// Entry access the sweeps need; the pinned conntrack map in the agent.
+pub trait ConntrackTable {
+    fn entries(&self) -> Result<Vec<(FlowKey, ConnEntry)>>;
+    fn remove(&mut self, key: &FlowKey) -> Result<()>;
+}
+
+/// Removes expired connections and reply entries whose forward entry is gone.
+pub fn collect_garbage(
+    table: &mut impl ConntrackTable,
+    now_ns: u64,
+    t: &Timeouts,
+) -> Result<Sweep> {
+    let entries = table.entries()?;
+    let index: std::collections::HashMap<FlowKey, ConnEntry> = entries.iter().copied().collect();
+    let mut sweep = Sweep::default();
+    let mut partnered = BTreeSet::new();
+    for (key, entry) in entries.iter().filter(|(_, e)| is_forward(e)) {
+        let rkey = reply_key(key, entry);
+        let reply = index.get(&rkey);
+        if reply.is_some() {
+            partnered.insert(flow_tuple(&rkey));
+        }
+        if expired(key.proto, entry, reply, now_ns, t) {
+            table.remove(key)?;
+            if reply.is_some() {
+                table.remove(&rkey)?;
+            }
+            sweep.connections += 1;
+        }
+    }
+    // A reply entry alone (its forward entry evicted by the LRU) can never be
+    // refreshed by its own flow's forward path; expire it on its own clock.
+    for (key, entry) in entries.iter().filter(|(_, e)| !is_forward(e)) {
+        if !partnered.contains(&flow_tuple(key)) && expired(key.proto, entry, None, now_ns, t) {
+            table.remove(key)?;
+            sweep.orphans += 1;
+        }
+    }
+    Ok(sweep)
+}
+
+fn flow_tuple(k: &FlowKey) -> (u32, u32, u16, u16, u8) {
+    (
+        k.src_ip_be,
+        k.dst_ip_be,
+        k.src_port_be,
+        k.dst_port_be,
+        k.proto,
+    )
+}
+
+/// Flushes the connections of `frontend` that go to `backend`: for UDP a
+/// client keeps sending on the same 5-tuple (DNS!), so without this it would
+/// stay pinned to a backend that no longer exists.
+pub fn flush_backends(
+    table: &mut impl ConntrackTable,
+    gone: &[(Frontend, BackendAddr)],
+) -> Result<usize> {
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    let wanted: BTreeSet<(u32, u16, u8, u32, u16)> = gone
+        .iter()
+        .map(|(f, b)| {
+            (
+                ip_be(f.ip),
+                port_be(f.port),
+                f.protocol.number(),
+                ip_be(b.ip),
+                port_be(b.port),
+            )
+        })
+        .collect();
+    let mut flushed = 0;
+    for (key, entry) in table.entries()? {
+        if !is_forward(&entry) {
+            continue;
+        }
+        let tuple = (
+            key.dst_ip_be,
+            key.dst_port_be,
+            key.proto,
+            entry.nat_ip_be,
+            entry.nat_port_be,
+        );
+        if wanted.contains(&tuple) {
+            table.remove(&key)?;
+            table.remove(&reply_key(&key, &entry))?;
+            flushed += 1;
+        }
+    }
+    Ok(flushed)
+}
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: clock_gettime writes the timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Protocol;
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    #[derive(Default)]
+    struct Table(BTreeMap<(u32, u32, u16, u16, u8), (FlowKey, ConnEntry)>);
+
+    impl ConntrackTable for Table {
+        fn entries(&self) -> Result<Vec<(FlowKey, ConnEntry)>> {
+            Ok(self.0.values().copied().collect())
+        }
+        fn remove(&mut self, key: &FlowKey) -> Result<()> {
+            self.0.remove(&flow_tuple(key));
+            Ok(())
+        }
+    }
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn flow(proto: u8, client_port: u16) -> FlowKey {
+        FlowKey {
+            src_ip_be: ip_be(Ipv4Addr::new(10, 244, 0, 10)),
+            dst_ip_be: ip_be(Ipv4Addr::new(10, 96, 0, 10)),
+            src_port_be: port_be(client_port),
+            dst_port_be: port_be(53),
+            proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// Adds a connection to backend 10.244.0.2X:8080 with the given
+    /// last-seen times and flags of each side.
+    fn add(t: &mut Table, key: FlowKey, backend: u8, fwd: (u64, u8), rep: Option<(u64, u8)>) {
+        let forward = ConnEntry {
+            nat_ip_be: ip_be(Ipv4Addr::new(10, 244, 0, backend)),
+            nat_port_be: port_be(8080),
+            kind: conn_kind::FORWARD,
+            tcp_flags: fwd.1,
+            last_seen_ns: fwd.0,
+            ..Default::default()
+        };
+        t.0.insert(flow_tuple(&key), (key, forward));
+        if let Some((seen, flags)) = rep {
+            let rkey = reply_key(&key, &forward);
+            let reply = ConnEntry {
+                nat_ip_be: key.dst_ip_be,
+                nat_port_be: key.dst_port_be,
+                kind: conn_kind::REPLY,
+                tcp_flags: flags,
+                last_seen_ns: seen,
+                ..Default::default()
+            };
+            t.0.insert(flow_tuple(&rkey), (rkey, reply));
+        }
+    }
+
+    #[test]
+    fn udp_idles_out_but_activity_on_either_side_keeps_it() {
+        let t = Timeouts::default();
+        let mut table = Table::default();
+        let now = 1000 * SEC;
+        add(
+            &mut table,
+            flow(17, 1),
+            21,
+            (now - 200 * SEC, 0),
+            Some((now - 200 * SEC, 0)),
+        );
+        add(
+            &mut table,
+            flow(17, 2),
+            21,
+            (now - 200 * SEC, 0),
+            Some((now - 5 * SEC, 0)),
+        );
+        let sweep = collect_garbage(&mut table, now, &t).expect("gc");
+        assert_eq!(
+            sweep,
+            Sweep {
+                connections: 1,
+                orphans: 0
+            }
+        );
+        assert_eq!(table.0.len(), 2, "the busy connection keeps both entries");
+    }
+
+    #[test]
+    fn tcp_by_state() {
+        let t = Timeouts::default();
+        let mut table = Table::default();
+        let now = 100_000 * SEC;
+        let (syn, ack, fin) = (
+            tcp_seen::SYN,
+            tcp_seen::SYN | tcp_seen::ACK,
+            tcp_seen::FIN | tcp_seen::ACK,
+        );
+        add(
+            &mut table,
+            flow(6, 1),
+            21,
+            (now - 30 * SEC, ack),
+            Some((now - 30 * SEC, fin)),
+        );
+        add(&mut table, flow(6, 2), 21, (now - 90 * SEC, syn), None);
+        add(
+            &mut table,
+            flow(6, 3),
+            21,
+            (now - 3600 * SEC, ack),
+            Some((now - 3600 * SEC, ack)),
+        );
+        add(
+            &mut table,
+            flow(6, 4),
+            21,
+            (now - 5 * SEC, fin),
+            Some((now - 5 * SEC, ack)),
+        );
+        collect_garbage(&mut table, now, &t).expect("gc");
+        let left: Vec<u16> = table
+            .0
+            .values()
+            .filter(|(_, e)| e.kind == conn_kind::FORWARD)
+            .map(|(k, _)| u16::from_be(k.src_port_be))
+            .collect();
+        assert_eq!(
+            left,
+            vec![3, 4],
+            "closed >10s and SYN-only >60s go; established and fresh closing stay"
+        );
+    }
+
+    #[test]
+    fn lonely_reply_entries_expire() {
+        let t = Timeouts::default();
+        let mut table = Table::default();
+        let now = 1000 * SEC;
+        add(
+            &mut table,
+            flow(17, 1),
+            21,
+            (now - 500 * SEC, 0),
+            Some((now - 500 * SEC, 0)),
+        );
+        let fwd = flow_tuple(&flow(17, 1));
+        table.0.remove(&fwd);
+        let sweep = collect_garbage(&mut table, now, &t).expect("gc");
+        assert_eq!(sweep.orphans, 1);
+        assert!(table.0.is_empty());
+    }
+
+    #[test]
+    fn flush_removes_only_flows_of_the_gone_backend() {
+        let mut table = Table::default();
+        add(&mut table, flow(17, 1), 21, (0, 0), Some((0, 0)));
+        add(&mut table, flow(17, 2), 22, (0, 0), Some((0, 0)));
+        let frontend = Frontend {
+            ip: Ipv4Addr::new(10, 96, 0, 10),
+            port: 53,
+            protocol: Protocol::Udp,
+        };
+        let gone = BackendAddr {
+            ip: Ipv4Addr::new(10, 244, 0, 21),
+            port: 8080,
+            protocol: Protocol::Udp,
+        };
+        assert_eq!(
+            flush_backends(&mut table, &[(frontend, gone)]).expect("flush"),
+            1
+        );
+        assert_eq!(table.0.len(), 2);
+        assert!(table.0.values().all(|(_, e)| e.nat_ip_be != ip_be(gone.ip)));
+    }
+}
