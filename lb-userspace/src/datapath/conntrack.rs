@@ -133,7 +133,10 @@ pub fn collect_garbage(
     Ok(sweep)
 }
 
-fn flow_tuple(k: &FlowKey) -> (u32, u32, u16, u16, u8) {
+/// A flow key as a plain tuple, for ordered sets.
+type FlowTuple = (u32, u32, u16, u16, u8);
+
+fn flow_tuple(k: &FlowKey) -> FlowTuple {
     (
         k.src_ip_be,
         k.dst_ip_be,
@@ -202,7 +205,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     #[derive(Default)]
-    struct Table(BTreeMap<(u32, u32, u16, u16, u8), (FlowKey, ConnEntry)>);
+    struct Table(BTreeMap<FlowTuple, (FlowKey, ConnEntry)>);
 
     impl ConntrackTable for Table {
         fn entries(&self) -> Result<Vec<(FlowKey, ConnEntry)>> {
