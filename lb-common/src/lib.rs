@@ -17,13 +17,15 @@ pub mod map_names {
     pub const SERVICE_NAMES: &str = "service_names";
     pub const REASON_STATS: &str = "reason_stats";
     pub const SERVICE_STATS: &str = "service_stats";
-    pub const ALL: [&str; 6] = [
+    pub const AFFINITY: &str = "affinity";
+    pub const ALL: [&str; 7] = [
         SERVICES,
         BACKENDS,
         CONNTRACK,
         SERVICE_NAMES,
         REASON_STATS,
         SERVICE_STATS,
+        AFFINITY,
     ];
 }
 
@@ -41,6 +43,8 @@ pub const MAX_SERVICE_ENTRIES: u32 = 262_144;
 pub const MAX_BACKENDS: u32 = 65_536;
 /// Two entries (forward and reply) per connection.
 pub const MAX_CONNTRACK_ENTRIES: u32 = 262_144;
+/// Client IP → backend pins of services with session affinity.
+pub const MAX_AFFINITY_ENTRIES: u32 = 131_072;
 /// Service IDs index `service_stats` and `service_names`; ID 0 is never used.
 pub const MAX_SERVICES: u32 = 65_536;
 /// Highest number of backend slots one frontend may have.
@@ -86,9 +90,9 @@ impl ServiceKey {
     }
 }
 
-/// Value of the `services` map. In the master entry (slot 0) `count` and
-/// `service_id` are set and `backend_id` is 0; in a slot entry only
-/// `backend_id` is set.
+/// Value of the `services` map. In the master entry (slot 0) `count`,
+/// `service_id` and `affinity_timeout_s` are set and `backend_id` is 0; in a
+/// slot entry only `backend_id` is set.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct BackendSlot {
@@ -96,6 +100,27 @@ pub struct BackendSlot {
     pub service_id: u32,
     pub count: u16,
     pub flags: u16,
+    /// ClientIP session affinity: how long a client stays with its backend
+    /// after its last new connection. 0: no affinity.
+    pub affinity_timeout_s: u32,
+}
+
+/// Key of the `affinity` map: a client of a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AffinityKey {
+    pub client_ip_be: u32,
+    pub service_id: u32,
+}
+
+/// Value of the `affinity` map: the backend the client sticks to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AffinityEntry {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC of the client's last new connection to the service.
+    pub last_used_ns: u64,
 }
 
 /// Key of the `backends` map.
@@ -220,7 +245,9 @@ pub mod reason {
     pub const FRAGMENT_PASSED: u32 = 6;
     pub const CONNTRACK_FULL: u32 = 7;
     pub const NAT_FAILED: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// New flow sent to the backend its client is pinned to by affinity.
+    pub const AFFINITY_HIT: u32 = 9;
+    pub const COUNT: u32 = 10;
 
     /// Human names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -233,6 +260,7 @@ pub mod reason {
         "fragment_passed",
         "conntrack_full",
         "nat_failed",
+        "affinity_hit",
     ];
 }
 
@@ -248,6 +276,8 @@ mod pod_impls {
     unsafe impl aya::Pod for ConnEntry {}
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for ServiceCounters {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityEntry {}
 }
 
 #[cfg(test)]
@@ -258,7 +288,9 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 12);
-        assert_eq!(size_of::<BackendSlot>(), 12);
+        assert_eq!(size_of::<BackendSlot>(), 16);
+        assert_eq!(size_of::<AffinityKey>(), 8);
+        assert_eq!(size_of::<AffinityEntry>(), 16);
         assert_eq!(size_of::<Backend>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<ConnEntry>(), 32);

@@ -8,6 +8,7 @@
 #![no_main]
 #![allow(non_upper_case_globals)]
 
+mod affinity;
 mod conntrack;
 mod lookup;
 mod maps;
@@ -119,7 +120,7 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
             }
         };
     }
-    let Some((backend_id, backend)) = lookup::pick_backend(&pkt.flow, &master) else {
+    let Some((backend_id, backend)) = affinity::choose_backend(&pkt.flow, &master, now) else {
         // A slot or backend missing: user space is mid-update or the maps
         // are inconsistent. Dropping is safer than guessing an address.
         stats::count(reason::BACKEND_MISSING);

@@ -6,8 +6,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Backend, BackendId, BackendSlot, ConnEntry, FlowKey, MAX_BACKENDS, MAX_CONNTRACK_ENTRIES,
-    MAX_SERVICE_ENTRIES, MAX_SERVICES, ServiceCounters, ServiceKey, ServiceName, reason,
+    AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey,
+    MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK_ENTRIES, MAX_SERVICE_ENTRIES, MAX_SERVICES,
+    ServiceCounters, ServiceKey, ServiceName, reason,
 };
 
 /// Frontend (VIP, port, proto, slot) → master entry or backend slot.
@@ -36,3 +37,8 @@ pub static reason_stats: PerCpuArray<u64, { reason::COUNT as usize }> = PerCpuAr
 #[btf_map]
 pub static service_stats: PerCpuArray<ServiceCounters, { MAX_SERVICES as usize }> =
     PerCpuArray::new();
+
+/// (client IP, service ID) → the backend a ClientIP-affinity client sticks to.
+#[btf_map]
+pub static affinity: LruHashMap<AffinityKey, AffinityEntry, { MAX_AFFINITY_ENTRIES as usize }> =
+    LruHashMap::new();

@@ -85,10 +85,15 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         let started = Instant::now();
         let report = sync.apply(desired);
         log_report(&report, started.elapsed(), desired.services.len());
-        match conntrack::flush_backends(sync.maps_mut(), &report.udp_backends_gone) {
+        match conntrack::flush_backends(sync.maps_mut(), &report.udp_backends_gone()) {
             Ok(0) => {}
             Ok(n) => info!(flows = n, "flushed UDP flows of removed backends"),
             Err(e) => warn!("flushing UDP flows of removed backends: {e:#}"),
+        }
+        match sync.maps_mut().flush_affinity(&report.departed) {
+            Ok(0) => {}
+            Ok(n) => info!(pins = n, "dropped affinity pins to removed backends"),
+            Err(e) => warn!("dropping affinity pins to removed backends: {e:#}"),
         }
     };
     let first = desired_rx.borrow_and_update().clone();

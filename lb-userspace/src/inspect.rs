@@ -41,6 +41,16 @@ pub struct BackendRow {
 }
 
 #[derive(Serialize)]
+pub struct AffinityRow {
+    pub client: String,
+    pub service: String,
+    pub backend: String,
+    pub idle_seconds: u64,
+    /// Seconds until a new connection may be balanced afresh; 0 if expired.
+    pub expires_in_seconds: u64,
+}
+
+#[derive(Serialize)]
 pub struct ConnRow {
     pub protocol: String,
     pub client: String,
@@ -181,6 +191,39 @@ pub fn conntrack(maps: &PinnedMaps) -> Result<Vec<ConnRow>> {
     Ok(rows)
 }
 
+/// Which client is pinned to which backend, for services with ClientIP
+/// session affinity.
+pub fn affinity(maps: &PinnedMaps) -> Result<Vec<AffinityRow>> {
+    let now = monotonic_ns();
+    let timeouts: BTreeMap<u32, u64> = maps
+        .services
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|(k, _)| k.slot == 0)
+        .map(|(_, v)| (v.service_id, u64::from(v.affinity_timeout_s)))
+        .collect();
+    let mut rows = Vec::new();
+    for item in maps.affinity.iter() {
+        let Ok((key, pin)) = item else { continue };
+        let idle = now.saturating_sub(pin.last_used_ns) / 1_000_000_000;
+        let timeout = timeouts.get(&key.service_id).copied().unwrap_or(0);
+        let backend = maps
+            .backends
+            .get(&pin.backend_id, 0)
+            .map(|b| endpoint(b.ip_be, b.port_be))
+            .unwrap_or_else(|_| format!("(backend #{} gone)", pin.backend_id));
+        rows.push(AffinityRow {
+            client: ip_from_be(key.client_ip_be).to_string(),
+            service: service_label(maps, key.service_id),
+            backend,
+            idle_seconds: idle,
+            expires_in_seconds: timeout.saturating_sub(idle),
+        });
+    }
+    rows.sort_by(|a, b| (&a.service, &a.client).cmp(&(&b.service, &b.client)));
+    Ok(rows)
+}
+
 pub fn stats(maps: &PinnedMaps) -> BTreeMap<&'static str, u64> {
     (0..reason::COUNT)
         .map(|r| (reason::NAMES[r as usize], maps.reason_count(r)))
@@ -222,6 +265,8 @@ pub enum InspectWhat {
     Backends,
     /// Tracked connections: client → frontend → backend.
     Conntrack,
+    /// ClientIP session affinity: which client sticks to which backend.
+    Affinity,
     /// Datapath counters by reason.
     Stats,
 }
@@ -296,6 +341,27 @@ pub fn run(pin_dir: &Path, what: InspectWhat, format: OutputFormat) -> Result<St
                 &[
                     "PROTO", "CLIENT", "FRONTEND", "BACKEND", "SERVICE", "AGE", "IDLE", "TCP",
                 ],
+                &rows,
+            ))
+        }
+        (InspectWhat::Affinity, OutputFormat::Json) => {
+            json(serde_json::to_value(affinity(&maps)?)?)
+        }
+        (InspectWhat::Affinity, OutputFormat::Table) => {
+            let rows: Vec<Vec<String>> = affinity(&maps)?
+                .into_iter()
+                .map(|r| {
+                    vec![
+                        r.client,
+                        r.service,
+                        r.backend,
+                        format!("{}s", r.idle_seconds),
+                        format!("{}s", r.expires_in_seconds),
+                    ]
+                })
+                .collect();
+            Ok(table(
+                &["CLIENT", "SERVICE", "BACKEND", "IDLE", "EXPIRES IN"],
                 &rows,
             ))
         }

@@ -120,6 +120,9 @@ pub struct ServicePort {
     pub name: ServicePortName,
     pub frontend: Frontend,
     pub service_type: ServiceType,
+    /// `sessionAffinity: ClientIP`: how long a client keeps its backend
+    /// after its last new connection.
+    pub affinity: Option<std::time::Duration>,
     pub endpoints: Vec<Endpoint>,
 }
 
@@ -186,6 +189,7 @@ mod tests {
                 protocol: Protocol::Tcp,
             },
             service_type: ServiceType::ClusterIP,
+            affinity: None,
             endpoints,
         }
     }

@@ -25,6 +25,8 @@ const TC_ACT_REDIRECT: u32 = 7;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 99);
+/// A TCP service with ClientIP affinity over BACKENDS.
+const STICKY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
 /// A service whose only backend is CLIENT itself.
 const HAIRPIN_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 const BACKENDS: [Ipv4Addr; 3] = [
@@ -66,6 +68,7 @@ fn service(vip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[Ipv4Addr]) 
             protocol,
         },
         service_type: ServiceType::ClusterIP,
+        affinity: None,
         endpoints: backends
             .iter()
             .map(|ip| Endpoint {
@@ -98,6 +101,10 @@ fn fixture() -> Fixture {
         service(EMPTY_VIP, 80, Protocol::Tcp, &[]),
         service(EMPTY_VIP, 53, Protocol::Udp, &[]),
         service(HAIRPIN_VIP, 80, Protocol::Tcp, &[CLIENT]),
+        ServicePort {
+            affinity: Some(std::time::Duration::from_secs(30)),
+            ..service(STICKY_VIP, 80, Protocol::Tcp, &BACKENDS)
+        },
     ] {
         desired.services.insert(s.frontend, s);
     }
@@ -573,5 +580,54 @@ fn hairpin_flows_are_snated_to_the_vip_and_bounced_back() {
         conntrack[0].backend.ends_with("(hairpin)"),
         "{}",
         conntrack[0].backend
+    );
+}
+
+#[test]
+fn client_ip_affinity_pins_new_flows_of_a_client() {
+    let mut f = fixture();
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 30000..30040 {
+        let (_, out) = f.run_from_pod(&Pkt::tcp(CLIENT, port, STICKY_VIP, 80, SYN).build());
+        seen.insert(parse_checked(&out).dst);
+    }
+    assert_eq!(seen.len(), 1, "one client, one backend: {seen:?}");
+    assert_eq!(f.maps.reason_count(reason::AFFINITY_HIT), 39);
+
+    // The pin is what decides: move it and new flows follow.
+    let (key, mut pin) = f
+        .maps
+        .affinity
+        .iter()
+        .next()
+        .expect("one pin")
+        .expect("read");
+    assert_eq!(key.client_ip_be, ip_be(CLIENT));
+    let target = BACKENDS
+        .iter()
+        .find(|b| !seen.contains(b))
+        .copied()
+        .expect("another backend");
+    let target_id = f
+        .maps
+        .backends
+        .iter()
+        .filter_map(|r| r.ok())
+        .find(|(_, b)| b.ip_be == ip_be(target))
+        .map(|(id, _)| id)
+        .expect("backend id");
+    pin.backend_id = target_id;
+    f.maps.affinity.insert(key, pin, 0).expect("repin");
+    let (_, out) = f.run_from_pod(&Pkt::tcp(CLIENT, 31000, STICKY_VIP, 80, SYN).build());
+    assert_eq!(parse_checked(&out).dst, target);
+
+    // A pin older than the timeout is ignored and replaced.
+    pin.last_used_ns = 1; // boot time: far more than 30 s ago
+    f.maps.affinity.insert(key, pin, 0).expect("age pin");
+    f.run_from_pod(&Pkt::tcp(CLIENT, 31001, STICKY_VIP, 80, SYN).build());
+    let renewed = f.maps.affinity.get(&key, 0).expect("pin");
+    assert!(
+        renewed.last_used_ns > 1,
+        "expired pin renewed on the next new flow"
     );
 }

@@ -19,6 +19,8 @@ pub mod wait;
 
 pub use agent::{AgentOptions, AgentProcess};
 pub use client::is_refused;
-pub use manifests::{EndpointSpec, ManifestDir, endpoint_slice_yaml, service_yaml};
+pub use manifests::{
+    EndpointSpec, ManifestDir, endpoint_slice_yaml, service_yaml, with_client_ip_affinity,
+};
 pub use pod_server::{PodServer, ServerPorts};
 pub use topology::{Pod, Topology, cleanup_stale};

@@ -70,6 +70,14 @@ pub fn service_yaml(
     y
 }
 
+/// Adds `sessionAffinity: ClientIP` with `timeout_s` to a Service from
+/// [`service_yaml`].
+pub fn with_client_ip_affinity(service_yaml: &str, timeout_s: u32) -> String {
+    format!(
+        "{service_yaml}  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {timeout_s}\n"
+    )
+}
+
 /// One endpoint of an EndpointSlice.
 #[derive(Clone, Debug)]
 pub struct EndpointSpec {

@@ -9,6 +9,7 @@ use anyhow::Result;
 use switchyard_tests::{
     AgentOptions, AgentProcess, EndpointSpec, ManifestDir, PodServer, ServerPorts, Topology,
     cleanup_stale, client::ask, endpoint_slice_yaml, is_refused, service_yaml, wait,
+    with_client_ip_affinity,
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -522,5 +523,63 @@ fn idle_and_closed_connections_expire_while_established_ones_stay() -> Result<()
         "the open connection stays"
     );
     assert_eq!(ask(&mut kept)?, kept_on);
+    Ok(())
+}
+
+#[test]
+fn client_ip_affinity_sticks_until_the_backend_goes_or_the_timeout_passes() -> Result<()> {
+    let c = Cluster::start(3)?;
+    c.manifests
+        .write("echo-service.yaml", &with_client_ip_affinity(&service(), 1))?;
+    wait::until(
+        "affinity programmed",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || {
+            let first = c.client().tcp_request(tcp_vip(), TIMEOUT)?;
+            Ok((0..10).all(|_| {
+                c.client().tcp_request(tcp_vip(), TIMEOUT).ok().as_deref() == Some(first.as_str())
+            }))
+        },
+    )?;
+    let pinned = c.client().tcp_request(tcp_vip(), TIMEOUT)?;
+    for _ in 0..20 {
+        assert_eq!(
+            c.client().tcp_request(tcp_vip(), TIMEOUT)?,
+            pinned,
+            "new connections stick"
+        );
+    }
+    let rows: serde_json::Value =
+        serde_json::from_str(&c.agent.inspect(&["-o", "json", "affinity"])?)?;
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["service"] == "test/echo:tcp"))
+        .cloned();
+    let row = row.expect("client pinned in inspect affinity");
+    assert_eq!(row["client"], CLIENT_IP.to_string());
+    let pinned_idx: u8 = pinned.trim_start_matches('b').parse()?;
+    assert_eq!(row["backend"], format!("{}:8080", backend_ip(pinned_idx)));
+
+    // The backend goes: the client moves to one other backend and sticks there.
+    let remaining: Vec<u8> = (0..3).filter(|i| *i != pinned_idx).collect();
+    c.set_endpoints(&remaining, &[])?;
+    let moved = c.client().tcp_request(tcp_vip(), TIMEOUT)?;
+    assert_ne!(moved, pinned);
+    for _ in 0..10 {
+        assert_eq!(c.client().tcp_request(tcp_vip(), TIMEOUT)?, moved);
+    }
+
+    // Idle past timeoutSeconds: the next connection is balanced afresh.
+    // With 2 backends a fresh choice differs from the pin half the time.
+    let mut rebalanced = false;
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(1200));
+        if c.client().tcp_request(tcp_vip(), TIMEOUT)? != moved {
+            rebalanced = true;
+            break;
+        }
+    }
+    assert!(rebalanced, "the pin never expired");
     Ok(())
 }

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use lb_common::{
-    Backend, BackendId, BackendSlot, ConnEntry, FlowKey, SERVICE_NAME_LEN, ServiceCounters,
-    ServiceKey, ServiceName, map_names,
+    AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey,
+    SERVICE_NAME_LEN, ServiceCounters, ServiceKey, ServiceName, map_names,
 };
 
 pub struct PinnedMaps {
@@ -16,6 +16,7 @@ pub struct PinnedMaps {
     pub service_names: Array<MapData, ServiceName>,
     pub reason_stats: PerCpuArray<MapData, u64>,
     pub service_stats: PerCpuArray<MapData, ServiceCounters>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
 }
 
 fn open(pin_dir: &Path, name: &str) -> Result<Map> {
@@ -38,6 +39,7 @@ impl PinnedMaps {
             service_names: Array::try_from(open(pin_dir, map_names::SERVICE_NAMES)?)?,
             reason_stats: PerCpuArray::try_from(open(pin_dir, map_names::REASON_STATS)?)?,
             service_stats: PerCpuArray::try_from(open(pin_dir, map_names::SERVICE_STATS)?)?,
+            affinity: HashMap::try_from(open(pin_dir, map_names::AFFINITY)?)?,
         })
     }
 
@@ -124,6 +126,34 @@ mod service_maps_impl {
             Ok(()) => Ok(()),
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    impl PinnedMaps {
+        /// Removes the affinity pins of backends that left their service, so
+        /// their clients are balanced afresh. Returns how many went.
+        pub fn flush_affinity(
+            &mut self,
+            departed: &[crate::datapath::sync::Departure],
+        ) -> Result<usize> {
+            if departed.is_empty() {
+                return Ok(0);
+            }
+            let gone: std::collections::BTreeSet<(u32, u32)> = departed
+                .iter()
+                .map(|d| (d.service_id, d.backend_id))
+                .collect();
+            let stale: Vec<lb_common::AffinityKey> = self
+                .affinity
+                .iter()
+                .filter_map(|r| r.ok())
+                .filter(|(k, v)| gone.contains(&(k.service_id, v.backend_id)))
+                .map(|(k, _)| k)
+                .collect();
+            for key in &stale {
+                ignore_missing(self.affinity.remove(key)).context("removing affinity pin")?;
+            }
+            Ok(stale.len())
         }
     }
 

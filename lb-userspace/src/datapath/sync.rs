@@ -85,6 +85,8 @@ impl IdAllocator {
 pub struct ProgrammedService {
     pub service_id: u32,
     pub name: String,
+    /// Session affinity timeout in seconds, 0 for none.
+    pub affinity_timeout_s: u32,
     /// `slots[i]` is the backend in slot `i + 1`.
     pub slots: Vec<BackendId>,
 }
@@ -100,9 +102,29 @@ pub struct SyncReport {
     /// One line per frontend or backend that could not be written; the rest
     /// of the state was still applied.
     pub errors: Vec<String>,
-    /// Backends that stopped serving a UDP frontend (or whose UDP frontend
-    /// went away): their conntrack entries must be flushed.
-    pub udp_backends_gone: Vec<(Frontend, BackendAddr)>,
+    /// Backends that stopped serving a frontend (or whose frontend went
+    /// away): state pinned to them (UDP flows, affinity) must be flushed.
+    pub departed: Vec<Departure>,
+}
+
+/// A backend that left a frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Departure {
+    pub frontend: Frontend,
+    pub service_id: u32,
+    pub backend_id: BackendId,
+    pub backend: BackendAddr,
+}
+
+impl SyncReport {
+    /// The departures of UDP frontends, whose flows must be flushed.
+    pub fn udp_backends_gone(&self) -> Vec<(Frontend, BackendAddr)> {
+        self.departed
+            .iter()
+            .filter(|d| d.frontend.protocol == Protocol::Udp)
+            .map(|d| (d.frontend, d.backend))
+            .collect()
+    }
 }
 
 impl SyncReport {
@@ -215,6 +237,7 @@ impl<M: ServiceMaps> MapSync<M> {
                 ProgrammedService {
                     service_id: master.service_id,
                     name,
+                    affinity_timeout_s: master.affinity_timeout_s,
                     slots: programmed,
                 },
             );
@@ -257,16 +280,21 @@ impl<M: ServiceMaps> MapSync<M> {
         let mut report = SyncReport::default();
         let addr_of: HashMap<BackendId, BackendAddr> =
             self.backend_ids.iter().map(|(a, i)| (*i, *a)).collect();
-        let wanted: BTreeMap<Frontend, (String, Vec<BackendAddr>)> = desired
+        let wanted: BTreeMap<Frontend, (String, Vec<BackendAddr>, u32)> = desired
             .services
             .iter()
-            .map(|(f, sp)| (*f, (sp.name.to_string(), sp.active_backends())))
+            .map(|(f, sp)| {
+                let affinity_s = sp
+                    .affinity
+                    .map_or(0, |d| d.as_secs().clamp(1, u32::MAX as u64) as u32);
+                (*f, (sp.name.to_string(), sp.active_backends(), affinity_s))
+            })
             .collect();
 
         // 1. New backends first.
         let needed: BTreeSet<BackendAddr> = wanted
             .values()
-            .flat_map(|(_, b)| b.iter().copied())
+            .flat_map(|(_, b, _)| b.iter().copied())
             .collect();
         for addr in &needed {
             if self.backend_ids.contains_key(addr) {
@@ -291,31 +319,46 @@ impl<M: ServiceMaps> MapSync<M> {
         }
 
         // 2. Frontends: create or update in place, then delete the gone ones.
-        for (frontend, (name, backends)) in &wanted {
+        for (frontend, (name, backends, affinity_s)) in &wanted {
             let slots: Vec<BackendId> = backends
                 .iter()
                 .filter_map(|b| self.backend_ids.get(b).copied())
                 .collect();
+            let target = ProgrammedService {
+                service_id: 0,
+                name: name.clone(),
+                affinity_timeout_s: *affinity_s,
+                slots,
+            };
             let result = match self.services.get(frontend).cloned() {
-                None => self.create_service(frontend, name, slots).map(|()| {
-                    report.services_created += 1;
-                }),
-                Some(current) if current.slots == slots && current.name == *name => Ok(()),
+                None => self
+                    .create_service(frontend, target)
+                    .map(|()| report.services_created += 1),
+                Some(current)
+                    if current.slots == target.slots
+                        && current.name == target.name
+                        && current.affinity_timeout_s == target.affinity_timeout_s =>
+                {
+                    Ok(())
+                }
                 Some(current) => {
-                    let before = current.slots.clone();
-                    self.update_service(frontend, current, name, slots.clone())
-                        .map(|()| {
-                            report.services_updated += 1;
-                            if frontend.protocol == Protocol::Udp {
-                                report.udp_backends_gone.extend(
-                                    before
-                                        .iter()
-                                        .filter(|id| !slots.contains(id))
-                                        .filter_map(|id| addr_of.get(id))
-                                        .map(|addr| (*frontend, *addr)),
-                                );
-                            }
+                    let departed: Vec<Departure> = current
+                        .slots
+                        .iter()
+                        .filter(|id| !target.slots.contains(id))
+                        .filter_map(|id| {
+                            addr_of.get(id).map(|backend| Departure {
+                                frontend: *frontend,
+                                service_id: current.service_id,
+                                backend_id: *id,
+                                backend: *backend,
+                            })
                         })
+                        .collect();
+                    self.update_service(frontend, current, target).map(|()| {
+                        report.services_updated += 1;
+                        report.departed.extend(departed);
+                    })
                 }
             };
             if let Err(e) = result {
@@ -331,22 +374,28 @@ impl<M: ServiceMaps> MapSync<M> {
             .copied()
             .collect();
         for frontend in gone {
-            let before = self
+            let departed: Vec<Departure> = self
                 .services
                 .get(&frontend)
-                .map(|s| s.slots.clone())
+                .map(|current| {
+                    current
+                        .slots
+                        .iter()
+                        .filter_map(|id| {
+                            addr_of.get(id).map(|backend| Departure {
+                                frontend,
+                                service_id: current.service_id,
+                                backend_id: *id,
+                                backend: *backend,
+                            })
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
             match self.delete_service(&frontend) {
                 Ok(()) => {
                     report.services_deleted += 1;
-                    if frontend.protocol == Protocol::Udp {
-                        report.udp_backends_gone.extend(
-                            before
-                                .iter()
-                                .filter_map(|id| addr_of.get(id))
-                                .map(|a| (frontend, *a)),
-                        );
-                    }
+                    report.departed.extend(departed);
                 }
                 Err(e) => report.errors.push(format!("deleting {frontend}: {e:#}")),
             }
@@ -400,38 +449,33 @@ impl<M: ServiceMaps> MapSync<M> {
         Ok(())
     }
 
-    fn master_value(service_id: u32, count: usize) -> Result<BackendSlot> {
+    fn master_value(service_id: u32, target: &ProgrammedService) -> Result<BackendSlot> {
+        let count = target.slots.len();
         Ok(BackendSlot {
             backend_id: 0,
             service_id,
             count: u16::try_from(count)
                 .map_err(|_| anyhow!("{count} backends exceed the {} slot limit", u16::MAX))?,
             flags: 0,
+            affinity_timeout_s: target.affinity_timeout_s,
         })
     }
 
-    fn create_service(
-        &mut self,
-        frontend: &Frontend,
-        name: &str,
-        slots: Vec<BackendId>,
-    ) -> Result<()> {
-        let master = Self::master_value(0, slots.len())?;
+    fn create_service(&mut self, frontend: &Frontend, target: ProgrammedService) -> Result<()> {
+        // Validated before an ID is taken.
+        Self::master_value(0, &target)?;
         let service_id = self
             .service_ids
             .allocate()
             .ok_or_else(|| anyhow!("no free service ID ({} in use)", MAX_SERVICES - 1))?;
         let written = (|| {
-            self.maps.assign_service_id(service_id, name)?;
-            self.write_slots(frontend, &[], &slots)?;
+            self.maps.assign_service_id(service_id, &target.name)?;
+            self.write_slots(frontend, &[], &target.slots)?;
             // Publishing the master last makes the frontend visible only
             // once all its slots are filled.
             self.maps.put_service(
                 frontend_key(frontend, 0),
-                BackendSlot {
-                    service_id,
-                    ..master
-                },
+                Self::master_value(service_id, &target)?,
             )
         })();
         if let Err(e) = written {
@@ -442,8 +486,7 @@ impl<M: ServiceMaps> MapSync<M> {
             *frontend,
             ProgrammedService {
                 service_id,
-                name: name.to_string(),
-                slots,
+                ..target
             },
         );
         Ok(())
@@ -453,30 +496,31 @@ impl<M: ServiceMaps> MapSync<M> {
         &mut self,
         frontend: &Frontend,
         current: ProgrammedService,
-        name: &str,
-        slots: Vec<BackendId>,
+        target: ProgrammedService,
     ) -> Result<()> {
-        if current.name != name {
-            self.maps.assign_service_id(current.service_id, name)?;
+        let service_id = current.service_id;
+        if current.name != target.name {
+            self.maps.assign_service_id(service_id, &target.name)?;
         }
-        self.write_slots(frontend, &current.slots, &slots)?;
-        if current.slots.len() != slots.len() {
+        self.write_slots(frontend, &current.slots, &target.slots)?;
+        if current.slots.len() != target.slots.len()
+            || current.affinity_timeout_s != target.affinity_timeout_s
+        {
             self.maps.put_service(
                 frontend_key(frontend, 0),
-                Self::master_value(current.service_id, slots.len())?,
+                Self::master_value(service_id, &target)?,
             )?;
         }
         // Only now that the count no longer covers them.
-        for slot in slots.len() + 1..=current.slots.len() {
+        for slot in target.slots.len() + 1..=current.slots.len() {
             self.maps
                 .delete_service(frontend_key(frontend, slot as u16))?;
         }
         self.services.insert(
             *frontend,
             ProgrammedService {
-                service_id: current.service_id,
-                name: name.to_string(),
-                slots,
+                service_id,
+                ..target
             },
         );
         Ok(())
@@ -606,6 +650,7 @@ pub(crate) mod tests {
                     },
                     frontend: *f,
                     service_type: ServiceType::ClusterIP,
+                    affinity: None,
                     endpoints: backends
                         .iter()
                         .map(|last| Endpoint {
@@ -680,15 +725,15 @@ pub(crate) mod tests {
             })
             .collect();
         let mut sync = MapSync::adopt(FakeMaps::default()).expect("adopt");
-        assert!(sync.apply(&d).udp_backends_gone.is_empty());
+        assert!(sync.apply(&d).udp_backends_gone().is_empty());
         let mut shrunk = d.clone();
         for sp in shrunk.services.values_mut() {
             sp.endpoints.retain(|e| e.addr.ip.octets()[3] == 2);
         }
-        let gone = sync.apply(&shrunk).udp_backends_gone;
+        let gone = sync.apply(&shrunk).udp_backends_gone();
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].1.ip, Ipv4Addr::new(10, 244, 0, 1));
-        let gone = sync.apply(&DesiredState::default()).udp_backends_gone;
+        let gone = sync.apply(&DesiredState::default()).udp_backends_gone();
         assert_eq!(
             gone.len(),
             1,
@@ -697,10 +742,12 @@ pub(crate) mod tests {
         // TCP frontends never report: their flows end by themselves.
         let tcp = frontend(6, 80);
         sync.apply(&state(&[(tcp, &[1, 2])]));
-        assert!(
-            sync.apply(&state(&[(tcp, &[2])]))
-                .udp_backends_gone
-                .is_empty()
+        let report = sync.apply(&state(&[(tcp, &[2])]));
+        assert!(report.udp_backends_gone().is_empty());
+        assert_eq!(
+            report.departed.len(),
+            1,
+            "departures of every protocol reach the affinity flush"
         );
     }
 

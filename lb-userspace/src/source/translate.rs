@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -65,8 +66,13 @@ struct ServiceFrontends {
     namespace: String,
     name: String,
     service_type: ServiceType,
+    affinity: Option<Duration>,
     ports: Vec<PortFrontend>,
 }
+
+/// kube-proxy's default and maximum ClientIP affinity timeouts.
+pub const DEFAULT_AFFINITY_TIMEOUT_S: i32 = 10_800;
+pub const MAX_AFFINITY_TIMEOUT_S: i32 = 86_400;
 
 struct Translator {
     errors: Vec<ObjectError>,
@@ -214,12 +220,57 @@ impl Translator {
         if ports.is_empty() && spec.ports.as_ref().is_none_or(|p| p.is_empty()) {
             self.skipped.push(format!("{object}: no ports"));
         }
+        let affinity = self.affinity(origin, &object, spec);
         Some(ServiceFrontends {
             namespace,
             name,
             service_type,
+            affinity,
             ports,
         })
+    }
+
+    /// `sessionAffinity`; a bad value is reported and the service is served
+    /// without affinity rather than not at all.
+    fn affinity(
+        &mut self,
+        origin: &str,
+        object: &str,
+        spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    ) -> Option<Duration> {
+        match spec.session_affinity.as_deref().unwrap_or("None") {
+            "None" => None,
+            "ClientIP" => {
+                let configured = spec
+                    .session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .and_then(|c| c.timeout_seconds);
+                let seconds = match configured {
+                    None => DEFAULT_AFFINITY_TIMEOUT_S,
+                    Some(t) if (1..=MAX_AFFINITY_TIMEOUT_S).contains(&t) => t,
+                    Some(t) => {
+                        self.error(
+                            origin,
+                            object,
+                            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                            format!("{t} is not in 1..={MAX_AFFINITY_TIMEOUT_S}; using {DEFAULT_AFFINITY_TIMEOUT_S}"),
+                        );
+                        DEFAULT_AFFINITY_TIMEOUT_S
+                    }
+                };
+                Some(Duration::from_secs(seconds as u64))
+            }
+            other => {
+                self.error(
+                    origin,
+                    object,
+                    "spec.sessionAffinity",
+                    format!("unknown value {other:?}; served without affinity"),
+                );
+                None
+            }
+        }
     }
 
     /// Endpoints of one slice for the service port `(port_name, protocol)`.
@@ -383,6 +434,7 @@ pub fn translate(objects: &ClusterObjects) -> Translation {
                     name,
                     frontend: pf.frontend,
                     service_type: svc.service_type,
+                    affinity: svc.affinity,
                     endpoints: endpoints.into_values().collect(),
                 },
             );
@@ -621,6 +673,51 @@ spec: {type: NodePort, clusterIP: 10.96.0.41, ports: [{port: 80, nodePort: 30080
         assert!(
             np.endpoints.is_empty(),
             "no slices: programmed with no backends"
+        );
+    }
+
+    #[test]
+    fn session_affinity_with_default_and_bad_timeouts() {
+        let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec: {clusterIP: 10.96.0.60, sessionAffinity: ClientIP, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: short}
+spec:
+  clusterIP: 10.96.0.61
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 5}}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bad}
+spec:
+  clusterIP: 10.96.0.62
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}
+  ports: [{port: 80}]
+"#;
+        let t = translate(&objects(yaml));
+        let by_name = |n: &str| {
+            t.desired
+                .services
+                .values()
+                .find(|s| s.name.name == n)
+                .and_then(|s| s.affinity)
+        };
+        assert_eq!(by_name("sticky"), Some(Duration::from_secs(10_800)));
+        assert_eq!(by_name("short"), Some(Duration::from_secs(5)));
+        assert_eq!(by_name("bad"), Some(Duration::from_secs(10_800)));
+        assert_eq!(t.errors.len(), 1);
+        assert!(
+            t.errors[0].to_string().contains(
+                "Service default/bad: spec.sessionAffinityConfig.clientIP.timeoutSeconds"
+            )
         );
     }
 
