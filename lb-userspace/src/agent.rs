@@ -53,7 +53,14 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let object = loader::find_object(cfg.bpf_object.as_deref())?;
     let mut datapath = Datapath::load(&object, &cfg.pin_dir)?;
     let maps = PinnedMaps::open(&cfg.pin_dir)?;
-    let mut sync = MapSync::adopt(maps).context("adopting the pinned maps")?;
+    let mut sync = MapSync::adopt(maps)
+        .context("adopting the pinned maps")?
+        .with_node(cfg.node_name.clone());
+    if cfg.node_name.is_none() {
+        warn!(
+            "no --node-name (or NODE_NAME): services with internalTrafficPolicy Local get no backends"
+        );
+    }
     info!(
         node = cfg.node_name.as_deref().unwrap_or("(unset)"),
         adopted_services = sync.programmed().len(),

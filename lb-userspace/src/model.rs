@@ -123,24 +123,34 @@ pub struct ServicePort {
     /// `sessionAffinity: ClientIP`: how long a client keeps its backend
     /// after its last new connection.
     pub affinity: Option<std::time::Duration>,
+    /// `internalTrafficPolicy: Local`: traffic from inside the cluster goes
+    /// only to endpoints on the sending node.
+    pub internal_traffic_local: bool,
     pub endpoints: Vec<Endpoint>,
 }
 
 impl ServicePort {
-    /// Backends that get new flows, as kube-proxy chooses them: the ready
-    /// endpoints; when there are none, the ones that are still serving while
-    /// terminating (so a rolling update does not black-hole traffic).
-    /// Sorted and deduplicated, so equal sets compare equal.
-    pub fn active_backends(&self) -> Vec<BackendAddr> {
-        let mut chosen: Vec<BackendAddr> = self
+    /// Backends that get new flows on `node`, as kube-proxy chooses them:
+    /// with `internalTrafficPolicy: Local` only the node's own endpoints
+    /// qualify (none when the node is unknown); among those, the ready ones,
+    /// or when there are none, the ones still serving while terminating (so
+    /// a rolling update does not black-hole traffic). Sorted and
+    /// deduplicated, so equal sets compare equal.
+    pub fn backends_on(&self, node: Option<&str>) -> Vec<BackendAddr> {
+        let eligible: Vec<&Endpoint> = self
             .endpoints
+            .iter()
+            .filter(|e| {
+                !self.internal_traffic_local || (node.is_some() && e.node.as_deref() == node)
+            })
+            .collect();
+        let mut chosen: Vec<BackendAddr> = eligible
             .iter()
             .filter(|e| e.ready)
             .map(|e| e.addr)
             .collect();
         if chosen.is_empty() {
-            chosen = self
-                .endpoints
+            chosen = eligible
                 .iter()
                 .filter(|e| e.serving && e.terminating)
                 .map(|e| e.addr)
@@ -149,6 +159,11 @@ impl ServicePort {
         chosen.sort();
         chosen.dedup();
         chosen
+    }
+
+    /// [`ServicePort::backends_on`] for a service without node-local policy.
+    pub fn active_backends(&self) -> Vec<BackendAddr> {
+        self.backends_on(None)
     }
 }
 
@@ -190,6 +205,7 @@ mod tests {
             },
             service_type: ServiceType::ClusterIP,
             affinity: None,
+            internal_traffic_local: false,
             endpoints,
         }
     }
@@ -223,6 +239,37 @@ mod tests {
         ]);
         assert_eq!(p.active_backends().len(), 2);
         assert_eq!(p.active_backends()[0].ip, Ipv4Addr::new(10, 0, 0, 1));
+    }
+
+    #[test]
+    fn internal_traffic_local_keeps_the_nodes_own_endpoints() {
+        let mut p = port(vec![
+            Endpoint {
+                node: Some("n1".into()),
+                ..ep([10, 0, 0, 1], true, true, false)
+            },
+            Endpoint {
+                node: Some("n2".into()),
+                ..ep([10, 0, 0, 2], true, true, false)
+            },
+            Endpoint {
+                node: Some("n2".into()),
+                ..ep([10, 0, 0, 3], false, true, true)
+            },
+        ]);
+        assert_eq!(
+            p.backends_on(Some("n1")).len(),
+            2,
+            "policy Cluster: all ready"
+        );
+        p.internal_traffic_local = true;
+        let on = |n: Option<&str>| -> Vec<u8> {
+            p.backends_on(n).iter().map(|b| b.ip.octets()[3]).collect()
+        };
+        assert_eq!(on(Some("n1")), vec![1]);
+        assert_eq!(on(Some("n2")), vec![2]);
+        assert_eq!(on(Some("n3")), Vec::<u8>::new());
+        assert_eq!(on(None), Vec::<u8>::new(), "unknown node: nothing is local");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod cluster;
 pub mod command;
 pub mod manifests;
 pub mod paths;
@@ -19,6 +20,7 @@ pub mod wait;
 
 pub use agent::{AgentOptions, AgentProcess};
 pub use client::is_refused;
+pub use cluster::{MultiNode, Node};
 pub use manifests::{
     EndpointSpec, ManifestDir, endpoint_slice_yaml, service_yaml, with_client_ip_affinity,
 };

@@ -19,9 +19,31 @@ pub struct Pod {
     ns: String,
     ip: Ipv4Addr,
     host_iface: String,
+    /// Whether the namespace exists (for hosts built outside a topology).
+    attached: bool,
 }
 
 impl Pod {
+    /// A host whose namespace its owner creates and deletes (e.g. the
+    /// external client of a multi-node cluster).
+    pub(crate) fn detached(name: &str, ns: &str, ip: Ipv4Addr, host_iface: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            ns: ns.to_string(),
+            ip,
+            host_iface: host_iface.to_string(),
+            attached: false,
+        }
+    }
+
+    pub(crate) fn set_attached(&mut self) {
+        self.attached = true;
+    }
+
+    pub(crate) fn is_attached(&self) -> bool {
+        self.attached
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -136,6 +158,7 @@ impl Topology {
             ns: ns.clone(),
             ip,
             host_iface: host_iface.clone(),
+            attached: true,
         });
         self.wire_pod(&ns, &host_iface, ip)
             .with_context(|| format!("wiring pod {name} ({ip}) to node {}", self.node_ns))?;

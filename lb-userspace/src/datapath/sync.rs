@@ -140,6 +140,8 @@ impl SyncReport {
 
 pub struct MapSync<M: ServiceMaps> {
     maps: M,
+    /// This node, for node-local traffic policies.
+    node: Option<String>,
     services: BTreeMap<Frontend, ProgrammedService>,
     backend_ids: HashMap<BackendAddr, BackendId>,
     service_ids: IdAllocator,
@@ -255,11 +257,18 @@ impl<M: ServiceMaps> MapSync<M> {
         );
         Ok(Self {
             maps,
+            node: None,
             services,
             backend_ids,
             service_ids,
             backend_id_alloc,
         })
+    }
+
+    /// Sets the node whose local endpoints node-local policies select.
+    pub fn with_node(mut self, node: Option<String>) -> Self {
+        self.node = node;
+        self
     }
 
     pub fn programmed(&self) -> &BTreeMap<Frontend, ProgrammedService> {
@@ -287,7 +296,8 @@ impl<M: ServiceMaps> MapSync<M> {
                 let affinity_s = sp
                     .affinity
                     .map_or(0, |d| d.as_secs().clamp(1, u32::MAX as u64) as u32);
-                (*f, (sp.name.to_string(), sp.active_backends(), affinity_s))
+                let backends = sp.backends_on(self.node.as_deref());
+                (*f, (sp.name.to_string(), backends, affinity_s))
             })
             .collect();
 
@@ -651,6 +661,7 @@ pub(crate) mod tests {
                     frontend: *f,
                     service_type: ServiceType::ClusterIP,
                     affinity: None,
+                    internal_traffic_local: false,
                     endpoints: backends
                         .iter()
                         .map(|last| Endpoint {

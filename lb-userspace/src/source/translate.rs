@@ -67,6 +67,7 @@ struct ServiceFrontends {
     name: String,
     service_type: ServiceType,
     affinity: Option<Duration>,
+    internal_traffic_local: bool,
     ports: Vec<PortFrontend>,
 }
 
@@ -221,11 +222,25 @@ impl Translator {
             self.skipped.push(format!("{object}: no ports"));
         }
         let affinity = self.affinity(origin, &object, spec);
+        let internal_traffic_local = match spec.internal_traffic_policy.as_deref() {
+            None | Some("Cluster") => false,
+            Some("Local") => true,
+            Some(other) => {
+                self.error(
+                    origin,
+                    &object,
+                    "spec.internalTrafficPolicy",
+                    format!("unknown value {other:?}; using Cluster"),
+                );
+                false
+            }
+        };
         Some(ServiceFrontends {
             namespace,
             name,
             service_type,
             affinity,
+            internal_traffic_local,
             ports,
         })
     }
@@ -435,6 +450,7 @@ pub fn translate(objects: &ClusterObjects) -> Translation {
                     frontend: pf.frontend,
                     service_type: svc.service_type,
                     affinity: svc.affinity,
+                    internal_traffic_local: svc.internal_traffic_local,
                     endpoints: endpoints.into_values().collect(),
                 },
             );
