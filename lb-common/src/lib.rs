@@ -18,7 +18,9 @@ pub mod map_names {
     pub const REASON_STATS: &str = "reason_stats";
     pub const SERVICE_STATS: &str = "service_stats";
     pub const AFFINITY: &str = "affinity";
-    pub const ALL: [&str; 7] = [
+    pub const NAT_CONFIG: &str = "nat_config";
+    pub const SOURCE_RANGES: &str = "source_ranges";
+    pub const ALL: [&str; 9] = [
         SERVICES,
         BACKENDS,
         CONNTRACK,
@@ -26,6 +28,8 @@ pub mod map_names {
         REASON_STATS,
         SERVICE_STATS,
         AFFINITY,
+        NAT_CONFIG,
+        SOURCE_RANGES,
     ];
 }
 
@@ -35,6 +39,10 @@ pub mod program_names {
     pub const FROM_POD: &str = "from_pod";
     /// tc egress on a pod's host-side interface: packets about to enter the pod.
     pub const TO_POD: &str = "to_pod";
+    /// tc ingress on the node's external interface: traffic from outside.
+    pub const FROM_WORLD: &str = "from_world";
+    /// tc egress on the node's external interface: replies leaving the node.
+    pub const TO_WORLD: &str = "to_world";
 }
 
 /// Default capacities. The services map holds one master entry per frontend
@@ -45,6 +53,8 @@ pub const MAX_BACKENDS: u32 = 65_536;
 pub const MAX_CONNTRACK_ENTRIES: u32 = 262_144;
 /// Client IP → backend pins of services with session affinity.
 pub const MAX_AFFINITY_ENTRIES: u32 = 131_072;
+/// Allowed source prefixes of services with `loadBalancerSourceRanges`.
+pub const MAX_SOURCE_RANGES: u32 = 16_384;
 /// Service IDs index `service_stats` and `service_names`; ID 0 is never used.
 pub const MAX_SERVICES: u32 = 65_536;
 /// Highest number of backend slots one frontend may have.
@@ -103,6 +113,48 @@ pub struct BackendSlot {
     /// ClientIP session affinity: how long a client stays with its backend
     /// after its last new connection. 0: no affinity.
     pub affinity_timeout_s: u32,
+}
+
+/// `BackendSlot::flags` of a master entry.
+pub mod service_flags {
+    /// A frontend reached from outside the cluster (node IP:nodePort, a
+    /// load-balancer IP or an external IP): flows to a backend on another
+    /// node are SNATed to this node so replies come back through it.
+    pub const EXTERNAL: u16 = 1;
+    /// With no backend, drop (counted) instead of refusing with ICMP:
+    /// `externalTrafficPolicy: Local` on a node without local endpoints,
+    /// where the load balancer's health check steers traffic elsewhere.
+    pub const DROP_IF_EMPTY: u16 = 2;
+    /// Only sources in `source_ranges` for this service may connect.
+    pub const SOURCE_RANGES: u16 = 4;
+}
+
+/// `Backend::flags`.
+pub mod backend_flags {
+    /// The backend runs on this node.
+    pub const LOCAL: u8 = 1;
+}
+
+/// Value of the single-entry `nat_config` array: how this node SNATs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatConfig {
+    /// The node address external flows to remote backends are SNATed to.
+    pub snat_ip_be: u32,
+    /// Host-order inclusive range of SNAT source ports (reserved from
+    /// local sockets by the agent).
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+/// Data of a `source_ranges` LPM trie key: service ID (always matched in
+/// full) then the source prefix; the key's prefix length counts bits of
+/// both, 32 + the source prefix length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SourceRange {
+    pub service_id_be: u32,
+    pub src_ip_be: u32,
 }
 
 /// Key of the `affinity` map: a client of a service.
@@ -175,6 +227,17 @@ pub mod conn_kind {
     /// Pod (as backend) → VIP:client-port: restore `nat_*` (VIP:port) as
     /// source and the pod itself as destination.
     pub const HAIRPIN_REPLY: u8 = 4;
+    /// External client → frontend, to a backend on another node: DNAT to
+    /// `nat_*` and SNAT to `second_*` (this node, an allocated port).
+    pub const FORWARD_SNAT: u8 = 5;
+    /// Backend → this node's SNAT port: restore `nat_*` (the frontend) as
+    /// source and `second_*` (the client) as destination.
+    pub const REPLY_SNAT: u8 = 6;
+
+    /// Entries that steer client → frontend packets.
+    pub const fn is_forward(kind: u8) -> bool {
+        matches!(kind, FORWARD | HAIRPIN_FORWARD | FORWARD_SNAT)
+    }
 }
 
 /// `ConnEntry::tcp_flags`: TCP flags seen on the flow, ORed together.
@@ -189,13 +252,20 @@ pub mod tcp_seen {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ConnEntry {
-    /// Address written into the packet: the backend (forward) or the VIP (reply).
+    /// Address written into the packet: the backend (forward) or the
+    /// frontend (reply), as destination resp. source.
     pub nat_ip_be: u32,
     pub nat_port_be: u16,
     pub kind: u8,
     pub tcp_flags: u8,
     pub backend_id: u32,
     pub service_id: u32,
+    /// The address written to the *other* end of the packet, for flows that
+    /// are SNATed: the node source (forward, `kind` FORWARD_SNAT) or the
+    /// original client as destination (reply, `kind` REPLY_SNAT).
+    pub second_ip_be: u32,
+    pub second_port_be: u16,
+    pub _pad: u16,
     /// CLOCK_MONOTONIC (bpf_ktime_get_ns) at creation.
     pub created_ns: u64,
     /// CLOCK_MONOTONIC of the last packet, refreshed at most once a second.
@@ -247,7 +317,15 @@ pub mod reason {
     pub const NAT_FAILED: u32 = 8;
     /// New flow sent to the backend its client is pinned to by affinity.
     pub const AFFINITY_HIT: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Dropped: the source is outside the service's loadBalancerSourceRanges.
+    pub const SOURCE_RANGE_DENIED: u32 = 10;
+    /// Dropped: externalTrafficPolicy Local and no local endpoint here.
+    pub const NO_LOCAL_BACKEND_DROPPED: u32 = 11;
+    /// Dropped: no free SNAT port for a flow to a remote backend.
+    pub const SNAT_PORTS_EXHAUSTED: u32 = 12;
+    /// Dropped: no route to forward a translated packet.
+    pub const FIB_LOOKUP_FAILED: u32 = 13;
+    pub const COUNT: u32 = 14;
 
     /// Human names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -261,6 +339,10 @@ pub mod reason {
         "conntrack_full",
         "nat_failed",
         "affinity_hit",
+        "source_range_denied",
+        "no_local_backend_dropped",
+        "snat_ports_exhausted",
+        "fib_lookup_failed",
     ];
 }
 
@@ -278,6 +360,8 @@ mod pod_impls {
     unsafe impl aya::Pod for ServiceCounters {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityEntry {}
+    unsafe impl aya::Pod for NatConfig {}
+    unsafe impl aya::Pod for SourceRange {}
 }
 
 #[cfg(test)]
@@ -293,7 +377,9 @@ mod tests {
         assert_eq!(size_of::<AffinityEntry>(), 16);
         assert_eq!(size_of::<Backend>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<ConnEntry>(), 32);
+        assert_eq!(size_of::<ConnEntry>(), 40);
+        assert_eq!(size_of::<NatConfig>(), 8);
+        assert_eq!(size_of::<SourceRange>(), 8);
         assert_eq!(size_of::<ServiceCounters>(), 32);
     }
 

@@ -42,6 +42,9 @@ pub fn create(
         tcp_flags: tcp_flags & TRACKED_FLAGS,
         backend_id,
         service_id,
+        second_ip_be: 0,
+        second_port_be: 0,
+        _pad: 0,
         created_ns: now,
         last_seen_ns: now,
     };
@@ -95,4 +98,50 @@ pub fn touch(entry: &mut ConnEntry, tcp_flags: u8, now: u64) {
 pub fn is_reopened(entry: &ConnEntry, tcp_flags: u8) -> bool {
     tcp_flags & (tcp_seen::SYN | tcp_seen::ACK) == tcp_seen::SYN
         && entry.tcp_flags & (tcp_seen::FIN | tcp_seen::RST) != 0
+}
+
+/// Records a new external flow `client → frontend` DNATed to a backend on
+/// another node and SNATed to `(snat_ip, snat_port)` of this node.
+#[inline(always)]
+pub fn create_snat(
+    flow: &FlowKey,
+    backend_id: BackendId,
+    backend: &Backend,
+    service_id: u32,
+    snat: (u32, u16),
+    tcp_flags: u8,
+    now: u64,
+) -> Result<(), i32> {
+    let forward = ConnEntry {
+        nat_ip_be: backend.ip_be,
+        nat_port_be: backend.port_be,
+        kind: conn_kind::FORWARD_SNAT,
+        tcp_flags: tcp_flags & TRACKED_FLAGS,
+        backend_id,
+        service_id,
+        second_ip_be: snat.0,
+        second_port_be: snat.1,
+        _pad: 0,
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    let reply_key = FlowKey {
+        src_ip_be: backend.ip_be,
+        dst_ip_be: snat.0,
+        src_port_be: backend.port_be,
+        dst_port_be: snat.1,
+        proto: flow.proto,
+        _pad: [0; 3],
+    };
+    let reply = ConnEntry {
+        nat_ip_be: flow.dst_ip_be,
+        nat_port_be: flow.dst_port_be,
+        kind: conn_kind::REPLY_SNAT,
+        tcp_flags: 0,
+        second_ip_be: flow.src_ip_be,
+        second_port_be: flow.src_port_be,
+        ..forward
+    };
+    conntrack.insert(reply_key, reply, BPF_ANY as u64)?;
+    conntrack.insert(flow, forward, BPF_ANY as u64)
 }

@@ -1,9 +1,10 @@
 //! Service lookup and backend selection.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use lb_common::{Backend, BackendId, BackendSlot, FlowKey, ServiceKey};
+use aya_ebpf::maps::lpm_trie::Key;
+use lb_common::{Backend, BackendId, BackendSlot, FlowKey, ServiceKey, SourceRange};
 
-use crate::maps::{backends, services};
+use crate::maps::{backends, services, source_ranges};
 
 /// The master entry of the frontend this flow is addressed to, if any.
 #[inline(always)]
@@ -25,4 +26,17 @@ pub fn pick_backend(flow: &FlowKey, master: &BackendSlot) -> Option<(BackendId, 
     let backend_id = unsafe { services.get(key) }?.backend_id;
     let backend = unsafe { backends.get(backend_id) }?;
     Some((backend_id, *backend))
+}
+
+/// Whether the flow's source is in the service's loadBalancerSourceRanges.
+#[inline(always)]
+pub fn source_allowed(flow: &FlowKey, service_id: u32) -> bool {
+    let key = Key::new(
+        64,
+        SourceRange {
+            service_id_be: service_id.to_be(),
+            src_ip_be: flow.src_ip_be,
+        },
+    );
+    source_ranges.get(&key).is_some()
 }

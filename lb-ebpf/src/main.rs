@@ -1,20 +1,26 @@
-//! Switchyard datapath: tc programs on the host side of pod interfaces.
+//! Switchyard datapath: tc programs on the host side of pod interfaces and
+//! on the node's external interface.
 //!
-//! `from_pod` (tc ingress: packets leaving a pod) DNATs traffic addressed to
-//! a service frontend to one of its backends and records the flow;
-//! `to_pod` (tc egress: packets entering a pod) restores the VIP as the
-//! source of replies, so the client only ever talks to the service address.
+//! - `from_pod` (tc ingress on a pod's host-side interface: packets leaving
+//!   the pod) and `from_world` (tc ingress on the external interface) DNAT
+//!   traffic addressed to a service frontend to one of its backends and
+//!   record the flow; flows from outside to a backend on another node are
+//!   also SNATed to this node and forwarded by FIB lookup.
+//! - `to_pod` and `to_world` (tc egress) restore the frontend as the source
+//!   of replies, so clients only ever talk to the address they chose.
 #![no_std]
 #![no_main]
 #![allow(non_upper_case_globals)]
 
 mod affinity;
 mod conntrack;
+mod fib;
 mod lookup;
 mod maps;
 mod nat;
 mod parse;
 mod reject;
+mod snat;
 mod stats;
 
 use aya_ebpf::{
@@ -23,21 +29,49 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use lb_common::{conn_kind, reason};
+use lb_common::{backend_flags, conn_kind, reason, service_flags};
 
 use crate::{
     nat::End,
     parse::{Packet, Parsed},
 };
 
+/// Where a packet entered the node.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// From a local pod.
+    Pod,
+    /// From outside, on the external interface.
+    World,
+}
+
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    match parse::parse(&ctx) {
-        Parsed::Flow(pkt) => forward(&ctx, &pkt),
-        Parsed::Fragment { dst_ip_be } => {
+    ingress(&ctx, Side::Pod)
+}
+
+#[classifier]
+pub fn from_world(ctx: TcContext) -> i32 {
+    ingress(&ctx, Side::World)
+}
+
+#[classifier]
+pub fn to_pod(ctx: TcContext) -> i32 {
+    egress(&ctx)
+}
+
+#[classifier]
+pub fn to_world(ctx: TcContext) -> i32 {
+    egress(&ctx)
+}
+
+#[inline(always)]
+fn ingress(ctx: &TcContext, side: Side) -> i32 {
+    match parse::parse(ctx) {
+        Parsed::Flow(pkt) => forward(ctx, &pkt, side),
+        Parsed::Fragment => {
             // Only the first fragment carries ports; translating it alone
             // would split the datagram. Counted so it shows up when it matters.
-            let _ = dst_ip_be;
             stats::count(reason::FRAGMENT_PASSED);
             TC_ACT_OK
         }
@@ -45,16 +79,16 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     }
 }
 
-#[classifier]
-pub fn to_pod(ctx: TcContext) -> i32 {
-    if let Parsed::Flow(pkt) = parse::parse(&ctx) {
-        reply(&ctx, &pkt);
+#[inline(always)]
+fn egress(ctx: &TcContext) -> i32 {
+    if let Parsed::Flow(pkt) = parse::parse(ctx) {
+        reply(ctx, &pkt);
     }
     TC_ACT_OK
 }
 
 #[inline(always)]
-fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
+fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
 
     // Established flows first: they keep their backend even if the service
@@ -62,12 +96,24 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
     if let Some(entry) = conntrack::lookup(&pkt.flow) {
         let entry = unsafe { &mut *entry };
         let kind = entry.kind;
-        let is_forward = kind == conn_kind::FORWARD || kind == conn_kind::HAIRPIN_FORWARD;
-        if is_forward && !conntrack::is_reopened(entry, pkt.tcp_flags) {
+        if conn_kind::is_forward(kind) && !conntrack::is_reopened(entry, pkt.tcp_flags) {
             conntrack::touch(entry, pkt.tcp_flags, now);
-            let (ip, port, service_id) = (entry.nat_ip_be, entry.nat_port_be, entry.service_id);
-            let hairpin = kind == conn_kind::HAIRPIN_FORWARD;
-            let action = translate(ctx, pkt, ip, port, hairpin);
+            let service_id = entry.service_id;
+            let action = match kind {
+                conn_kind::FORWARD_SNAT => translate_snat(
+                    ctx,
+                    pkt,
+                    (entry.nat_ip_be, entry.nat_port_be),
+                    (entry.second_ip_be, entry.second_port_be),
+                ),
+                _ => translate(
+                    ctx,
+                    pkt,
+                    entry.nat_ip_be,
+                    entry.nat_port_be,
+                    kind == conn_kind::HAIRPIN_FORWARD,
+                ),
+            };
             if action != TC_ACT_SHOT {
                 stats::count(reason::ESTABLISHED);
                 stats::service(service_id, |c| {
@@ -90,16 +136,17 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
                     pkt.flow.dst_port_be,
                 )
             });
-            return match rewritten.and_then(|()| nat::bounce(ctx)) {
-                Ok(action) => {
-                    stats::count(reason::REPLY_REV_NAT);
-                    action
-                }
-                Err(_) => {
-                    stats::count(reason::NAT_FAILED);
-                    TC_ACT_SHOT
-                }
-            };
+            return finish_reply(rewritten.and_then(|()| nat::bounce(ctx)));
+        }
+        if kind == conn_kind::REPLY_SNAT {
+            conntrack::touch(entry, pkt.tcp_flags, now);
+            let (front_ip, front_port) = (entry.nat_ip_be, entry.nat_port_be);
+            let (client_ip, client_port) = (entry.second_ip_be, entry.second_port_be);
+            // Backend → node:snat-port becomes frontend → client.
+            let rewritten = nat::rewrite(ctx, pkt, End::Source, front_ip, front_port)
+                .and_then(|()| nat::rewrite(ctx, pkt, End::Destination, client_ip, client_port))
+                .and_then(|()| fib::redirect(ctx, pkt.flow.proto, front_ip, client_ip, pkt.ip_len));
+            return finish_reply(rewritten);
         }
     }
 
@@ -107,8 +154,18 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
         return TC_ACT_OK;
     };
     let service_id = master.service_id;
+    if master.flags & service_flags::SOURCE_RANGES != 0
+        && !lookup::source_allowed(&pkt.flow, service_id)
+    {
+        stats::count(reason::SOURCE_RANGE_DENIED);
+        return TC_ACT_SHOT;
+    }
     if master.count == 0 {
         stats::service(service_id, |c| c.no_backend += 1);
+        if master.flags & service_flags::DROP_IF_EMPTY != 0 {
+            stats::count(reason::NO_LOCAL_BACKEND_DROPPED);
+            return TC_ACT_SHOT;
+        }
         return match reject::port_unreachable(ctx, pkt) {
             Ok(action) => {
                 stats::count(reason::NO_BACKEND_REJECTED);
@@ -126,20 +183,44 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
         stats::count(reason::BACKEND_MISSING);
         return TC_ACT_SHOT;
     };
-    if conntrack::create(
-        &pkt.flow,
-        backend_id,
-        &backend,
-        service_id,
-        pkt.tcp_flags,
-        now,
-    )
-    .is_err()
-    {
-        stats::count(reason::CONNTRACK_FULL);
-    }
-    let hairpin = conntrack::is_hairpin(&pkt.flow, &backend);
-    let action = translate(ctx, pkt, backend.ip_be, backend.port_be, hairpin);
+
+    // From outside to another node: SNAT, so the reply comes back here.
+    let action = if side == Side::World && backend.flags & backend_flags::LOCAL == 0 {
+        let Some(snat) = snat::allocate(&pkt.flow, &backend) else {
+            stats::count(reason::SNAT_PORTS_EXHAUSTED);
+            return TC_ACT_SHOT;
+        };
+        if conntrack::create_snat(
+            &pkt.flow,
+            backend_id,
+            &backend,
+            service_id,
+            snat,
+            pkt.tcp_flags,
+            now,
+        )
+        .is_err()
+        {
+            stats::count(reason::CONNTRACK_FULL);
+            return TC_ACT_SHOT;
+        }
+        translate_snat(ctx, pkt, (backend.ip_be, backend.port_be), snat)
+    } else {
+        if conntrack::create(
+            &pkt.flow,
+            backend_id,
+            &backend,
+            service_id,
+            pkt.tcp_flags,
+            now,
+        )
+        .is_err()
+        {
+            stats::count(reason::CONNTRACK_FULL);
+        }
+        let hairpin = conntrack::is_hairpin(&pkt.flow, &backend);
+        translate(ctx, pkt, backend.ip_be, backend.port_be, hairpin)
+    };
     if action != TC_ACT_SHOT {
         stats::count(reason::NEW_FLOW);
         stats::service(service_id, |c| {
@@ -151,10 +232,10 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
     action
 }
 
-/// DNATs a client → VIP packet to its backend. A hairpin packet (the client
-/// is its own backend) is also SNATed to the VIP and sent straight back to
-/// the pod; without that the pod would answer itself internally, from an
-/// address its client socket does not expect.
+/// DNATs a client → frontend packet to its backend. A hairpin packet (the
+/// client is its own backend) is also SNATed to the VIP and sent straight
+/// back to the pod; without that the pod would answer itself internally,
+/// from an address its client socket does not expect.
 #[inline(always)]
 fn translate(ctx: &TcContext, pkt: &Packet, ip_be: u32, port_be: u16, hairpin: bool) -> i32 {
     let mut result = nat::rewrite(ctx, pkt, End::Destination, ip_be, port_be);
@@ -181,6 +262,36 @@ fn translate(ctx: &TcContext, pkt: &Packet, ip_be: u32, port_be: u16, hairpin: b
     }
 }
 
+/// DNATs to `backend`, SNATs to `snat` and forwards the packet ourselves.
+#[inline(always)]
+fn translate_snat(ctx: &TcContext, pkt: &Packet, backend: (u32, u16), snat: (u32, u16)) -> i32 {
+    let result = nat::rewrite(ctx, pkt, End::Destination, backend.0, backend.1)
+        .and_then(|()| nat::rewrite(ctx, pkt, End::Source, snat.0, snat.1))
+        .and_then(|()| fib::redirect(ctx, pkt.flow.proto, snat.0, backend.0, pkt.ip_len));
+    match result {
+        Ok(action) => action,
+        Err(_) => {
+            stats::count(reason::FIB_LOOKUP_FAILED);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+#[inline(always)]
+fn finish_reply(result: Result<i32, i64>) -> i32 {
+    match result {
+        Ok(action) => {
+            stats::count(reason::REPLY_REV_NAT);
+            action
+        }
+        Err(_) => {
+            stats::count(reason::NAT_FAILED);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// Egress towards a client: a reply gets its frontend back as source.
 #[inline(always)]
 fn reply(ctx: &TcContext, pkt: &Packet) {
     let Some(entry) = conntrack::lookup(&pkt.flow) else {
@@ -198,6 +309,12 @@ fn reply(ctx: &TcContext, pkt: &Packet) {
         stats::count(reason::NAT_FAILED);
     }
 }
+
+/// The kernel lets only GPL-compatible programs call helpers such as
+/// `bpf_fib_lookup`; this crate is dual-licensed Apache-2.0 OR GPL-2.0.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -2,13 +2,13 @@
 //! field names; user space pins them by name under its pin directory.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey,
     MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK_ENTRIES, MAX_SERVICE_ENTRIES, MAX_SERVICES,
-    ServiceCounters, ServiceKey, ServiceName, reason,
+    MAX_SOURCE_RANGES, NatConfig, ServiceCounters, ServiceKey, ServiceName, SourceRange, reason,
 };
 
 /// Frontend (VIP, port, proto, slot) → master entry or backend slot.
@@ -42,3 +42,11 @@ pub static service_stats: PerCpuArray<ServiceCounters, { MAX_SERVICES as usize }
 #[btf_map]
 pub static affinity: LruHashMap<AffinityKey, AffinityEntry, { MAX_AFFINITY_ENTRIES as usize }> =
     LruHashMap::new();
+
+/// Index 0: this node's SNAT address and port range.
+#[btf_map]
+pub static nat_config: Array<NatConfig, 1> = Array::new();
+
+/// (service ID, source prefix) of services with loadBalancerSourceRanges.
+#[btf_map]
+pub static source_ranges: LpmTrie<SourceRange, u8, { MAX_SOURCE_RANGES as usize }> = LpmTrie::new();

@@ -32,6 +32,8 @@ pub struct Packet {
     /// Whether the UDP checksum is zero ("no checksum").
     pub udp_csum_zero: bool,
     pub len: u32,
+    /// IPv4 total length (host order), for FIB lookups.
+    pub ip_len: u16,
 }
 
 impl Packet {
@@ -53,9 +55,7 @@ pub enum Parsed {
     /// Not IPv4 TCP/UDP, or malformed: leave it alone.
     Other,
     /// An IPv4 fragment: its ports are not (all) in this packet.
-    Fragment {
-        dst_ip_be: u32,
-    },
+    Fragment,
     Flow(Packet),
 }
 
@@ -91,7 +91,7 @@ fn try_parse(ctx: &TcContext) -> Result<Parsed, ()> {
     let dst_ip_be: u32 = ctx.load(ipv4_off::DADDR).map_err(|_| ())?;
     let frag_off: u16 = ctx.load(ipv4_off::FRAG_OFF).map_err(|_| ())?;
     if u16::from_be(frag_off) & IP_MF_OFFSET_MASK != 0 {
-        return Ok(Parsed::Fragment { dst_ip_be });
+        return Ok(Parsed::Fragment);
     }
     let l4_off = ETH_HLEN + ihl;
     let l4_min = if proto == PROTO_TCP { 20 } else { 8 };
@@ -117,5 +117,6 @@ fn try_parse(ctx: &TcContext) -> Result<Parsed, ()> {
         tcp_flags,
         udp_csum_zero,
         len,
+        ip_len: tot_len as u16,
     }))
 }

@@ -1,6 +1,7 @@
 //! `switchyard agent`: keeps the datapath in line with a source of cluster
 //! state and attached to the pod interfaces that come and go.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use crate::datapath::ifaces::{self, IfaceGlobs};
 use crate::datapath::loader::{self, Datapath};
 use crate::datapath::maps::PinnedMaps;
 use crate::datapath::sync::{MapSync, SyncReport};
+use crate::health::HealthServers;
 use crate::model::DesiredState;
 use crate::source::standalone;
 
@@ -28,6 +30,69 @@ pub struct AgentConfig {
     /// How often conntrack is swept for expired connections.
     pub conntrack_gc_interval: Duration,
     pub conntrack_timeouts: Timeouts,
+    /// The node's external interfaces (NodePort, load-balancer traffic).
+    pub external_ifaces: Option<IfaceGlobs>,
+    /// Node addresses to serve node ports on; empty: those of the external
+    /// interfaces.
+    pub node_ips: Vec<Ipv4Addr>,
+    /// Source ports for SNAT, inclusive.
+    pub snat_ports: (u16, u16),
+}
+
+/// The node's addresses: given, or read off its external interfaces.
+fn node_addresses(cfg: &AgentConfig) -> Result<Vec<Ipv4Addr>> {
+    if !cfg.node_ips.is_empty() {
+        return Ok(cfg.node_ips.clone());
+    }
+    match &cfg.external_ifaces {
+        Some(globs) => {
+            ifaces::ipv4_addresses(globs).context("reading the external interfaces' addresses")
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Writes the SNAT address and ports, and reserves the ports from local
+/// sockets' ephemeral allocation so a SNATed flow never meets a local one.
+fn configure_snat(
+    maps: &mut PinnedMaps,
+    snat_ip: Option<Ipv4Addr>,
+    (min, max): (u16, u16),
+) -> Result<()> {
+    let config = lb_common::NatConfig {
+        snat_ip_be: snat_ip.map_or(0, crate::datapath::addr::ip_be),
+        port_min: min,
+        port_max: max,
+    };
+    maps.nat_config
+        .set(0, config, 0)
+        .context("writing nat_config")?;
+    let path = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+    let current = std::fs::read_to_string(path).unwrap_or_default();
+    let range = format!("{min}-{max}");
+    if !current.split(',').any(|r| r.trim() == range) {
+        let updated = if current.trim().is_empty() {
+            range.clone()
+        } else {
+            format!("{},{range}", current.trim())
+        };
+        std::fs::write(path, updated)
+            .with_context(|| format!("reserving SNAT ports {range} in {path}"))?;
+    }
+    if let Ok(ephemeral) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") {
+        let bounds: Vec<u16> = ephemeral
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if let [low, high] = bounds[..]
+            && min <= high
+            && max >= low
+        {
+            warn!(ephemeral = %ephemeral.trim(), snat = %range, "SNAT ports overlap the ephemeral range; they are reserved, but a separate range is better");
+        }
+    }
+    info!(snat_ip = ?snat_ip, ports = %range, "SNAT configured");
+    Ok(())
 }
 
 fn log_report(report: &SyncReport, elapsed: Duration, services: usize) {
@@ -52,10 +117,15 @@ fn log_report(report: &SyncReport, elapsed: Duration, services: usize) {
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     let object = loader::find_object(cfg.bpf_object.as_deref())?;
     let mut datapath = Datapath::load(&object, &cfg.pin_dir)?;
-    let maps = PinnedMaps::open(&cfg.pin_dir)?;
+    let mut maps = PinnedMaps::open(&cfg.pin_dir)?;
+    let node_ips = node_addresses(&cfg)?;
+    configure_snat(&mut maps, node_ips.first().copied(), cfg.snat_ports)?;
     let mut sync = MapSync::adopt(maps)
         .context("adopting the pinned maps")?
-        .with_node(cfg.node_name.clone());
+        .with_node(cfg.node_name.clone())
+        .with_node_ips(node_ips.clone());
+    info!(node_ips = ?node_ips, "node addresses for node ports");
+    let mut health = HealthServers::default();
     if cfg.node_name.is_none() {
         warn!(
             "no --node-name (or NODE_NAME): services with internalTrafficPolicy Local get no backends"
@@ -88,7 +158,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         _ = sigterm.recv() => return Ok(()),
         _ = sigint.recv() => return Ok(()),
     }
-    let apply = |sync: &mut MapSync<PinnedMaps>, desired: &DesiredState| {
+    let node_name = cfg.node_name.clone();
+    let mut apply = |sync: &mut MapSync<PinnedMaps>, desired: &DesiredState| {
+        health.update(crate::health::wanted(desired, node_name.as_deref()));
         let started = Instant::now();
         let report = sync.apply(desired);
         log_report(&report, started.elapsed(), desired.services.len());
@@ -105,7 +177,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     };
     let first = desired_rx.borrow_and_update().clone();
     apply(&mut sync, &first);
-    if let Err(e) = ifaces::reconcile(&mut datapath, &cfg.pod_ifaces) {
+    if let Err(e) = ifaces::reconcile(&mut datapath, &cfg.pod_ifaces, cfg.external_ifaces.as_ref())
+    {
         warn!("listing interfaces: {e:#}");
     }
     info!(
@@ -126,7 +199,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 apply(&mut sync, &desired);
             }
             _ = iface_tick.tick() => {
-                if let Err(e) = ifaces::reconcile(&mut datapath, &cfg.pod_ifaces) {
+                if let Err(e) = ifaces::reconcile(&mut datapath, &cfg.pod_ifaces, cfg.external_ifaces.as_ref()) {
                     warn!("listing interfaces: {e:#}");
                 }
             }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
-use lb_common::{ConnEntry, FlowKey, conn_kind, reason, tcp_seen};
+use lb_common::{ConnEntry, FlowKey, backend_flags, conn_kind, reason, service_flags, tcp_seen};
 use serde::Serialize;
 
 use crate::datapath::addr::{ip_from_be, port_from_be};
@@ -25,7 +25,11 @@ pub struct ServiceRow {
     pub service: String,
     pub service_id: u32,
     pub frontend: String,
+    /// How the frontend behaves: external, local-only, source-ranges, affinity=Ns.
+    pub policy: Vec<String>,
     pub backends: Vec<String>,
+    /// The subset of `backends` on this node.
+    pub local_backends: Vec<String>,
     pub new_flows: u64,
     pub packets: u64,
     pub bytes: u64,
@@ -84,17 +88,37 @@ pub fn services(maps: &PinnedMaps) -> Result<Vec<ServiceRow>> {
         .collect();
     let mut rows = Vec::new();
     for (key, master) in entries.iter().filter(|(k, _)| k.slot == 0) {
+        let mut local_backends = Vec::new();
         let backends = (1..=master.count)
             .map(|slot| {
                 let id = slots.get(&lb_common::ServiceKey { slot, ..*key });
                 match id.and_then(|id| maps.backends.get(id, 0).ok()) {
-                    Some(b) => endpoint(b.ip_be, b.port_be),
+                    Some(b) => {
+                        if b.flags & backend_flags::LOCAL != 0 {
+                            local_backends.push(endpoint(b.ip_be, b.port_be));
+                        }
+                        endpoint(b.ip_be, b.port_be)
+                    }
                     None => format!("(slot {slot} missing)"),
                 }
             })
             .collect();
         let counters = maps.service_counters(master.service_id);
+        let mut policy = Vec::new();
+        for (flag, text) in [
+            (service_flags::EXTERNAL, "external"),
+            (service_flags::DROP_IF_EMPTY, "local-only"),
+            (service_flags::SOURCE_RANGES, "source-ranges"),
+        ] {
+            if master.flags & flag != 0 {
+                policy.push(text.to_string());
+            }
+        }
+        if master.affinity_timeout_s > 0 {
+            policy.push(format!("affinity={}s", master.affinity_timeout_s));
+        }
         rows.push(ServiceRow {
+            policy,
             service: service_label(maps, master.service_id),
             service_id: master.service_id,
             frontend: format!(
@@ -103,6 +127,7 @@ pub fn services(maps: &PinnedMaps) -> Result<Vec<ServiceRow>> {
                 proto_name(key.proto)
             ),
             backends,
+            local_backends,
             new_flows: counters.new_flows,
             packets: counters.packets,
             bytes: counters.bytes,
@@ -171,15 +196,21 @@ pub fn conntrack(maps: &PinnedMaps) -> Result<Vec<ConnRow>> {
     let entries: Vec<(FlowKey, ConnEntry)> = maps.conntrack.iter().collect::<Result<_, _>>()?;
     let mut rows: Vec<ConnRow> = entries
         .iter()
-        .filter(|(_, e)| e.kind == conn_kind::FORWARD || e.kind == conn_kind::HAIRPIN_FORWARD)
+        .filter(|(_, e)| conn_kind::is_forward(e.kind))
         .map(|(k, e)| ConnRow {
             protocol: proto_name(k.proto),
             client: endpoint(k.src_ip_be, k.src_port_be),
             frontend: endpoint(k.dst_ip_be, k.dst_port_be),
-            backend: if e.kind == conn_kind::HAIRPIN_FORWARD {
-                format!("{} (hairpin)", endpoint(e.nat_ip_be, e.nat_port_be))
-            } else {
-                endpoint(e.nat_ip_be, e.nat_port_be)
+            backend: match e.kind {
+                conn_kind::HAIRPIN_FORWARD => {
+                    format!("{} (hairpin)", endpoint(e.nat_ip_be, e.nat_port_be))
+                }
+                conn_kind::FORWARD_SNAT => format!(
+                    "{} (via {})",
+                    endpoint(e.nat_ip_be, e.nat_port_be),
+                    endpoint(e.second_ip_be, e.second_port_be)
+                ),
+                _ => endpoint(e.nat_ip_be, e.nat_port_be),
             },
             service: service_label(maps, e.service_id),
             age_seconds: now.saturating_sub(e.created_ns) / 1_000_000_000,
@@ -286,10 +317,21 @@ pub fn run(pin_dir: &Path, what: InspectWhat, format: OutputFormat) -> Result<St
                     vec![
                         r.service,
                         r.frontend,
+                        r.policy.join(","),
                         if r.backends.is_empty() {
                             "(none: refused)".to_string()
                         } else {
-                            r.backends.join(", ")
+                            r.backends
+                                .iter()
+                                .map(|b| {
+                                    if r.local_backends.contains(b) {
+                                        format!("{b} (local)")
+                                    } else {
+                                        b.clone()
+                                    }
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         },
                         r.new_flows.to_string(),
                         r.refused_no_backend.to_string(),

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod datapath;
+pub mod health;
 pub mod inspect;
 pub mod model;
 pub mod source;

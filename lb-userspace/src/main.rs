@@ -40,7 +40,7 @@ enum LogFormat {
 enum Command {
     /// Run the agent: load the datapath, attach it to pod interfaces and keep
     /// its maps in line with the cluster's Services and EndpointSlices.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Show what the datapath maps hold.
     Inspect {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -73,6 +73,18 @@ struct AgentArgs {
     /// Poll interval for the manifest directory and the interface list.
     #[arg(long, default_value = "200", value_name = "MS")]
     poll_ms: u64,
+    /// Comma-separated name globs of the node's external interfaces, where
+    /// NodePort and load-balancer traffic arrives (none by default).
+    #[arg(long, value_name = "GLOBS")]
+    external_ifaces: Option<String>,
+    /// Node addresses to serve node ports on (default: the addresses of the
+    /// external interfaces). The first is the SNAT address.
+    #[arg(long, value_delimiter = ',', value_name = "IP,...")]
+    node_ips: Vec<std::net::Ipv4Addr>,
+    /// Source ports for SNAT of external flows to other nodes; reserved from
+    /// local sockets via net.ipv4.ip_local_reserved_ports.
+    #[arg(long, default_value = "61000-65000", value_name = "MIN-MAX")]
+    snat_ports: String,
     /// Seconds between conntrack sweeps.
     #[arg(long, default_value = "10", value_name = "SECONDS")]
     ct_gc_interval: f64,
@@ -91,6 +103,16 @@ struct AgentArgs {
     /// Remove the pinned maps and pin directory, then exit.
     #[arg(long)]
     cleanup: bool,
+}
+
+fn port_range(text: &str) -> Result<(u16, u16)> {
+    let parsed = text
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)));
+    match parsed {
+        Some((min, max)) if min > 0 && min <= max => Ok((min, max)),
+        _ => bail!("--snat-ports {text:?}: expected MIN-MAX with 1 <= MIN <= MAX <= 65535"),
+    }
 }
 
 fn seconds(flag: &str, value: f64) -> Result<Duration> {
@@ -142,6 +164,13 @@ fn main() -> Result<()> {
                 bpf_object: args.bpf_object,
                 node_name: args.node_name,
                 poll_interval: Duration::from_millis(args.poll_ms.max(10)),
+                external_ifaces: args
+                    .external_ifaces
+                    .as_deref()
+                    .map(IfaceGlobs::parse)
+                    .transpose()?,
+                node_ips: args.node_ips,
+                snat_ports: port_range(&args.snat_ports)?,
                 conntrack_gc_interval: seconds("--ct-gc-interval", args.ct_gc_interval)?,
                 conntrack_timeouts: Timeouts {
                     tcp_established: seconds(

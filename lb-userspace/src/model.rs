@@ -126,7 +126,36 @@ pub struct ServicePort {
     /// `internalTrafficPolicy: Local`: traffic from inside the cluster goes
     /// only to endpoints on the sending node.
     pub internal_traffic_local: bool,
+    /// How the port is reachable from outside the cluster, if at all.
+    pub external: ExternalAccess,
     pub endpoints: Vec<Endpoint>,
+}
+
+/// The external side of a service port: NodePort, load-balancer and
+/// external IPs, and the policies that go with them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ExternalAccess {
+    /// Served on every node's addresses at this port.
+    pub node_port: Option<u16>,
+    /// `status.loadBalancer.ingress[].ip`, served at the service port.
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `spec.externalIPs`, served at the service port.
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `externalTrafficPolicy: Local`: external traffic only to endpoints on
+    /// the node it arrives at, with the client address preserved.
+    pub traffic_local: bool,
+    /// `loadBalancerSourceRanges` (address, prefix length); empty: any.
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    /// Where kube-proxy-compatible health checks are answered (policy Local).
+    pub health_check_node_port: Option<u16>,
+}
+
+impl ExternalAccess {
+    pub fn is_exposed(&self) -> bool {
+        self.node_port.is_some()
+            || !self.load_balancer_ips.is_empty()
+            || !self.external_ips.is_empty()
+    }
 }
 
 impl ServicePort {
@@ -159,6 +188,16 @@ impl ServicePort {
         chosen.sort();
         chosen.dedup();
         chosen
+    }
+
+    /// Backends for traffic from outside arriving at `node`: with
+    /// `externalTrafficPolicy: Local` only the node's own endpoints.
+    pub fn external_backends_on(&self, node: Option<&str>) -> Vec<BackendAddr> {
+        let local_only = ServicePort {
+            internal_traffic_local: self.external.traffic_local,
+            ..self.clone()
+        };
+        local_only.backends_on(node)
     }
 
     /// [`ServicePort::backends_on`] for a service without node-local policy.
@@ -206,6 +245,7 @@ mod tests {
             service_type: ServiceType::ClusterIP,
             affinity: None,
             internal_traffic_local: false,
+            external: ExternalAccess::default(),
             endpoints,
         }
     }

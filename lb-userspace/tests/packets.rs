@@ -70,6 +70,7 @@ fn service(vip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[Ipv4Addr]) 
         service_type: ServiceType::ClusterIP,
         affinity: None,
         internal_traffic_local: false,
+        external: Default::default(),
         endpoints: backends
             .iter()
             .map(|ip| Endpoint {

@@ -39,11 +39,22 @@ impl Default for Timeouts {
 }
 
 fn is_forward(e: &ConnEntry) -> bool {
-    e.kind == conn_kind::FORWARD || e.kind == conn_kind::HAIRPIN_FORWARD
+    conn_kind::is_forward(e.kind)
 }
 
 /// The key of the reply entry that belongs with a forward entry.
 pub fn reply_key(forward_key: &FlowKey, forward: &ConnEntry) -> FlowKey {
+    if forward.kind == conn_kind::FORWARD_SNAT {
+        // The backend answers the node's SNAT address and port.
+        return FlowKey {
+            src_ip_be: forward.nat_ip_be,
+            dst_ip_be: forward.second_ip_be,
+            src_port_be: forward.nat_port_be,
+            dst_port_be: forward.second_port_be,
+            proto: forward_key.proto,
+            _pad: [0; 3],
+        };
+    }
     FlowKey {
         src_ip_be: forward.nat_ip_be,
         dst_ip_be: if forward.kind == conn_kind::HAIRPIN_FORWARD {

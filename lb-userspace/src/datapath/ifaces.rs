@@ -7,7 +7,7 @@ use std::ffi::CStr;
 use anyhow::{Result, bail};
 use tracing::warn;
 
-use super::loader::Datapath;
+use super::loader::{Datapath, Role};
 
 /// Interface names of the common CNIs' host-side pod interfaces.
 pub const DEFAULT_POD_IFACES: &str = "veth*,lxc*,cali*,gke*,eni*,azv*";
@@ -73,31 +73,72 @@ pub fn list_interfaces() -> Result<BTreeMap<String, u32>> {
 }
 
 /// Attaches to matching interfaces that appeared (or were re-created with a
-/// new index) and forgets the ones that went away.
-pub fn reconcile(datapath: &mut Datapath, globs: &IfaceGlobs) -> Result<()> {
-    let present: BTreeMap<String, u32> = list_interfaces()?
+/// new index) and forgets the ones that went away. Pod globs win over
+/// external globs for an interface matching both.
+pub fn reconcile(
+    datapath: &mut Datapath,
+    pods: &IfaceGlobs,
+    external: Option<&IfaceGlobs>,
+) -> Result<()> {
+    let present: BTreeMap<String, (u32, Role)> = list_interfaces()?
         .into_iter()
-        .filter(|(name, _)| globs.matches(name))
+        .filter_map(|(name, index)| {
+            if pods.matches(&name) {
+                Some((name, (index, Role::Pod)))
+            } else if external.is_some_and(|g| g.matches(&name)) {
+                Some((name, (index, Role::External)))
+            } else {
+                None
+            }
+        })
         .collect();
-    let attached: Vec<(String, u32)> = datapath
+    let attached: Vec<(String, u32, Role)> = datapath
         .attached()
-        .map(|(n, i)| (n.to_string(), i))
+        .map(|(n, i, r)| (n.to_string(), i, r))
         .collect();
-    for (name, ifindex) in &attached {
-        if present.get(name) != Some(ifindex) {
+    for (name, ifindex, role) in &attached {
+        if present.get(name) != Some(&(*ifindex, *role)) {
             datapath.detach(name, true);
         }
     }
-    for (name, ifindex) in present {
-        if datapath.attached().any(|(n, _)| n == name) {
+    for (name, (ifindex, role)) in present {
+        if datapath.attached().any(|(n, _, _)| n == name) {
             continue;
         }
-        if let Err(e) = datapath.attach(&name, ifindex) {
+        if let Err(e) = datapath.attach(&name, ifindex, role) {
             // The interface may be vanishing right now; retried next round.
             warn!(iface = %name, "cannot attach: {e:#}");
         }
     }
     Ok(())
+}
+
+/// IPv4 addresses of the interfaces matching `globs`, in interface order.
+pub fn ipv4_addresses(globs: &IfaceGlobs) -> Result<Vec<std::net::Ipv4Addr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        let entry = unsafe { &*cur };
+        cur = entry.ifa_next;
+        if entry.ifa_addr.is_null() || entry.ifa_name.is_null() {
+            continue;
+        }
+        let name = unsafe { CStr::from_ptr(entry.ifa_name) }.to_string_lossy();
+        if unsafe { (*entry.ifa_addr).sa_family } as i32 != libc::AF_INET || !globs.matches(&name) {
+            continue;
+        }
+        let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
+        let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -65,8 +65,28 @@ pub fn ensure_pin_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What an interface is to the datapath.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The host side of a pod's interface.
+    Pod,
+    /// The node's interface to the outside (node IPs, NodePort traffic).
+    External,
+}
+
+impl Role {
+    /// (ingress program, egress program).
+    fn programs(self) -> (&'static str, &'static str) {
+        match self {
+            Role::Pod => (program_names::FROM_POD, program_names::TO_POD),
+            Role::External => (program_names::FROM_WORLD, program_names::TO_WORLD),
+        }
+    }
+}
+
 struct Attachment {
     ifindex: u32,
+    role: Role,
     ingress: SchedClassifierLinkId,
     egress: SchedClassifierLinkId,
 }
@@ -93,7 +113,12 @@ impl Datapath {
         let mut ebpf = loader
             .load_file(object)
             .with_context(|| format!("loading BPF object {}", object.display()))?;
-        for name in [program_names::FROM_POD, program_names::TO_POD] {
+        for name in [
+            program_names::FROM_POD,
+            program_names::TO_POD,
+            program_names::FROM_WORLD,
+            program_names::TO_WORLD,
+        ] {
             classifier(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("loading program {name} into the kernel"))?;
@@ -112,37 +137,37 @@ impl Datapath {
         Ok(classifier(&mut self.ebpf, name)?.fd()?.as_fd().as_raw_fd())
     }
 
-    pub fn attached(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.attached.iter().map(|(n, a)| (n.as_str(), a.ifindex))
+    /// (name, ifindex, role) of every interface the programs are on.
+    pub fn attached(&self) -> impl Iterator<Item = (&str, u32, Role)> {
+        self.attached
+            .iter()
+            .map(|(n, a)| (n.as_str(), a.ifindex, a.role))
     }
 
-    /// Attaches both programs to `iface` (ingress: from the pod; egress: to
-    /// the pod).
-    pub fn attach(&mut self, iface: &str, ifindex: u32) -> Result<()> {
-        let ingress = classifier(&mut self.ebpf, program_names::FROM_POD)?
+    /// Attaches the role's ingress and egress programs to `iface`.
+    pub fn attach(&mut self, iface: &str, ifindex: u32, role: Role) -> Result<()> {
+        let (ingress_prog, egress_prog) = role.programs();
+        let ingress = classifier(&mut self.ebpf, ingress_prog)?
             .attach(iface, TcAttachType::Ingress)
-            .with_context(|| format!("attaching {} to {iface} ingress", program_names::FROM_POD))?;
-        let egress = match classifier(&mut self.ebpf, program_names::TO_POD)?
-            .attach(iface, TcAttachType::Egress)
-        {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = classifier(&mut self.ebpf, program_names::FROM_POD)?.detach(ingress);
-                return Err(e).context(format!(
-                    "attaching {} to {iface} egress",
-                    program_names::TO_POD
-                ));
-            }
-        };
+            .with_context(|| format!("attaching {ingress_prog} to {iface} ingress"))?;
+        let egress =
+            match classifier(&mut self.ebpf, egress_prog)?.attach(iface, TcAttachType::Egress) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = classifier(&mut self.ebpf, ingress_prog)?.detach(ingress);
+                    return Err(e).context(format!("attaching {egress_prog} to {iface} egress"));
+                }
+            };
         self.attached.insert(
             iface.to_string(),
             Attachment {
                 ifindex,
+                role,
                 ingress,
                 egress,
             },
         );
-        info!(iface, ifindex, "attached");
+        info!(iface, ifindex, ?role, "attached");
         Ok(())
     }
 
@@ -152,10 +177,8 @@ impl Datapath {
         let Some(a) = self.attached.remove(iface) else {
             return;
         };
-        for (prog, link) in [
-            (program_names::FROM_POD, a.ingress),
-            (program_names::TO_POD, a.egress),
-        ] {
+        let (ingress_prog, egress_prog) = a.role.programs();
+        for (prog, link) in [(ingress_prog, a.ingress), (egress_prog, a.egress)] {
             let result =
                 classifier(&mut self.ebpf, prog).and_then(|p| p.detach(link).map_err(Into::into));
             match result {

@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey,
-    SERVICE_NAME_LEN, ServiceCounters, ServiceKey, ServiceName, map_names,
+    AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey, NatConfig,
+    SERVICE_NAME_LEN, ServiceCounters, ServiceKey, ServiceName, SourceRange, map_names,
 };
 
 pub struct PinnedMaps {
@@ -17,6 +17,8 @@ pub struct PinnedMaps {
     pub reason_stats: PerCpuArray<MapData, u64>,
     pub service_stats: PerCpuArray<MapData, ServiceCounters>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
+    pub nat_config: Array<MapData, NatConfig>,
+    pub source_ranges: LpmTrie<MapData, SourceRange, u8>,
 }
 
 fn open(pin_dir: &Path, name: &str) -> Result<Map> {
@@ -40,6 +42,8 @@ impl PinnedMaps {
             reason_stats: PerCpuArray::try_from(open(pin_dir, map_names::REASON_STATS)?)?,
             service_stats: PerCpuArray::try_from(open(pin_dir, map_names::SERVICE_STATS)?)?,
             affinity: HashMap::try_from(open(pin_dir, map_names::AFFINITY)?)?,
+            nat_config: Array::try_from(open(pin_dir, map_names::NAT_CONFIG)?)?,
+            source_ranges: LpmTrie::try_from(open(pin_dir, map_names::SOURCE_RANGES)?)?,
         })
     }
 
@@ -117,7 +121,24 @@ mod service_maps_impl {
     use aya::maps::PerCpuValues;
     use lb_common::{Backend, BackendId, BackendSlot, ServiceCounters, ServiceKey, ServiceName};
 
+    use std::net::Ipv4Addr;
+
+    use aya::maps::lpm_trie::Key;
+    use lb_common::SourceRange;
+
     use super::{PinnedMaps, decode_name, encode_name};
+    use crate::datapath::addr::{ip_be, ip_from_be};
+
+    /// The trie matches the service ID in full, then the source prefix.
+    fn range_key(service_id: u32, ip: Ipv4Addr, prefix_len: u8) -> Key<SourceRange> {
+        Key::new(
+            32 + u32::from(prefix_len.min(32)),
+            SourceRange {
+                service_id_be: service_id.to_be(),
+                src_ip_be: ip_be(ip),
+            },
+        )
+    }
     use crate::datapath::sync::ServiceMaps;
 
     /// Absent keys are fine to delete: the goal state is "not there".
@@ -219,6 +240,46 @@ mod service_maps_impl {
             self.backends
                 .iter()
                 .map(|r| r.map_err(Into::into))
+                .collect()
+        }
+
+        fn put_source_range(
+            &mut self,
+            service_id: u32,
+            ip: Ipv4Addr,
+            prefix_len: u8,
+        ) -> Result<()> {
+            self.source_ranges
+                .insert(&range_key(service_id, ip, prefix_len), 1, 0)
+                .with_context(|| {
+                    format!("writing source range {ip}/{prefix_len} of service ID {service_id}")
+                })
+        }
+
+        fn delete_source_range(
+            &mut self,
+            service_id: u32,
+            ip: Ipv4Addr,
+            prefix_len: u8,
+        ) -> Result<()> {
+            ignore_missing(
+                self.source_ranges
+                    .remove(&range_key(service_id, ip, prefix_len)),
+            )
+            .with_context(|| format!("removing source range {ip}/{prefix_len}"))
+        }
+
+        fn read_source_ranges(&self, service_id: u32) -> Vec<(Ipv4Addr, u8)> {
+            self.source_ranges
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| u32::from_be(k.data().service_id_be) == service_id)
+                .map(|k| {
+                    (
+                        ip_from_be(k.data().src_ip_be),
+                        (k.prefix_len().saturating_sub(32)) as u8,
+                    )
+                })
                 .collect()
         }
 

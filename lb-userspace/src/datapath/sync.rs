@@ -14,9 +14,13 @@
 //! entries that mention an old ID from being confused with a new owner.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, anyhow};
-use lb_common::{Backend, BackendId, BackendSlot, MAX_BACKENDS, MAX_SERVICES, ServiceKey};
+use lb_common::{
+    Backend, BackendId, BackendSlot, MAX_BACKENDS, MAX_SERVICES, ServiceKey, backend_flags,
+    service_flags,
+};
 use tracing::{debug, warn};
 
 use crate::datapath::addr::{ip_be, ip_from_be, port_be, port_from_be};
@@ -35,6 +39,9 @@ pub trait ServiceMaps {
     fn read_services(&self) -> Result<Vec<(ServiceKey, BackendSlot)>>;
     fn read_backends(&self) -> Result<Vec<(BackendId, Backend)>>;
     fn read_service_name(&self, service_id: u32) -> Option<String>;
+    fn put_source_range(&mut self, service_id: u32, ip: Ipv4Addr, prefix_len: u8) -> Result<()>;
+    fn delete_source_range(&mut self, service_id: u32, ip: Ipv4Addr, prefix_len: u8) -> Result<()>;
+    fn read_source_ranges(&self, service_id: u32) -> Vec<(Ipv4Addr, u8)>;
 }
 
 /// Next-fit allocator over `1..=max`.
@@ -87,8 +94,21 @@ pub struct ProgrammedService {
     pub name: String,
     /// Session affinity timeout in seconds, 0 for none.
     pub affinity_timeout_s: u32,
+    /// `lb_common::service_flags`.
+    pub flags: u16,
+    /// loadBalancerSourceRanges, when `flags` has SOURCE_RANGES.
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
     /// `slots[i]` is the backend in slot `i + 1`.
     pub slots: Vec<BackendId>,
+}
+
+/// What one frontend should look like, before backend IDs are known.
+struct FrontendPlan {
+    name: String,
+    backends: Vec<BackendAddr>,
+    affinity_timeout_s: u32,
+    flags: u16,
+    source_ranges: Vec<(Ipv4Addr, u8)>,
 }
 
 /// Counts of one sync pass, for logs and metrics.
@@ -142,6 +162,8 @@ pub struct MapSync<M: ServiceMaps> {
     maps: M,
     /// This node, for node-local traffic policies.
     node: Option<String>,
+    /// This node's addresses, where node ports are served.
+    node_ips: Vec<Ipv4Addr>,
     services: BTreeMap<Frontend, ProgrammedService>,
     backend_ids: HashMap<BackendAddr, BackendId>,
     service_ids: IdAllocator,
@@ -152,12 +174,12 @@ fn frontend_key(f: &Frontend, slot: u16) -> ServiceKey {
     ServiceKey::new(ip_be(f.ip), port_be(f.port), f.protocol.number(), slot)
 }
 
-fn backend_value(b: &BackendAddr) -> Backend {
+fn backend_value(b: &BackendAddr, local: bool) -> Backend {
     Backend {
         ip_be: ip_be(b.ip),
         port_be: port_be(b.port),
         proto: b.protocol.number(),
-        flags: 0,
+        flags: if local { backend_flags::LOCAL } else { 0 },
     }
 }
 
@@ -240,6 +262,8 @@ impl<M: ServiceMaps> MapSync<M> {
                     service_id: master.service_id,
                     name,
                     affinity_timeout_s: master.affinity_timeout_s,
+                    flags: master.flags,
+                    source_ranges: maps.read_source_ranges(master.service_id),
                     slots: programmed,
                 },
             );
@@ -258,6 +282,7 @@ impl<M: ServiceMaps> MapSync<M> {
         Ok(Self {
             maps,
             node: None,
+            node_ips: Vec::new(),
             services,
             backend_ids,
             service_ids,
@@ -268,6 +293,12 @@ impl<M: ServiceMaps> MapSync<M> {
     /// Sets the node whose local endpoints node-local policies select.
     pub fn with_node(mut self, node: Option<String>) -> Self {
         self.node = node;
+        self
+    }
+
+    /// Sets the addresses node ports are served on.
+    pub fn with_node_ips(mut self, ips: Vec<Ipv4Addr>) -> Self {
+        self.node_ips = ips;
         self
     }
 
@@ -289,22 +320,19 @@ impl<M: ServiceMaps> MapSync<M> {
         let mut report = SyncReport::default();
         let addr_of: HashMap<BackendId, BackendAddr> =
             self.backend_ids.iter().map(|(a, i)| (*i, *a)).collect();
-        let wanted: BTreeMap<Frontend, (String, Vec<BackendAddr>, u32)> = desired
+        let wanted = self.plan(desired, &mut report);
+        let local: BTreeSet<BackendAddr> = desired
             .services
-            .iter()
-            .map(|(f, sp)| {
-                let affinity_s = sp
-                    .affinity
-                    .map_or(0, |d| d.as_secs().clamp(1, u32::MAX as u64) as u32);
-                let backends = sp.backends_on(self.node.as_deref());
-                (*f, (sp.name.to_string(), backends, affinity_s))
-            })
+            .values()
+            .flat_map(|sp| sp.endpoints.iter())
+            .filter(|e| self.node.is_some() && e.node == self.node)
+            .map(|e| e.addr)
             .collect();
 
         // 1. New backends first.
         let needed: BTreeSet<BackendAddr> = wanted
             .values()
-            .flat_map(|(_, b, _)| b.iter().copied())
+            .flat_map(|plan| plan.backends.iter().copied())
             .collect();
         for addr in &needed {
             if self.backend_ids.contains_key(addr) {
@@ -316,7 +344,10 @@ impl<M: ServiceMaps> MapSync<M> {
                 ));
                 continue;
             };
-            match self.maps.put_backend(id, backend_value(addr)) {
+            match self
+                .maps
+                .put_backend(id, backend_value(addr, local.contains(addr)))
+            {
                 Ok(()) => {
                     self.backend_ids.insert(*addr, id);
                     report.backends_created += 1;
@@ -329,15 +360,19 @@ impl<M: ServiceMaps> MapSync<M> {
         }
 
         // 2. Frontends: create or update in place, then delete the gone ones.
-        for (frontend, (name, backends, affinity_s)) in &wanted {
-            let slots: Vec<BackendId> = backends
+        for (frontend, plan) in &wanted {
+            let name = &plan.name;
+            let slots: Vec<BackendId> = plan
+                .backends
                 .iter()
                 .filter_map(|b| self.backend_ids.get(b).copied())
                 .collect();
             let target = ProgrammedService {
                 service_id: 0,
                 name: name.clone(),
-                affinity_timeout_s: *affinity_s,
+                affinity_timeout_s: plan.affinity_timeout_s,
+                flags: plan.flags,
+                source_ranges: plan.source_ranges.clone(),
                 slots,
             };
             let result = match self.services.get(frontend).cloned() {
@@ -345,9 +380,11 @@ impl<M: ServiceMaps> MapSync<M> {
                     .create_service(frontend, target)
                     .map(|()| report.services_created += 1),
                 Some(current)
-                    if current.slots == target.slots
-                        && current.name == target.name
-                        && current.affinity_timeout_s == target.affinity_timeout_s =>
+                    if current
+                        == ProgrammedService {
+                            service_id: current.service_id,
+                            ..target.clone()
+                        } =>
                 {
                     Ok(())
                 }
@@ -438,6 +475,92 @@ impl<M: ServiceMaps> MapSync<M> {
         report
     }
 
+    /// The concrete frontends of `desired` on this node: each service port's
+    /// cluster IP, and for externally reachable ones this node's addresses
+    /// at the node port, the load-balancer IPs and the external IPs.
+    fn plan(
+        &self,
+        desired: &DesiredState,
+        report: &mut SyncReport,
+    ) -> BTreeMap<Frontend, FrontendPlan> {
+        let node = self.node.as_deref();
+        let mut wanted = BTreeMap::new();
+        for sp in desired.services.values() {
+            let name = sp.name.to_string();
+            let affinity_timeout_s = sp
+                .affinity
+                .map_or(0, |d| d.as_secs().clamp(1, u32::MAX as u64) as u32);
+            wanted.insert(
+                sp.frontend,
+                FrontendPlan {
+                    name: name.clone(),
+                    backends: sp.backends_on(node),
+                    affinity_timeout_s,
+                    flags: 0,
+                    source_ranges: Vec::new(),
+                },
+            );
+            let ext = &sp.external;
+            if !ext.is_exposed() {
+                continue;
+            }
+            let external_backends = sp.external_backends_on(node);
+            let base_flags = service_flags::EXTERNAL
+                | if ext.traffic_local {
+                    service_flags::DROP_IF_EMPTY
+                } else {
+                    0
+                };
+            let at = |ip: Ipv4Addr, port: u16| Frontend {
+                ip,
+                port,
+                protocol: sp.frontend.protocol,
+            };
+            let mut frontends: Vec<(Frontend, bool)> = Vec::new();
+            if let Some(node_port) = ext.node_port {
+                frontends.extend(self.node_ips.iter().map(|ip| (at(*ip, node_port), false)));
+            }
+            frontends.extend(
+                ext.load_balancer_ips
+                    .iter()
+                    .map(|ip| (at(*ip, sp.frontend.port), true)),
+            );
+            frontends.extend(
+                ext.external_ips
+                    .iter()
+                    .map(|ip| (at(*ip, sp.frontend.port), false)),
+            );
+            for (frontend, is_lb) in frontends {
+                let ranged = is_lb && !ext.source_ranges.is_empty();
+                let plan = FrontendPlan {
+                    name: name.clone(),
+                    backends: external_backends.clone(),
+                    affinity_timeout_s,
+                    flags: base_flags
+                        | if ranged {
+                            service_flags::SOURCE_RANGES
+                        } else {
+                            0
+                        },
+                    source_ranges: if ranged {
+                        ext.source_ranges.clone()
+                    } else {
+                        Vec::new()
+                    },
+                };
+                if let Some(existing) = wanted.get(&frontend) {
+                    report.errors.push(format!(
+                        "service {name}: {frontend} is already served by {}; not programmed twice",
+                        existing.name
+                    ));
+                    continue;
+                }
+                wanted.insert(frontend, plan);
+            }
+        }
+        wanted
+    }
+
     fn write_slots(
         &mut self,
         frontend: &Frontend,
@@ -466,7 +589,7 @@ impl<M: ServiceMaps> MapSync<M> {
             service_id,
             count: u16::try_from(count)
                 .map_err(|_| anyhow!("{count} backends exceed the {} slot limit", u16::MAX))?,
-            flags: 0,
+            flags: target.flags,
             affinity_timeout_s: target.affinity_timeout_s,
         })
     }
@@ -480,6 +603,9 @@ impl<M: ServiceMaps> MapSync<M> {
             .ok_or_else(|| anyhow!("no free service ID ({} in use)", MAX_SERVICES - 1))?;
         let written = (|| {
             self.maps.assign_service_id(service_id, &target.name)?;
+            for (ip, len) in &target.source_ranges {
+                self.maps.put_source_range(service_id, *ip, *len)?;
+            }
             self.write_slots(frontend, &[], &target.slots)?;
             // Publishing the master last makes the frontend visible only
             // once all its slots are filled.
@@ -512,9 +638,17 @@ impl<M: ServiceMaps> MapSync<M> {
         if current.name != target.name {
             self.maps.assign_service_id(service_id, &target.name)?;
         }
+        for (ip, len) in target
+            .source_ranges
+            .iter()
+            .filter(|r| !current.source_ranges.contains(r))
+        {
+            self.maps.put_source_range(service_id, *ip, *len)?;
+        }
         self.write_slots(frontend, &current.slots, &target.slots)?;
         if current.slots.len() != target.slots.len()
             || current.affinity_timeout_s != target.affinity_timeout_s
+            || current.flags != target.flags
         {
             self.maps.put_service(
                 frontend_key(frontend, 0),
@@ -551,6 +685,10 @@ impl<M: ServiceMaps> MapSync<M> {
                 warn!(%frontend, slot, "leaving an unreachable slot behind: {e:#}");
             }
         }
+        for (ip, len) in &current.source_ranges {
+            self.maps
+                .delete_source_range(current.service_id, *ip, *len)?;
+        }
         self.maps.release_service_id(current.service_id)?;
         self.service_ids.release(current.service_id);
         Ok(())
@@ -571,6 +709,7 @@ pub(crate) mod tests {
         pub services: BTreeMap<ServiceKey, BackendSlot>,
         pub backends: BTreeMap<BackendId, Backend>,
         pub names: BTreeMap<u32, String>,
+        pub ranges: BTreeSet<(u32, Ipv4Addr, u8)>,
         pub writes: usize,
     }
 
@@ -637,6 +776,21 @@ pub(crate) mod tests {
         fn read_service_name(&self, service_id: u32) -> Option<String> {
             self.names.get(&service_id).cloned()
         }
+        fn put_source_range(&mut self, service_id: u32, ip: Ipv4Addr, len: u8) -> Result<()> {
+            self.ranges.insert((service_id, ip, len));
+            Ok(())
+        }
+        fn delete_source_range(&mut self, service_id: u32, ip: Ipv4Addr, len: u8) -> Result<()> {
+            self.ranges.remove(&(service_id, ip, len));
+            Ok(())
+        }
+        fn read_source_ranges(&self, service_id: u32) -> Vec<(Ipv4Addr, u8)> {
+            self.ranges
+                .iter()
+                .filter(|(id, _, _)| *id == service_id)
+                .map(|(_, ip, len)| (*ip, *len))
+                .collect()
+        }
     }
 
     fn frontend(last: u8, port: u16) -> Frontend {
@@ -662,6 +816,7 @@ pub(crate) mod tests {
                     service_type: ServiceType::ClusterIP,
                     affinity: None,
                     internal_traffic_local: false,
+                    external: Default::default(),
                     endpoints: backends
                         .iter()
                         .map(|last| Endpoint {
@@ -801,11 +956,14 @@ pub(crate) mod tests {
         let mut maps = FakeMaps::default();
         maps.backends.insert(
             7,
-            backend_value(&BackendAddr {
-                ip: Ipv4Addr::new(10, 244, 0, 7),
-                port: 8080,
-                protocol: Protocol::Tcp,
-            }),
+            backend_value(
+                &BackendAddr {
+                    ip: Ipv4Addr::new(10, 244, 0, 7),
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                },
+                false,
+            ),
         );
         maps.services.insert(
             frontend_key(&a, 0),

@@ -22,8 +22,8 @@ use tracing::debug;
 
 use super::{ClusterObjects, ObjectError, Sourced};
 use crate::model::{
-    BackendAddr, DesiredState, Endpoint, Frontend, Protocol, ServicePort, ServicePortName,
-    ServiceType,
+    BackendAddr, DesiredState, Endpoint, ExternalAccess, Frontend, Protocol, ServicePort,
+    ServicePortName, ServiceType,
 };
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -60,6 +60,7 @@ fn valid_port(port: i32) -> Option<u16> {
 struct PortFrontend {
     port_name: String,
     frontend: Frontend,
+    node_port: Option<u16>,
 }
 
 struct ServiceFrontends {
@@ -68,6 +69,8 @@ struct ServiceFrontends {
     service_type: ServiceType,
     affinity: Option<Duration>,
     internal_traffic_local: bool,
+    /// Everything but the per-port node port.
+    external: ExternalAccess,
     ports: Vec<PortFrontend>,
 }
 
@@ -209,7 +212,23 @@ impl Translator {
                 );
                 continue;
             }
+            let node_port = match (service_type, sp.node_port) {
+                (ServiceType::ClusterIP, _) | (_, None) => None,
+                (_, Some(np)) => match valid_port(np) {
+                    Some(np) => Some(np),
+                    None => {
+                        self.error(
+                            origin,
+                            &object,
+                            format!("spec.ports[{i}].nodePort"),
+                            format!("{np} is not in 1..=65535"),
+                        );
+                        None
+                    }
+                },
+            };
             ports.push(PortFrontend {
+                node_port,
                 port_name: sp.name.clone().unwrap_or_default(),
                 frontend: Frontend {
                     ip: vip,
@@ -235,14 +254,117 @@ impl Translator {
                 false
             }
         };
+        let external = self.external_access(origin, &object, svc, service_type);
         Some(ServiceFrontends {
             namespace,
             name,
             service_type,
             affinity,
             internal_traffic_local,
+            external,
             ports,
         })
+    }
+
+    /// LB ingress IPs, external IPs and the external policies. Bad entries are
+    /// reported and left out; the rest of the service is still served.
+    fn external_access(
+        &mut self,
+        origin: &str,
+        object: &str,
+        svc: &Service,
+        service_type: ServiceType,
+    ) -> ExternalAccess {
+        let Some(spec) = &svc.spec else {
+            return ExternalAccess::default();
+        };
+        let mut access = ExternalAccess::default();
+        let ipv4 = |this: &mut Self, field: String, text: &str| -> Option<Ipv4Addr> {
+            match text.parse::<IpAddr>() {
+                Ok(IpAddr::V4(ip)) => Some(ip),
+                Ok(IpAddr::V6(_)) => {
+                    this.skipped.push(format!(
+                        "{object}: {field} {text} is IPv6, not supported yet"
+                    ));
+                    None
+                }
+                Err(_) => {
+                    this.error(
+                        origin,
+                        object,
+                        field,
+                        format!("{text:?} is not an IP address"),
+                    );
+                    None
+                }
+            }
+        };
+        if service_type == ServiceType::LoadBalancer {
+            let ingress = svc
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref());
+            for (i, entry) in ingress.into_iter().flatten().enumerate() {
+                if let Some(ip) = entry.ip.as_deref() {
+                    access.load_balancer_ips.extend(ipv4(
+                        self,
+                        format!("status.loadBalancer.ingress[{i}].ip"),
+                        ip,
+                    ));
+                }
+            }
+            for (i, range) in spec
+                .load_balancer_source_ranges
+                .iter()
+                .flatten()
+                .enumerate()
+            {
+                let field = format!("spec.loadBalancerSourceRanges[{i}]");
+                match parse_cidr(range) {
+                    Some(cidr) => access.source_ranges.push(cidr),
+                    None => self.error(
+                        origin,
+                        object,
+                        field,
+                        format!("{range:?} is not an IPv4 CIDR"),
+                    ),
+                }
+            }
+        }
+        for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+            access
+                .external_ips
+                .extend(ipv4(self, format!("spec.externalIPs[{i}]"), ip));
+        }
+        access.traffic_local = match spec.external_traffic_policy.as_deref() {
+            None | Some("Cluster") => false,
+            Some("Local") => true,
+            Some(other) => {
+                self.error(
+                    origin,
+                    object,
+                    "spec.externalTrafficPolicy",
+                    format!("unknown value {other:?}; using Cluster"),
+                );
+                false
+            }
+        };
+        if access.traffic_local
+            && service_type == ServiceType::LoadBalancer
+            && let Some(port) = spec.health_check_node_port
+        {
+            match valid_port(port) {
+                Some(p) => access.health_check_node_port = Some(p),
+                None => self.error(
+                    origin,
+                    object,
+                    "spec.healthCheckNodePort",
+                    format!("{port} is not in 1..=65535"),
+                ),
+            }
+        }
+        access
     }
 
     /// `sessionAffinity`; a bad value is reported and the service is served
@@ -361,6 +483,14 @@ impl Translator {
     }
 }
 
+/// `a.b.c.d/len` (a bare address is a /32).
+fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, len) = text.trim().split_once('/').unwrap_or((text.trim(), "32"));
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+    Some((ip, len))
+}
+
 pub fn translate(objects: &ClusterObjects) -> Translation {
     let mut t = Translator {
         errors: Vec::new(),
@@ -451,6 +581,10 @@ pub fn translate(objects: &ClusterObjects) -> Translation {
                     service_type: svc.service_type,
                     affinity: svc.affinity,
                     internal_traffic_local: svc.internal_traffic_local,
+                    external: ExternalAccess {
+                        node_port: pf.node_port,
+                        ..svc.external.clone()
+                    },
                     endpoints: endpoints.into_values().collect(),
                 },
             );
@@ -734,6 +868,73 @@ spec:
             t.errors[0].to_string().contains(
                 "Service default/bad: spec.sessionAffinityConfig.clientIP.timeoutSeconds"
             )
+        );
+    }
+
+    #[test]
+    fn node_port_load_balancer_and_external_ips() {
+        let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: lb}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.70
+  externalIPs: [192.0.2.20, not-ip]
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  loadBalancerSourceRanges: [10.10.0.0/24, 10.0.0.0/99]
+  ports: [{name: http, port: 80, nodePort: 30080}, {name: dns, port: 53, protocol: UDP, nodePort: 30053}]
+status:
+  loadBalancer: {ingress: [{ip: 192.0.2.10}, {hostname: lb.example.com}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: plain}
+spec: {clusterIP: 10.96.0.71, ports: [{port: 80, nodePort: 30081}]}
+"#;
+        let t = translate(&objects(yaml));
+        let lines: Vec<String> = t.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(
+            lines.iter().any(|l| l.contains("spec.externalIPs[1]")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("spec.loadBalancerSourceRanges[1]")),
+            "{lines:#?}"
+        );
+        let http = t
+            .desired
+            .services
+            .values()
+            .find(|s| s.name.to_string() == "default/lb:http")
+            .expect("http");
+        let e = &http.external;
+        assert_eq!(e.node_port, Some(30080));
+        assert_eq!(e.load_balancer_ips, vec![Ipv4Addr::new(192, 0, 2, 10)]);
+        assert_eq!(e.external_ips, vec![Ipv4Addr::new(192, 0, 2, 20)]);
+        assert!(e.traffic_local);
+        assert_eq!(e.health_check_node_port, Some(32000));
+        assert_eq!(e.source_ranges, vec![(Ipv4Addr::new(10, 10, 0, 0), 24)]);
+        let dns = t
+            .desired
+            .services
+            .values()
+            .find(|s| s.name.to_string() == "default/lb:dns")
+            .expect("dns");
+        assert_eq!(dns.external.node_port, Some(30053));
+        let plain = t
+            .desired
+            .services
+            .values()
+            .find(|s| s.name.name == "plain")
+            .expect("plain");
+        assert!(
+            !plain.external.is_exposed(),
+            "a ClusterIP service's nodePort is ignored"
         );
     }
 
