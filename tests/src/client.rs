@@ -85,6 +85,42 @@ impl Pod {
         reply.with_context(|| format!("UDP request to {addr}"))
     }
 
+    /// Asks the backend behind `addr` who it is and whom it saw: returns
+    /// (backend name, client address as the backend saw it).
+    pub fn tcp_whoami(&self, addr: SocketAddrV4, timeout: Duration) -> Result<(String, String)> {
+        let mut stream = self.tcp_connect(addr, timeout)?;
+        stream.write_all(b"whoami\n").context("sending")?;
+        let mut line = String::new();
+        BufReader::new(stream)
+            .read_line(&mut line)
+            .context("reading reply")?;
+        let (name, peer) = line
+            .trim()
+            .split_once(' ')
+            .with_context(|| format!("unexpected whoami reply {line:?}"))?;
+        Ok((name.to_string(), peer.to_string()))
+    }
+
+    /// A raw HTTP GET of `/`; returns (status code, body).
+    pub fn http_get(&self, addr: SocketAddrV4, timeout: Duration) -> Result<(u16, String)> {
+        let mut stream = self.tcp_connect(addr, timeout)?;
+        stream.write_all(
+            format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut text).context("reading HTTP response")?;
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("no HTTP status in {text:?}"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
     /// Like [`Pod::udp_request`] but from a fixed local port, so successive
     /// requests are the same flow (as a resolver reusing its socket is).
     pub fn udp_request_from_port(

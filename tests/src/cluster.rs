@@ -161,6 +161,22 @@ impl MultiNode {
         &mut self.nodes[usize::from(n) - 1]
     }
 
+    /// Routes `cidr` from the external client through node `n`, as an
+    /// upstream router announcing load-balancer IPs would.
+    pub fn route_external_via(&self, cidr: &str, n: u8) -> Result<()> {
+        run(&[
+            "ip",
+            "-n",
+            self.external.ns(),
+            "route",
+            "add",
+            cidr,
+            "via",
+            &node_ip(n).to_string(),
+        ])?;
+        Ok(())
+    }
+
     /// The client outside the cluster, on the underlay.
     pub fn external(&self) -> &Pod {
         &self.external

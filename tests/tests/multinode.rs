@@ -3,102 +3,14 @@
 //! with real traffic. Needs root.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use anyhow::Result;
-use switchyard_tests::{
-    AgentOptions, AgentProcess, EndpointSpec, ManifestDir, MultiNode, PodServer, ServerPorts,
-    cleanup_stale, cluster::node_name, endpoint_slice_yaml, is_refused, service_yaml, wait,
-};
+use switchyard_tests::{EndpointSpec, cluster::node_name, is_refused, wait};
 
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 1, 10);
-const TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Two nodes. Node 1: `client1`, backend `n1b1`. Node 2: `client2`,
-/// backends `n2b1`, `n2b2`. One agent per node. Field order is drop order.
-struct TwoNodes {
-    agents: Vec<AgentProcess>,
-    /// Kept for their lifetime: the servers stop when the cluster drops.
-    _servers: Vec<PodServer>,
-    manifests: ManifestDir,
-    cluster: MultiNode,
-}
-
-impl TwoNodes {
-    fn start() -> Result<Self> {
-        cleanup_stale();
-        let mut cluster = MultiNode::new(2)?;
-        let mut servers = Vec::new();
-        cluster.node_mut(1).add_pod("client1", 10)?;
-        cluster.node_mut(2).add_pod("client2", 10)?;
-        for (node, name, i) in [(1, "n1b1", 21), (2, "n2b1", 21), (2, "n2b2", 22)] {
-            let pod = cluster.node_mut(node).add_pod(name, i)?;
-            servers.push(pod.start_server(&ServerPorts::tcp_udp(8080, 5353))?);
-        }
-        let manifests = ManifestDir::new()?;
-        let mut agents = Vec::new();
-        for node in &cluster.nodes {
-            agents.push(AgentProcess::start(AgentOptions {
-                node_ns: node.topo.node_ns().to_string(),
-                pin_dir: format!("/sys/fs/bpf/{}", node.topo.id()).into(),
-                manifests: manifests.path().to_path_buf(),
-                pod_ifaces: node.topo.pod_iface_glob(),
-                extra_args: vec!["--node-name".into(), node.name()],
-            })?);
-        }
-        Ok(Self {
-            agents,
-            _servers: servers,
-            manifests,
-            cluster,
-        })
-    }
-
-    fn endpoints(&self) -> Vec<EndpointSpec> {
-        [(1, 21), (2, 21), (2, 22)]
-            .iter()
-            .map(|(node, i)| EndpointSpec {
-                node: node_name(*node),
-                ..EndpointSpec::ready(self.cluster.node(*node).pod_ip(*i))
-            })
-            .collect()
-    }
-
-    /// Writes the Service (with `extra_spec` lines appended to its spec) and
-    /// its slice, and waits until every agent has the service; callers wait
-    /// for the exact backends they expect.
-    fn apply(&self, extra_spec: &str, endpoints: &[EndpointSpec]) -> Result<()> {
-        let svc = service_yaml(
-            "test",
-            "web",
-            VIP,
-            &[("tcp", 80, 8080, "TCP"), ("udp", 53, 5353, "UDP")],
-        );
-        let slice = endpoint_slice_yaml(
-            "test",
-            "web-1",
-            "web",
-            &[("tcp", 8080, "TCP"), ("udp", 5353, "UDP")],
-            endpoints,
-        );
-        self.manifests
-            .write("web.yaml", &format!("{svc}{extra_spec}---\n{slice}"))?;
-        for agent in &self.agents {
-            wait::until(
-                "the service on every node",
-                Duration::from_secs(5),
-                Duration::from_millis(20),
-                || Ok(agent.backends_of("10.96.1.10:80/TCP").is_ok()),
-            )?;
-        }
-        Ok(())
-    }
-
-    fn pod(&self, node: u8, name: &str) -> &switchyard_tests::Pod {
-        self.cluster.node(node).topo.pod(name)
-    }
-}
+mod common;
+use common::{TIMEOUT, TwoNodes, VIP};
 
 fn answers(pod: &switchyard_tests::Pod, n: usize) -> Result<BTreeSet<String>> {
     let mut seen = BTreeSet::new();

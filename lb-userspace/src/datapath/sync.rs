@@ -660,6 +660,13 @@ impl<M: ServiceMaps> MapSync<M> {
             self.maps
                 .delete_service(frontend_key(frontend, slot as u16))?;
         }
+        for (ip, len) in current
+            .source_ranges
+            .iter()
+            .filter(|r| !target.source_ranges.contains(r))
+        {
+            self.maps.delete_source_range(service_id, *ip, *len)?;
+        }
         self.services.insert(
             *frontend,
             ProgrammedService {
@@ -915,6 +922,52 @@ pub(crate) mod tests {
             1,
             "departures of every protocol reach the affinity flush"
         );
+    }
+
+    #[test]
+    fn source_ranges_follow_the_service() {
+        let lb = Ipv4Addr::new(192, 0, 2, 10);
+        let mut d = state(&[(frontend(1, 80), &[1])]);
+        let set_ranges = |d: &mut DesiredState, ranges: Vec<(Ipv4Addr, u8)>| {
+            for sp in d.services.values_mut() {
+                sp.external.load_balancer_ips = vec![lb];
+                sp.external.source_ranges = ranges.clone();
+            }
+        };
+        set_ranges(&mut d, vec![(Ipv4Addr::new(10, 10, 0, 100), 32)]);
+        let mut sync = MapSync::adopt(FakeMaps::default()).expect("adopt");
+        sync.apply(&d);
+        let lb_frontend = Frontend {
+            ip: lb,
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        let id = sync.programmed()[&lb_frontend].service_id;
+        assert_eq!(
+            sync.maps().read_source_ranges(id),
+            vec![(Ipv4Addr::new(10, 10, 0, 100), 32)]
+        );
+        assert_ne!(
+            sync.maps().services[&frontend_key(&lb_frontend, 0)].flags
+                & service_flags::SOURCE_RANGES,
+            0
+        );
+        set_ranges(&mut d, vec![(Ipv4Addr::new(10, 99, 0, 0), 16)]);
+        sync.apply(&d);
+        assert_eq!(
+            sync.maps().read_source_ranges(id),
+            vec![(Ipv4Addr::new(10, 99, 0, 0), 16)]
+        );
+        set_ranges(&mut d, vec![]);
+        sync.apply(&d);
+        assert!(sync.maps().ranges.is_empty());
+        assert_eq!(
+            sync.maps().services[&frontend_key(&lb_frontend, 0)].flags
+                & service_flags::SOURCE_RANGES,
+            0
+        );
+        // The cluster IP frontend never carries the ranges.
+        assert_eq!(sync.programmed()[&frontend(1, 80)].flags, 0);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! A server for test pods: answers every TCP line and every UDP datagram
-//! with its name, so a test sees which backend served it.
+//! with its name, so a test sees which backend served it. A request
+//! `whoami` is answered with the name and the peer address the server saw
+//! (to check source NAT and client-address preservation).
 //!
 //! pod-server --name NAME [--tcp PORT]... [--udp PORT]...
 //! Prints "ready" once every listener is bound.
@@ -13,13 +15,25 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
-fn serve_tcp_conn(stream: TcpStream, reply: String) {
-    let Ok(mut writer) = stream.try_clone() else {
+fn answer(name: &str, request: &str, peer: std::net::SocketAddr) -> String {
+    if request.trim() == "whoami" {
+        format!("{name} {peer}\n")
+    } else {
+        format!("{name}\n")
+    }
+}
+
+fn serve_tcp_conn(stream: TcpStream, name: String) {
+    let (Ok(mut writer), Ok(peer)) = (stream.try_clone(), stream.peer_addr()) else {
         return;
     };
     let reader = BufReader::new(stream);
     for line in reader.lines() {
-        if line.is_err() || writer.write_all(reply.as_bytes()).is_err() {
+        let Ok(line) = line else { return };
+        if writer
+            .write_all(answer(&name, &line, peer).as_bytes())
+            .is_err()
+        {
             return;
         }
     }
@@ -39,18 +53,17 @@ fn main() {
         }
     }
     let name = name.unwrap_or_else(|| usage());
-    let reply = format!("{name}\n");
     let mut workers = Vec::new();
     for port in tcp {
         let listener = TcpListener::bind(("0.0.0.0", port)).unwrap_or_else(|e| {
             eprintln!("pod-server {name}: bind tcp {port}: {e}");
             std::process::exit(1)
         });
-        let reply = reply.clone();
+        let name = name.clone();
         workers.push(thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let reply = reply.clone();
-                thread::spawn(move || serve_tcp_conn(stream, reply));
+                let name = name.clone();
+                thread::spawn(move || serve_tcp_conn(stream, name));
             }
         }));
     }
@@ -59,11 +72,12 @@ fn main() {
             eprintln!("pod-server {name}: bind udp {port}: {e}");
             std::process::exit(1)
         });
-        let reply = reply.clone();
+        let name = name.clone();
         workers.push(thread::spawn(move || {
             let mut buf = [0u8; 2048];
-            while let Ok((_, peer)) = socket.recv_from(&mut buf) {
-                let _ = socket.send_to(reply.as_bytes(), peer);
+            while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let _ = socket.send_to(answer(&name, &request, peer).as_bytes(), peer);
             }
         }));
     }

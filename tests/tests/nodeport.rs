@@ -1,0 +1,229 @@
+//! Traffic from outside the cluster: NodePort, LoadBalancer IPs and
+//! external IPs, on two nodes with an external client on the underlay.
+//! Asserts on which backend answered, the source the client saw and the
+//! source the backend saw. Needs root.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use anyhow::Result;
+use switchyard_tests::cluster::{external_client_ip, node_ip};
+use switchyard_tests::wait;
+
+mod common;
+use common::{TIMEOUT, TwoNodes, VIP};
+
+const NODE_PORT_TCP: u16 = 30080;
+const NODE_PORT_UDP: u16 = 30053;
+const HEALTH_PORT: u16 = 32000;
+const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
+
+/// Service test/web of type LoadBalancer with node ports, an LB ingress IP
+/// and an external IP; `extra` goes into its spec.
+fn load_balancer(extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: test}}\nspec:\n  type: LoadBalancer\n  clusterIP: {VIP}\n  externalIPs: [{EXTERNAL_IP}]\n{extra}  ports:\n  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP, nodePort: {NODE_PORT_TCP}}}\n  - {{name: udp, port: 53, targetPort: 5353, protocol: UDP, nodePort: {NODE_PORT_UDP}}}\nstatus:\n  loadBalancer:\n    ingress: [{{ip: {LB_IP}}}]\n"
+    )
+}
+
+fn start(extra: &str) -> Result<TwoNodes> {
+    let c = TwoNodes::start_with(&["--external-ifaces", "ext0"])?;
+    c.cluster.route_external_via("192.0.2.0/24", 1)?;
+    c.apply_service(&load_balancer(extra), &c.endpoints())?;
+    for agent in &c.agents {
+        wait::until(
+            "node port programmed",
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || {
+                let json = agent.services_json()?;
+                Ok(json.as_array().is_some_and(|rows| {
+                    rows.iter().any(|r| {
+                        r["frontend"]
+                            .as_str()
+                            .is_some_and(|f| f.ends_with(":30080/TCP"))
+                    })
+                }))
+            },
+        )?;
+    }
+    Ok(c)
+}
+
+fn tcp_answers(c: &TwoNodes, to: SocketAddrV4, n: usize) -> Result<BTreeSet<String>> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        seen.insert(c.cluster.external().tcp_request(to, TIMEOUT)?);
+    }
+    Ok(seen)
+}
+
+fn all() -> BTreeSet<String> {
+    ["n1b1", "n2b1", "n2b2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+#[test]
+fn node_port_reaches_every_node_with_snat_only_to_remote_backends() -> Result<()> {
+    let c = start("")?;
+    let ext = c.cluster.external();
+    for n in [1, 2] {
+        let to = SocketAddrV4::new(node_ip(n), NODE_PORT_TCP);
+        assert_eq!(tcp_answers(&c, to, 30)?, all(), "TCP via node {n}");
+        let mut udp_seen = BTreeSet::new();
+        for _ in 0..30 {
+            let (who, from) =
+                ext.udp_request_from(SocketAddrV4::new(node_ip(n), NODE_PORT_UDP), TIMEOUT)?;
+            assert_eq!(
+                from,
+                SocketAddr::V4(SocketAddrV4::new(node_ip(n), NODE_PORT_UDP)),
+                "UDP reply source"
+            );
+            udp_seen.insert(who);
+        }
+        assert_eq!(udp_seen, all(), "UDP via node {n}");
+    }
+    // What the backends saw: the client itself when local to the node the
+    // traffic arrived at, that node's address (SNAT) otherwise.
+    let via1 = SocketAddrV4::new(node_ip(1), NODE_PORT_TCP);
+    let mut saw = BTreeSet::new();
+    for _ in 0..30 {
+        let (who, peer) = ext.tcp_whoami(via1, TIMEOUT)?;
+        let peer_ip = peer.split(':').next().unwrap_or_default().to_string();
+        let expected = if who == "n1b1" {
+            external_client_ip()
+        } else {
+            node_ip(1)
+        };
+        assert_eq!(peer_ip, expected.to_string(), "{who} saw {peer}");
+        saw.insert(who);
+    }
+    assert_eq!(saw, all());
+    let ct = c.agents[0].inspect(&["conntrack"])?;
+    assert!(
+        ct.contains(&format!("(via {}:", node_ip(1))),
+        "SNAT flows in inspect:\n{ct}"
+    );
+
+    // A pod reaches another node's node port too.
+    let who = c
+        .pod(1, "client1")
+        .tcp_request(SocketAddrV4::new(node_ip(2), NODE_PORT_TCP), TIMEOUT)?;
+    assert!(all().contains(&who));
+    Ok(())
+}
+
+#[test]
+fn load_balancer_and_external_ips_with_source_ranges() -> Result<()> {
+    let c = start("  loadBalancerSourceRanges: [10.10.0.100/32]\n")?;
+    let lb = SocketAddrV4::new(LB_IP, 80);
+    let external = SocketAddrV4::new(EXTERNAL_IP, 80);
+    assert_eq!(tcp_answers(&c, lb, 30)?, all(), "LB IP, client allowed");
+    assert_eq!(tcp_answers(&c, external, 30)?, all(), "external IP");
+    let (who, from) = c
+        .cluster
+        .external()
+        .udp_request_from(SocketAddrV4::new(LB_IP, 53), TIMEOUT)?;
+    assert!(all().contains(&who));
+    assert_eq!(from, SocketAddr::V4(SocketAddrV4::new(LB_IP, 53)));
+
+    // The client is no longer in the allowed ranges: LB traffic is dropped
+    // and counted; the external IP (ranges apply to LB IPs only) still works.
+    c.apply_service(
+        &load_balancer("  loadBalancerSourceRanges: [10.99.0.0/16]\n"),
+        &c.endpoints(),
+    )?;
+    wait::until(
+        "LB traffic denied",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || {
+            Ok(c.cluster
+                .external()
+                .tcp_request(lb, Duration::from_millis(300))
+                .is_err())
+        },
+    )?;
+    let stats: serde_json::Value =
+        serde_json::from_str(&c.agents[0].inspect(&["-o", "json", "stats"])?)?;
+    assert!(
+        stats["source_range_denied"].as_u64().unwrap_or(0) > 0,
+        "{stats}"
+    );
+    assert!(!tcp_answers(&c, external, 5)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn external_traffic_policy_local_preserves_the_client_and_health_checks() -> Result<()> {
+    let c = start(&format!(
+        "  externalTrafficPolicy: Local\n  healthCheckNodePort: {HEALTH_PORT}\n"
+    ))?;
+    let ext = c.cluster.external();
+    let via = |n| SocketAddrV4::new(node_ip(n), NODE_PORT_TCP);
+    for _ in 0..20 {
+        let (who, peer) = ext.tcp_whoami(via(1), TIMEOUT)?;
+        assert_eq!(who, "n1b1", "node 1 serves only its own endpoint");
+        assert!(
+            peer.starts_with(&format!("{}:", external_client_ip())),
+            "client address preserved: {peer}"
+        );
+    }
+    let node2: BTreeSet<String> = (0..20)
+        .map(|_| ext.tcp_request(via(2), TIMEOUT))
+        .collect::<Result<_>>()?;
+    assert_eq!(
+        node2,
+        ["n2b1", "n2b2"].iter().map(|s| s.to_string()).collect()
+    );
+
+    let health = |n| ext.http_get(SocketAddrV4::new(node_ip(n), HEALTH_PORT), TIMEOUT);
+    wait::until(
+        "health checks served",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || Ok(health(1).is_ok()),
+    )?;
+    let (status, body) = health(1)?;
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(body["localEndpoints"], 1);
+    assert_eq!(body["service"]["name"], "web");
+    assert_eq!(health(2)?.0, 200);
+
+    // Node 1 loses its endpoint: it fails its health check and drops
+    // (counted) instead of forwarding to node 2.
+    let node2_only: Vec<_> = c
+        .endpoints()
+        .into_iter()
+        .filter(|e| e.node == "node-2")
+        .collect();
+    c.apply_service(
+        &load_balancer(&format!(
+            "  externalTrafficPolicy: Local\n  healthCheckNodePort: {HEALTH_PORT}\n"
+        )),
+        &node2_only,
+    )?;
+    wait::until(
+        "node 1 unhealthy",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || Ok(health(1)?.0 == 503),
+    )?;
+    assert!(
+        ext.tcp_request(via(1), Duration::from_millis(500)).is_err(),
+        "node 1 must not serve"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&c.agents[0].inspect(&["-o", "json", "stats"])?)?;
+    assert!(
+        stats["no_local_backend_dropped"].as_u64().unwrap_or(0) > 0,
+        "{stats}"
+    );
+    assert!(!ext.tcp_request(via(2), TIMEOUT)?.is_empty());
+    Ok(())
+}
