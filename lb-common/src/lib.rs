@@ -47,7 +47,9 @@ pub mod program_names {
 
 /// Default capacities. The services map holds one master entry per frontend
 /// plus one entry per backend slot.
-pub const MAX_SERVICE_ENTRIES: u32 = 262_144;
+/// Allocated on use (BPF_F_NO_PREALLOC), so the bound costs nothing until
+/// used; Maglev frontends take their table size in slots.
+pub const MAX_SERVICE_ENTRIES: u32 = 1_048_576;
 pub const MAX_BACKENDS: u32 = 65_536;
 /// Two entries (forward and reply) per connection.
 pub const MAX_CONNTRACK_ENTRIES: u32 = 262_144;
@@ -127,6 +129,29 @@ pub mod service_flags {
     pub const DROP_IF_EMPTY: u16 = 2;
     /// Only sources in `source_ranges` for this service may connect.
     pub const SOURCE_RANGES: u16 = 4;
+    /// The slots are a Maglev lookup table (`count` entries): a new flow
+    /// takes the slot its 5-tuple hashes to instead of a random one.
+    pub const MAGLEV: u16 = 8;
+}
+
+/// The flow hash Maglev frontends use, shared so user space and tests can
+/// predict the datapath. Inputs are the raw (network-order) header fields.
+pub const fn flow_hash(
+    src_ip_be: u32,
+    dst_ip_be: u32,
+    src_port_be: u16,
+    dst_port_be: u16,
+    proto: u8,
+) -> u32 {
+    let a = ((src_ip_be as u64) << 32) | dst_ip_be as u64;
+    let b = ((src_port_be as u64) << 32) | ((dst_port_be as u64) << 8) | proto as u64;
+    let mut h = a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h as u32
 }
 
 /// `Backend::flags`.

@@ -2,7 +2,9 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use aya_ebpf::maps::lpm_trie::Key;
-use lb_common::{Backend, BackendId, BackendSlot, FlowKey, ServiceKey, SourceRange};
+use lb_common::{
+    Backend, BackendId, BackendSlot, FlowKey, ServiceKey, SourceRange, flow_hash, service_flags,
+};
 
 use crate::maps::{backends, services, source_ranges};
 
@@ -13,15 +15,27 @@ pub fn service_of(flow: &FlowKey) -> Option<BackendSlot> {
     unsafe { services.get(key) }.copied()
 }
 
-/// Picks a backend uniformly at random among the service's slots, like
-/// kube-proxy's iptables mode does for each new connection.
+/// Picks a backend for a new flow: uniformly at random among the slots,
+/// like kube-proxy's iptables mode, or for a Maglev frontend the table
+/// entry the flow's 5-tuple hashes to (the same on every node).
 #[inline(always)]
 pub fn pick_backend(flow: &FlowKey, master: &BackendSlot) -> Option<(BackendId, Backend)> {
     let count = master.count as u32;
     if count == 0 {
         return None;
     }
-    let slot = (unsafe { bpf_get_prandom_u32() } % count) + 1;
+    let draw = if master.flags & service_flags::MAGLEV != 0 {
+        flow_hash(
+            flow.src_ip_be,
+            flow.dst_ip_be,
+            flow.src_port_be,
+            flow.dst_port_be,
+            flow.proto,
+        )
+    } else {
+        unsafe { bpf_get_prandom_u32() }
+    };
+    let slot = (draw % count) + 1;
     let key = ServiceKey::new(flow.dst_ip_be, flow.dst_port_be, flow.proto, slot as u16);
     let backend_id = unsafe { services.get(key) }?.backend_id;
     let backend = unsafe { backends.get(backend_id) }?;

@@ -2,6 +2,7 @@
 //! field names; user space pins them by name under its pin directory.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
@@ -13,8 +14,12 @@ use lb_common::{
 
 /// Frontend (VIP, port, proto, slot) → master entry or backend slot.
 #[btf_map]
-pub static services: HashMap<ServiceKey, BackendSlot, { MAX_SERVICE_ENTRIES as usize }> =
-    HashMap::new();
+pub static services: HashMap<
+    ServiceKey,
+    BackendSlot,
+    { MAX_SERVICE_ENTRIES as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
 
 /// Backend ID → backend address.
 #[btf_map]

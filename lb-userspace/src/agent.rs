@@ -14,7 +14,7 @@ use crate::datapath::conntrack::{self, Timeouts};
 use crate::datapath::ifaces::{self, IfaceGlobs};
 use crate::datapath::loader::{self, Datapath};
 use crate::datapath::maps::PinnedMaps;
-use crate::datapath::sync::{MapSync, SyncReport};
+use crate::datapath::sync::{MapSync, Selection, SyncReport};
 use crate::health::HealthServers;
 use crate::model::DesiredState;
 use crate::source::standalone;
@@ -37,6 +37,7 @@ pub struct AgentConfig {
     pub node_ips: Vec<Ipv4Addr>,
     /// Source ports for SNAT, inclusive.
     pub snat_ports: (u16, u16),
+    pub selection: Selection,
 }
 
 /// The node's addresses: given, or read off its external interfaces.
@@ -123,7 +124,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let mut sync = MapSync::adopt(maps)
         .context("adopting the pinned maps")?
         .with_node(cfg.node_name.clone())
-        .with_node_ips(node_ips.clone());
+        .with_node_ips(node_ips.clone())
+        .with_selection(cfg.selection);
     info!(node_ips = ?node_ips, "node addresses for node ports");
     let mut health = HealthServers::default();
     if cfg.node_name.is_none() {

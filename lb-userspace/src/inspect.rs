@@ -89,7 +89,7 @@ pub fn services(maps: &PinnedMaps) -> Result<Vec<ServiceRow>> {
     let mut rows = Vec::new();
     for (key, master) in entries.iter().filter(|(k, _)| k.slot == 0) {
         let mut local_backends = Vec::new();
-        let backends = (1..=master.count)
+        let backends: Vec<String> = (1..=master.count)
             .map(|slot| {
                 let id = slots.get(&lb_common::ServiceKey { slot, ..*key });
                 match id.and_then(|id| maps.backends.get(id, 0).ok()) {
@@ -117,6 +117,17 @@ pub fn services(maps: &PinnedMaps) -> Result<Vec<ServiceRow>> {
         if master.affinity_timeout_s > 0 {
             policy.push(format!("affinity={}s", master.affinity_timeout_s));
         }
+        if master.flags & service_flags::MAGLEV != 0 {
+            policy.push(format!("maglev={}", master.count));
+        }
+        // A Maglev table names each backend many times: list each once.
+        let mut seen = std::collections::BTreeSet::new();
+        let backends: Vec<String> = backends
+            .into_iter()
+            .filter(|b| seen.insert(b.clone()))
+            .collect();
+        local_backends.sort();
+        local_backends.dedup();
         rows.push(ServiceRow {
             policy,
             service: service_label(maps, master.service_id),
@@ -339,7 +350,9 @@ pub fn run(pin_dir: &Path, what: InspectWhat, format: OutputFormat) -> Result<St
                 })
                 .collect();
             Ok(table(
-                &["SERVICE", "FRONTEND", "BACKENDS", "FLOWS", "REFUSED"],
+                &[
+                    "SERVICE", "FRONTEND", "POLICY", "BACKENDS", "FLOWS", "REFUSED",
+                ],
                 &rows,
             ))
         }
@@ -426,6 +439,19 @@ mod tests {
     fn table_aligns_columns() {
         let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
         assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+
+    #[test]
+    fn every_table_has_as_many_headers_as_cells() {
+        // Rendering panics on a mismatch; services rows carry 6 cells.
+        let row = vec![String::new(); 6];
+        let t = table(
+            &[
+                "SERVICE", "FRONTEND", "POLICY", "BACKENDS", "FLOWS", "REFUSED",
+            ],
+            &[row],
+        );
+        assert!(t.starts_with("SERVICE"));
     }
 
     #[test]

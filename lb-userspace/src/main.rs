@@ -9,7 +9,7 @@ use lb_userspace::{
     agent::{self, AgentConfig},
     datapath::{
         DEFAULT_PIN_DIR, conntrack::Timeouts, ifaces::DEFAULT_POD_IFACES, ifaces::IfaceGlobs,
-        loader,
+        loader, maglev, sync::Selection,
     },
     inspect::{self, InspectWhat, OutputFormat},
 };
@@ -28,6 +28,12 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Algorithm {
+    Random,
+    Maglev,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -85,6 +91,15 @@ struct AgentArgs {
     /// local sockets via net.ipv4.ip_local_reserved_ports.
     #[arg(long, default_value = "61000-65000", value_name = "MIN-MAX")]
     snat_ports: String,
+    /// How a new flow picks its backend: `random` (kube-proxy's way) or
+    /// `maglev` (consistent hashing: the same on every node, few flows move
+    /// when backends change).
+    #[arg(long, value_enum, default_value = "random")]
+    algorithm: Algorithm,
+    /// Maglev lookup table size per frontend; must be prime and at least
+    /// ~100 × the largest backend count for even spreading.
+    #[arg(long, default_value_t = maglev::DEFAULT_TABLE_SIZE)]
+    maglev_table_size: usize,
     /// Seconds between conntrack sweeps.
     #[arg(long, default_value = "10", value_name = "SECONDS")]
     ct_gc_interval: f64,
@@ -171,6 +186,18 @@ fn main() -> Result<()> {
                     .transpose()?,
                 node_ips: args.node_ips,
                 snat_ports: port_range(&args.snat_ports)?,
+                selection: match args.algorithm {
+                    Algorithm::Random => Selection::Random,
+                    Algorithm::Maglev => {
+                        let size = args.maglev_table_size;
+                        if !maglev::is_prime(size) || size > usize::from(u16::MAX) {
+                            bail!(
+                                "--maglev-table-size {size}: must be a prime below 65536 (e.g. 1021, 16381)"
+                            );
+                        }
+                        Selection::Maglev { table_size: size }
+                    }
+                },
                 conntrack_gc_interval: seconds("--ct-gc-interval", args.ct_gc_interval)?,
                 conntrack_timeouts: Timeouts {
                     tcp_established: seconds(

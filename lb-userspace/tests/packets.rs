@@ -11,8 +11,9 @@ use lb_common::{conn_kind, program_names, reason};
 use lb_userspace::datapath::{
     addr::{ip_be, port_be},
     loader::{self, Datapath},
+    maglev,
     maps::PinnedMaps,
-    sync::MapSync,
+    sync::{MapSync, Selection},
 };
 use lb_userspace::model::{
     BackendAddr, DesiredState, Endpoint, Frontend, Protocol, ServicePort, ServicePortName,
@@ -89,6 +90,28 @@ fn service(vip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[Ipv4Addr]) 
 }
 
 fn fixture() -> Fixture {
+    fixture_with(Selection::Random)
+}
+
+fn desired_state(backends: &[Ipv4Addr]) -> DesiredState {
+    let mut desired = DesiredState::default();
+    for s in [
+        service(VIP, 80, Protocol::Tcp, backends),
+        service(VIP, 53, Protocol::Udp, backends),
+        service(EMPTY_VIP, 80, Protocol::Tcp, &[]),
+        service(EMPTY_VIP, 53, Protocol::Udp, &[]),
+        service(HAIRPIN_VIP, 80, Protocol::Tcp, &[CLIENT]),
+        ServicePort {
+            affinity: Some(std::time::Duration::from_secs(30)),
+            ..service(STICKY_VIP, 80, Protocol::Tcp, backends)
+        },
+    ] {
+        desired.services.insert(s.frontend, s);
+    }
+    desired
+}
+
+fn fixture_with(selection: Selection) -> Fixture {
     static N: AtomicU32 = AtomicU32::new(0);
     let pin_dir = PathBuf::from(format!(
         "/sys/fs/bpf/sy-pkt-{}-{}",
@@ -96,21 +119,10 @@ fn fixture() -> Fixture {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     let datapath = Datapath::load(&object(), &pin_dir).expect("load datapath");
-    let mut desired = DesiredState::default();
-    for s in [
-        service(VIP, 80, Protocol::Tcp, &BACKENDS),
-        service(VIP, 53, Protocol::Udp, &BACKENDS),
-        service(EMPTY_VIP, 80, Protocol::Tcp, &[]),
-        service(EMPTY_VIP, 53, Protocol::Udp, &[]),
-        service(HAIRPIN_VIP, 80, Protocol::Tcp, &[CLIENT]),
-        ServicePort {
-            affinity: Some(std::time::Duration::from_secs(30)),
-            ..service(STICKY_VIP, 80, Protocol::Tcp, &BACKENDS)
-        },
-    ] {
-        desired.services.insert(s.frontend, s);
-    }
-    let mut sync = MapSync::adopt(PinnedMaps::open(&pin_dir).expect("open maps")).expect("adopt");
+    let desired = desired_state(&BACKENDS);
+    let mut sync = MapSync::adopt(PinnedMaps::open(&pin_dir).expect("open maps"))
+        .expect("adopt")
+        .with_selection(selection);
     let report = sync.apply(&desired);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     Fixture {
@@ -631,5 +643,88 @@ fn client_ip_affinity_pins_new_flows_of_a_client() {
     assert!(
         renewed.last_used_ns > 1,
         "expired pin renewed on the next new flow"
+    );
+}
+
+#[test]
+fn maglev_choice_matches_user_space_and_survives_conntrack_loss() {
+    const M: usize = 251;
+    let mut f = fixture_with(Selection::Maglev { table_size: M });
+    let addrs = |ips: &[Ipv4Addr]| -> Vec<BackendAddr> {
+        let mut v: Vec<BackendAddr> = ips
+            .iter()
+            .map(|ip| BackendAddr {
+                ip: *ip,
+                port: 8080,
+                protocol: Protocol::Tcp,
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    // What user space predicts for a flow: its hash into the table built
+    // from the backend addresses (the same on every node).
+    let predict = |backends: &[BackendAddr], port: u16| -> Ipv4Addr {
+        let table = maglev::table(backends, M);
+        let h = lb_common::flow_hash(ip_be(CLIENT), ip_be(VIP), port_be(port), port_be(80), 6);
+        backends[table[h as usize % M]].ip
+    };
+    let all = addrs(&BACKENDS);
+    let mut chosen = std::collections::BTreeMap::new();
+    for port in 50000..50060 {
+        let (_, out) = f.run_from_pod(&Pkt::tcp(CLIENT, port, VIP, 80, SYN).build());
+        let got = parse_checked(&out).dst;
+        assert_eq!(
+            got,
+            predict(&all, port),
+            "datapath and user space disagree for port {port}"
+        );
+        chosen.insert(port, got);
+    }
+    assert_eq!(
+        chosen
+            .values()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        3,
+        "spread"
+    );
+
+    // Without conntrack (another node, or entries lost) the same flow lands
+    // on the same backend.
+    let keys: Vec<_> = f.maps.conntrack.keys().filter_map(|k| k.ok()).collect();
+    for k in keys {
+        f.maps.conntrack.remove(&k).expect("clear conntrack");
+    }
+    for (port, backend) in &chosen {
+        let (_, out) = f.run_from_pod(&Pkt::tcp(CLIENT, *port, VIP, 80, SYN).build());
+        assert_eq!(parse_checked(&out).dst, *backend);
+    }
+
+    // One backend leaves: flows on the others keep their backend, new
+    // flows follow the new table.
+    let removed = BACKENDS[1];
+    let survivors: Vec<Ipv4Addr> = BACKENDS.iter().copied().filter(|b| *b != removed).collect();
+    let mut sync = MapSync::adopt(PinnedMaps::open(&f.pin_dir).expect("maps"))
+        .expect("adopt")
+        .with_selection(Selection::Maglev { table_size: M });
+    assert!(sync.apply(&desired_state(&survivors)).errors.is_empty());
+    let keys: Vec<_> = f.maps.conntrack.keys().filter_map(|k| k.ok()).collect();
+    for k in keys {
+        f.maps.conntrack.remove(&k).expect("clear conntrack");
+    }
+    let mut moved = 0;
+    for (port, before) in &chosen {
+        let (_, out) = f.run_from_pod(&Pkt::tcp(CLIENT, *port, VIP, 80, SYN).build());
+        let now = parse_checked(&out).dst;
+        assert_eq!(now, predict(&addrs(&survivors), *port));
+        if *before != removed && now != *before {
+            moved += 1;
+        }
+    }
+    assert!(
+        moved <= 3,
+        "{moved} of {} flows on surviving backends moved",
+        chosen.len()
     );
 }

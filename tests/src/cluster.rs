@@ -169,7 +169,7 @@ impl MultiNode {
             "-n",
             self.external.ns(),
             "route",
-            "add",
+            "replace",
             cidr,
             "via",
             &node_ip(n).to_string(),

@@ -29,7 +29,16 @@ fn load_balancer(extra: &str) -> String {
 }
 
 fn start(extra: &str) -> Result<TwoNodes> {
-    let c = TwoNodes::start_with(&["--external-ifaces", "ext0"])?;
+    start_with(extra, &[])
+}
+
+fn start_with(extra: &str, agent_args: &[&str]) -> Result<TwoNodes> {
+    let args: Vec<&str> = ["--external-ifaces", "ext0"]
+        .iter()
+        .chain(agent_args)
+        .copied()
+        .collect();
+    let c = TwoNodes::start_with(&args)?;
     c.cluster.route_external_via("192.0.2.0/24", 1)?;
     c.apply_service(&load_balancer(extra), &c.endpoints())?;
     for agent in &c.agents {
@@ -225,5 +234,34 @@ fn external_traffic_policy_local_preserves_the_client_and_health_checks() -> Res
         "{stats}"
     );
     assert!(!ext.tcp_request(via(2), TIMEOUT)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn maglev_sends_a_flow_to_the_same_backend_through_any_node() -> Result<()> {
+    // The load balancer's route moves from node 1 to node 2 (as ECMP or a
+    // failover would): with Maglev both nodes pick the same backend for the
+    // same flow without sharing any state.
+    let c = start_with("", &["--algorithm", "maglev", "--maglev-table-size", "251"])?;
+    let lb = SocketAddrV4::new(LB_IP, 53);
+    let ext = c.cluster.external();
+    let mut via_node1 = Vec::new();
+    for port in 40100..40120 {
+        via_node1.push(ext.udp_request_from_port(port, lb, TIMEOUT)?);
+    }
+    assert!(
+        via_node1.iter().collect::<BTreeSet<_>>().len() > 1,
+        "flows spread: {via_node1:?}"
+    );
+    c.cluster.route_external_via("192.0.2.0/24", 2)?;
+    for (i, port) in (40100..40120).enumerate() {
+        assert_eq!(
+            ext.udp_request_from_port(port, lb, TIMEOUT)?,
+            via_node1[i],
+            "flow from port {port}"
+        );
+    }
+    let services = c.agents[1].inspect(&["services"])?;
+    assert!(services.contains("maglev=251"), "{services}");
     Ok(())
 }

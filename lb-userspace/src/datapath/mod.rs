@@ -5,6 +5,7 @@ pub mod addr;
 pub mod conntrack;
 pub mod ifaces;
 pub mod loader;
+pub mod maglev;
 pub mod maps;
 pub mod sync;
 

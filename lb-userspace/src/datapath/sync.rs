@@ -24,6 +24,7 @@ use lb_common::{
 use tracing::{debug, warn};
 
 use crate::datapath::addr::{ip_be, ip_from_be, port_be, port_from_be};
+use crate::datapath::maglev;
 use crate::model::{BackendAddr, DesiredState, Frontend, Protocol};
 
 /// The map operations sync needs; implemented by the pinned maps and by an
@@ -102,6 +103,16 @@ pub struct ProgrammedService {
     pub slots: Vec<BackendId>,
 }
 
+/// How a frontend's slots choose a backend for a new flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// One slot per backend, picked at random (kube-proxy's behaviour).
+    Random,
+    /// A Maglev table of this (prime) size: the same flow maps to the same
+    /// backend on every node, and few flows move when backends change.
+    Maglev { table_size: usize },
+}
+
 /// What one frontend should look like, before backend IDs are known.
 struct FrontendPlan {
     name: String,
@@ -164,6 +175,7 @@ pub struct MapSync<M: ServiceMaps> {
     node: Option<String>,
     /// This node's addresses, where node ports are served.
     node_ips: Vec<Ipv4Addr>,
+    selection: Selection,
     services: BTreeMap<Frontend, ProgrammedService>,
     backend_ids: HashMap<BackendAddr, BackendId>,
     service_ids: IdAllocator,
@@ -283,6 +295,7 @@ impl<M: ServiceMaps> MapSync<M> {
             maps,
             node: None,
             node_ips: Vec::new(),
+            selection: Selection::Random,
             services,
             backend_ids,
             service_ids,
@@ -293,6 +306,12 @@ impl<M: ServiceMaps> MapSync<M> {
     /// Sets the node whose local endpoints node-local policies select.
     pub fn with_node(mut self, node: Option<String>) -> Self {
         self.node = node;
+        self
+    }
+
+    /// Sets how new flows choose among a frontend's backends.
+    pub fn with_selection(mut self, selection: Selection) -> Self {
+        self.selection = selection;
         self
     }
 
@@ -362,16 +381,27 @@ impl<M: ServiceMaps> MapSync<M> {
         // 2. Frontends: create or update in place, then delete the gone ones.
         for (frontend, plan) in &wanted {
             let name = &plan.name;
-            let slots: Vec<BackendId> = plan
+            let present: Vec<(BackendAddr, BackendId)> = plan
                 .backends
                 .iter()
-                .filter_map(|b| self.backend_ids.get(b).copied())
+                .filter_map(|b| self.backend_ids.get(b).map(|id| (*b, *id)))
                 .collect();
+            let (slots, flags): (Vec<BackendId>, u16) = match self.selection {
+                Selection::Random => (present.iter().map(|(_, id)| *id).collect(), plan.flags),
+                Selection::Maglev { table_size } => {
+                    let addrs: Vec<BackendAddr> = present.iter().map(|(a, _)| *a).collect();
+                    let table = maglev::table(&addrs, table_size);
+                    (
+                        table.iter().map(|i| present[*i].1).collect(),
+                        plan.flags | service_flags::MAGLEV,
+                    )
+                }
+            };
             let target = ProgrammedService {
                 service_id: 0,
                 name: name.clone(),
                 affinity_timeout_s: plan.affinity_timeout_s,
-                flags: plan.flags,
+                flags,
                 source_ranges: plan.source_ranges.clone(),
                 slots,
             };
@@ -389,10 +419,11 @@ impl<M: ServiceMaps> MapSync<M> {
                     Ok(())
                 }
                 Some(current) => {
-                    let departed: Vec<Departure> = current
-                        .slots
+                    let still: BTreeSet<BackendId> = target.slots.iter().copied().collect();
+                    let before: BTreeSet<BackendId> = current.slots.iter().copied().collect();
+                    let departed: Vec<Departure> = before
                         .iter()
-                        .filter(|id| !target.slots.contains(id))
+                        .filter(|id| !still.contains(id))
                         .filter_map(|id| {
                             addr_of.get(id).map(|backend| Departure {
                                 frontend: *frontend,
@@ -428,6 +459,8 @@ impl<M: ServiceMaps> MapSync<M> {
                     current
                         .slots
                         .iter()
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
                         .filter_map(|id| {
                             addr_of.get(id).map(|backend| Departure {
                                 frontend,
@@ -968,6 +1001,34 @@ pub(crate) mod tests {
         );
         // The cluster IP frontend never carries the ranges.
         assert_eq!(sync.programmed()[&frontend(1, 80)].flags, 0);
+    }
+
+    #[test]
+    fn maglev_slots_are_the_table_and_change_little() {
+        let a = frontend(1, 80);
+        let mut sync = MapSync::adopt(FakeMaps::default())
+            .expect("adopt")
+            .with_selection(Selection::Maglev { table_size: 251 });
+        sync.apply(&state(&[(a, &[1, 2, 3, 4, 5])]));
+        let master = sync.maps().services[&frontend_key(&a, 0)];
+        assert_eq!(master.count, 251);
+        assert_ne!(master.flags & service_flags::MAGLEV, 0);
+        assert_eq!(
+            backend_ips(&sync, &a).iter().collect::<BTreeSet<_>>().len(),
+            5
+        );
+        let before = sync.programmed()[&a].slots.clone();
+        let writes = sync.maps().writes;
+        let report = sync.apply(&state(&[(a, &[1, 2, 4, 5])]));
+        assert_eq!(report.departed.len(), 1);
+        let after = sync.programmed()[&a].slots.clone();
+        let changed = before.iter().zip(&after).filter(|(x, y)| x != y).count();
+        // About a fifth of the table belonged to the removed backend.
+        assert!(changed < 251 * 30 / 100, "{changed} of 251 entries changed");
+        assert!(
+            sync.maps().writes - writes < 251 * 30 / 100 + 5,
+            "only changed slots are written"
+        );
     }
 
     #[test]
