@@ -37,7 +37,7 @@ apt_install() {
 
 # Tools the tests and the demo use: iproute2 for namespaces/veth/tc, bpftool
 # for map dumps, build essentials for crates with C parts.
-apt_install iproute2 util-linux bpftool build-essential pkg-config ca-certificates
+apt_install iproute2 util-linux ethtool bpftool build-essential pkg-config ca-certificates
 
 # Host Rust toolchain (stable) for the user-space crates.
 if ! command -v cargo >/dev/null; then

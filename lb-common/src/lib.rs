@@ -20,7 +20,8 @@ pub mod map_names {
     pub const AFFINITY: &str = "affinity";
     pub const NAT_CONFIG: &str = "nat_config";
     pub const SOURCE_RANGES: &str = "source_ranges";
-    pub const ALL: [&str; 9] = [
+    pub const INTERFACES: &str = "interfaces";
+    pub const ALL: [&str; 10] = [
         SERVICES,
         BACKENDS,
         CONNTRACK,
@@ -30,6 +31,7 @@ pub mod map_names {
         AFFINITY,
         NAT_CONFIG,
         SOURCE_RANGES,
+        INTERFACES,
     ];
 }
 
@@ -43,6 +45,8 @@ pub mod program_names {
     pub const FROM_WORLD: &str = "from_world";
     /// tc egress on the node's external interface: replies leaving the node.
     pub const TO_WORLD: &str = "to_world";
+    /// XDP on the node's external interface: fast path for external flows.
+    pub const XDP_WORLD: &str = "xdp_world";
 }
 
 /// Default capacities. The services map holds one master entry per frontend
@@ -180,6 +184,30 @@ pub struct NatConfig {
 pub struct SourceRange {
     pub service_id_be: u32,
     pub src_ip_be: u32,
+}
+
+/// Value of the `interfaces` map (key: ifindex): where the agent attached
+/// the programs and how. Only user space reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct InterfaceStatus {
+    pub name: [u8; 16],
+    /// 1: pod interface, 2: external interface.
+    pub role: u8,
+    /// 0: no XDP, 1: native (driver), 2: generic (skb).
+    pub xdp_mode: u8,
+    pub _pad: [u8; 2],
+}
+
+pub mod interface_role {
+    pub const POD: u8 = 1;
+    pub const EXTERNAL: u8 = 2;
+}
+
+pub mod xdp_mode {
+    pub const NONE: u8 = 0;
+    pub const NATIVE: u8 = 1;
+    pub const GENERIC: u8 = 2;
 }
 
 /// Key of the `affinity` map: a client of a service.
@@ -350,7 +378,9 @@ pub mod reason {
     pub const SNAT_PORTS_EXHAUSTED: u32 = 12;
     /// Dropped: no route to forward a translated packet.
     pub const FIB_LOOKUP_FAILED: u32 = 13;
-    pub const COUNT: u32 = 14;
+    /// Translated by XDP (flows to local backends) before any skb existed.
+    pub const XDP_TRANSLATED: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     /// Human names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -368,7 +398,34 @@ pub mod reason {
         "no_local_backend_dropped",
         "snat_ports_exhausted",
         "fib_lookup_failed",
+        "xdp_translated",
     ];
+}
+
+/// Incremental Internet checksum updates (RFC 1624, eqn. 3) on values as
+/// they sit in memory: ones' complement sums are byte-order independent, so
+/// fields read straight from a packet can be used without swapping. Used by
+/// the XDP path, which has no kernel checksum helpers.
+pub mod csum {
+    #[inline(always)]
+    fn fold(mut sum: u32) -> u16 {
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum as u16
+    }
+
+    /// The checksum after a 16-bit field changed from `old` to `new`.
+    #[inline(always)]
+    pub fn replace2(check: u16, old: u16, new: u16) -> u16 {
+        !fold(u32::from(!check) + u32::from(!old) + u32::from(new))
+    }
+
+    /// The checksum after a 32-bit field changed from `old` to `new`.
+    #[inline(always)]
+    pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
+        let check = replace2(check, old as u16, new as u16);
+        replace2(check, (old >> 16) as u16, (new >> 16) as u16)
+    }
 }
 
 #[cfg(feature = "user")]
@@ -387,6 +444,7 @@ mod pod_impls {
     unsafe impl aya::Pod for AffinityEntry {}
     unsafe impl aya::Pod for NatConfig {}
     unsafe impl aya::Pod for SourceRange {}
+    unsafe impl aya::Pod for InterfaceStatus {}
 }
 
 #[cfg(test)]
@@ -406,6 +464,42 @@ mod tests {
         assert_eq!(size_of::<NatConfig>(), 8);
         assert_eq!(size_of::<SourceRange>(), 8);
         assert_eq!(size_of::<ServiceCounters>(), 32);
+    }
+
+    /// Full checksum over 16-bit words in memory order, for checking.
+    fn full(words: &[u16]) -> u16 {
+        let mut sum: u32 = words.iter().map(|w| u32::from(*w)).sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    #[test]
+    fn incremental_checksums_match_recomputation() {
+        // An IPv4 header as memory-order words, with its checksum at word 5.
+        let mut hdr: [u16; 10] = [
+            0x4500, 0x0054, 0x1c46, 0x4000, 0x4006, 0, 0x0af4, 0x000a, 0x0a60, 0x000a,
+        ];
+        hdr[5] = full(&hdr);
+        let mut seed = 0x1234_5678u32;
+        for _ in 0..10_000 {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let old = (u32::from(hdr[9]) << 16) | u32::from(hdr[8]);
+            let new = seed;
+            hdr[5] = csum::replace4(hdr[5], old, new);
+            hdr[8] = new as u16;
+            hdr[9] = (new >> 16) as u16;
+            let mut check = hdr;
+            check[5] = 0;
+            assert_eq!(hdr[5], full(&check));
+            let port = seed as u16 ^ 0x5a5a;
+            hdr[5] = csum::replace2(hdr[5], hdr[3], port);
+            hdr[3] = port;
+            let mut check = hdr;
+            check[5] = 0;
+            assert_eq!(hdr[5], full(&check));
+        }
     }
 
     #[test]

@@ -22,12 +22,13 @@ mod parse;
 mod reject;
 mod snat;
 mod stats;
+mod xdp;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
-    macros::classifier,
-    programs::TcContext,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use lb_common::{backend_flags, conn_kind, reason, service_flags};
 
@@ -53,6 +54,12 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_world(ctx: TcContext) -> i32 {
     ingress(&ctx, Side::World)
+}
+
+/// XDP on the external interface: the fast path for external flows.
+#[xdp]
+pub fn xdp_world(ctx: XdpContext) -> u32 {
+    xdp::handle(&ctx)
 }
 
 #[classifier]

@@ -8,8 +8,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey,
-    MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK_ENTRIES, MAX_SERVICE_ENTRIES, MAX_SERVICES,
-    MAX_SOURCE_RANGES, NatConfig, ServiceCounters, ServiceKey, ServiceName, SourceRange, reason,
+    InterfaceStatus, MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK_ENTRIES,
+    MAX_SERVICE_ENTRIES, MAX_SERVICES, MAX_SOURCE_RANGES, NatConfig, ServiceCounters, ServiceKey,
+    ServiceName, SourceRange, reason,
 };
 
 /// Frontend (VIP, port, proto, slot) → master entry or backend slot.
@@ -55,3 +56,7 @@ pub static nat_config: Array<NatConfig, 1> = Array::new();
 /// (service ID, source prefix) of services with loadBalancerSourceRanges.
 #[btf_map]
 pub static source_ranges: LpmTrie<SourceRange, u8, { MAX_SOURCE_RANGES as usize }> = LpmTrie::new();
+
+/// ifindex → how the agent attached there (for `switchyard inspect interfaces`).
+#[btf_map]
+pub static interfaces: HashMap<u32, InterfaceStatus, 4096> = HashMap::new();

@@ -12,7 +12,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::datapath::conntrack::{self, Timeouts};
 use crate::datapath::ifaces::{self, IfaceGlobs};
-use crate::datapath::loader::{self, Datapath};
+use crate::datapath::loader::{self, Datapath, XdpChoice};
 use crate::datapath::maps::PinnedMaps;
 use crate::datapath::sync::{MapSync, Selection, SyncReport};
 use crate::health::HealthServers;
@@ -38,6 +38,7 @@ pub struct AgentConfig {
     /// Source ports for SNAT, inclusive.
     pub snat_ports: (u16, u16),
     pub selection: Selection,
+    pub xdp: XdpChoice,
 }
 
 /// The node's addresses: given, or read off its external interfaces.
@@ -117,7 +118,7 @@ fn log_report(report: &SyncReport, elapsed: Duration, services: usize) {
 
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     let object = loader::find_object(cfg.bpf_object.as_deref())?;
-    let mut datapath = Datapath::load(&object, &cfg.pin_dir)?;
+    let mut datapath = Datapath::load(&object, &cfg.pin_dir, cfg.xdp)?;
     let mut maps = PinnedMaps::open(&cfg.pin_dir)?;
     let node_ips = node_addresses(&cfg)?;
     configure_snat(&mut maps, node_ips.first().copied(), cfg.snat_ports)?;

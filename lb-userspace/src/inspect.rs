@@ -6,7 +6,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
-use lb_common::{ConnEntry, FlowKey, backend_flags, conn_kind, reason, service_flags, tcp_seen};
+use lb_common::{
+    ConnEntry, FlowKey, backend_flags, conn_kind, interface_role, reason, service_flags, tcp_seen,
+    xdp_mode,
+};
 use serde::Serialize;
 
 use crate::datapath::addr::{ip_from_be, port_from_be};
@@ -42,6 +45,15 @@ pub struct BackendRow {
     pub address: String,
     pub protocol: String,
     pub used_by: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct InterfaceRow {
+    pub name: String,
+    pub ifindex: u32,
+    pub role: String,
+    /// "native", "generic" or "none".
+    pub xdp: String,
 }
 
 #[derive(Serialize)]
@@ -266,6 +278,40 @@ pub fn affinity(maps: &PinnedMaps) -> Result<Vec<AffinityRow>> {
     Ok(rows)
 }
 
+/// Where the agent attached the programs, and in which XDP mode.
+pub fn interfaces(maps: &PinnedMaps) -> Vec<InterfaceRow> {
+    let mut rows: Vec<InterfaceRow> = maps
+        .interfaces
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(ifindex, st)| {
+            let end = st
+                .name
+                .iter()
+                .position(|b| *b == 0)
+                .unwrap_or(st.name.len());
+            InterfaceRow {
+                name: String::from_utf8_lossy(&st.name[..end]).into_owned(),
+                ifindex,
+                role: match st.role {
+                    interface_role::POD => "pod",
+                    interface_role::EXTERNAL => "external",
+                    _ => "unknown",
+                }
+                .to_string(),
+                xdp: match st.xdp_mode {
+                    xdp_mode::NATIVE => "native",
+                    xdp_mode::GENERIC => "generic",
+                    _ => "none",
+                }
+                .to_string(),
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.role, &a.name).cmp(&(&b.role, &b.name)));
+    rows
+}
+
 pub fn stats(maps: &PinnedMaps) -> BTreeMap<&'static str, u64> {
     (0..reason::COUNT)
         .map(|r| (reason::NAMES[r as usize], maps.reason_count(r)))
@@ -309,6 +355,8 @@ pub enum InspectWhat {
     Conntrack,
     /// ClientIP session affinity: which client sticks to which backend.
     Affinity,
+    /// Interfaces the programs are attached to, and the XDP mode.
+    Interfaces,
     /// Datapath counters by reason.
     Stats,
 }
@@ -419,6 +467,16 @@ pub fn run(pin_dir: &Path, what: InspectWhat, format: OutputFormat) -> Result<St
                 &["CLIENT", "SERVICE", "BACKEND", "IDLE", "EXPIRES IN"],
                 &rows,
             ))
+        }
+        (InspectWhat::Interfaces, OutputFormat::Json) => {
+            json(serde_json::to_value(interfaces(&maps))?)
+        }
+        (InspectWhat::Interfaces, OutputFormat::Table) => {
+            let rows: Vec<Vec<String>> = interfaces(&maps)
+                .into_iter()
+                .map(|r| vec![r.name, r.ifindex.to_string(), r.role, r.xdp])
+                .collect();
+            Ok(table(&["INTERFACE", "IFINDEX", "ROLE", "XDP"], &rows))
         }
         (InspectWhat::Stats, OutputFormat::Json) => json(serde_json::to_value(stats(&maps))?),
         (InspectWhat::Stats, OutputFormat::Table) => {

@@ -8,8 +8,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
     agent::{self, AgentConfig},
     datapath::{
-        DEFAULT_PIN_DIR, conntrack::Timeouts, ifaces::DEFAULT_POD_IFACES, ifaces::IfaceGlobs,
-        loader, maglev, sync::Selection,
+        DEFAULT_PIN_DIR,
+        conntrack::Timeouts,
+        ifaces::DEFAULT_POD_IFACES,
+        ifaces::IfaceGlobs,
+        loader::{self, XdpChoice},
+        maglev,
+        sync::Selection,
     },
     inspect::{self, InspectWhat, OutputFormat},
 };
@@ -91,6 +96,10 @@ struct AgentArgs {
     /// local sockets via net.ipv4.ip_local_reserved_ports.
     #[arg(long, default_value = "61000-65000", value_name = "MIN-MAX")]
     snat_ports: String,
+    /// XDP on the external interfaces: `auto` (native where the driver
+    /// supports it, generic otherwise), `native`, `generic` or `off` (tc only).
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp: XdpChoice,
     /// How a new flow picks its backend: `random` (kube-proxy's way) or
     /// `maglev` (consistent hashing: the same on every node, few flows move
     /// when backends change).
@@ -186,6 +195,7 @@ fn main() -> Result<()> {
                     .transpose()?,
                 node_ips: args.node_ips,
                 snat_ports: port_range(&args.snat_ports)?,
+                xdp: args.xdp,
                 selection: match args.algorithm {
                     Algorithm::Random => Selection::Random,
                     Algorithm::Maglev => {

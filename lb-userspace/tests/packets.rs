@@ -118,7 +118,8 @@ fn fixture_with(selection: Selection) -> Fixture {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
-    let datapath = Datapath::load(&object(), &pin_dir).expect("load datapath");
+    let datapath =
+        Datapath::load(&object(), &pin_dir, loader::XdpChoice::Off).expect("load datapath");
     let desired = desired_state(&BACKENDS);
     let mut sync = MapSync::adopt(PinnedMaps::open(&pin_dir).expect("open maps"))
         .expect("adopt")
@@ -727,4 +728,69 @@ fn maglev_choice_matches_user_space_and_survives_conntrack_loss() {
         "{moved} of {} flows on surviving backends moved",
         chosen.len()
     );
+}
+
+#[test]
+fn xdp_translates_flows_to_local_backends_and_leaves_the_rest_to_tc() {
+    let node_ip = Ipv4Addr::new(10, 10, 0, 1);
+    let client = Ipv4Addr::new(10, 10, 0, 100);
+    let mut f = fixture();
+    // Node port 30080 with one backend on this node (BACKENDS[0]) and two
+    // elsewhere; node port 30081 with remote backends only.
+    let mut desired = desired_state(&BACKENDS);
+    let mut remote_only = service(VIP, 81, Protocol::Tcp, &BACKENDS[1..]);
+    remote_only.external.node_port = Some(30081);
+    desired.services.insert(remote_only.frontend, remote_only);
+    for sp in desired.services.values_mut() {
+        if sp.frontend
+            == (Frontend {
+                ip: VIP,
+                port: 80,
+                protocol: Protocol::Tcp,
+            })
+        {
+            sp.external.node_port = Some(30080);
+            sp.external.traffic_local = true;
+        }
+        for e in &mut sp.endpoints {
+            e.node = Some(
+                if e.addr.ip == BACKENDS[0] {
+                    "here"
+                } else {
+                    "elsewhere"
+                }
+                .into(),
+            );
+        }
+    }
+    let mut sync = MapSync::adopt(PinnedMaps::open(&f.pin_dir).expect("maps"))
+        .expect("adopt")
+        .with_node(Some("here".into()))
+        .with_node_ips(vec![node_ip]);
+    assert!(sync.apply(&desired).errors.is_empty());
+    let fd = f
+        .datapath
+        .program_fd(program_names::XDP_WORLD)
+        .expect("xdp fd");
+    const XDP_PASS: u32 = 2;
+
+    // Policy Local: only the local backend; DNATed with valid checksums,
+    // the client address kept, and tracked so later packets follow.
+    for flags in [SYN, ACK, ACK] {
+        let (rc, out) = test_run(fd, &Pkt::tcp(client, 34010, node_ip, 30080, flags).build());
+        assert_eq!(rc, XDP_PASS);
+        let p = parse_checked(&out);
+        assert_eq!((p.src, p.dst, p.dport), (client, BACKENDS[0], 8080));
+    }
+    assert_eq!(f.maps.reason_count(reason::NEW_FLOW), 1);
+    assert_eq!(f.maps.reason_count(reason::ESTABLISHED), 2);
+    assert_eq!(f.maps.reason_count(reason::XDP_TRANSLATED), 3);
+
+    // Remote backends only: untouched and unrecorded, tc does the SNAT.
+    let syn = Pkt::tcp(client, 34011, node_ip, 30081, SYN).build();
+    assert_eq!(test_run(fd, &syn), (XDP_PASS, syn.clone()));
+    assert_eq!(f.maps.reason_count(reason::NEW_FLOW), 1);
+    // Not a service: untouched.
+    let other = Pkt::tcp(client, 34012, node_ip, 22, SYN).build();
+    assert_eq!(test_run(fd, &other), (XDP_PASS, other.clone()));
 }

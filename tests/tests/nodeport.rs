@@ -118,6 +118,24 @@ fn node_port_reaches_every_node_with_snat_only_to_remote_backends() -> Result<()
         "SNAT flows in inspect:\n{ct}"
     );
 
+    // The external interface runs XDP (generic: auto mode on a veth) and it
+    // forwarded the SNATed flows itself.
+    let ifaces: serde_json::Value =
+        serde_json::from_str(&c.agents[0].inspect(&["-o", "json", "interfaces"])?)?;
+    let ext0 = ifaces
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "ext0"))
+        .cloned();
+    let ext0 = ext0.expect("ext0 listed");
+    assert_eq!(
+        (ext0["role"].as_str(), ext0["xdp"].as_str()),
+        (Some("external"), Some("native")),
+        "{ifaces}"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&c.agents[0].inspect(&["-o", "json", "stats"])?)?;
+    assert!(stats["xdp_translated"].as_u64().unwrap_or(0) > 0, "{stats}");
+
     // A pod reaches another node's node port too.
     let who = c
         .pod(1, "client1")
@@ -203,6 +221,13 @@ fn external_traffic_policy_local_preserves_the_client_and_health_checks() -> Res
     assert_eq!(body["localEndpoints"], 1);
     assert_eq!(body["service"]["name"], "web");
     assert_eq!(health(2)?.0, 200);
+    // Policy Local means local backends only: all of it went through XDP.
+    let stats: serde_json::Value =
+        serde_json::from_str(&c.agents[0].inspect(&["-o", "json", "stats"])?)?;
+    assert!(
+        stats["xdp_translated"].as_u64().unwrap_or(0) >= 20,
+        "{stats}"
+    );
 
     // Node 1 loses its endpoint: it fails its health check and drops
     // (counted) instead of forwarding to node 2.
@@ -263,5 +288,31 @@ fn maglev_sends_a_flow_to_the_same_backend_through_any_node() -> Result<()> {
     }
     let services = c.agents[1].inspect(&["services"])?;
     assert!(services.contains("maglev=251"), "{services}");
+    Ok(())
+}
+
+#[test]
+fn the_tc_path_alone_serves_node_ports_too() -> Result<()> {
+    // --xdp off: the same traffic through tc only (where XDP is unavailable).
+    let c = start_with("", &["--xdp", "off"])?;
+    let to = SocketAddrV4::new(node_ip(1), NODE_PORT_TCP);
+    assert_eq!(tcp_answers(&c, to, 30)?, all());
+    let (who, from) = c
+        .cluster
+        .external()
+        .udp_request_from(SocketAddrV4::new(node_ip(1), NODE_PORT_UDP), TIMEOUT)?;
+    assert!(all().contains(&who));
+    assert_eq!(
+        from,
+        SocketAddr::V4(SocketAddrV4::new(node_ip(1), NODE_PORT_UDP))
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&c.agents[0].inspect(&["-o", "json", "stats"])?)?;
+    assert_eq!(stats["xdp_translated"], 0, "{stats}");
+    let ifaces = c.agents[0].inspect(&["interfaces"])?;
+    assert!(
+        ifaces.contains("ext0") && ifaces.contains("none"),
+        "{ifaces}"
+    );
     Ok(())
 }

@@ -11,9 +11,12 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+    maps::HashMap as BpfHashMap,
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId,
+    },
 };
-use lb_common::{map_names, program_names};
+use lb_common::{InterfaceStatus, interface_role, map_names, program_names, xdp_mode};
 use tracing::{debug, info, warn};
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -84,16 +87,38 @@ impl Role {
     }
 }
 
+/// Whether and how XDP runs on external interfaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpChoice {
+    /// Native (driver) mode where the driver supports it, generic otherwise.
+    Auto,
+    Native,
+    Generic,
+    /// tc only.
+    Off,
+}
+
 struct Attachment {
     ifindex: u32,
     role: Role,
     ingress: SchedClassifierLinkId,
     egress: SchedClassifierLinkId,
+    /// The XDP link and its `xdp_mode`, on external interfaces.
+    xdp: Option<(XdpLinkId, u8)>,
 }
 
 pub struct Datapath {
     ebpf: Ebpf,
     attached: BTreeMap<String, Attachment>,
+    xdp: XdpChoice,
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let name = program_names::XDP_WORLD;
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the BPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not XDP"))
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
@@ -104,7 +129,7 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
 }
 
 impl Datapath {
-    pub fn load(object: &Path, pin_dir: &Path) -> Result<Self> {
+    pub fn load(object: &Path, pin_dir: &Path, xdp: XdpChoice) -> Result<Self> {
         ensure_pin_dir(pin_dir)?;
         let mut loader = EbpfLoader::new();
         for name in map_names::ALL {
@@ -123,17 +148,88 @@ impl Datapath {
                 .load()
                 .with_context(|| format!("loading program {name} into the kernel"))?;
         }
+        xdp_program(&mut ebpf)?
+            .load()
+            .context("loading the XDP program into the kernel")?;
         info!(object = %object.display(), pin_dir = %pin_dir.display(), "datapath loaded");
-        Ok(Self {
+        let mut datapath = Self {
             ebpf,
             attached: BTreeMap::new(),
-        })
+            xdp,
+        };
+        // Whatever an earlier run recorded is stale: its links died with it.
+        if let Ok(mut status) = datapath.status_map() {
+            let stale: Vec<u32> = status.keys().filter_map(|k| k.ok()).collect();
+            for k in stale {
+                let _ = status.remove(&k);
+            }
+        }
+        Ok(datapath)
+    }
+
+    fn status_map(&mut self) -> Result<BpfHashMap<&mut aya::maps::MapData, u32, InterfaceStatus>> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::INTERFACES)
+            .context("interfaces map missing from the BPF object")?;
+        Ok(BpfHashMap::try_from(map)?)
+    }
+
+    fn record(&mut self, iface: &str, ifindex: u32, role: Role, mode: u8) {
+        let mut status = InterfaceStatus {
+            role: match role {
+                Role::Pod => interface_role::POD,
+                Role::External => interface_role::EXTERNAL,
+            },
+            xdp_mode: mode,
+            ..Default::default()
+        };
+        let n = iface.len().min(status.name.len() - 1);
+        status.name[..n].copy_from_slice(&iface.as_bytes()[..n]);
+        if let Err(e) = self
+            .status_map()
+            .and_then(|mut m| m.insert(ifindex, status, 0).map_err(Into::into))
+        {
+            warn!(iface, "recording the attachment: {e:#}");
+        }
+    }
+
+    /// XDP on an external interface, as `self.xdp` asks: returns the link and
+    /// the mode it runs in, or None (tc alone) when XDP is off or refused.
+    fn attach_xdp(&mut self, iface: &str) -> Option<(XdpLinkId, u8)> {
+        let attempts: &[(XdpMode, u8)] = match self.xdp {
+            XdpChoice::Off => &[],
+            XdpChoice::Native => &[(XdpMode::Driver, xdp_mode::NATIVE)],
+            XdpChoice::Generic => &[(XdpMode::Skb, xdp_mode::GENERIC)],
+            XdpChoice::Auto => &[
+                (XdpMode::Driver, xdp_mode::NATIVE),
+                (XdpMode::Skb, xdp_mode::GENERIC),
+            ],
+        };
+        for (mode, code) in attempts {
+            let result = xdp_program(&mut self.ebpf)
+                .and_then(|p| p.attach(iface, *mode).map_err(Into::into));
+            match result {
+                Ok(link) => return Some((link, *code)),
+                Err(e) => warn!(iface, ?mode, "XDP attach refused: {e:#}"),
+            }
+        }
+        if self.xdp != XdpChoice::Off {
+            warn!(
+                iface,
+                "XDP unavailable here; external traffic takes the tc path"
+            );
+        }
+        None
     }
 
     /// The raw fd of a loaded program, for `BPF_PROG_TEST_RUN` in tests and
     /// benchmarks.
     pub fn program_fd(&mut self, name: &str) -> Result<std::os::fd::RawFd> {
         use std::os::fd::{AsFd, AsRawFd};
+        if name == program_names::XDP_WORLD {
+            return Ok(xdp_program(&mut self.ebpf)?.fd()?.as_fd().as_raw_fd());
+        }
         Ok(classifier(&mut self.ebpf, name)?.fd()?.as_fd().as_raw_fd())
     }
 
@@ -158,6 +254,12 @@ impl Datapath {
                     return Err(e).context(format!("attaching {egress_prog} to {iface} egress"));
                 }
             };
+        let xdp = if role == Role::External {
+            self.attach_xdp(iface)
+        } else {
+            None
+        };
+        let mode = xdp.as_ref().map_or(xdp_mode::NONE, |(_, m)| *m);
         self.attached.insert(
             iface.to_string(),
             Attachment {
@@ -165,9 +267,16 @@ impl Datapath {
                 role,
                 ingress,
                 egress,
+                xdp,
             },
         );
-        info!(iface, ifindex, ?role, "attached");
+        self.record(iface, ifindex, role, mode);
+        let xdp = match mode {
+            xdp_mode::NATIVE => "native",
+            xdp_mode::GENERIC => "generic",
+            _ => "none",
+        };
+        info!(iface, ifindex, ?role, xdp, "attached");
         Ok(())
     }
 
@@ -177,6 +286,18 @@ impl Datapath {
         let Some(a) = self.attached.remove(iface) else {
             return;
         };
+        if let Ok(mut status) = self.status_map() {
+            let _ = status.remove(&a.ifindex);
+        }
+        if let Some((link, _)) = a.xdp {
+            let result =
+                xdp_program(&mut self.ebpf).and_then(|p| p.detach(link).map_err(Into::into));
+            if let Err(e) = result
+                && !gone
+            {
+                warn!(iface, "detaching XDP: {e:#}");
+            }
+        }
         let (ingress_prog, egress_prog) = a.role.programs();
         for (prog, link) in [(ingress_prog, a.ingress), (egress_prog, a.egress)] {
             let result =

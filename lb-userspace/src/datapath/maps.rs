@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey, NatConfig,
-    SERVICE_NAME_LEN, ServiceCounters, ServiceKey, ServiceName, SourceRange, map_names,
+    AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey,
+    InterfaceStatus, NatConfig, SERVICE_NAME_LEN, ServiceCounters, ServiceKey, ServiceName,
+    SourceRange, map_names,
 };
 
 pub struct PinnedMaps {
@@ -19,6 +20,7 @@ pub struct PinnedMaps {
     pub affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
     pub nat_config: Array<MapData, NatConfig>,
     pub source_ranges: LpmTrie<MapData, SourceRange, u8>,
+    pub interfaces: HashMap<MapData, u32, InterfaceStatus>,
 }
 
 fn open(pin_dir: &Path, name: &str) -> Result<Map> {
@@ -44,6 +46,7 @@ impl PinnedMaps {
             affinity: HashMap::try_from(open(pin_dir, map_names::AFFINITY)?)?,
             nat_config: Array::try_from(open(pin_dir, map_names::NAT_CONFIG)?)?,
             source_ranges: LpmTrie::try_from(open(pin_dir, map_names::SOURCE_RANGES)?)?,
+            interfaces: HashMap::try_from(open(pin_dir, map_names::INTERFACES)?)?,
         })
     }
 

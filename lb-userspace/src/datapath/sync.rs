@@ -178,6 +178,8 @@ pub struct MapSync<M: ServiceMaps> {
     selection: Selection,
     services: BTreeMap<Frontend, ProgrammedService>,
     backend_ids: HashMap<BackendAddr, BackendId>,
+    /// Whether each backend is marked as on this node in the map.
+    backend_local: HashMap<BackendId, bool>,
     service_ids: IdAllocator,
     backend_id_alloc: IdAllocator,
 }
@@ -203,7 +205,9 @@ impl<M: ServiceMaps> MapSync<M> {
         let mut service_ids = IdAllocator::new(MAX_SERVICES - 1);
         let mut backend_id_alloc = IdAllocator::new(MAX_BACKENDS);
         let mut backend_ids = HashMap::new();
+        let mut backend_local = HashMap::new();
         for (id, b) in maps.read_backends().context("reading the backends map")? {
+            backend_local.insert(id, b.flags & backend_flags::LOCAL != 0);
             let Some(protocol) = Protocol::from_number(b.proto) else {
                 warn!(
                     backend_id = id,
@@ -293,6 +297,7 @@ impl<M: ServiceMaps> MapSync<M> {
         );
         Ok(Self {
             maps,
+            backend_local,
             node: None,
             node_ips: Vec::new(),
             selection: Selection::Random,
@@ -354,7 +359,18 @@ impl<M: ServiceMaps> MapSync<M> {
             .flat_map(|plan| plan.backends.iter().copied())
             .collect();
         for addr in &needed {
-            if self.backend_ids.contains_key(addr) {
+            let is_local = local.contains(addr);
+            if let Some(&id) = self.backend_ids.get(addr) {
+                // Locality can change (the node name became known): rewrite
+                // the entry in place, the address stays the same.
+                if self.backend_local.get(&id) != Some(&is_local) {
+                    match self.maps.put_backend(id, backend_value(addr, is_local)) {
+                        Ok(()) => {
+                            self.backend_local.insert(id, is_local);
+                        }
+                        Err(e) => report.errors.push(format!("backend {addr}: {e:#}")),
+                    }
+                }
                 continue;
             }
             let Some(id) = self.backend_id_alloc.allocate() else {
@@ -363,12 +379,10 @@ impl<M: ServiceMaps> MapSync<M> {
                 ));
                 continue;
             };
-            match self
-                .maps
-                .put_backend(id, backend_value(addr, local.contains(addr)))
-            {
+            match self.maps.put_backend(id, backend_value(addr, is_local)) {
                 Ok(()) => {
                     self.backend_ids.insert(*addr, id);
+                    self.backend_local.insert(id, is_local);
                     report.backends_created += 1;
                 }
                 Err(e) => {
@@ -497,6 +511,8 @@ impl<M: ServiceMaps> MapSync<M> {
             match self.maps.delete_backend(id) {
                 Ok(()) => {
                     self.backend_ids.remove(&addr);
+                    self.backend_local.remove(&id);
+                    self.backend_local.remove(&id);
                     self.backend_id_alloc.release(id);
                     report.backends_deleted += 1;
                 }
@@ -1029,6 +1045,38 @@ pub(crate) mod tests {
             sync.maps().writes - writes < 251 * 30 / 100 + 5,
             "only changed slots are written"
         );
+    }
+
+    #[test]
+    fn backend_locality_follows_the_node_name() {
+        let a = frontend(1, 80);
+        let mut d = state(&[(a, &[1, 2])]);
+        for sp in d.services.values_mut() {
+            for e in &mut sp.endpoints {
+                e.node = Some(format!("n{}", e.addr.ip.octets()[3]));
+            }
+        }
+        let mut sync = MapSync::adopt(FakeMaps::default()).expect("adopt");
+        sync.apply(&d);
+        assert!(
+            sync.maps()
+                .backends
+                .values()
+                .all(|b| b.flags & backend_flags::LOCAL == 0)
+        );
+        let mut sync = sync.with_node(Some("n1".into()));
+        sync.apply(&d);
+        let local: Vec<u8> = sync
+            .maps()
+            .backends
+            .values()
+            .filter(|b| b.flags & backend_flags::LOCAL != 0)
+            .map(|b| ip_from_be(b.ip_be).octets()[3])
+            .collect();
+        assert_eq!(local, vec![1]);
+        let writes = sync.maps().writes;
+        sync.apply(&d);
+        assert_eq!(sync.maps().writes, writes, "stable once written");
     }
 
     #[test]

@@ -1,0 +1,233 @@
+//! XDP fast path on the external interface: external flows to a service
+//! frontend, before the kernel allocates an skb.
+//!
+//! It shares service lookup, backend choice, affinity and conntrack with
+//! the tc path and differs only at the edges: direct packet access and
+//! checksums updated by hand (no skb helpers in XDP). It handles flows to
+//! backends on this node (DNAT, then the kernel delivers to the pod) and the
+//! early drops (source ranges, `externalTrafficPolicy: Local` without local
+//! endpoints). Everything else is passed on *untouched* to the tc program
+//! `from_world`, which does the full job: flows to other nodes (SNAT and
+//! forwarding), their replies, ICMP rejects, IP options, fragments.
+//! Forwarding SNAT flows with XDP_TX is the next step (see docs).
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_ktime_get_ns,
+    programs::XdpContext,
+};
+use lb_common::{
+    FlowKey, PROTO_TCP, PROTO_UDP, backend_flags, conn_kind, csum, reason, service_flags,
+};
+
+use crate::{affinity, conntrack, lookup, stats};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+
+/// Offsets within the IPv4 header (no options: packets with options go to tc).
+const IP_CHECK: usize = 10;
+const IP_SADDR: usize = 12;
+const IP_DADDR: usize = 16;
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return Err(());
+    }
+    Ok((start + offset) as *mut T)
+}
+
+#[inline(always)]
+fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, ()> {
+    Ok(unsafe { ptr_at::<T>(ctx, offset)?.read_unaligned() })
+}
+
+#[inline(always)]
+fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> Result<(), ()> {
+    unsafe { ptr_at::<T>(ctx, offset)?.write_unaligned(value) };
+    Ok(())
+}
+
+/// A TCP/UDP over IPv4 (no options, not fragmented) packet XDP can handle.
+struct XdpPacket {
+    flow: FlowKey,
+    tcp_flags: u8,
+    /// Offset of the L4 checksum field.
+    l4_check: usize,
+    udp_no_checksum: bool,
+    len: u64,
+}
+
+const L4: usize = ETH_HLEN + 20;
+
+#[inline(always)]
+fn parse(ctx: &XdpContext) -> Result<XdpPacket, ()> {
+    if read::<u16>(ctx, 12)? != ETH_P_IP_BE || read::<u8>(ctx, ETH_HLEN)? != 0x45 {
+        return Err(());
+    }
+    let tot_len = u16::from_be(read::<u16>(ctx, ETH_HLEN + 2)?);
+    let frag = u16::from_be(read::<u16>(ctx, ETH_HLEN + 6)?);
+    let proto = read::<u8>(ctx, ETH_HLEN + 9)?;
+    if frag & 0x3fff != 0 || (proto != PROTO_TCP && proto != PROTO_UDP) {
+        return Err(());
+    }
+    let (l4_len, l4_check) = if proto == PROTO_TCP {
+        (20, L4 + 16)
+    } else {
+        (8, L4 + 6)
+    };
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    if (tot_len as usize) < 20 + l4_len || ETH_HLEN + tot_len as usize > len as usize {
+        return Err(());
+    }
+    // Bounds for everything the rewrite touches.
+    ptr_at::<[u8; 20]>(ctx, L4)?;
+    let ports: [u16; 2] = read(ctx, L4)?;
+    let tcp_flags = if proto == PROTO_TCP {
+        read::<u8>(ctx, L4 + 13)?
+    } else {
+        0
+    };
+    Ok(XdpPacket {
+        flow: FlowKey {
+            src_ip_be: read(ctx, ETH_HLEN + IP_SADDR)?,
+            dst_ip_be: read(ctx, ETH_HLEN + IP_DADDR)?,
+            src_port_be: ports[0],
+            dst_port_be: ports[1],
+            proto,
+            _pad: [0; 3],
+        },
+        tcp_flags,
+        l4_check,
+        udp_no_checksum: proto == PROTO_UDP && read::<u16>(ctx, l4_check)? == 0,
+        len,
+    })
+}
+
+/// Rewrites one end (source or destination) of the packet.
+#[inline(always)]
+fn rewrite(
+    ctx: &XdpContext,
+    pkt: &XdpPacket,
+    destination: bool,
+    ip_be: u32,
+    port_be: u16,
+) -> Result<(), ()> {
+    let (ip_off, port_off, old_ip, old_port) = if destination {
+        (
+            ETH_HLEN + IP_DADDR,
+            L4 + 2,
+            pkt.flow.dst_ip_be,
+            pkt.flow.dst_port_be,
+        )
+    } else {
+        (
+            ETH_HLEN + IP_SADDR,
+            L4,
+            pkt.flow.src_ip_be,
+            pkt.flow.src_port_be,
+        )
+    };
+    let ip_check: u16 = read(ctx, ETH_HLEN + IP_CHECK)?;
+    write(
+        ctx,
+        ETH_HLEN + IP_CHECK,
+        csum::replace4(ip_check, old_ip, ip_be),
+    )?;
+    write(ctx, ip_off, ip_be)?;
+    if !pkt.udp_no_checksum {
+        let mut check: u16 = read(ctx, pkt.l4_check)?;
+        check = csum::replace4(check, old_ip, ip_be);
+        check = csum::replace2(check, old_port, port_be);
+        if pkt.flow.proto == PROTO_UDP && check == 0 {
+            check = 0xffff; // zero would mean "no checksum"
+        }
+        write(ctx, pkt.l4_check, check)?;
+    }
+    write(ctx, port_off, port_be)
+}
+
+pub fn handle(ctx: &XdpContext) -> u32 {
+    let Ok(pkt) = parse(ctx) else {
+        return XDP_PASS;
+    };
+    match try_handle(ctx, &pkt) {
+        Ok(action) => action,
+        Err(()) => XDP_PASS,
+    }
+}
+
+#[inline(always)]
+fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(entry) = conntrack::lookup(&pkt.flow) {
+        let entry = unsafe { &mut *entry };
+        if entry.kind == conn_kind::FORWARD && !conntrack::is_reopened(entry, pkt.tcp_flags) {
+            conntrack::touch(entry, pkt.tcp_flags, now);
+            let (ip, port, service_id) = (entry.nat_ip_be, entry.nat_port_be, entry.service_id);
+            rewrite(ctx, pkt, true, ip, port)?;
+            stats::count(reason::ESTABLISHED);
+            stats::count(reason::XDP_TRANSLATED);
+            stats::service(service_id, |c| {
+                c.packets += 1;
+                c.bytes += pkt.len;
+            });
+        }
+        // Translated or not (SNAT flows, their replies): the stack and tc
+        // take it from here.
+        return Ok(XDP_PASS);
+    }
+
+    let Some(master) = lookup::service_of(&pkt.flow) else {
+        return Ok(XDP_PASS);
+    };
+    let service_id = master.service_id;
+    if master.flags & service_flags::SOURCE_RANGES != 0
+        && !lookup::source_allowed(&pkt.flow, service_id)
+    {
+        stats::count(reason::SOURCE_RANGE_DENIED);
+        return Ok(XDP_DROP);
+    }
+    if master.count == 0 {
+        if master.flags & service_flags::DROP_IF_EMPTY != 0 {
+            stats::service(service_id, |c| c.no_backend += 1);
+            stats::count(reason::NO_LOCAL_BACKEND_DROPPED);
+            return Ok(XDP_DROP);
+        }
+        // Refusing needs a new packet: tc builds the ICMP error.
+        return Ok(XDP_PASS);
+    }
+    let Some((backend_id, backend)) = affinity::choose_backend(&pkt.flow, &master, now) else {
+        stats::count(reason::BACKEND_MISSING);
+        return Ok(XDP_DROP);
+    };
+    if backend.flags & backend_flags::LOCAL == 0 {
+        // To another node: tc SNATs and forwards it, choosing again (an
+        // affinity pin made here is the one it finds).
+        return Ok(XDP_PASS);
+    }
+    if conntrack::create(
+        &pkt.flow,
+        backend_id,
+        &backend,
+        service_id,
+        pkt.tcp_flags,
+        now,
+    )
+    .is_err()
+    {
+        stats::count(reason::CONNTRACK_FULL);
+    }
+    rewrite(ctx, pkt, true, backend.ip_be, backend.port_be)?;
+    stats::count(reason::NEW_FLOW);
+    stats::count(reason::XDP_TRANSLATED);
+    stats::service(service_id, |c| {
+        c.packets += 1;
+        c.bytes += pkt.len;
+        c.new_flows += 1;
+    });
+    Ok(XDP_PASS)
+}
