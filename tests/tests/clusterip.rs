@@ -83,13 +83,18 @@ impl Cluster {
     /// Writes the slice and waits until the TCP frontend shows `expected`
     /// backends; returns how long the change took to reach the maps.
     fn set_endpoints(&self, ready: &[u8], not_ready: &[u8]) -> Result<Duration> {
-        let expected: BTreeSet<String> = ready
+        self.write_slice_and_wait(&slice(ready, not_ready), ready)
+    }
+
+    /// Writes `slice_yaml` and waits until the TCP frontend's backends are
+    /// exactly the pods `expected`; returns how long that took.
+    fn write_slice_and_wait(&self, slice_yaml: &str, expected: &[u8]) -> Result<Duration> {
+        let expected: BTreeSet<String> = expected
             .iter()
             .map(|i| format!("{}:8080", backend_ip(*i)))
             .collect();
         let written = Instant::now();
-        self.manifests
-            .write("echo-slice.yaml", &slice(ready, not_ready))?;
+        self.manifests.write("echo-slice.yaml", slice_yaml)?;
         wait::until(
             "the new endpoints in the maps",
             Duration::from_secs(5),
@@ -581,5 +586,69 @@ fn client_ip_affinity_sticks_until_the_backend_goes_or_the_timeout_passes() -> R
         }
     }
     assert!(rebalanced, "the pin never expired");
+    Ok(())
+}
+
+#[test]
+fn terminating_endpoints_keep_their_flows_and_serve_only_as_a_fallback() -> Result<()> {
+    let c = Cluster::start(3)?;
+    let terminating = |i: u8, serving: bool| EndpointSpec {
+        ready: false,
+        serving,
+        terminating: true,
+        ..EndpointSpec::ready(backend_ip(i))
+    };
+    let ports = [("tcp", 8080, "TCP"), ("udp", 5353, "UDP")];
+    // A connection to b2 before it starts terminating.
+    let mut on_b2 = None;
+    for _ in 0..60 {
+        let mut s = c.client().tcp_connect(tcp_vip(), TIMEOUT)?;
+        if ask(&mut s)? == "b2" {
+            on_b2 = Some(s);
+            break;
+        }
+    }
+    let mut on_b2 = on_b2.expect("a connection landed on b2");
+
+    // b2 terminates (still serving), b0 and b1 ready: no new flow to b2,
+    // the existing one keeps working.
+    let eps = vec![
+        EndpointSpec::ready(backend_ip(0)),
+        EndpointSpec::ready(backend_ip(1)),
+        terminating(2, true),
+    ];
+    c.write_slice_and_wait(
+        &endpoint_slice_yaml("test", "echo-1", "echo", &ports, &eps),
+        &[0, 1],
+    )?;
+    for _ in 0..30 {
+        assert_ne!(
+            c.client().tcp_request(tcp_vip(), TIMEOUT)?,
+            "b2",
+            "new flow to a terminating endpoint"
+        );
+    }
+    assert_eq!(
+        ask(&mut on_b2)?,
+        "b2",
+        "established flow to a terminating endpoint dropped"
+    );
+
+    // Nothing ready any more: the serving terminating endpoints take new
+    // flows (kube-proxy's fallback), the non-serving one does not.
+    let eps = vec![
+        terminating(0, false),
+        terminating(1, true),
+        terminating(2, true),
+    ];
+    c.write_slice_and_wait(
+        &endpoint_slice_yaml("test", "echo-1", "echo", &ports, &eps),
+        &[1, 2],
+    )?;
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        seen.insert(c.client().tcp_request(tcp_vip(), TIMEOUT)?);
+    }
+    assert_eq!(seen, names(1..=2));
     Ok(())
 }
