@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 
 use crate::datapath::addr::{ip_be, ip_from_be, port_be, port_from_be};
 use crate::datapath::maglev;
-use crate::model::{BackendAddr, DesiredState, Frontend, Protocol};
+use crate::model::{BackendAddr, DesiredState, Frontend, Protocol, ServicePort};
 
 /// The map operations sync needs; implemented by the pinned maps and by an
 /// in-memory fake in tests.
@@ -113,8 +113,21 @@ pub enum Selection {
     Maglev { table_size: usize },
 }
 
+/// Which service ports (keys of [`DesiredState::services`]) a sync pass
+/// looks at.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    /// Everything: also removes frontends nothing in the desired state owns
+    /// (e.g. left by an earlier run).
+    All,
+    /// Only these service ports, present or gone; the rest is untouched.
+    Only(&'a BTreeSet<Frontend>),
+}
+
 /// What one frontend should look like, before backend IDs are known.
 struct FrontendPlan {
+    /// The service port (its key in the desired state) it belongs to.
+    owner: Frontend,
     name: String,
     backends: Vec<BackendAddr>,
     affinity_timeout_s: u32,
@@ -177,11 +190,27 @@ pub struct MapSync<M: ServiceMaps> {
     node_ips: Vec<Ipv4Addr>,
     selection: Selection,
     services: BTreeMap<Frontend, ProgrammedService>,
+    /// The service port each programmed frontend was planned from; frontends
+    /// adopted from an earlier run have none until the first full sync.
+    owners: HashMap<Frontend, Frontend>,
+    /// How many programmed frontends have each backend in their slots.
+    backend_users: HashMap<BackendId, usize>,
     backend_ids: HashMap<BackendAddr, BackendId>,
     /// Whether each backend is marked as on this node in the map.
     backend_local: HashMap<BackendId, bool>,
     service_ids: IdAllocator,
     backend_id_alloc: IdAllocator,
+}
+
+/// Adds `delta` to the user count of every distinct backend in `slots`.
+fn count_users(users: &mut HashMap<BackendId, usize>, slots: &[BackendId], delta: isize) {
+    for id in slots.iter().collect::<BTreeSet<_>>() {
+        let n = users.entry(*id).or_default();
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            users.remove(id);
+        }
+    }
 }
 
 fn frontend_key(f: &Frontend, slot: u16) -> ServiceKey {
@@ -295,8 +324,14 @@ impl<M: ServiceMaps> MapSync<M> {
             backends = backend_ids.len(),
             "adopted existing map state"
         );
+        let mut backend_users = HashMap::new();
+        for programmed in services.values() {
+            count_users(&mut backend_users, &programmed.slots, 1);
+        }
         Ok(Self {
             maps,
+            owners: HashMap::new(),
+            backend_users,
             backend_local,
             node: None,
             node_ips: Vec::new(),
@@ -338,17 +373,26 @@ impl<M: ServiceMaps> MapSync<M> {
         &mut self.maps
     }
 
-    /// Applies `desired`. Errors on single frontends or backends are
+    /// Applies all of `desired`. Errors on single frontends or backends are
     /// collected in the report; everything else is still applied.
     pub fn apply(&mut self, desired: &DesiredState) -> SyncReport {
+        self.apply_scoped(desired, Scope::All)
+    }
+
+    /// Applies the part of `desired` in `scope`: the cost is that of the
+    /// changed service ports, not of the whole cluster.
+    pub fn apply_scoped(&mut self, desired: &DesiredState, scope: Scope<'_>) -> SyncReport {
         let mut report = SyncReport::default();
-        let addr_of: HashMap<BackendId, BackendAddr> =
-            self.backend_ids.iter().map(|(a, i)| (*i, *a)).collect();
-        let wanted = self.plan(desired, &mut report);
+        let wanted = self.plan(desired, scope, &mut report);
+        let in_scope = |key: &Frontend| match scope {
+            Scope::All => true,
+            Scope::Only(keys) => keys.contains(key),
+        };
         let local: BTreeSet<BackendAddr> = desired
             .services
-            .values()
-            .flat_map(|sp| sp.endpoints.iter())
+            .iter()
+            .filter(|(key, _)| in_scope(key))
+            .flat_map(|(_, sp)| sp.endpoints.iter())
             .filter(|e| self.node.is_some() && e.node == self.node)
             .map(|e| e.addr)
             .collect();
@@ -392,6 +436,11 @@ impl<M: ServiceMaps> MapSync<M> {
             }
         }
 
+        let addr_of: HashMap<BackendId, BackendAddr> =
+            self.backend_ids.iter().map(|(a, i)| (*i, *a)).collect();
+        // Backends that may have lost their last user in this pass.
+        let mut maybe_unused: BTreeSet<BackendId> = BTreeSet::new();
+
         // 2. Frontends: create or update in place, then delete the gone ones.
         for (frontend, plan) in &wanted {
             let name = &plan.name;
@@ -419,6 +468,7 @@ impl<M: ServiceMaps> MapSync<M> {
                 source_ranges: plan.source_ranges.clone(),
                 slots,
             };
+            self.owners.insert(*frontend, plan.owner);
             let result = match self.services.get(frontend).cloned() {
                 None => self
                     .create_service(frontend, target)
@@ -447,6 +497,7 @@ impl<M: ServiceMaps> MapSync<M> {
                             })
                         })
                         .collect();
+                    maybe_unused.extend(departed.iter().map(|d| d.backend_id));
                     self.update_service(frontend, current, target).map(|()| {
                         report.services_updated += 1;
                         report.departed.extend(departed);
@@ -463,6 +514,10 @@ impl<M: ServiceMaps> MapSync<M> {
             .services
             .keys()
             .filter(|f| !wanted.contains_key(f))
+            .filter(|f| match scope {
+                Scope::All => true,
+                Scope::Only(keys) => self.owners.get(f).is_some_and(|o| keys.contains(o)),
+            })
             .copied()
             .collect();
         for frontend in gone {
@@ -486,6 +541,7 @@ impl<M: ServiceMaps> MapSync<M> {
                         .collect()
                 })
                 .unwrap_or_default();
+            maybe_unused.extend(departed.iter().map(|d| d.backend_id));
             match self.delete_service(&frontend) {
                 Ok(()) => {
                     report.services_deleted += 1;
@@ -495,23 +551,24 @@ impl<M: ServiceMaps> MapSync<M> {
             }
         }
 
-        // 3. Backends no slot refers to any more.
-        let referenced: BTreeSet<BackendId> = self
-            .services
-            .values()
-            .flat_map(|s| s.slots.iter().copied())
-            .collect();
-        let unused: Vec<(BackendAddr, BackendId)> = self
-            .backend_ids
-            .iter()
-            .filter(|(addr, id)| !needed.contains(addr) && !referenced.contains(id))
-            .map(|(a, i)| (*a, *i))
+        // 3. Backends no slot refers to any more. A full pass looks at all of
+        // them (adopted maps may hold strays), a scoped one at those that
+        // lost a user in it.
+        let candidates: Vec<(BackendAddr, BackendId)> = match scope {
+            Scope::All => self.backend_ids.iter().map(|(a, i)| (*a, *i)).collect(),
+            Scope::Only(_) => maybe_unused
+                .iter()
+                .filter_map(|id| addr_of.get(id).map(|a| (*a, *id)))
+                .collect(),
+        };
+        let unused: Vec<(BackendAddr, BackendId)> = candidates
+            .into_iter()
+            .filter(|(addr, id)| !needed.contains(addr) && !self.backend_users.contains_key(id))
             .collect();
         for (addr, id) in unused {
             match self.maps.delete_backend(id) {
                 Ok(()) => {
                     self.backend_ids.remove(&addr);
-                    self.backend_local.remove(&id);
                     self.backend_local.remove(&id);
                     self.backend_id_alloc.release(id);
                     report.backends_deleted += 1;
@@ -530,11 +587,28 @@ impl<M: ServiceMaps> MapSync<M> {
     fn plan(
         &self,
         desired: &DesiredState,
+        scope: Scope<'_>,
         report: &mut SyncReport,
     ) -> BTreeMap<Frontend, FrontendPlan> {
         let node = self.node.as_deref();
-        let mut wanted = BTreeMap::new();
-        for sp in desired.services.values() {
+        let mut wanted: BTreeMap<Frontend, FrontendPlan> = BTreeMap::new();
+        let ports: Vec<&ServicePort> = match scope {
+            Scope::All => desired.services.values().collect(),
+            Scope::Only(keys) => keys.iter().filter_map(|k| desired.services.get(k)).collect(),
+        };
+        // A frontend stays with the service port that has it, when that one
+        // is outside this pass and still wanted.
+        let held_elsewhere = |frontend: &Frontend| -> Option<String> {
+            let Scope::Only(keys) = scope else {
+                return None;
+            };
+            let owner = self.owners.get(frontend)?;
+            if keys.contains(owner) || !desired.services.contains_key(owner) {
+                return None;
+            }
+            self.services.get(frontend).map(|p| p.name.clone())
+        };
+        for sp in ports {
             let name = sp.name.to_string();
             let affinity_timeout_s = sp
                 .affinity
@@ -542,6 +616,7 @@ impl<M: ServiceMaps> MapSync<M> {
             wanted.insert(
                 sp.frontend,
                 FrontendPlan {
+                    owner: sp.frontend,
                     name: name.clone(),
                     backends: sp.backends_on(node),
                     affinity_timeout_s,
@@ -582,6 +657,7 @@ impl<M: ServiceMaps> MapSync<M> {
             for (frontend, is_lb) in frontends {
                 let ranged = is_lb && !ext.source_ranges.is_empty();
                 let plan = FrontendPlan {
+                    owner: sp.frontend,
                     name: name.clone(),
                     backends: external_backends.clone(),
                     affinity_timeout_s,
@@ -597,10 +673,13 @@ impl<M: ServiceMaps> MapSync<M> {
                         Vec::new()
                     },
                 };
-                if let Some(existing) = wanted.get(&frontend) {
+                if let Some(existing) = wanted
+                    .get(&frontend)
+                    .map(|p| p.name.clone())
+                    .or_else(|| held_elsewhere(&frontend))
+                {
                     report.errors.push(format!(
-                        "service {name}: {frontend} is already served by {}; not programmed twice",
-                        existing.name
+                        "service {name}: {frontend} is already served by {existing}; not programmed twice",
                     ));
                     continue;
                 }
@@ -667,6 +746,7 @@ impl<M: ServiceMaps> MapSync<M> {
             self.service_ids.release(service_id);
             return Err(e);
         }
+        count_users(&mut self.backend_users, &target.slots, 1);
         self.services.insert(
             *frontend,
             ProgrammedService {
@@ -716,6 +796,8 @@ impl<M: ServiceMaps> MapSync<M> {
         {
             self.maps.delete_source_range(service_id, *ip, *len)?;
         }
+        count_users(&mut self.backend_users, &current.slots, -1);
+        count_users(&mut self.backend_users, &target.slots, 1);
         self.services.insert(
             *frontend,
             ProgrammedService {
@@ -733,6 +815,8 @@ impl<M: ServiceMaps> MapSync<M> {
         // Master first: the frontend disappears as a whole.
         self.maps.delete_service(frontend_key(frontend, 0))?;
         self.services.remove(frontend);
+        self.owners.remove(frontend);
+        count_users(&mut self.backend_users, &current.slots, -1);
         for slot in 1..=current.slots.len() {
             if let Err(e) = self
                 .maps
@@ -1170,5 +1254,98 @@ pub(crate) mod tests {
         assert_eq!(alloc.allocate(), Some(3));
         assert_eq!(alloc.allocate(), Some(1), "wraps to the freed one");
         assert_eq!(alloc.allocate(), None);
+    }
+
+    /// What the maps say, by address rather than ID: frontend → backends in
+    /// slot order, and every backend entry.
+    fn resolved(sync: &MapSync<FakeMaps>) -> (BTreeMap<ServiceKey, Vec<u8>>, BTreeSet<u8>) {
+        let m = sync.maps();
+        let ip = |id: &BackendId| ip_from_be(m.backends[id].ip_be).octets()[3];
+        let frontends = m
+            .services
+            .iter()
+            .filter(|(k, _)| k.slot == 0)
+            .map(|(k, master)| {
+                let slots = (1..=master.count)
+                    .map(|s| ip(&m.services[&ServiceKey { slot: s, ..*k }].backend_id))
+                    .collect();
+                (*k, slots)
+            })
+            .collect();
+        (frontends, m.backends.keys().map(ip).collect())
+    }
+
+    /// The keys whose service port differs between two states.
+    fn changed_keys(old: &DesiredState, new: &DesiredState) -> BTreeSet<Frontend> {
+        old.services
+            .keys()
+            .chain(new.services.keys())
+            .filter(|k| old.services.get(k) != new.services.get(k))
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn scoped_sync_matches_full_sync() {
+        // Deterministic pseudo-random walk over states of 6 frontends drawing
+        // from 8 shared backends, external frontends included.
+        let mut seed: u64 = 0x5eed_1234_abcd_0001;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut scoped = MapSync::adopt(FakeMaps::default())
+            .expect("adopt")
+            .with_node_ips(vec![Ipv4Addr::new(10, 10, 0, 1)]);
+        let mut full = MapSync::adopt(FakeMaps::default())
+            .expect("adopt")
+            .with_node_ips(vec![Ipv4Addr::new(10, 10, 0, 1)]);
+        let mut previous = DesiredState::default();
+        for step in 0..300 {
+            let mut services: Vec<(Frontend, Vec<u8>)> = Vec::new();
+            for f in 1..=6u8 {
+                if next(4) == 0 {
+                    continue;
+                }
+                let backends = (1..=8u8).filter(|_| next(2) == 0).collect();
+                services.push((frontend(f, 80), backends));
+            }
+            let as_slices: Vec<(Frontend, &[u8])> =
+                services.iter().map(|(f, b)| (*f, b.as_slice())).collect();
+            let mut desired = state(&as_slices);
+            for sp in desired.services.values_mut() {
+                if next(3) == 0 {
+                    sp.service_type = ServiceType::NodePort;
+                    sp.external.node_port = Some(30000 + u16::from(sp.frontend.ip.octets()[3]));
+                }
+            }
+            let keys = changed_keys(&previous, &desired);
+            let r = scoped.apply_scoped(&desired, Scope::Only(&keys));
+            assert!(r.errors.is_empty(), "step {step}: {:?}", r.errors);
+            full.apply(&desired);
+            assert_eq!(resolved(&scoped), resolved(&full), "step {step}");
+            previous = desired;
+        }
+    }
+
+    #[test]
+    fn scoped_sync_leaves_other_services_alone() {
+        let a = frontend(1, 80);
+        let b = frontend(2, 80);
+        let mut sync = MapSync::adopt(FakeMaps::default()).expect("adopt");
+        sync.apply(&state(&[(a, &[1, 2]), (b, &[2, 3])]));
+        // b changed in the cluster, but only a is in scope: b keeps its slots.
+        let desired = state(&[(a, &[1]), (b, &[4])]);
+        let r = sync.apply_scoped(&desired, Scope::Only(&BTreeSet::from([a])));
+        assert_eq!(r.services_updated, 1);
+        assert_eq!(backend_ips(&sync, &a), vec![1]);
+        assert_eq!(backend_ips(&sync, &b), vec![2, 3]);
+        // Backend 2 is still b's: it stays in the backends map.
+        assert_eq!(r.backends_deleted, 0);
+        let r = sync.apply_scoped(&desired, Scope::Only(&BTreeSet::from([b])));
+        assert_eq!(backend_ips(&sync, &b), vec![4]);
+        assert_eq!(r.backends_deleted, 2, "2 and 3 have no user left");
     }
 }
