@@ -1,26 +1,42 @@
 //! `switchyard agent`: keeps the datapath in line with a source of cluster
 //! state and attached to the pod interfaces that come and go.
 
-use std::net::Ipv4Addr;
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::datapath::conntrack::{self, Timeouts};
 use crate::datapath::ifaces::{self, IfaceGlobs};
 use crate::datapath::loader::{self, Datapath, XdpChoice};
 use crate::datapath::maps::PinnedMaps;
-use crate::datapath::sync::{MapSync, Selection, SyncReport};
+use crate::datapath::sync::{MapSync, Scope, Selection, SyncReport};
 use crate::health::HealthServers;
+use crate::metrics::{FrontendCounterSource, Metrics, SyncLabel};
 use crate::model::DesiredState;
-use crate::source::standalone;
+use crate::source::kubernetes::{self, KubernetesSource};
+use crate::source::{StateDelta, standalone};
+
+/// Where the cluster's Services and EndpointSlices come from.
+pub enum SourceConfig {
+    /// Manifests in a directory, followed while running.
+    Standalone(PathBuf),
+    /// An API server: this kubeconfig, or the in-cluster configuration.
+    Kubernetes { kubeconfig: Option<PathBuf> },
+}
 
 pub struct AgentConfig {
-    pub standalone_dir: PathBuf,
+    pub source: SourceConfig,
+    /// Where /metrics, /healthz, /livez and /readyz are served.
+    pub http_addrs: Vec<SocketAddr>,
+    /// API changes arriving this close together are applied as one batch.
+    pub batch_window: Duration,
     pub pin_dir: PathBuf,
     pub pod_ifaces: IfaceGlobs,
     pub bpf_object: Option<PathBuf>,
@@ -97,13 +113,19 @@ fn configure_snat(
     Ok(())
 }
 
-fn log_report(report: &SyncReport, elapsed: Duration, services: usize) {
+fn log_report(
+    report: &SyncReport,
+    elapsed: Duration,
+    services: usize,
+    propagation: Option<Duration>,
+) {
     for e in &report.errors {
         error!("sync: {e}");
     }
     if report.changed() || !report.errors.is_empty() {
         info!(
             services,
+            propagation_ms = propagation.map(|d| d.as_secs_f64() * 1000.0),
             created = report.services_created,
             updated = report.services_updated,
             deleted = report.services_deleted,
@@ -114,6 +136,29 @@ fn log_report(report: &SyncReport, elapsed: Duration, services: usize) {
             "maps synced"
         );
     }
+}
+
+/// Exports what the maps hold: counts and the frontends whose per-service
+/// counters `/metrics` reads.
+fn publish_programmed(metrics: &Metrics, sync: &MapSync<PinnedMaps>) {
+    let programmed = sync.programmed();
+    metrics.frontends_programmed.set(programmed.len() as i64);
+    metrics.backends_programmed.set(sync.backend_count() as i64);
+    metrics.set_map_entries(
+        "services",
+        programmed.values().map(|p| 1 + p.slots.len()).sum(),
+    );
+    metrics.set_map_entries("backends", sync.backend_count());
+    metrics.set_frontends(
+        programmed
+            .iter()
+            .map(|(frontend, p)| FrontendCounterSource {
+                service_id: p.service_id,
+                service: p.name.clone(),
+                frontend: frontend.to_string(),
+            })
+            .collect(),
+    );
 }
 
 pub async fn run(cfg: AgentConfig) -> Result<()> {
@@ -140,50 +185,115 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         "agent starting"
     );
 
-    let (tx, mut desired_rx) = watch::channel(DesiredState::default());
-    let source = tokio::spawn(standalone::watch_dir(
-        cfg.standalone_dir.clone(),
-        cfg.poll_interval,
-        tx,
-    ));
+    let metrics = Arc::new(Metrics::new(cfg.pin_dir.clone()));
+    let mut http_servers = Vec::new();
+    for addr in &cfg.http_addrs {
+        http_servers.push(crate::http::serve(*addr, metrics.clone()).await?);
+    }
+
+    let (tx, mut deltas) = mpsc::channel::<StateDelta>(16);
+    let source = match &cfg.source {
+        SourceConfig::Standalone(dir) => {
+            tokio::spawn(standalone::watch_dir(dir.clone(), cfg.poll_interval, tx))
+        }
+        SourceConfig::Kubernetes { kubeconfig } => {
+            let client = kubernetes::client(kubeconfig.as_deref()).await?;
+            let source = KubernetesSource {
+                client,
+                node_name: cfg.node_name.clone(),
+                batch_window: cfg.batch_window,
+                metrics: metrics.clone(),
+            };
+            tokio::spawn(source.run(tx))
+        }
+    };
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
 
-    // The first state from the source is applied before attaching, so the
-    // programs never see half-filled maps on a fresh node.
-    tokio::select! {
-        changed = desired_rx.changed() => {
-            if changed.is_err() {
-                bail!("the standalone source stopped before delivering any state");
-            }
-        }
-        _ = sigterm.recv() => return Ok(()),
-        _ = sigint.recv() => return Ok(()),
-    }
-    let node_name = cfg.node_name.clone();
-    let mut apply = |sync: &mut MapSync<PinnedMaps>, desired: &DesiredState| {
-        health.update(crate::health::wanted(desired, node_name.as_deref()));
-        let started = Instant::now();
-        let report = sync.apply(desired);
-        log_report(&report, started.elapsed(), desired.services.len());
-        match conntrack::flush_backends(sync.maps_mut(), &report.udp_backends_gone()) {
-            Ok(0) => {}
-            Ok(n) => info!(flows = n, "flushed UDP flows of removed backends"),
-            Err(e) => warn!("flushing UDP flows of removed backends: {e:#}"),
-        }
-        match sync.maps_mut().flush_affinity(&report.departed) {
-            Ok(0) => {}
-            Ok(n) => info!(pins = n, "dropped affinity pins to removed backends"),
-            Err(e) => warn!("dropping affinity pins to removed backends: {e:#}"),
+    // The first complete state from the source is applied before attaching,
+    // so the programs never see half-filled maps on a fresh node; a restarted
+    // agent keeps serving from the pinned maps meanwhile.
+    let mut desired = DesiredState::default();
+    let first = loop {
+        tokio::select! {
+            delta = deltas.recv() => match delta {
+                Some(delta) if delta.complete => break delta,
+                Some(delta) => { desired.apply_delta(&delta); }
+                None => bail!("the source stopped before delivering a complete state"),
+            },
+            _ = sigterm.recv() => return Ok(()),
+            _ = sigint.recv() => return Ok(()),
         }
     };
-    let first = desired_rx.borrow_and_update().clone();
-    apply(&mut sync, &first);
+    let node_name = cfg.node_name.clone();
+    let static_node_ips = !cfg.node_ips.is_empty();
+    let interface_ips = node_ips.clone();
+    let mut apply =
+        |sync: &mut MapSync<PinnedMaps>, desired: &mut DesiredState, delta: StateDelta| {
+            let changed = desired.apply_delta(&delta);
+            let mut full = delta.complete;
+            if let Some(from_node) = &delta.node_addresses
+                && !static_node_ips
+            {
+                let ips: Vec<Ipv4Addr> = interface_ips
+                    .iter()
+                    .chain(from_node)
+                    .copied()
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                if ips != sync.node_ips() {
+                    info!(node_ips = ?ips, "node addresses for node ports changed");
+                    sync.set_node_ips(ips);
+                    full = true;
+                }
+            }
+            if !full && changed.is_empty() {
+                return;
+            }
+            health.update(crate::health::wanted(desired, node_name.as_deref()));
+            let started = Instant::now();
+            let report = if full {
+                sync.apply(desired)
+            } else {
+                sync.apply_scoped(desired, Scope::Only(&changed))
+            };
+            let elapsed = started.elapsed();
+            metrics
+                .sync_duration
+                .get_or_create(&SyncLabel {
+                    kind: if full { "full" } else { "incremental" },
+                })
+                .observe(elapsed.as_secs_f64());
+            metrics.sync_errors.inc_by(report.errors.len() as u64);
+            let now = SystemTime::now();
+            let mut slowest: Option<Duration> = None;
+            for at in &delta.triggered_at {
+                if let Ok(delay) = now.duration_since(*at) {
+                    metrics.propagation_delay.observe(delay.as_secs_f64());
+                    slowest = slowest.max(Some(delay));
+                }
+            }
+            log_report(&report, elapsed, desired.services.len(), slowest);
+            publish_programmed(&metrics, sync);
+            match conntrack::flush_backends(sync.maps_mut(), &report.udp_backends_gone()) {
+                Ok(0) => {}
+                Ok(n) => info!(flows = n, "flushed UDP flows of removed backends"),
+                Err(e) => warn!("flushing UDP flows of removed backends: {e:#}"),
+            }
+            match sync.maps_mut().flush_affinity(&report.departed) {
+                Ok(0) => {}
+                Ok(n) => info!(pins = n, "dropped affinity pins to removed backends"),
+                Err(e) => warn!("dropping affinity pins to removed backends: {e:#}"),
+            }
+        };
+    apply(&mut sync, &mut desired, first);
     if let Err(e) = ifaces::reconcile(&mut datapath, &cfg.pod_ifaces, cfg.external_ifaces.as_ref())
     {
         warn!("listing interfaces: {e:#}");
     }
+    metrics.set_ready();
     info!(
         services = sync.programmed().len(),
         interfaces = datapath.attached().count(),
@@ -193,13 +303,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let mut iface_tick = tokio::time::interval(cfg.poll_interval);
     let mut gc_tick = tokio::time::interval(cfg.conntrack_gc_interval);
     let outcome = loop {
+        metrics.beat();
         tokio::select! {
-            changed = desired_rx.changed() => {
-                if changed.is_err() {
-                    break Err(anyhow::anyhow!("the standalone source stopped"));
-                }
-                let desired = desired_rx.borrow_and_update().clone();
-                apply(&mut sync, &desired);
+            delta = deltas.recv() => {
+                let Some(delta) = delta else {
+                    break Err(anyhow::anyhow!("the source stopped"));
+                };
+                apply(&mut sync, &mut desired, delta);
             }
             _ = iface_tick.tick() => {
                 if let Err(e) = ifaces::reconcile(&mut datapath, &cfg.pod_ifaces, cfg.external_ifaces.as_ref()) {
@@ -209,11 +319,16 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             _ = gc_tick.tick() => {
                 let now = conntrack::monotonic_ns();
                 match conntrack::collect_garbage(sync.maps_mut(), now, &cfg.conntrack_timeouts) {
-                    Ok(sweep) if sweep.connections + sweep.orphans > 0 => {
-                        debug!(connections = sweep.connections, orphans = sweep.orphans, "conntrack sweep");
+                    Ok(sweep) => {
+                        metrics.set_map_entries("conntrack", sweep.remaining);
+                        if sweep.connections + sweep.orphans > 0 {
+                            debug!(connections = sweep.connections, orphans = sweep.orphans, "conntrack sweep");
+                        }
                     }
-                    Ok(_) => {}
                     Err(e) => warn!("conntrack sweep: {e:#}"),
+                }
+                if let Ok(n) = sync.maps().affinity_entries() {
+                    metrics.set_map_entries("affinity", n);
                 }
             }
             _ = sigterm.recv() => break Ok(()),
@@ -221,6 +336,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         }
     };
     source.abort();
+    for server in http_servers {
+        server.abort();
+    }
     datapath.detach_all();
     info!(pin_dir = %cfg.pin_dir.display(), "agent stopped; maps stay pinned for the next start");
     outcome

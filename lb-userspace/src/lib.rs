@@ -4,6 +4,8 @@
 pub mod agent;
 pub mod datapath;
 pub mod health;
+pub mod http;
 pub mod inspect;
+pub mod metrics;
 pub mod model;
 pub mod source;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
-    agent::{self, AgentConfig},
+    agent::{self, AgentConfig, SourceConfig},
     datapath::{
         DEFAULT_PIN_DIR,
         conntrack::Timeouts,
@@ -67,8 +67,23 @@ enum Command {
 struct AgentArgs {
     /// Read Services and EndpointSlices from YAML/JSON manifests in DIR
     /// (followed while running) instead of an API server.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
     standalone: Option<PathBuf>,
+    /// Kubeconfig for the API server (default: in-cluster configuration,
+    /// then $KUBECONFIG / ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Address for /metrics (and the health endpoints); `none` to disable.
+    #[arg(long, default_value = "127.0.0.1:10249", value_name = "ADDR")]
+    metrics_addr: String,
+    /// Address for /healthz, /livez and /readyz (and /metrics), where the
+    /// kubelet's probes and load-balancer health checks reach it; `none` to
+    /// disable.
+    #[arg(long, default_value = "0.0.0.0:10256", value_name = "ADDR")]
+    health_addr: String,
+    /// API changes arriving within this window are applied as one batch.
+    #[arg(long, default_value = "10", value_name = "MS")]
+    batch_ms: u64,
     /// bpffs directory for the pinned maps.
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
@@ -176,13 +191,28 @@ fn main() -> Result<()> {
             if args.cleanup {
                 return loader::cleanup(&args.pin_dir);
             }
-            let Some(standalone_dir) = args.standalone else {
-                bail!(
-                    "no source given: pass --standalone DIR (the API-server source is not built yet)"
-                );
+            let source = match args.standalone {
+                Some(dir) => SourceConfig::Standalone(dir),
+                None => SourceConfig::Kubernetes {
+                    kubeconfig: args.kubeconfig,
+                },
             };
+            let mut http_addrs = Vec::new();
+            for (flag, text) in [
+                ("--metrics-addr", &args.metrics_addr),
+                ("--health-addr", &args.health_addr),
+            ] {
+                if text != "none" {
+                    http_addrs.push(
+                        text.parse()
+                            .map_err(|e| anyhow::anyhow!("{flag} {text:?}: {e}"))?,
+                    );
+                }
+            }
             let cfg = AgentConfig {
-                standalone_dir,
+                source,
+                http_addrs,
+                batch_window: Duration::from_millis(args.batch_ms),
                 pin_dir: args.pin_dir,
                 pod_ifaces: IfaceGlobs::parse(&args.pod_ifaces)?,
                 bpf_object: args.bpf_object,

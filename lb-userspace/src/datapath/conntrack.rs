@@ -101,6 +101,8 @@ pub fn expired(
 pub struct Sweep {
     pub connections: usize,
     pub orphans: usize,
+    /// Entries left in the table after the sweep.
+    pub remaining: usize,
 }
 
 /// Entry access the sweeps need; the pinned conntrack map in the agent.
@@ -118,6 +120,7 @@ pub fn collect_garbage(
     let entries = table.entries()?;
     let index: std::collections::HashMap<FlowKey, ConnEntry> = entries.iter().copied().collect();
     let mut sweep = Sweep::default();
+    let mut removed = 0;
     let mut partnered = BTreeSet::new();
     for (key, entry) in entries.iter().filter(|(_, e)| is_forward(e)) {
         let rkey = reply_key(key, entry);
@@ -127,8 +130,10 @@ pub fn collect_garbage(
         }
         if expired(key.proto, entry, reply, now_ns, t) {
             table.remove(key)?;
+            removed += 1;
             if reply.is_some() {
                 table.remove(&rkey)?;
+                removed += 1;
             }
             sweep.connections += 1;
         }
@@ -138,9 +143,11 @@ pub fn collect_garbage(
     for (key, entry) in entries.iter().filter(|(_, e)| !is_forward(e)) {
         if !partnered.contains(&flow_tuple(key)) && expired(key.proto, entry, None, now_ns, t) {
             table.remove(key)?;
+            removed += 1;
             sweep.orphans += 1;
         }
     }
+    sweep.remaining = entries.len().saturating_sub(removed);
     Ok(sweep)
 }
 
@@ -291,7 +298,8 @@ mod tests {
             sweep,
             Sweep {
                 connections: 1,
-                orphans: 0
+                orphans: 0,
+                remaining: 2,
             }
         );
         assert_eq!(table.0.len(), 2, "the busy connection keeps both entries");

@@ -64,6 +64,16 @@ impl PinnedMaps {
             .unwrap_or(0)
     }
 
+    /// Entries in the affinity map (walks the keys).
+    pub fn affinity_entries(&self) -> Result<usize> {
+        let mut n = 0;
+        for key in self.affinity.keys() {
+            key.context("reading affinity keys")?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     pub fn service_counters(&self, service_id: u32) -> ServiceCounters {
         let mut total = ServiceCounters::default();
         if let Ok(per_cpu) = self.service_stats.get(&service_id, 0) {

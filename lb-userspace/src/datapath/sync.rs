@@ -361,6 +361,21 @@ impl<M: ServiceMaps> MapSync<M> {
         self
     }
 
+    /// Changes the addresses node ports are served on; takes effect with
+    /// the next full [`MapSync::apply`].
+    pub fn set_node_ips(&mut self, ips: Vec<Ipv4Addr>) {
+        self.node_ips = ips;
+    }
+
+    pub fn node_ips(&self) -> &[Ipv4Addr] {
+        &self.node_ips
+    }
+
+    /// Backends in the backends map.
+    pub fn backend_count(&self) -> usize {
+        self.backend_ids.len()
+    }
+
     pub fn programmed(&self) -> &BTreeMap<Frontend, ProgrammedService> {
         &self.services
     }
@@ -594,7 +609,10 @@ impl<M: ServiceMaps> MapSync<M> {
         let mut wanted: BTreeMap<Frontend, FrontendPlan> = BTreeMap::new();
         let ports: Vec<&ServicePort> = match scope {
             Scope::All => desired.services.values().collect(),
-            Scope::Only(keys) => keys.iter().filter_map(|k| desired.services.get(k)).collect(),
+            Scope::Only(keys) => keys
+                .iter()
+                .filter_map(|k| desired.services.get(k))
+                .collect(),
         };
         // A frontend stays with the service port that has it, when that one
         // is outside this pass and still wanted.

@@ -2,13 +2,80 @@
 //! Kubernetes objects ([`ClusterObjects`]); [`translate`] turns them into a
 //! [`crate::model::DesiredState`] with kube-proxy's semantics.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use crate::model::{DesiredState, Frontend, ServicePort};
+
+pub mod kubernetes;
 pub mod standalone;
 pub mod translate;
+
+/// One batch of changes from a source to the agent. Sources send only what
+/// changed, so the agent's work follows the size of the change, not of the
+/// cluster.
+#[derive(Clone, Debug, Default)]
+pub struct StateDelta {
+    /// Service ports (by their key in [`DesiredState::services`]) that
+    /// appeared or changed, or went away (`None`).
+    pub ports: BTreeMap<Frontend, Option<ServicePort>>,
+    /// The source has now delivered everything it knows: on the first such
+    /// batch the agent removes whatever the maps hold that nothing owns.
+    pub complete: bool,
+    /// When the writes behind this batch were made at the API server (from
+    /// EndpointSlices' `endpoints.kubernetes.io/last-change-trigger-time`),
+    /// for the propagation-delay metric.
+    pub triggered_at: Vec<SystemTime>,
+    /// This node's addresses from its Node object, when they changed.
+    pub node_addresses: Option<Vec<Ipv4Addr>>,
+}
+
+impl StateDelta {
+    /// The batch that turns `old` into `new`.
+    pub fn between(old: &DesiredState, new: &DesiredState) -> Self {
+        let gone = old
+            .services
+            .keys()
+            .filter(|k| !new.services.contains_key(k))
+            .map(|k| (*k, None));
+        let changed = new
+            .services
+            .iter()
+            .filter(|(k, sp)| old.services.get(k) != Some(sp))
+            .map(|(k, sp)| (*k, Some(sp.clone())));
+        Self {
+            ports: gone.chain(changed).collect(),
+            ..Self::default()
+        }
+    }
+}
+
+impl DesiredState {
+    /// Applies a batch; returns the keys whose service port really changed.
+    pub fn apply_delta(&mut self, delta: &StateDelta) -> BTreeSet<Frontend> {
+        let mut changed = BTreeSet::new();
+        for (key, port) in &delta.ports {
+            let differs = match port {
+                Some(sp) => self.services.get(key) != Some(sp),
+                None => self.services.contains_key(key),
+            };
+            if !differs {
+                continue;
+            }
+            match port {
+                Some(sp) => self.services.insert(*key, sp.clone()),
+                None => self.services.remove(key),
+            };
+            changed.insert(*key);
+        }
+        changed
+    }
+}
 
 /// An object with where it came from, for error messages.
 #[derive(Clone, Debug)]

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::translate::translate;
-use super::{ClusterObjects, ObjectError, Sourced};
+use super::{ClusterObjects, ObjectError, Sourced, StateDelta};
 use crate::model::DesiredState;
 
 #[derive(Debug, Default)]
@@ -178,9 +178,10 @@ fn fingerprint(dir: &Path) -> std::io::Result<Vec<FileStamp>> {
         .collect()
 }
 
-/// Polls `dir` every `interval` and publishes the desired state whenever it
-/// changes. The first state is published at once, even if it is empty.
-pub async fn watch_dir(dir: PathBuf, interval: Duration, tx: watch::Sender<DesiredState>) {
+/// Polls `dir` every `interval` and sends what changed whenever the files
+/// change. The first batch (complete) is sent at once, even if it is empty.
+pub async fn watch_dir(dir: PathBuf, interval: Duration, tx: mpsc::Sender<StateDelta>) {
+    let mut last = DesiredState::default();
     let mut last_fingerprint = None;
     let mut unreadable = false;
     let mut reported: BTreeSet<String> = BTreeSet::new();
@@ -229,14 +230,12 @@ pub async fn watch_dir(dir: PathBuf, interval: Duration, tx: watch::Sender<Desir
             "manifests loaded"
         );
         let desired = translation.desired;
-        tx.send_if_modified(|old| {
-            let changed = first || *old != desired;
-            *old = desired;
-            changed
-        });
-        if tx.is_closed() {
+        let mut delta = StateDelta::between(&last, &desired);
+        delta.complete = first;
+        if (first || !delta.ports.is_empty()) && tx.send(delta).await.is_err() {
             return;
         }
+        last = desired;
         first = false;
         last_fingerprint = current;
     }
@@ -335,22 +334,25 @@ mod tests {
     #[tokio::test]
     async fn watcher_follows_changes() {
         let d = TempDir::new();
-        let (tx, mut rx) = watch::channel(DesiredState::default());
+        let (tx, mut rx) = mpsc::channel(4);
         let task = tokio::spawn(watch_dir(d.0.clone(), Duration::from_millis(20), tx));
-        rx.changed().await.expect("first state");
-        assert!(rx.borrow_and_update().services.is_empty());
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("in time")
+                .expect("open")
+        };
+        let first = next().await;
+        assert!(first.complete && first.ports.is_empty());
         d.write("web.yaml", SVC);
-        tokio::time::timeout(Duration::from_secs(5), rx.changed())
-            .await
-            .expect("in time")
-            .expect("open");
-        assert_eq!(rx.borrow_and_update().services.len(), 1);
+        let added = next().await;
+        assert!(!added.complete);
+        assert_eq!(added.ports.len(), 1);
+        assert!(added.ports.values().all(Option::is_some));
         std::fs::remove_file(d.0.join("web.yaml")).expect("rm");
-        tokio::time::timeout(Duration::from_secs(5), rx.changed())
-            .await
-            .expect("in time")
-            .expect("open");
-        assert!(rx.borrow_and_update().services.is_empty());
+        let removed = next().await;
+        assert_eq!(removed.ports.len(), 1);
+        assert!(removed.ports.values().all(Option::is_none));
         task.abort();
     }
 }

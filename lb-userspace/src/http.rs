@@ -1,0 +1,133 @@
+//! The agent's HTTP endpoints: `/metrics` (Prometheus), `/healthz` and
+//! `/livez` (the main loop is alive), `/readyz` (the first complete state is
+//! in the maps). Served on each configured address, nowhere else.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::{debug, info};
+
+use crate::metrics::Metrics;
+
+/// The main loop ticks at least this often; longer silence means it is stuck.
+pub const LIVENESS_LIMIT: Duration = Duration::from_secs(60);
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+pub fn route(metrics: &Metrics, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        );
+    }
+    match path {
+        "/metrics" => respond(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.render(),
+        ),
+        "/healthz" | "/livez" => {
+            let silent = metrics.since_heartbeat();
+            if silent <= LIVENESS_LIMIT {
+                respond(StatusCode::OK, "text/plain", "ok\n".into())
+            } else {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("main loop silent for {}s\n", silent.as_secs()),
+                )
+            }
+        }
+        "/readyz" => {
+            if metrics.is_ready() {
+                respond(StatusCode::OK, "text/plain", "ok\n".into())
+            } else {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "waiting for the first complete sync\n".into(),
+                )
+            }
+        }
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// Binds `addr` (so a taken port fails the start, loudly) and serves it in
+/// the background.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics/health address {addr}"))?;
+    info!(%addr, "serving /metrics, /healthz, /livez, /readyz");
+    Ok(tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(%addr, "accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let response = route(&metrics, req.method(), req.uri().path());
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    debug!(%peer, "http connection: {e}");
+                }
+            });
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn readiness_follows_the_first_sync() {
+        let m = Metrics::new(PathBuf::from("/nonexistent/switchyard-test"));
+        assert_eq!(
+            route(&m, &Method::GET, "/readyz").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        m.set_ready();
+        assert_eq!(route(&m, &Method::GET, "/readyz").status(), StatusCode::OK);
+        assert_eq!(route(&m, &Method::GET, "/healthz").status(), StatusCode::OK);
+        assert_eq!(
+            route(&m, &Method::GET, "/nope").status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            route(&m, &Method::POST, "/metrics").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+}
