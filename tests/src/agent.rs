@@ -11,10 +11,19 @@ use crate::command::run;
 use crate::paths::switchyard_bin;
 use crate::wait;
 
+/// Where the agent reads the cluster's objects.
+#[derive(Clone, Debug)]
+pub enum AgentSource {
+    /// `--standalone DIR`.
+    Manifests(PathBuf),
+    /// `--kubeconfig FILE`: a real API server.
+    Kubeconfig(PathBuf),
+}
+
 pub struct AgentOptions {
     pub node_ns: String,
     pub pin_dir: PathBuf,
-    pub manifests: PathBuf,
+    pub source: AgentSource,
     pub pod_ifaces: String,
     pub extra_args: Vec<String>,
 }
@@ -61,13 +70,11 @@ impl AgentProcess {
         let child = Command::new("nsenter")
             .arg(&netns)
             .arg(&bin)
-            .args([
-                "--log-level",
-                "info,lb_userspace=debug",
-                "agent",
-                "--standalone",
-            ])
-            .arg(&self.opts.manifests)
+            .args(["--log-level", "info,lb_userspace=debug", "agent"])
+            .args(match &self.opts.source {
+                AgentSource::Manifests(dir) => ["--standalone".as_ref(), dir.as_os_str()],
+                AgentSource::Kubeconfig(file) => ["--kubeconfig".as_ref(), file.as_os_str()],
+            })
             .arg("--pin-dir")
             .arg(&self.opts.pin_dir)
             .args(["--pod-ifaces", &self.opts.pod_ifaces, "--poll-ms", "100"])

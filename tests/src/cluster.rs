@@ -23,6 +23,11 @@ pub fn external_client_ip() -> Ipv4Addr {
     Ipv4Addr::new(10, 10, 0, 100)
 }
 
+/// Where the API server of the controller tests listens, on the underlay.
+pub fn control_plane_ip() -> Ipv4Addr {
+    Ipv4Addr::new(10, 10, 0, 250)
+}
+
 /// The node name the agents and EndpointSlices use for node `n`.
 pub fn node_name(n: u8) -> String {
     format!("node-{n}")
@@ -54,6 +59,9 @@ impl Node {
 pub struct MultiNode {
     pub nodes: Vec<Node>,
     external: Pod,
+    /// A host on the underlay for the API server, when asked for.
+    control_plane: Option<Pod>,
+    id: String,
     underlay_ns: String,
 }
 
@@ -72,6 +80,8 @@ impl MultiNode {
         let mut cluster = Self {
             nodes: Vec::new(),
             external: Pod::detached("external", &format!("{id}-ext"), external_client_ip(), ""),
+            control_plane: None,
+            id: id.clone(),
             underlay_ns,
         };
         cluster
@@ -159,6 +169,25 @@ impl MultiNode {
         Ok(())
     }
 
+    /// A control-plane host namespace on the underlay at
+    /// [`control_plane_ip`], where the agents reach an API server over their
+    /// nodes' external interfaces, as on a real cluster.
+    pub fn add_control_plane(&mut self) -> Result<&Pod> {
+        if self.control_plane.is_none() {
+            let ns = format!("{}-cp", self.id);
+            let mut host = Pod::detached("control-plane", &ns, control_plane_ip(), "");
+            run(&["ip", "netns", "add", &ns])?;
+            host.set_attached();
+            self.control_plane = Some(host);
+            sysctl(&ns, "net.ipv6.conf.all.disable_ipv6", "1")?;
+            run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+            self.plug(&ns, "eth0", &format!("{}c", self.id), control_plane_ip())?;
+        }
+        self.control_plane
+            .as_ref()
+            .context("control plane host just made")
+    }
+
     pub fn node(&self, n: u8) -> &Node {
         &self.nodes[usize::from(n) - 1]
     }
@@ -194,6 +223,9 @@ impl Drop for MultiNode {
         self.nodes.clear();
         if self.external.is_attached() {
             let _ = run(&["ip", "netns", "del", self.external.ns()]);
+        }
+        if let Some(cp) = self.control_plane.as_ref().filter(|cp| cp.is_attached()) {
+            let _ = run(&["ip", "netns", "del", cp.ns()]);
         }
         let _ = run(&["ip", "netns", "del", &self.underlay_ns]);
     }

@@ -18,7 +18,7 @@ pub mod pod_server;
 pub mod topology;
 pub mod wait;
 
-pub use agent::{AgentOptions, AgentProcess};
+pub use agent::{AgentOptions, AgentProcess, AgentSource};
 pub use client::is_refused;
 pub use cluster::{MultiNode, Node};
 pub use manifests::{

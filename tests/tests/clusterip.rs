@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use switchyard_tests::{
-    AgentOptions, AgentProcess, EndpointSpec, ManifestDir, PodServer, ServerPorts, Topology,
-    cleanup_stale, client::ask, endpoint_slice_yaml, is_refused, service_yaml, wait,
+    AgentOptions, AgentProcess, AgentSource, EndpointSpec, ManifestDir, PodServer, ServerPorts,
+    Topology, cleanup_stale, client::ask, endpoint_slice_yaml, is_refused, service_yaml, wait,
     with_client_ip_affinity,
 };
 
@@ -59,7 +59,7 @@ impl Cluster {
         let agent = AgentProcess::start(AgentOptions {
             node_ns: topo.node_ns().to_string(),
             pin_dir: format!("/sys/fs/bpf/{}", topo.id()).into(),
-            manifests: manifests.path().to_path_buf(),
+            source: AgentSource::Manifests(manifests.path().to_path_buf()),
             pod_ifaces: topo.pod_iface_glob(),
             extra_args: agent_args.iter().map(|a| a.to_string()).collect(),
         })?;

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use switchyard_tests::{
-    AgentOptions, AgentProcess, EndpointSpec, ManifestDir, ServerPorts, Topology, cleanup_stale,
-    endpoint_slice_yaml, is_refused, service_yaml,
+    AgentOptions, AgentProcess, AgentSource, EndpointSpec, ManifestDir, ServerPorts, Topology,
+    cleanup_stale, endpoint_slice_yaml, is_refused, service_yaml,
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -80,7 +80,7 @@ fn main() -> Result<()> {
     let agent = AgentProcess::start(AgentOptions {
         node_ns: topo.node_ns().to_string(),
         pin_dir: format!("/sys/fs/bpf/{}", topo.id()).into(),
-        manifests: manifests.path().to_path_buf(),
+        source: AgentSource::Manifests(manifests.path().to_path_buf()),
         pod_ifaces: topo.pod_iface_glob(),
         extra_args: vec![],
     })?;

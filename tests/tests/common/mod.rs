@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use switchyard_tests::{
-    AgentOptions, AgentProcess, EndpointSpec, ManifestDir, MultiNode, PodServer, ServerPorts,
-    cleanup_stale, cluster::node_name, endpoint_slice_yaml, service_yaml, wait,
+    AgentOptions, AgentProcess, AgentSource, EndpointSpec, ManifestDir, MultiNode, PodServer,
+    ServerPorts, cleanup_stale, cluster::node_name, endpoint_slice_yaml, service_yaml, wait,
 };
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 1, 10);
@@ -45,7 +45,7 @@ impl TwoNodes {
             agents.push(AgentProcess::start(AgentOptions {
                 node_ns: node.topo.node_ns().to_string(),
                 pin_dir: format!("/sys/fs/bpf/{}", node.topo.id()).into(),
-                manifests: manifests.path().to_path_buf(),
+                source: AgentSource::Manifests(manifests.path().to_path_buf()),
                 pod_ifaces: node.topo.pod_iface_glob(),
                 extra_args: ["--node-name".to_string(), node.name()]
                     .into_iter()
