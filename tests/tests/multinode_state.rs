@@ -1,0 +1,253 @@
+//! Per-flow and per-client state on the two-node cluster: session affinity
+//! (pod and external clients), endpoint conditions (terminating endpoints)
+//! and the UDP conntrack flush, with backends on both nodes. Needs root.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use anyhow::Result;
+use switchyard_tests::client::ask;
+use switchyard_tests::cluster::{external_client_ip, node_ip, node_name};
+use switchyard_tests::{EndpointSpec, wait};
+
+mod common;
+use common::{TIMEOUT, TwoNodes, VIP};
+
+const NODE_PORT: u16 = 30080;
+
+fn tcp_vip() -> SocketAddrV4 {
+    SocketAddrV4::new(VIP, 80)
+}
+
+fn udp_vip() -> SocketAddrV4 {
+    SocketAddrV4::new(VIP, 53)
+}
+
+/// The backends of [`TwoNodes`], by pod name.
+fn endpoint(c: &TwoNodes, name: &str) -> EndpointSpec {
+    let (node, i) = match name {
+        "n1b1" => (1, 21),
+        "n2b1" => (2, 21),
+        "n2b2" => (2, 22),
+        other => panic!("no backend {other}"),
+    };
+    EndpointSpec {
+        node: node_name(node),
+        ..EndpointSpec::ready(c.cluster.node(node).pod_ip(i))
+    }
+}
+
+fn ip_of(c: &TwoNodes, name: &str) -> Ipv4Addr {
+    endpoint(c, name).ip
+}
+
+fn endpoints(c: &TwoNodes, names: &[&str]) -> Vec<EndpointSpec> {
+    names.iter().map(|n| endpoint(c, n)).collect()
+}
+
+/// Waits until every agent programs exactly `names` for the TCP cluster IP.
+fn wait_backends(c: &TwoNodes, names: &[&str]) -> Result<()> {
+    let mut want: Vec<String> = names
+        .iter()
+        .map(|n| format!("{}:8080", ip_of(c, n)))
+        .collect();
+    want.sort();
+    for agent in &c.agents {
+        wait::until(
+            "the backends on every node",
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || {
+                let mut got = agent.backends_of("10.96.1.10:80/TCP")?;
+                got.sort();
+                Ok(got == want)
+            },
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn client_ip_affinity_holds_across_nodes_for_pod_and_external_clients() -> Result<()> {
+    let c = TwoNodes::start_with(&["--external-ifaces", "ext0"])?;
+    let svc = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: test}}\nspec:\n  type: NodePort\n  clusterIP: {VIP}\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 1}}}}\n  ports:\n  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP, nodePort: {NODE_PORT}}}\n  - {{name: udp, port: 53, targetPort: 5353, protocol: UDP, nodePort: 30053}}\n"
+    );
+    c.apply_service(&svc, &c.endpoints())?;
+    wait_backends(&c, &["n1b1", "n2b1", "n2b2"])?;
+
+    // A pod on node 1 sticks to one backend, wherever it runs.
+    let client = c.pod(1, "client1");
+    let pinned = client.tcp_request(tcp_vip(), TIMEOUT)?;
+    for _ in 0..15 {
+        assert_eq!(
+            client.tcp_request(tcp_vip(), TIMEOUT)?,
+            pinned,
+            "pod client moved"
+        );
+    }
+    let rows: serde_json::Value =
+        serde_json::from_str(&c.agents[0].inspect(&["-o", "json", "affinity"])?)?;
+    let row = rows
+        .as_array()
+        .and_then(|r| {
+            r.iter()
+                .find(|r| r["service"] == "test/web:tcp" && r["client"] == "10.244.1.10")
+        })
+        .cloned()
+        .expect("pod client pinned in node 1's inspect affinity");
+    assert_eq!(row["backend"], format!("{}:8080", ip_of(&c, &pinned)));
+
+    // The external client through node 1's node port: pinned by its own
+    // address (before SNAT), on node 1.
+    let node_port = SocketAddrV4::new(node_ip(1), NODE_PORT);
+    let external = c.cluster.external();
+    let ext_pinned = external.tcp_request(node_port, TIMEOUT)?;
+    for _ in 0..15 {
+        assert_eq!(
+            external.tcp_request(node_port, TIMEOUT)?,
+            ext_pinned,
+            "external client moved"
+        );
+    }
+    let affinity = c.agents[0].inspect(&["affinity"])?;
+    assert!(
+        affinity.contains(&external_client_ip().to_string()),
+        "{affinity}"
+    );
+
+    // The pod's backend goes: it moves to another one and sticks there.
+    let remaining: Vec<&str> = ["n1b1", "n2b1", "n2b2"]
+        .into_iter()
+        .filter(|n| *n != pinned)
+        .collect();
+    c.apply_service(&svc, &endpoints(&c, &remaining))?;
+    wait_backends(&c, &remaining)?;
+    let moved = client.tcp_request(tcp_vip(), TIMEOUT)?;
+    assert_ne!(moved, pinned);
+    for _ in 0..10 {
+        assert_eq!(client.tcp_request(tcp_vip(), TIMEOUT)?, moved);
+    }
+
+    // Idle past timeoutSeconds: balanced afresh (2 backends: a fresh pick
+    // differs from the pin half the time).
+    let mut rebalanced = false;
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(1200));
+        if client.tcp_request(tcp_vip(), TIMEOUT)? != moved {
+            rebalanced = true;
+            break;
+        }
+    }
+    assert!(rebalanced, "the pin never expired");
+    Ok(())
+}
+
+#[test]
+fn terminating_endpoints_keep_flows_across_nodes_and_serve_only_as_fallback() -> Result<()> {
+    let c = TwoNodes::start()?;
+    c.apply("", &c.endpoints())?;
+    wait_backends(&c, &["n1b1", "n2b1", "n2b2"])?;
+    let client = c.pod(1, "client1");
+    let terminating = |name: &str, serving: bool| EndpointSpec {
+        ready: false,
+        serving,
+        terminating: true,
+        ..endpoint(&c, name)
+    };
+
+    // An established connection from node 1 to a backend on node 2.
+    let mut remote = None;
+    for _ in 0..60 {
+        let mut s = client.tcp_connect(tcp_vip(), TIMEOUT)?;
+        if ask(&mut s)? == "n2b2" {
+            remote = Some(s);
+            break;
+        }
+    }
+    let mut remote = remote.expect("a connection landed on n2b2");
+
+    // n2b2 terminates while still serving: no new flows, the old one stays.
+    c.apply(
+        "",
+        &[
+            endpoint(&c, "n1b1"),
+            endpoint(&c, "n2b1"),
+            terminating("n2b2", true),
+        ],
+    )?;
+    wait_backends(&c, &["n1b1", "n2b1"])?;
+    for _ in 0..30 {
+        assert_ne!(
+            client.tcp_request(tcp_vip(), TIMEOUT)?,
+            "n2b2",
+            "new flow to a terminating endpoint"
+        );
+    }
+    assert_eq!(ask(&mut remote)?, "n2b2", "established flow dropped");
+
+    // Nothing ready: the serving terminating endpoints (one per node) take
+    // new flows, the non-serving one does not.
+    c.apply(
+        "",
+        &[
+            terminating("n1b1", true),
+            terminating("n2b1", false),
+            terminating("n2b2", true),
+        ],
+    )?;
+    wait_backends(&c, &["n1b1", "n2b2"])?;
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        seen.insert(client.tcp_request(tcp_vip(), TIMEOUT)?);
+        seen.insert(c.pod(2, "client2").tcp_request(tcp_vip(), TIMEOUT)?);
+    }
+    let want: BTreeSet<String> = ["n1b1", "n2b2"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(seen, want);
+    assert_eq!(ask(&mut remote)?, "n2b2", "established flow dropped");
+    Ok(())
+}
+
+#[test]
+fn udp_flows_of_a_removed_remote_backend_are_flushed() -> Result<()> {
+    let c = TwoNodes::start()?;
+    c.apply("", &c.endpoints())?;
+    wait_backends(&c, &["n1b1", "n2b1", "n2b2"])?;
+    let client = c.pod(1, "client1");
+    // One socket (one 5-tuple), like a resolver: pinned to its first backend.
+    let first = client.udp_request_from_port(40053, udp_vip(), TIMEOUT)?;
+    for _ in 0..5 {
+        assert_eq!(
+            client.udp_request_from_port(40053, udp_vip(), TIMEOUT)?,
+            first,
+            "sticky flow"
+        );
+    }
+    let remaining: Vec<&str> = ["n1b1", "n2b1", "n2b2"]
+        .into_iter()
+        .filter(|n| *n != first)
+        .collect();
+    c.apply("", &endpoints(&c, &remaining))?;
+    wait_backends(&c, &remaining)?;
+    wait::until(
+        "the flow to move off the removed backend",
+        Duration::from_secs(3),
+        Duration::from_millis(50),
+        || Ok(client.udp_request_from_port(40053, udp_vip(), TIMEOUT)? != first),
+    )?;
+    for _ in 0..5 {
+        assert_ne!(
+            client.udp_request_from_port(40053, udp_vip(), TIMEOUT)?,
+            first
+        );
+    }
+    assert!(
+        c.agents[0]
+            .log_text()
+            .contains("flushed UDP flows of removed backends"),
+        "{}",
+        c.agents[0].log_tail()
+    );
+    Ok(())
+}
