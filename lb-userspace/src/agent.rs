@@ -53,6 +53,9 @@ pub struct AgentConfig {
     pub node_ips: Vec<Ipv4Addr>,
     /// Source ports for SNAT, inclusive.
     pub snat_ports: (u16, u16),
+    /// Where the node's sysctls are (`/proc/sys`; in a container, the host's
+    /// mounted elsewhere).
+    pub sysctl_dir: PathBuf,
     pub selection: Selection,
     pub xdp: XdpChoice,
 }
@@ -76,6 +79,7 @@ fn configure_snat(
     maps: &mut PinnedMaps,
     snat_ip: Option<Ipv4Addr>,
     (min, max): (u16, u16),
+    sysctl_dir: &std::path::Path,
 ) -> Result<()> {
     let config = lb_common::NatConfig {
         snat_ip_be: snat_ip.map_or(0, crate::datapath::addr::ip_be),
@@ -85,8 +89,9 @@ fn configure_snat(
     maps.nat_config
         .set(0, config, 0)
         .context("writing nat_config")?;
-    let path = "/proc/sys/net/ipv4/ip_local_reserved_ports";
-    let current = std::fs::read_to_string(path).unwrap_or_default();
+    let path = sysctl_dir.join("net/ipv4/ip_local_reserved_ports");
+    let path = path.display().to_string();
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
     let range = format!("{min}-{max}");
     if !current.split(',').any(|r| r.trim() == range) {
         let updated = if current.trim().is_empty() {
@@ -94,10 +99,10 @@ fn configure_snat(
         } else {
             format!("{},{range}", current.trim())
         };
-        std::fs::write(path, updated)
+        std::fs::write(&path, updated)
             .with_context(|| format!("reserving SNAT ports {range} in {path}"))?;
     }
-    if let Ok(ephemeral) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") {
+    if let Ok(ephemeral) = std::fs::read_to_string(sysctl_dir.join("net/ipv4/ip_local_port_range")) {
         let bounds: Vec<u16> = ephemeral
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
@@ -166,7 +171,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let mut datapath = Datapath::load(&object, &cfg.pin_dir, cfg.xdp)?;
     let mut maps = PinnedMaps::open(&cfg.pin_dir)?;
     let node_ips = node_addresses(&cfg)?;
-    configure_snat(&mut maps, node_ips.first().copied(), cfg.snat_ports)?;
+    configure_snat(
+        &mut maps,
+        node_ips.first().copied(),
+        cfg.snat_ports,
+        &cfg.sysctl_dir,
+    )?;
     let mut sync = MapSync::adopt(maps)
         .context("adopting the pinned maps")?
         .with_node(cfg.node_name.clone())

@@ -52,6 +52,12 @@ enum Command {
     /// Run the agent: load the datapath, attach it to pod interfaces and keep
     /// its maps in line with the cluster's Services and EndpointSlices.
     Agent(Box<AgentArgs>),
+    /// Mount a BPF file system at PATH unless one is there already (the
+    /// chart's init container).
+    MountBpffs {
+        #[arg(default_value = "/sys/fs/bpf")]
+        path: PathBuf,
+    },
     /// Show what the datapath maps hold.
     Inspect {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -111,6 +117,10 @@ struct AgentArgs {
     /// local sockets via net.ipv4.ip_local_reserved_ports.
     #[arg(long, default_value = "61000-65000", value_name = "MIN-MAX")]
     snat_ports: String,
+    /// The node's sysctl tree (the chart mounts the host's at /host/proc/sys,
+    /// as /proc/sys is read-only in containers).
+    #[arg(long, default_value = "/proc/sys", value_name = "DIR")]
+    sysctl_dir: PathBuf,
     /// XDP on the external interfaces: `auto` (native where the driver
     /// supports it, generic otherwise), `native`, `generic` or `off` (tc only).
     #[arg(long, value_enum, default_value = "auto")]
@@ -187,6 +197,7 @@ fn main() -> Result<()> {
             print!("{}", inspect::run(&pin_dir, what, output)?);
             Ok(())
         }
+        Command::MountBpffs { path } => loader::mount_bpffs(&path),
         Command::Agent(args) => {
             if args.cleanup {
                 return loader::cleanup(&args.pin_dir);
@@ -225,6 +236,7 @@ fn main() -> Result<()> {
                     .transpose()?,
                 node_ips: args.node_ips,
                 snat_ports: port_range(&args.snat_ports)?,
+                sysctl_dir: args.sysctl_dir,
                 xdp: args.xdp,
                 selection: match args.algorithm {
                     Algorithm::Random => Selection::Random,

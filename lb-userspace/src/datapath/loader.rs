@@ -54,17 +54,48 @@ pub fn find_object(explicit: Option<&Path>) -> Result<PathBuf> {
 pub fn ensure_pin_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating pin directory {}", dir.display()))?;
-    let c_path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error()).context(format!("statfs {}", dir.display()));
-    }
-    if st.f_type as i64 != BPF_FS_MAGIC {
+    if !is_bpffs(dir)? {
         bail!(
             "{} is not on a bpffs mount; mount one with `mount -t bpf bpf /sys/fs/bpf`",
             dir.display()
         );
     }
+    Ok(())
+}
+
+fn is_bpffs(dir: &Path) -> Result<bool> {
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("statfs {}", dir.display()));
+    }
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Mounts a BPF file system at `dir` unless it already is one.
+pub fn mount_bpffs(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if is_bpffs(dir)? {
+        info!(path = %dir.display(), "bpffs already mounted");
+        return Ok(());
+    }
+    let target = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    let fstype = c"bpf";
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context(format!("mounting bpffs at {}", dir.display()));
+    }
+    info!(path = %dir.display(), "bpffs mounted");
     Ok(())
 }
 
