@@ -102,7 +102,8 @@ fn configure_snat(
         std::fs::write(&path, updated)
             .with_context(|| format!("reserving SNAT ports {range} in {path}"))?;
     }
-    if let Ok(ephemeral) = std::fs::read_to_string(sysctl_dir.join("net/ipv4/ip_local_port_range")) {
+    if let Ok(ephemeral) = std::fs::read_to_string(sysctl_dir.join("net/ipv4/ip_local_port_range"))
+    {
         let bounds: Vec<u16> = ephemeral
             .split_whitespace()
             .filter_map(|p| p.parse().ok())

@@ -33,6 +33,19 @@ enum Task {
     Demo(BuildArgs),
     /// cargo fmt --check and clippy -D warnings on every crate, BPF included.
     Lint(EbpfArgs),
+    /// Assemble the container image's file tree (what the Dockerfile's
+    /// runtime stage copies): /usr/bin/switchyard,
+    /// /usr/lib/switchyard/switchyard.bpf.o.
+    ImageRoot(ImageRootArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct ImageRootArgs {
+    #[command(flatten)]
+    build: BuildArgs,
+    /// Where to put the tree (default target/image-root).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -75,6 +88,7 @@ fn main() -> Result<()> {
         Task::Test(a) => test(&a),
         Task::Demo(a) => demo(&a),
         Task::Lint(a) => lint(a.route),
+        Task::ImageRoot(a) => image_root(&a),
     }
 }
 
@@ -202,8 +216,46 @@ fn build(a: &BuildArgs) -> Result<()> {
     run(&mut c)
 }
 
+fn image_root(a: &ImageRootArgs) -> Result<()> {
+    let root = workspace_root();
+    let object = build_ebpf(a.build.ebpf.route, profile(a.build.release))?;
+    let mut c = Command::new("cargo");
+    c.current_dir(&root)
+        .args(["build", "--bin", "switchyard", "-p", "lb-userspace"]);
+    if a.build.release {
+        c.arg("--release");
+    }
+    run(&mut c)?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join("target/image-root"));
+    let bin = root
+        .join("target")
+        .join(profile(a.build.release))
+        .join("switchyard");
+    for (from, to) in [
+        (bin, out.join("usr/bin/switchyard")),
+        (object, out.join("usr/lib/switchyard/switchyard.bpf.o")),
+    ] {
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::copy(&from, &to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    eprintln!("xtask: image tree at {}", out.display());
+    Ok(())
+}
+
 fn test(a: &TestArgs) -> Result<()> {
     build(&a.build)?;
+    // The image's build steps run here too (tests/tests/image.rs checks the
+    // tree), since no image can be built on machines without Docker.
+    image_root(&ImageRootArgs {
+        build: a.build.clone(),
+        out: None,
+    })?;
     let mut c = Command::new("cargo");
     c.current_dir(workspace_root())
         .args(["test", "--workspace"]);
