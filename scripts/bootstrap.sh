@@ -37,7 +37,7 @@ apt_install() {
 
 # Tools the tests and the demo use: iproute2 for namespaces/veth/tc, bpftool
 # for map dumps, build essentials for crates with C parts.
-apt_install iproute2 util-linux ethtool bpftool build-essential pkg-config ca-certificates
+apt_install iproute2 util-linux ethtool bpftool build-essential pkg-config ca-certificates curl openssl python3
 
 # Host Rust toolchain (stable) for the user-space crates.
 if ! command -v cargo >/dev/null; then
@@ -91,4 +91,8 @@ fi
 
 mkdir -p "$here/target"
 echo "SWITCHYARD_BPF_ROUTE=$route" > "$here/target/bpf-toolchain.env"
+
+# The real kube-apiserver, etcd, kubectl and helm for the controller and chart
+# tests (cached; built from their Go modules on first use).
+"$here/scripts/k8s-binaries.sh"
 say "ready (route=$route, bpf-linker=$(command -v bpf-linker))"

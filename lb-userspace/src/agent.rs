@@ -58,6 +58,9 @@ pub struct AgentConfig {
     pub sysctl_dir: PathBuf,
     pub selection: Selection,
     pub xdp: XdpChoice,
+    /// On a graceful stop, leave the programs attached (for an upgrade: the
+    /// next agent takes the links over without a gap).
+    pub keep_datapath_on_exit: bool,
 }
 
 /// The node's addresses: given, or read off its external interfaces.
@@ -300,9 +303,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             }
         };
     apply(&mut sync, &mut desired, first);
-    if let Err(e) = ifaces::reconcile(&mut datapath, &cfg.pod_ifaces, cfg.external_ifaces.as_ref())
-    {
-        warn!("listing interfaces: {e:#}");
+    match ifaces::reconcile(&mut datapath, &cfg.pod_ifaces, cfg.external_ifaces.as_ref()) {
+        // Links an earlier run left on interfaces that are gone go now.
+        Ok(()) => datapath.release_stale(),
+        Err(e) => warn!("listing interfaces: {e:#}"),
     }
     metrics.set_ready();
     info!(
@@ -350,7 +354,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     for server in http_servers {
         server.abort();
     }
-    datapath.detach_all();
+    if cfg.keep_datapath_on_exit {
+        datapath.leave_attached();
+    } else {
+        datapath.detach_all();
+    }
     info!(pin_dir = %cfg.pin_dir.display(), "agent stopped; maps stay pinned for the next start");
     outcome
 }

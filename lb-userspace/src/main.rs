@@ -152,6 +152,11 @@ struct AgentArgs {
     /// Remove the pinned maps and pin directory, then exit.
     #[arg(long)]
     cleanup: bool,
+    /// On SIGTERM, leave the programs attached to the interfaces (their
+    /// links stay pinned) so the next agent takes them over with no gap, as
+    /// in a rolling upgrade. A crashed agent always leaves them attached.
+    #[arg(long)]
+    keep_datapath_on_exit: bool,
 }
 
 fn port_range(text: &str) -> Result<(u16, u16)> {
@@ -238,6 +243,7 @@ fn main() -> Result<()> {
                 snat_ports: port_range(&args.snat_ports)?,
                 sysctl_dir: args.sysctl_dir,
                 xdp: args.xdp,
+                keep_datapath_on_exit: args.keep_datapath_on_exit,
                 selection: match args.algorithm {
                     Algorithm::Random => Selection::Random,
                     Algorithm::Maglev => {

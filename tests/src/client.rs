@@ -103,9 +103,19 @@ impl Pod {
 
     /// A raw HTTP GET of `/`; returns (status code, body).
     pub fn http_get(&self, addr: SocketAddrV4, timeout: Duration) -> Result<(u16, String)> {
+        self.http_get_path(addr, "/", timeout)
+    }
+
+    /// A raw HTTP GET of `path`; returns (status code, body).
+    pub fn http_get_path(
+        &self,
+        addr: SocketAddrV4,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(u16, String)> {
         let mut stream = self.tcp_connect(addr, timeout)?;
         stream.write_all(
-            format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
         )?;
         let mut text = String::new();
         std::io::Read::read_to_string(&mut stream, &mut text).context("reading HTTP response")?;

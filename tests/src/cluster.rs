@@ -45,6 +45,11 @@ impl Node {
     pub fn ip(&self) -> Ipv4Addr {
         node_ip(self.number)
     }
+    /// The node's own network namespace as a place to run clients from:
+    /// host-network processes.
+    pub fn host(&self) -> Pod {
+        Pod::detached(&self.name(), self.topo.node_ns(), self.ip(), "")
+    }
     /// Pod `i` of this node gets 10.244.<node>.<i>.
     pub fn pod_ip(&self, i: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 244, self.number, i)

@@ -9,6 +9,7 @@
 //! Everything is torn down on drop, also when a test panics.
 
 pub mod agent;
+pub mod apiserver;
 pub mod client;
 pub mod cluster;
 pub mod command;

@@ -1,7 +1,10 @@
 //! Loading the BPF object with its maps pinned (reusing pins left by an
-//! earlier run), and attaching the programs to pod interfaces with tcx links.
-//! The links belong to this process: they go away when it exits, the pinned
-//! maps stay.
+//! earlier run), and attaching the programs to interfaces with tcx and XDP
+//! links that are pinned too (`<pin dir>/links/`): a crashed agent leaves
+//! the datapath running, and the next start swaps its programs into the same
+//! links atomically (`BPF_LINK_UPDATE`), so there is no moment without one.
+//! A graceful stop detaches (unpins) them, unless told to keep them for an
+//! upgrade.
 
 use std::{
     collections::BTreeMap,
@@ -13,7 +16,10 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::HashMap as BpfHashMap,
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
 use lb_common::{InterfaceStatus, interface_role, map_names, program_names, xdp_mode};
@@ -129,19 +135,57 @@ pub enum XdpChoice {
     Off,
 }
 
+/// A link this agent holds, pinned at `path`.
+struct HeldLink {
+    path: PathBuf,
+    link: FdLink,
+}
+
+impl HeldLink {
+    /// Unpins and closes: the program leaves the hook.
+    fn release(self) -> std::io::Result<()> {
+        let removed = std::fs::remove_file(&self.path);
+        drop(self.link);
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
 struct Attachment {
     ifindex: u32,
     role: Role,
-    ingress: SchedClassifierLinkId,
-    egress: SchedClassifierLinkId,
-    /// The XDP link and its `xdp_mode`, on external interfaces.
-    xdp: Option<(XdpLinkId, u8)>,
+    links: Vec<HeldLink>,
 }
 
 pub struct Datapath {
     ebpf: Ebpf,
     attached: BTreeMap<String, Attachment>,
     xdp: XdpChoice,
+    links_dir: PathBuf,
+}
+
+/// `<links dir>/<iface>_<ifindex>_<hook>`: the ifindex tells a recreated
+/// interface of the same name from the old one. bpffs refuses names with a
+/// dot (VLAN interfaces have one): those become `+`.
+fn link_pin(dir: &Path, iface: &str, ifindex: u32, hook: &str) -> PathBuf {
+    dir.join(format!("{}_{ifindex}_{hook}", iface.replace('.', "+")))
+}
+
+/// The link pinned at `path` by an earlier run, if any.
+fn pinned_link(path: &Path) -> Option<FdLink> {
+    if !path.exists() {
+        return None;
+    }
+    match PinnedLink::from_pin(path) {
+        Ok(p) => Some(FdLink::from(p)),
+        Err(e) => {
+            warn!(pin = %path.display(), "unusable link pin, replacing it: {e}");
+            let _ = std::fs::remove_file(path);
+            None
+        }
+    }
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
@@ -183,19 +227,49 @@ impl Datapath {
             .load()
             .context("loading the XDP program into the kernel")?;
         info!(object = %object.display(), pin_dir = %pin_dir.display(), "datapath loaded");
-        let mut datapath = Self {
+        let links_dir = pin_dir.join("links");
+        std::fs::create_dir_all(&links_dir)
+            .with_context(|| format!("creating {}", links_dir.display()))?;
+        Ok(Self {
             ebpf,
             attached: BTreeMap::new(),
             xdp,
-        };
-        // Whatever an earlier run recorded is stale: its links died with it.
-        if let Ok(mut status) = datapath.status_map() {
-            let stale: Vec<u32> = status.keys().filter_map(|k| k.ok()).collect();
+            links_dir,
+        })
+    }
+
+    /// Removes what an earlier run left and this one did not take over:
+    /// links of interfaces that are gone or no longer selected, and their
+    /// status entries. Called after the first attachment pass.
+    pub fn release_stale(&mut self) {
+        let held: std::collections::BTreeSet<PathBuf> = self
+            .attached
+            .values()
+            .flat_map(|a| a.links.iter().map(|l| l.path.clone()))
+            .collect();
+        if let Ok(entries) = std::fs::read_dir(&self.links_dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if !held.contains(&path) {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => info!(pin = %path.display(), "released a stale link"),
+                        Err(e) => warn!(pin = %path.display(), "releasing a stale link: {e}"),
+                    }
+                }
+            }
+        }
+        let ours: std::collections::BTreeSet<u32> =
+            self.attached.values().map(|a| a.ifindex).collect();
+        if let Ok(mut status) = self.status_map() {
+            let stale: Vec<u32> = status
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| !ours.contains(k))
+                .collect();
             for k in stale {
                 let _ = status.remove(&k);
             }
         }
-        Ok(datapath)
     }
 
     fn status_map(&mut self) -> Result<BpfHashMap<&mut aya::maps::MapData, u32, InterfaceStatus>> {
@@ -227,7 +301,39 @@ impl Datapath {
 
     /// XDP on an external interface, as `self.xdp` asks: returns the link and
     /// the mode it runs in, or None (tc alone) when XDP is off or refused.
-    fn attach_xdp(&mut self, iface: &str) -> Option<(XdpLinkId, u8)> {
+    fn attach_xdp(&mut self, iface: &str, ifindex: u32) -> Option<(HeldLink, u8)> {
+        let path = link_pin(&self.links_dir, iface, ifindex, "xdp");
+        if let Some(old) = pinned_link(&path) {
+            if self.xdp == XdpChoice::Off {
+                let _ = HeldLink {
+                    path: path.clone(),
+                    link: old,
+                }
+                .release();
+            } else {
+                // The mode stays what the link was made with.
+                let mode = self
+                    .status_map()
+                    .ok()
+                    .and_then(|m| m.get(&ifindex, 0).ok())
+                    .map_or(xdp_mode::GENERIC, |s| s.xdp_mode);
+                let updated = xdp_program(&mut self.ebpf).and_then(|p| {
+                    let link = XdpLink::try_from(old)?;
+                    let id = p.attach_to_link(link)?;
+                    Ok(FdLink::try_from(p.take_link(id)?)?)
+                });
+                match updated {
+                    Ok(link) => return Some((HeldLink { path, link }, mode)),
+                    Err(e) => {
+                        warn!(
+                            iface,
+                            "taking over the XDP link failed, attaching anew: {e:#}"
+                        );
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+        }
         let attempts: &[(XdpMode, u8)] = match self.xdp {
             XdpChoice::Off => &[],
             XdpChoice::Native => &[(XdpMode::Driver, xdp_mode::NATIVE)],
@@ -238,10 +344,26 @@ impl Datapath {
             ],
         };
         for (mode, code) in attempts {
-            let result = xdp_program(&mut self.ebpf)
-                .and_then(|p| p.attach(iface, *mode).map_err(Into::into));
+            let result = xdp_program(&mut self.ebpf).and_then(|p| {
+                let id = p.attach(iface, *mode)?;
+                Ok(FdLink::try_from(p.take_link(id)?)?)
+            });
             match result {
-                Ok(link) => return Some((link, *code)),
+                Ok(link) => match link.pin(&path) {
+                    Ok(pinned) => {
+                        return Some((
+                            HeldLink {
+                                path,
+                                link: pinned.into(),
+                            },
+                            *code,
+                        ));
+                    }
+                    Err(e) => {
+                        warn!(iface, "pinning the XDP link: {e}");
+                        return None;
+                    }
+                },
                 Err(e) => warn!(iface, ?mode, "XDP attach refused: {e:#}"),
             }
         }
@@ -271,34 +393,79 @@ impl Datapath {
             .map(|(n, a)| (n.as_str(), a.ifindex, a.role))
     }
 
+    /// One tc hook: takes over the link an earlier run pinned (atomic
+    /// program swap), or attaches and pins a new one.
+    fn attach_tc(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        program: &str,
+        hook: TcAttachType,
+    ) -> Result<HeldLink> {
+        let name = match hook {
+            TcAttachType::Ingress => "ingress",
+            _ => "egress",
+        };
+        let path = link_pin(&self.links_dir, iface, ifindex, name);
+        let prog = classifier(&mut self.ebpf, program)?;
+        if let Some(old) = pinned_link(&path) {
+            let swapped = (|| -> Result<FdLink> {
+                let link = SchedClassifierLink::try_from(old)?;
+                let id = prog.attach_to_link(link)?;
+                Ok(FdLink::try_from(prog.take_link(id)?)?)
+            })();
+            match swapped {
+                Ok(link) => {
+                    debug!(iface, program, "took over the pinned link");
+                    return Ok(HeldLink { path, link });
+                }
+                Err(e) => {
+                    warn!(
+                        iface,
+                        program, "taking over the pinned link failed, attaching anew: {e:#}"
+                    );
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let id = prog
+            .attach(iface, hook)
+            .with_context(|| format!("attaching {program} to {iface} {name}"))?;
+        let link = FdLink::try_from(prog.take_link(id)?)?;
+        let pinned = link
+            .pin(&path)
+            .with_context(|| format!("pinning the link at {}", path.display()))?;
+        Ok(HeldLink {
+            path,
+            link: pinned.into(),
+        })
+    }
+
     /// Attaches the role's ingress and egress programs to `iface`.
     pub fn attach(&mut self, iface: &str, ifindex: u32, role: Role) -> Result<()> {
         let (ingress_prog, egress_prog) = role.programs();
-        let ingress = classifier(&mut self.ebpf, ingress_prog)?
-            .attach(iface, TcAttachType::Ingress)
-            .with_context(|| format!("attaching {ingress_prog} to {iface} ingress"))?;
-        let egress =
-            match classifier(&mut self.ebpf, egress_prog)?.attach(iface, TcAttachType::Egress) {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = classifier(&mut self.ebpf, ingress_prog)?.detach(ingress);
-                    return Err(e).context(format!("attaching {egress_prog} to {iface} egress"));
-                }
-            };
-        let xdp = if role == Role::External {
-            self.attach_xdp(iface)
-        } else {
-            None
+        let ingress = self.attach_tc(iface, ifindex, ingress_prog, TcAttachType::Ingress)?;
+        let egress = match self.attach_tc(iface, ifindex, egress_prog, TcAttachType::Egress) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ingress.release();
+                return Err(e);
+            }
         };
-        let mode = xdp.as_ref().map_or(xdp_mode::NONE, |(_, m)| *m);
+        let mut links = vec![ingress, egress];
+        let mut mode = xdp_mode::NONE;
+        if role == Role::External
+            && let Some((link, m)) = self.attach_xdp(iface, ifindex)
+        {
+            links.push(link);
+            mode = m;
+        }
         self.attached.insert(
             iface.to_string(),
             Attachment {
                 ifindex,
                 role,
-                ingress,
-                egress,
-                xdp,
+                links,
             },
         );
         self.record(iface, ifindex, role, mode);
@@ -312,7 +479,7 @@ impl Datapath {
     }
 
     /// Detaches from `iface`. When the interface is already gone the kernel
-    /// has dropped the links with it; errors then are expected and ignored.
+    /// has dropped the links with it; only the pins remain to remove.
     pub fn detach(&mut self, iface: &str, gone: bool) {
         let Some(a) = self.attached.remove(iface) else {
             return;
@@ -320,26 +487,26 @@ impl Datapath {
         if let Ok(mut status) = self.status_map() {
             let _ = status.remove(&a.ifindex);
         }
-        if let Some((link, _)) = a.xdp {
-            let result =
-                xdp_program(&mut self.ebpf).and_then(|p| p.detach(link).map_err(Into::into));
-            if let Err(e) = result
-                && !gone
-            {
-                warn!(iface, "detaching XDP: {e:#}");
-            }
-        }
-        let (ingress_prog, egress_prog) = a.role.programs();
-        for (prog, link) in [(ingress_prog, a.ingress), (egress_prog, a.egress)] {
-            let result =
-                classifier(&mut self.ebpf, prog).and_then(|p| p.detach(link).map_err(Into::into));
-            match result {
+        for link in a.links {
+            let path = link.path.clone();
+            match link.release() {
                 Ok(()) => {}
-                Err(e) if gone => debug!(iface, "detach after interface removal: {e:#}"),
-                Err(e) => warn!(iface, "detaching {prog}: {e:#}"),
+                Err(e) if gone => debug!(iface, "releasing {} after removal: {e}", path.display()),
+                Err(e) => warn!(iface, "releasing {}: {e}", path.display()),
             }
         }
         info!(iface, "detached");
+    }
+
+    /// Lets go of the links without detaching them: the programs keep
+    /// running on their pinned maps until the next agent takes them over.
+    pub fn leave_attached(&mut self) {
+        let count = self.attached.len();
+        self.attached.clear();
+        info!(
+            interfaces = count,
+            "datapath left attached for the next agent"
+        );
     }
 
     pub fn detach_all(&mut self) {
@@ -350,12 +517,27 @@ impl Datapath {
     }
 }
 
-/// `switchyard agent --cleanup`: removes the pinned maps and the pin
-/// directory. Links need no cleanup: they died with the agent process.
+/// `switchyard agent --cleanup`: detaches any programs left attached
+/// (removing their link pins) and removes the pinned maps and the pin
+/// directory.
 pub fn cleanup(pin_dir: &Path) -> Result<()> {
     if !pin_dir.exists() {
         info!(pin_dir = %pin_dir.display(), "nothing to clean up");
         return Ok(());
+    }
+    let links = pin_dir.join("links");
+    if let Ok(entries) = std::fs::read_dir(&links) {
+        for entry in entries.flatten() {
+            let p = entry.path();
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            info!(pin = %p.display(), "detached and removed");
+        }
+    }
+    match std::fs::remove_dir(&links) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).context(format!("removing {}", links.display()));
+        }
+        _ => {}
     }
     for name in map_names::ALL {
         let p = pin_dir.join(name);
