@@ -557,3 +557,100 @@ mod tests {
         );
     }
 }
+
+/// Writes EndpointSlices through a long-lived API client (no process start
+/// per write), stamping each with `endpoints.kubernetes.io/last-change-trigger-time`
+/// the moment before the request: the agent's propagation delay then
+/// measures API write → maps, nothing else.
+pub struct SliceWriter {
+    requests: std::sync::mpsc::Sender<(String, std::sync::mpsc::Sender<Result<()>>)>,
+}
+
+/// Placeholder in a slice's YAML for the trigger time.
+pub const TRIGGER_TIME_PLACEHOLDER: &str = "__TRIGGER_TIME__";
+
+impl ApiServer {
+    /// A [`SliceWriter`] running in the servers' namespace.
+    pub fn slice_writer(&self) -> Result<SliceWriter> {
+        let (tx, rx) = std::sync::mpsc::channel::<(String, std::sync::mpsc::Sender<Result<()>>)>();
+        let kubeconfig = self.kubeconfig();
+        let netns = self.netns.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        std::thread::spawn(move || {
+            // Sockets belong to the namespace of the thread that makes them.
+            if let Err(e) = crate::client::enter_netns(&netns) {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let client = async {
+                    let file = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+                    let config = kube::Config::from_custom_kubeconfig(
+                        file,
+                        &kube::config::KubeConfigOptions::default(),
+                    )
+                    .await?;
+                    anyhow::Ok(kube::Client::try_from(config)?)
+                }
+                .await;
+                let client = match client {
+                    Ok(c) => {
+                        let _ = ready_tx.send(Ok(()));
+                        c
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while let Ok((yaml, reply)) = rx.recv() {
+                    let result = async {
+                        let stamped = yaml
+                            .replace(TRIGGER_TIME_PLACEHOLDER, &rfc3339_nanos(SystemTime::now()));
+                        let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+                            serde_yaml::from_str(&stamped).context("parsing the slice")?;
+                        let namespace = slice.metadata.namespace.clone().unwrap_or_default();
+                        let name = slice.metadata.name.clone().unwrap_or_default();
+                        let api: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+                            kube::Api::namespaced(client.clone(), &namespace);
+                        api.patch(
+                            &name,
+                            &kube::api::PatchParams::apply("switchyard-tests").force(),
+                            &kube::api::Patch::Apply(&slice),
+                        )
+                        .await
+                        .with_context(|| format!("applying EndpointSlice {namespace}/{name}"))?;
+                        anyhow::Ok(())
+                    }
+                    .await;
+                    let _ = reply.send(result);
+                }
+            });
+        });
+        ready_rx.recv().context("the API writer thread died")??;
+        Ok(SliceWriter { requests: tx })
+    }
+}
+
+impl SliceWriter {
+    /// Server-side applies the EndpointSlice in `yaml` (with
+    /// [`TRIGGER_TIME_PLACEHOLDER`] replaced by the current time) and
+    /// returns when the API server has accepted it.
+    pub fn apply(&self, yaml: &str) -> Result<()> {
+        let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+        self.requests
+            .send((yaml.to_string(), reply_tx))
+            .context("the API writer thread is gone")?;
+        reply_rx.recv().context("the API writer thread is gone")?
+    }
+}

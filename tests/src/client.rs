@@ -12,14 +12,21 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::topology::Pod;
 
+/// Moves the calling thread into network namespace `ns`.
+pub fn enter_netns(ns: &str) -> Result<()> {
+    let path = format!("/run/netns/{ns}");
+    let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("setns {path}"));
+    }
+    Ok(())
+}
+
 /// Runs `f` on a thread inside network namespace `ns`.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let path = format!("/run/netns/{ns}");
+    let ns_name = ns.to_string();
     let handle = std::thread::spawn(move || -> Result<T> {
-        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error()).context(format!("setns {path}"));
-        }
+        enter_netns(&ns_name)?;
         Ok(f())
     });
     handle
