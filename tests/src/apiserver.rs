@@ -534,30 +534,6 @@ impl Drop for ApiServer {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_matches_the_standard_alphabet() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-    }
-
-    #[test]
-    fn rfc3339_dates() {
-        let t = SystemTime::UNIX_EPOCH + Duration::new(1_795_532_645, 7);
-        assert_eq!(rfc3339_nanos(t), "2026-11-24T15:04:05.000000007Z");
-        assert_eq!(
-            rfc3339_nanos(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00.000000000Z"
-        );
-    }
-}
-
 /// Writes EndpointSlices through a long-lived API client (no process start
 /// per write), stamping each with `endpoints.kubernetes.io/last-change-trigger-time`
 /// the moment before the request: the agent's propagation delay then
@@ -652,5 +628,29 @@ impl SliceWriter {
             .send((yaml.to_string(), reply_tx))
             .context("the API writer thread is gone")?;
         reply_rx.recv().context("the API writer thread is gone")?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        let t = SystemTime::UNIX_EPOCH + Duration::new(1_795_532_645, 7);
+        assert_eq!(rfc3339_nanos(t), "2026-11-24T15:04:05.000000007Z");
+        assert_eq!(
+            rfc3339_nanos(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000000000Z"
+        );
     }
 }
