@@ -157,6 +157,10 @@ struct AgentArgs {
     /// in a rolling upgrade. A crashed agent always leaves them attached.
     #[arg(long)]
     keep_datapath_on_exit: bool,
+    /// Check the flags (as the chart renders them) and exit without touching
+    /// the system.
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn port_range(text: &str) -> Result<(u16, u16)> {
@@ -267,6 +271,10 @@ fn main() -> Result<()> {
                     udp: seconds("--ct-timeout-udp", args.ct_timeout_udp)?,
                 },
             };
+            if args.check_config {
+                println!("configuration ok");
+                return Ok(());
+            }
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod chart;
 pub mod client;
 pub mod cluster;
 pub mod command;

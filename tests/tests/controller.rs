@@ -22,10 +22,6 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 1, 10);
 const TIMEOUT: Duration = Duration::from_secs(2);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 
-/// The RBAC the chart installs (helm/switchyard/templates/clusterrole.yaml),
-/// for the agents' ServiceAccount.
-const AGENT_RBAC: &str = "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: switchyard, namespace: kube-system}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: switchyard}\nrules:\n- apiGroups: [\"\"]\n  resources: [services, nodes]\n  verbs: [get, list, watch]\n- apiGroups: [discovery.k8s.io]\n  resources: [endpointslices]\n  verbs: [get, list, watch]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: switchyard}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: switchyard}\nsubjects:\n- {kind: ServiceAccount, name: switchyard, namespace: kube-system}\n";
-
 /// Two nodes (backends n1b1 on node 1, n2b1 and n2b2 on node 2, a client
 /// pod on each), a control-plane host with etcd + kube-apiserver, one agent
 /// per node. Field order is drop order.
@@ -49,7 +45,8 @@ impl KubeCluster {
         }
         let cp_ns = cluster.add_control_plane()?.ns().to_string();
         let api = ApiServer::start_in(&cp_ns, control_plane_ip())?;
-        api.apply(AGENT_RBAC)?;
+        // The agents run with the chart's ServiceAccount and RBAC.
+        api.apply(&switchyard_tests::chart::agent_rbac()?)?;
         api.kubectl(&["create", "namespace", "test"])?;
         for n in 1..=2u8 {
             api.apply(&format!(

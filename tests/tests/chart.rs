@@ -1,0 +1,290 @@
+//! The Helm chart: lint, render with default and other values, the rendered
+//! objects accepted by a real kube-apiserver (server-side dry run), and the
+//! chart's RBAC proven least-privilege with a real ServiceAccount token (the
+//! controller tests run the agent itself with that token). Uses the helm
+//! and kubectl of scripts/k8s-binaries.sh.
+
+use anyhow::{Context, Result};
+use switchyard_tests::apiserver::ApiServer;
+use switchyard_tests::chart::{self, chart_dir, helm};
+
+/// `helm template` of the chart with `--set` values, as parsed documents.
+fn render(sets: &[&str]) -> Result<(String, Vec<serde_json::Value>)> {
+    let text = chart::render(sets)?;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok((text, docs))
+}
+
+fn find<'a>(docs: &'a [serde_json::Value], kind: &str) -> Result<&'a serde_json::Value> {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .with_context(|| format!("no {kind} rendered"))
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn chart_lints_and_renders_a_least_privilege_daemonset() -> Result<()> {
+    let lint = helm(&["lint", "--strict", chart_dir().to_str().context("path")?])?;
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+
+    let (_, docs) = render(&[])?;
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "DaemonSet"
+        ]
+    );
+    let ds = find(&docs, "DaemonSet")?;
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
+    assert_eq!(pod["tolerations"][0]["operator"], "Exists", "every taint");
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+        1
+    );
+    let agent = &pod["containers"][0];
+    let sc = &agent["securityContext"];
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(strings(&sc["capabilities"]["drop"]), vec!["ALL"]);
+    assert_eq!(
+        strings(&sc["capabilities"]["add"]),
+        vec!["BPF", "NET_ADMIN", "PERFMON"]
+    );
+    assert_eq!(
+        agent["env"][0],
+        serde_json::json!({"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})
+    );
+    assert_eq!(agent["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert_eq!(agent["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(agent["readinessProbe"]["httpGet"]["port"], 10256);
+    let args = strings(&agent["args"]);
+    for expected in [
+        "agent",
+        "--keep-datapath-on-exit",
+        "--pin-dir=/sys/fs/bpf/switchyard",
+        "--algorithm=random",
+        "--xdp=auto",
+        "--metrics-addr=127.0.0.1:10249",
+        "--health-addr=0.0.0.0:10256",
+        "--sysctl-dir=/host/proc/sys",
+    ] {
+        assert!(
+            args.contains(&expected.to_string()),
+            "{expected} not in {args:?}"
+        );
+    }
+    check_agent_accepts(&args)?;
+    // The only privileged piece: the init container that mounts bpffs.
+    let init = &pod["initContainers"][0];
+    assert_eq!(init["name"], "mount-bpffs");
+    assert_eq!(
+        strings(&init["command"])[1..],
+        ["mount-bpffs", "/sys/fs/bpf"]
+    );
+
+    let role = find(&docs, "ClusterRole")?;
+    let rules: Vec<(Vec<String>, Vec<String>, Vec<String>)> = role["rules"]
+        .as_array()
+        .context("rules")?
+        .iter()
+        .map(|r| {
+            (
+                strings(&r["apiGroups"]),
+                strings(&r["resources"]),
+                strings(&r["verbs"]),
+            )
+        })
+        .collect();
+    let read = vec!["get".to_string(), "list".into(), "watch".into()];
+    assert_eq!(
+        rules,
+        vec![
+            (
+                vec!["".into()],
+                vec!["services".into(), "nodes".into()],
+                read.clone()
+            ),
+            (
+                vec!["discovery.k8s.io".into()],
+                vec!["endpointslices".into()],
+                read
+            ),
+        ],
+        "exactly read access to services, endpointslices and nodes"
+    );
+    Ok(())
+}
+
+#[test]
+fn chart_values_reach_the_agent_and_bad_values_are_refused() -> Result<()> {
+    let (_, docs) = render(&[
+        "algorithm=maglev",
+        "xdp=off",
+        "log.format=text",
+        "metrics.bindAddress=0.0.0.0",
+        "serviceMonitor.enabled=true",
+        "socketLB.enabled=false",
+        "bpffs.mountIfMissing=false",
+        "extraArgs={--poll-ms=150}",
+        "image.tag=test",
+    ])?;
+    let ds = find(&docs, "DaemonSet")?;
+    let pod = &ds["spec"]["template"]["spec"];
+    let agent = &pod["containers"][0];
+    let args = strings(&agent["args"]);
+    for expected in [
+        "--algorithm=maglev",
+        "--xdp=off",
+        "--log-format=text",
+        "--metrics-addr=0.0.0.0:10249",
+        "--socket-lb=off",
+        "--poll-ms=150",
+    ] {
+        assert!(
+            args.contains(&expected.to_string()),
+            "{expected} not in {args:?}"
+        );
+    }
+    check_agent_accepts(&args)?;
+    assert!(pod["initContainers"].is_null(), "no bpffs mount asked for");
+    assert!(
+        agent["image"]
+            .as_str()
+            .is_some_and(|i| i.ends_with(":test"))
+    );
+    find(&docs, "ServiceMonitor")?;
+
+    for (set, message) in [
+        ("algorithm=bogus", "algorithm must be random or maglev"),
+        ("xdp=sometimes", "xdp must be auto, native, generic or off"),
+        (
+            "serviceMonitor.enabled=true",
+            "serviceMonitor.enabled needs metrics.bindAddress",
+        ),
+    ] {
+        let err = render(&[set]).expect_err(set).to_string();
+        assert!(err.contains(message), "{set}: {err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn rendered_chart_is_accepted_by_the_api_server_and_its_rbac_is_least_privilege() -> Result<()> {
+    let api = ApiServer::start_isolated()?;
+    let (default, _) = render(&[])?;
+    let accepted = api.kubectl_as(
+        &api.kubeconfig(),
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&default),
+    )?;
+    assert!(
+        accepted.contains("daemonset.apps/switchyard created (server dry run)"),
+        "{accepted}"
+    );
+    // A variant with other values validates too (the ServiceMonitor needs
+    // the Prometheus Operator's CRD, which a bare API server lacks).
+    let (custom, docs) = render(&["algorithm=maglev", "xdp=off", "socketLB.enabled=false"])?;
+    assert!(docs.iter().all(|d| d["kind"] != "ServiceMonitor"));
+    api.kubectl_as(
+        &api.kubeconfig(),
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&custom),
+    )?;
+
+    // For real: the ServiceAccount and its RBAC, then ask as that account.
+    api.apply(&chart::agent_rbac()?)?;
+    let sa = api.service_account_kubeconfig("kube-system", "switchyard")?;
+    // `kubectl auth can-i` answers yes (exit 0) or no (exit 1).
+    let can = |verb: &str, resource: &str| -> Result<bool> {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", api.netns()))
+            .arg(switchyard_tests::apiserver::k8s_bin("kubectl")?)
+            .arg(format!("--kubeconfig={}", sa.display()))
+            .args(["auth", "can-i", verb, resource])
+            .output()?;
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        match (out.status.code(), answer.as_str()) {
+            (Some(0), "yes") => Ok(true),
+            (Some(1), "no") => Ok(false),
+            _ => anyhow::bail!(
+                "kubectl auth can-i {verb} {resource}: {answer} {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    };
+    for (verb, resource) in [
+        ("get", "services"),
+        ("list", "services"),
+        ("watch", "services"),
+        ("watch", "endpointslices.discovery.k8s.io"),
+        ("list", "nodes"),
+    ] {
+        assert!(can(verb, resource)?, "{verb} {resource} should be allowed");
+    }
+    for (verb, resource) in [
+        ("create", "services"),
+        ("update", "endpointslices.discovery.k8s.io"),
+        ("delete", "nodes"),
+        ("get", "secrets"),
+        ("list", "pods"),
+        ("create", "events"),
+    ] {
+        assert!(
+            !can(verb, resource)?,
+            "{verb} {resource} should be forbidden"
+        );
+    }
+    // And a real write is refused by the API server.
+    let denied = api
+        .kubectl_as(
+            &sa,
+            &[
+                "-n",
+                "default",
+                "create",
+                "service",
+                "clusterip",
+                "nope",
+                "--tcp=80:80",
+            ],
+            None,
+        )
+        .expect_err("creating a service with the agent's token");
+    assert!(
+        denied.to_string().contains("is forbidden: User \"system:serviceaccount:kube-system:switchyard\" cannot create resource \"services\""),
+        "{denied}"
+    );
+    Ok(())
+}
+
+/// The agent binary parses the rendered arguments (`--check-config`).
+fn check_agent_accepts(args: &[String]) -> Result<()> {
+    let out = std::process::Command::new(switchyard_tests::paths::switchyard_bin()?)
+        .args(args)
+        .arg("--check-config")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the agent refuses the chart's arguments {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
