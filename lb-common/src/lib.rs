@@ -21,7 +21,9 @@ pub mod map_names {
     pub const NAT_CONFIG: &str = "nat_config";
     pub const SOURCE_RANGES: &str = "source_ranges";
     pub const INTERFACES: &str = "interfaces";
-    pub const ALL: [&str; 10] = [
+    pub const SOCK_LB: &str = "sock_lb";
+    pub const SOCK_CONFIG: &str = "sock_config";
+    pub const ALL: [&str; 12] = [
         SERVICES,
         BACKENDS,
         CONNTRACK,
@@ -32,7 +34,31 @@ pub mod map_names {
         NAT_CONFIG,
         SOURCE_RANGES,
         INTERFACES,
+        SOCK_LB,
+        SOCK_CONFIG,
     ];
+}
+
+/// A host socket's view of an address, for socket-level load balancing:
+/// (socket cookie, service address) → the backend it was sent to, and
+/// (socket cookie, backend address) → the service address to show.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockKey {
+    pub cookie: u64,
+    pub ip_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// An IPv4 address and port, both in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockAddr {
+    pub ip_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
 }
 
 /// Names of the BPF programs in the object.
@@ -47,6 +73,21 @@ pub mod program_names {
     pub const TO_WORLD: &str = "to_world";
     /// XDP on the node's external interface: fast path for external flows.
     pub const XDP_WORLD: &str = "xdp_world";
+    /// cgroup connect4 hook: host processes' TCP and connected-UDP sockets.
+    pub const SOCK_CONNECT4: &str = "sock_connect4";
+    /// cgroup sendmsg4 hook: host processes' unconnected UDP datagrams.
+    pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
+    /// cgroup recvmsg4 hook: replies shown as coming from the service.
+    pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
+    /// cgroup getpeername4 hook: the peer shown as the service.
+    pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
+    /// The socket hooks and their attach points.
+    pub const SOCKET_HOOKS: [&str; 4] = [
+        SOCK_CONNECT4,
+        SOCK_SENDMSG4,
+        SOCK_RECVMSG4,
+        SOCK_GETPEERNAME4,
+    ];
 }
 
 /// Default capacities. The services map holds one master entry per frontend
@@ -61,6 +102,8 @@ pub const MAX_CONNTRACK_ENTRIES: u32 = 262_144;
 pub const MAX_AFFINITY_ENTRIES: u32 = 131_072;
 /// Allowed source prefixes of services with `loadBalancerSourceRanges`.
 pub const MAX_SOURCE_RANGES: u32 = 16_384;
+/// Socket-level translations (two entries per translated socket).
+pub const MAX_SOCK_LB_ENTRIES: u32 = 65_536;
 /// Service IDs index `service_stats` and `service_names`; ID 0 is never used.
 pub const MAX_SERVICES: u32 = 65_536;
 /// Highest number of backend slots one frontend may have.
@@ -380,7 +423,11 @@ pub mod reason {
     pub const FIB_LOOKUP_FAILED: u32 = 13;
     /// Translated by XDP (flows to local backends) before any skb existed.
     pub const XDP_TRANSLATED: u32 = 14;
-    pub const COUNT: u32 = 15;
+    /// A host process's socket connected (or sent) straight to a backend.
+    pub const SOCK_TRANSLATED: u32 = 15;
+    /// A host process's connect() refused: the service has no backend.
+    pub const SOCK_NO_BACKEND: u32 = 16;
+    pub const COUNT: u32 = 17;
 
     /// Human names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -399,6 +446,8 @@ pub mod reason {
         "snat_ports_exhausted",
         "fib_lookup_failed",
         "xdp_translated",
+        "sock_translated",
+        "sock_no_backend",
     ];
 }
 
@@ -445,6 +494,8 @@ mod pod_impls {
     unsafe impl aya::Pod for NatConfig {}
     unsafe impl aya::Pod for SourceRange {}
     unsafe impl aya::Pod for InterfaceStatus {}
+    unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for SockAddr {}
 }
 
 #[cfg(test)]

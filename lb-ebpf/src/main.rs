@@ -8,6 +8,8 @@
 //!   also SNATed to this node and forwarded by FIB lookup.
 //! - `to_pod` and `to_world` (tc egress) restore the frontend as the source
 //!   of replies, so clients only ever talk to the address they chose.
+//! - `sock_*` (cgroup socket hooks) do the same for processes of the node
+//!   itself, at connect()/sendmsg() time (sock.rs).
 #![no_std]
 #![no_main]
 #![allow(non_upper_case_globals)]
@@ -21,14 +23,15 @@ mod nat;
 mod parse;
 mod reject;
 mod snat;
+mod sock;
 mod stats;
 mod xdp;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use lb_common::{backend_flags, conn_kind, reason, service_flags};
 
@@ -60,6 +63,31 @@ pub fn from_world(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn xdp_world(ctx: XdpContext) -> u32 {
     xdp::handle(&ctx)
+}
+
+/// Host processes' connect(): TCP and connected UDP to a service go
+/// straight to a backend.
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx)
+}
+
+/// Host processes' unconnected UDP datagrams to a service.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx)
+}
+
+/// Replies to host processes' UDP sockets come from the service address.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_service(&ctx)
+}
+
+/// getpeername() of a host socket connected through a service.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::to_service(&ctx)
 }
 
 #[classifier]

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey,
     InterfaceStatus, MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK_ENTRIES,
-    MAX_SERVICE_ENTRIES, MAX_SERVICES, MAX_SOURCE_RANGES, NatConfig, ServiceCounters, ServiceKey,
-    ServiceName, SourceRange, reason,
+    MAX_SERVICE_ENTRIES, MAX_SERVICES, MAX_SOCK_LB_ENTRIES, MAX_SOURCE_RANGES, NatConfig,
+    ServiceCounters, ServiceKey, ServiceName, SockAddr, SockKey, SourceRange, reason,
 };
 
 /// Frontend (VIP, port, proto, slot) → master entry or backend slot.
@@ -60,3 +60,13 @@ pub static source_ranges: LpmTrie<SourceRange, u8, { MAX_SOURCE_RANGES as usize 
 /// ifindex → how the agent attached there (for `switchyard inspect interfaces`).
 #[btf_map]
 pub static interfaces: HashMap<u32, InterfaceStatus, 4096> = HashMap::new();
+
+/// Socket-level translations of host processes' sockets (see sock.rs).
+#[btf_map]
+pub static sock_lb: LruHashMap<SockKey, SockAddr, { MAX_SOCK_LB_ENTRIES as usize }> =
+    LruHashMap::new();
+
+/// Index 0: the network namespace (cookie) whose sockets the socket hooks
+/// translate: the node's own. 0 means none (socket LB off).
+#[btf_map]
+pub static sock_config: Array<u64, 1> = Array::new();

@@ -61,6 +61,9 @@ pub struct AgentConfig {
     /// On a graceful stop, leave the programs attached (for an upgrade: the
     /// next agent takes the links over without a gap).
     pub keep_datapath_on_exit: bool,
+    /// Socket-level load balancing for the node's own processes, on this
+    /// cgroup (v2).
+    pub socket_lb_cgroup: Option<PathBuf>,
 }
 
 /// The node's addresses: given, or read off its external interfaces.
@@ -303,6 +306,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             }
         };
     apply(&mut sync, &mut desired, first);
+    if let Some(cgroup) = &cfg.socket_lb_cgroup {
+        datapath
+            .attach_socket_lb(cgroup)
+            .context("attaching the socket hooks (--socket-lb)")?;
+    }
     match ifaces::reconcile(&mut datapath, &cfg.pod_ifaces, cfg.external_ifaces.as_ref()) {
         // Links an earlier run left on interfaces that are gone go now.
         Ok(()) => datapath.release_stale(),

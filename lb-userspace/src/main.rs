@@ -41,6 +41,12 @@ enum Algorithm {
     Maglev,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum OnOff {
+    On,
+    Off,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -157,6 +163,15 @@ struct AgentArgs {
     /// in a rolling upgrade. A crashed agent always leaves them attached.
     #[arg(long)]
     keep_datapath_on_exit: bool,
+    /// Socket-level load balancing for processes in the node's own network
+    /// namespace (host-network pods, the kubelet): `on` attaches cgroup
+    /// connect/sendmsg/recvmsg/getpeername hooks to --cgroup.
+    #[arg(long, value_enum, default_value = "off")]
+    socket_lb: OnOff,
+    /// The cgroup (v2) the socket hooks attach to: normally the root of the
+    /// hierarchy, so every process is covered.
+    #[arg(long, default_value = "/sys/fs/cgroup", value_name = "DIR")]
+    cgroup: PathBuf,
     /// Check the flags (as the chart renders them) and exit without touching
     /// the system.
     #[arg(long)]
@@ -248,6 +263,7 @@ fn main() -> Result<()> {
                 sysctl_dir: args.sysctl_dir,
                 xdp: args.xdp,
                 keep_datapath_on_exit: args.keep_datapath_on_exit,
+                socket_lb_cgroup: (args.socket_lb == OnOff::On).then(|| args.cgroup.clone()),
                 selection: match args.algorithm {
                     Algorithm::Random => Selection::Random,
                     Algorithm::Maglev => {

@@ -14,6 +14,7 @@ pub mod chart;
 pub mod client;
 pub mod cluster;
 pub mod command;
+pub mod host;
 pub mod manifests;
 pub mod paths;
 pub mod pod_server;

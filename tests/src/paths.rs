@@ -27,6 +27,10 @@ pub fn switchyard_bin() -> Result<PathBuf> {
     find("switchyard", "SWITCHYARD_BIN")
 }
 
+pub fn host_client_bin() -> Result<PathBuf> {
+    find("host-client", "SWITCHYARD_HOST_CLIENT")
+}
+
 pub fn pod_server_bin() -> Result<PathBuf> {
     find("pod-server", "SWITCHYARD_POD_SERVER")
 }

@@ -265,6 +265,7 @@ pub fn cleanup_stale() {
             }
         }
     }
+    crate::host::cleanup_stale_cgroups(is_dead);
     if let Ok(dirs) = std::fs::read_dir("/sys/fs/bpf") {
         for d in dirs.flatten() {
             let name = d.file_name().to_string_lossy().into_owned();

@@ -251,3 +251,80 @@ fn udp_flows_of_a_removed_remote_backend_are_flushed() -> Result<()> {
     );
     Ok(())
 }
+
+/// `reply=<name> <source the backend saw> peer=<address the socket shows>`.
+fn parse_host_reply(line: &str) -> (String, String, String) {
+    let reply = line
+        .strip_prefix("reply=")
+        .and_then(|r| r.split(" peer=").next())
+        .unwrap_or_default();
+    let mut words = reply.split_whitespace();
+    let name = words.next().unwrap_or_default().to_string();
+    let seen = words.next().unwrap_or_default().to_string();
+    let peer = line.split(" peer=").nth(1).unwrap_or_default().to_string();
+    (name, seen, peer)
+}
+
+#[test]
+fn node_processes_reach_cluster_ips_and_node_ports_through_socket_hooks() -> Result<()> {
+    let c = TwoNodes::start_with_socket_lb(&["--external-ifaces", "ext0"])?;
+    let svc = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: test}}\nspec:\n  type: NodePort\n  clusterIP: {VIP}\n  ports:\n  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP, nodePort: {NODE_PORT}}}\n  - {{name: udp, port: 53, targetPort: 5353, protocol: UDP, nodePort: 30053}}\n"
+    );
+    c.apply_service(&svc, &c.endpoints())?;
+    wait_backends(&c, &["n1b1", "n2b1", "n2b2"])?;
+    let node1 = c.cluster.node(1).topo.node_ns().to_string();
+    let cgroup = &c.cgroups[0];
+    let all: BTreeSet<String> = ["n1b1", "n2b1", "n2b2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+
+    // Node 1's own processes: the cluster IP (TCP, connected UDP and
+    // unconnected UDP), node 1's and node 2's node ports.
+    let targets = [
+        ("tcp", tcp_vip()),
+        ("udp", udp_vip()),
+        ("udp-sendto", udp_vip()),
+        ("tcp", SocketAddrV4::new(node_ip(1), NODE_PORT)),
+        ("udp", SocketAddrV4::new(node_ip(1), 30053)),
+    ];
+    for (mode, addr) in targets {
+        let mut seen = BTreeSet::new();
+        for _ in 0..24 {
+            let line = cgroup.client(&node1, mode, addr)?;
+            let (name, source, peer) = parse_host_reply(&line);
+            assert_eq!(
+                peer,
+                addr.to_string(),
+                "{mode} {addr}: the socket shows the service: {line}"
+            );
+            // The backend sees the node itself: no SNAT, the socket went there.
+            let source_ip = source.split(':').next().unwrap_or_default();
+            let expected = if name == "n1b1" {
+                "169.254.1.1"
+            } else {
+                "10.10.0.1"
+            };
+            assert!(
+                source_ip == expected || source_ip == node_ip(1).to_string(),
+                "{mode} {addr}: backend {name} saw {source}"
+            );
+            seen.insert(name);
+        }
+        assert_eq!(seen, all, "{mode} {addr} spreads over every backend");
+    }
+    // Node 2's node port, from node 1: reached directly too.
+    let remote = SocketAddrV4::new(node_ip(2), NODE_PORT);
+    let (name, _, peer) = parse_host_reply(&cgroup.client(&node1, "tcp", remote)?);
+    assert!(all.contains(&name));
+    assert_eq!(peer, remote.to_string());
+
+    // No endpoints: connect() is refused at once.
+    c.apply_service(&svc, &[])?;
+    wait_backends(&c, &[])?;
+    assert_eq!(cgroup.client(&node1, "tcp", tcp_vip())?, "refused");
+    let stats = c.agents[0].inspect(&["stats"])?;
+    assert!(stats.contains("sock_translated"), "{stats}");
+    Ok(())
+}

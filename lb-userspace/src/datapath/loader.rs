@@ -16,7 +16,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::HashMap as BpfHashMap,
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
@@ -164,6 +164,8 @@ pub struct Datapath {
     attached: BTreeMap<String, Attachment>,
     xdp: XdpChoice,
     links_dir: PathBuf,
+    /// The socket hooks' links, when socket LB is on.
+    socket_links: Vec<HeldLink>,
 }
 
 /// `<links dir>/<iface>_<ifindex>_<hook>`: the ifindex tells a recreated
@@ -196,6 +198,35 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .with_context(|| format!("program {name} is not XDP"))
 }
 
+fn socket_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the BPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a cgroup sock_addr program"))
+}
+
+/// The cookie of this process's network namespace (SO_NETNS_COOKIE).
+fn own_netns_cookie() -> Result<u64> {
+    let socket =
+        std::net::UdpSocket::bind("127.0.0.1:0").context("a socket to read the netns cookie")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket and an 8-byte buffer, as SO_NETNS_COOKIE needs.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("getsockopt(SO_NETNS_COOKIE)");
+    }
+    Ok(cookie)
+}
+
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
     ebpf.program_mut(name)
         .with_context(|| format!("program {name} missing from the BPF object"))?
@@ -226,6 +257,11 @@ impl Datapath {
         xdp_program(&mut ebpf)?
             .load()
             .context("loading the XDP program into the kernel")?;
+        for name in program_names::SOCKET_HOOKS {
+            socket_program(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("loading program {name} into the kernel"))?;
+        }
         info!(object = %object.display(), pin_dir = %pin_dir.display(), "datapath loaded");
         let links_dir = pin_dir.join("links");
         std::fs::create_dir_all(&links_dir)
@@ -235,7 +271,51 @@ impl Datapath {
             attached: BTreeMap::new(),
             xdp,
             links_dir,
+            socket_links: Vec::new(),
         })
+    }
+
+    /// Socket-level load balancing for the node's own processes: the
+    /// socket hooks on `cgroup` (normally the cgroup v2 root, so every
+    /// process), translating only sockets of this network namespace.
+    pub fn attach_socket_lb(&mut self, cgroup: &Path) -> Result<()> {
+        let dir = std::fs::File::open(cgroup)
+            .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        let cookie = own_netns_cookie()?;
+        {
+            let map = self
+                .ebpf
+                .map_mut(map_names::SOCK_CONFIG)
+                .context("sock_config map missing from the BPF object")?;
+            let mut config: aya::maps::Array<&mut aya::maps::MapData, u64> =
+                aya::maps::Array::try_from(map)?;
+            config.set(0, cookie, 0).context("writing sock_config")?;
+        }
+        for name in program_names::SOCKET_HOOKS {
+            let path = self.links_dir.join(format!("cgroup_{name}"));
+            let program = socket_program(&mut self.ebpf, name)?;
+            // Link-based cgroup attachments always coexist (the "single"
+            // mode is the link's flags = 0): the new one is attached before
+            // an earlier run's is released, so none is missing.
+            let id = program
+                .attach(&dir, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+            let link = FdLink::try_from(program.take_link(id)?)?;
+            match std::fs::remove_file(&path) {
+                Ok(()) => debug!(pin = %path.display(), "released the previous run's socket hook"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!(pin = %path.display(), "removing the previous socket hook: {e}"),
+            }
+            let pinned = link
+                .pin(&path)
+                .with_context(|| format!("pinning {}", path.display()))?;
+            self.socket_links.push(HeldLink {
+                path,
+                link: pinned.into(),
+            });
+        }
+        info!(cgroup = %cgroup.display(), netns_cookie = cookie, "socket load balancing attached");
+        Ok(())
     }
 
     /// Removes what an earlier run left and this one did not take over:
@@ -245,7 +325,9 @@ impl Datapath {
         let held: std::collections::BTreeSet<PathBuf> = self
             .attached
             .values()
-            .flat_map(|a| a.links.iter().map(|l| l.path.clone()))
+            .flat_map(|a| a.links.iter())
+            .chain(self.socket_links.iter())
+            .map(|l| l.path.clone())
             .collect();
         if let Ok(entries) = std::fs::read_dir(&self.links_dir) {
             for entry in entries.flatten() {
@@ -503,6 +585,7 @@ impl Datapath {
     pub fn leave_attached(&mut self) {
         let count = self.attached.len();
         self.attached.clear();
+        self.socket_links.clear();
         info!(
             interfaces = count,
             "datapath left attached for the next agent"
@@ -510,6 +593,12 @@ impl Datapath {
     }
 
     pub fn detach_all(&mut self) {
+        for link in std::mem::take(&mut self.socket_links) {
+            let path = link.path.clone();
+            if let Err(e) = link.release() {
+                warn!("releasing {}: {e}", path.display());
+            }
+        }
         let names: Vec<String> = self.attached.keys().cloned().collect();
         for n in names {
             self.detach(&n, false);

@@ -17,6 +17,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 /// backends `n2b1`, `n2b2`. One agent per node. Field order is drop order.
 pub struct TwoNodes {
     pub agents: Vec<AgentProcess>,
+    /// Per node, when socket LB is on: the cgroup its host processes run in.
+    pub cgroups: Vec<switchyard_tests::host::NodeCgroup>,
     /// Kept for their lifetime: the servers stop when the cluster drops.
     _servers: Vec<PodServer>,
     pub manifests: ManifestDir,
@@ -30,6 +32,16 @@ impl TwoNodes {
 
     /// `agent_args` go to every node's agent, after `--node-name`.
     pub fn start_with(agent_args: &[&str]) -> Result<Self> {
+        Self::start_inner(agent_args, false)
+    }
+
+    /// Agents with socket-level load balancing on a cgroup per node
+    /// ([`TwoNodes::cgroups`]).
+    pub fn start_with_socket_lb(agent_args: &[&str]) -> Result<Self> {
+        Self::start_inner(agent_args, true)
+    }
+
+    fn start_inner(agent_args: &[&str], socket_lb: bool) -> Result<Self> {
         cleanup_stale();
         let mut cluster = MultiNode::new(2)?;
         let mut servers = Vec::new();
@@ -40,8 +52,25 @@ impl TwoNodes {
             servers.push(pod.start_server(&ServerPorts::tcp_udp(8080, 5353))?);
         }
         let manifests = ManifestDir::new()?;
+        let mut cgroups = Vec::new();
+        if socket_lb {
+            for _ in &cluster.nodes {
+                cgroups.push(switchyard_tests::host::NodeCgroup::new()?);
+            }
+        }
         let mut agents = Vec::new();
-        for node in &cluster.nodes {
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            let socket_args: Vec<String> = cgroups
+                .get(i)
+                .map(|cg| {
+                    vec![
+                        "--socket-lb".to_string(),
+                        "on".into(),
+                        "--cgroup".into(),
+                        cg.path().display().to_string(),
+                    ]
+                })
+                .unwrap_or_default();
             agents.push(AgentProcess::start(AgentOptions {
                 node_ns: node.topo.node_ns().to_string(),
                 pin_dir: format!("/sys/fs/bpf/{}", node.topo.id()).into(),
@@ -50,11 +79,13 @@ impl TwoNodes {
                 extra_args: ["--node-name".to_string(), node.name()]
                     .into_iter()
                     .chain(agent_args.iter().map(|a| a.to_string()))
+                    .chain(socket_args)
                     .collect(),
             })?);
         }
         Ok(Self {
             agents,
+            cgroups,
             _servers: servers,
             manifests,
             cluster,

@@ -1,0 +1,148 @@
+//! Socket-level load balancing for processes in the node's network
+//! namespace (host-network pods, the kubelet, anything on the node): their
+//! traffic to a service never crosses a pod interface, so it is translated
+//! where it starts, in cgroup hooks on connect()/sendmsg(), and shown back
+//! as the service address on recvmsg()/getpeername(). The socket talks to
+//! the backend directly: no per-packet NAT, no conntrack entry.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_ANY,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    programs::SockAddrContext,
+};
+use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, ServiceKey, SockAddr, SockKey, reason};
+
+use crate::{
+    affinity,
+    maps::{nat_config, services, sock_config, sock_lb},
+    stats,
+};
+
+/// Hook verdicts of cgroup sock_addr programs.
+const ALLOW: i32 = 1;
+const REJECT: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+/// Only the node's own sockets: pods' traffic is handled per packet on their
+/// interfaces, where conntrack and the reply path already see it.
+#[inline(always)]
+fn in_host_netns(ctx: &SockAddrContext) -> bool {
+    let host = sock_config.get(0).copied().unwrap_or(0);
+    host != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == host
+}
+
+#[inline(always)]
+fn protocol(proto: u32) -> Option<u8> {
+    match proto {
+        6 => Some(PROTO_TCP),
+        17 => Some(PROTO_UDP),
+        _ => None,
+    }
+}
+
+/// connect4 and sendmsg4: a service address becomes one of its backends.
+#[inline(always)]
+pub fn to_backend(ctx: &SockAddrContext) -> i32 {
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.user_family != 2 || !in_host_netns(ctx) {
+        return ALLOW;
+    }
+    let Some(proto) = protocol(sa.protocol) else {
+        return ALLOW;
+    };
+    let vip = sa.user_ip4;
+    // The port sits in the low 16 bits, in network byte order.
+    let vport = sa.user_port as u16;
+    let Some(master) = (unsafe { services.get(ServiceKey::new(vip, vport, proto, 0)) }).copied()
+    else {
+        return ALLOW;
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let forward = SockKey {
+        cookie,
+        ip_be: vip,
+        port_be: vport,
+        proto,
+        _pad: 0,
+    };
+    // An unconnected UDP socket sends many datagrams: all to one backend,
+    // as long as that backend is still there.
+    if let Some(chosen) = unsafe { sock_lb.get(forward) }.copied() {
+        sa.user_ip4 = chosen.ip_be;
+        sa.user_port = chosen.port_be as u32;
+        stats::count(reason::ESTABLISHED);
+        return ALLOW;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Host processes share the node's address: that is their client IP for
+    // affinity and Maglev.
+    let node_ip = nat_config.get(0).map_or(0, |c| c.snat_ip_be);
+    let flow = FlowKey {
+        src_ip_be: node_ip,
+        dst_ip_be: vip,
+        src_port_be: 0,
+        dst_port_be: vport,
+        proto,
+        _pad: [0; 3],
+    };
+    let Some((_, backend)) = affinity::choose_backend(&flow, &master, now) else {
+        stats::count(reason::SOCK_NO_BACKEND);
+        stats::service(master.service_id, |c| c.no_backend += 1);
+        // connect() fails with ECONNREFUSED, as when kube-proxy rejects.
+        unsafe { aya_ebpf::helpers::bpf_set_retval(-ECONNREFUSED) };
+        return REJECT;
+    };
+    sa.user_ip4 = backend.ip_be;
+    sa.user_port = backend.port_be as u32;
+    let chosen = SockAddr {
+        ip_be: backend.ip_be,
+        port_be: backend.port_be,
+        _pad: 0,
+    };
+    let reverse = SockKey {
+        cookie,
+        ip_be: backend.ip_be,
+        port_be: backend.port_be,
+        proto,
+        _pad: 0,
+    };
+    let service = SockAddr {
+        ip_be: vip,
+        port_be: vport,
+        _pad: 0,
+    };
+    // Losing these costs only the cosmetic reverse mapping, never traffic.
+    let _ = sock_lb.insert(forward, chosen, BPF_ANY as u64);
+    let _ = sock_lb.insert(reverse, service, BPF_ANY as u64);
+    stats::count(reason::SOCK_TRANSLATED);
+    stats::service(master.service_id, |c| c.new_flows += 1);
+    ALLOW
+}
+
+/// recvmsg4 and getpeername4: a backend this socket was sent to shows as
+/// the service address it asked for. Entries are per socket (cookie), so a
+/// later direct connection to the same backend is never disguised.
+#[inline(always)]
+pub fn to_service(ctx: &SockAddrContext) -> i32 {
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.user_family != 2 || !in_host_netns(ctx) {
+        return ALLOW;
+    }
+    let Some(proto) = protocol(sa.protocol) else {
+        return ALLOW;
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = SockKey {
+        cookie,
+        ip_be: sa.user_ip4,
+        port_be: sa.user_port as u16,
+        proto,
+        _pad: 0,
+    };
+    if let Some(service) = unsafe { sock_lb.get(key) }.copied() {
+        sa.user_ip4 = service.ip_be;
+        sa.user_port = service.port_be as u32;
+    }
+    ALLOW
+}

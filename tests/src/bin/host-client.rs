@@ -1,0 +1,75 @@
+//! A client run as a process of a node (in its network namespace and in a
+//! cgroup the agent's socket hooks watch), for the socket-LB tests:
+//!
+//! host-client --cgroup DIR tcp|udp|udp-sendto IP:PORT
+//!
+//! Joins the cgroup first, then sends `whoami` and prints
+//! `reply=<answer> peer=<address the socket reports>`: for tcp and udp the
+//! connected peer (getpeername), for udp-sendto the reply's source
+//! (recvfrom). A refused connection prints `refused`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+fn usage() -> ! {
+    eprintln!("usage: host-client --cgroup DIR tcp|udp|udp-sendto IP:PORT");
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [flag, cgroup, mode, addr] = args.as_slice() else {
+        usage()
+    };
+    if flag != "--cgroup" {
+        usage()
+    }
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        usage()
+    };
+    let procs = std::path::Path::new(cgroup).join("cgroup.procs");
+    if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
+        eprintln!("joining {}: {e}", procs.display());
+        std::process::exit(1);
+    }
+    let timeout = Some(Duration::from_secs(2));
+    let outcome: std::io::Result<(String, SocketAddr)> = (|| match mode.as_str() {
+        "tcp" => {
+            let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            stream.set_read_timeout(timeout)?;
+            let peer = stream.peer_addr()?;
+            (&stream).write_all(b"whoami\n")?;
+            let mut line = String::new();
+            BufReader::new(&stream).read_line(&mut line)?;
+            Ok((line.trim().to_string(), peer))
+        }
+        "udp" => {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.set_read_timeout(timeout)?;
+            socket.connect(addr)?;
+            let peer = socket.peer_addr()?;
+            socket.send(b"whoami\n")?;
+            let mut buf = [0u8; 512];
+            let n = socket.recv(&mut buf)?;
+            Ok((String::from_utf8_lossy(&buf[..n]).trim().to_string(), peer))
+        }
+        "udp-sendto" => {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.set_read_timeout(timeout)?;
+            socket.send_to(b"whoami\n", addr)?;
+            let mut buf = [0u8; 512];
+            let (n, from) = socket.recv_from(&mut buf)?;
+            Ok((String::from_utf8_lossy(&buf[..n]).trim().to_string(), from))
+        }
+        _ => usage(),
+    })();
+    match outcome {
+        Ok((reply, peer)) => println!("reply={reply} peer={peer}"),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => println!("refused"),
+        Err(e) => {
+            eprintln!("{mode} {addr}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
