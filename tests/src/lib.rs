@@ -18,6 +18,7 @@ pub mod host;
 pub mod manifests;
 pub mod paths;
 pub mod pod_server;
+pub mod scenarios;
 pub mod topology;
 pub mod wait;
 

@@ -33,10 +33,21 @@ enum Task {
     Demo(BuildArgs),
     /// cargo fmt --check and clippy -D warnings on every crate, BPF included.
     Lint(EbpfArgs),
+    /// Run a benchmark (release build) and print its Markdown table:
+    /// `nodeport` (XDP vs tc NodePort rates).
+    Bench(BenchArgs),
     /// Assemble the container image's file tree (what the Dockerfile's
     /// runtime stage copies): /usr/bin/switchyard,
     /// /usr/lib/switchyard/switchyard.bpf.o.
     ImageRoot(ImageRootArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct BenchArgs {
+    #[command(flatten)]
+    ebpf: EbpfArgs,
+    #[arg(value_parser = ["nodeport"])]
+    which: String,
 }
 
 #[derive(clap::Args, Clone)]
@@ -89,6 +100,7 @@ fn main() -> Result<()> {
         Task::Demo(a) => demo(&a),
         Task::Lint(a) => lint(a.route),
         Task::ImageRoot(a) => image_root(&a),
+        Task::Bench(a) => bench(&a),
     }
 }
 
@@ -214,6 +226,17 @@ fn build(a: &BuildArgs) -> Result<()> {
         c.arg("--release");
     }
     run(&mut c)
+}
+
+fn bench(a: &BenchArgs) -> Result<()> {
+    build(&BuildArgs {
+        ebpf: a.ebpf.clone(),
+        release: true,
+    })?;
+    let bin = workspace_root()
+        .join("target/release")
+        .join(format!("{}-bench", a.which));
+    run(&mut Command::new(bin))
 }
 
 fn image_root(a: &ImageRootArgs) -> Result<()> {
