@@ -217,6 +217,15 @@ pub struct NatConfig {
     /// local sockets by the agent).
     pub port_min: u16,
     pub port_max: u16,
+    /// `nat_flags`.
+    pub flags: u32,
+}
+
+/// Bits of [`NatConfig::flags`].
+pub mod nat_flags {
+    /// XDP forwards client → backend packets of SNAT flows itself (XDP_TX
+    /// or redirect) instead of passing them to tc.
+    pub const XDP_SNAT: u32 = 1;
 }
 
 /// Data of a `source_ranges` LPM trie key: service ID (always matched in

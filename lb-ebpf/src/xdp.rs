@@ -1,26 +1,33 @@
 //! XDP fast path on the external interface: external flows to a service
 //! frontend, before the kernel allocates an skb.
 //!
-//! It shares service lookup, backend choice, affinity and conntrack with
-//! the tc path and differs only at the edges: direct packet access and
-//! checksums updated by hand (no skb helpers in XDP). It handles flows to
-//! backends on this node (DNAT, then the kernel delivers to the pod) and the
-//! early drops (source ranges, `externalTrafficPolicy: Local` without local
-//! endpoints). Everything else is passed on *untouched* to the tc program
-//! `from_world`, which does the full job: flows to other nodes (SNAT and
-//! forwarding), their replies, ICMP rejects, IP options, fragments.
-//! Forwarding SNAT flows with XDP_TX is the next step (see docs).
+//! It shares service lookup, backend choice, affinity, SNAT ports and
+//! conntrack with the tc path and differs only at the edges: direct packet
+//! access and checksums updated by hand (no skb helpers in XDP). It handles
+//! flows to backends on this node (DNAT, then the kernel delivers to the
+//! pod), with `--xdp-snat` client → backend packets of flows to other
+//! nodes (DNAT + SNAT, then out again by FIB lookup with XDP_TX or a
+//! redirect), and the early drops
+//! (source ranges, `externalTrafficPolicy: Local` without local endpoints).
+//! What it does not finish — replies of SNAT flows, a next hop whose
+//! neighbour is not resolved yet, ICMP rejects, IP options, fragments — is
+//! passed on *untouched* to the tc program `from_world`, which finds the
+//! same conntrack entries and does the rest.
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::bpf_ktime_get_ns,
+    bindings::{
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    },
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect},
     programs::XdpContext,
 };
 use lb_common::{
-    FlowKey, PROTO_TCP, PROTO_UDP, backend_flags, conn_kind, csum, reason, service_flags,
+    FlowKey, PROTO_TCP, PROTO_UDP, backend_flags, conn_kind, csum, nat_flags, reason,
+    service_flags,
 };
 
-use crate::{affinity, conntrack, lookup, stats};
+use crate::{affinity, conntrack, lookup, maps::nat_config, snat, stats};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
@@ -150,6 +157,71 @@ fn rewrite(
     write(ctx, port_off, port_be)
 }
 
+/// Where a packet from `src` to `dst` leaves: (ifindex, destination MAC,
+/// source MAC), when the FIB knows the route and the neighbour.
+#[inline(always)]
+fn next_hop(ctx: &XdpContext, pkt: &XdpPacket, src: u32, dst: u32) -> Option<(u32, [u8; 12])> {
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = 2;
+    params.l4_protocol = pkt.flow.proto;
+    params.__bindgen_anon_1.tot_len = (pkt.len as u16).saturating_sub(ETH_HLEN as u16);
+    params.__bindgen_anon_3.ipv4_src = src;
+    params.__bindgen_anon_4.ipv4_dst = dst;
+    params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let rc = unsafe {
+        fib_lookup(
+            ctx.ctx as *mut _,
+            &mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return None;
+    }
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&params.dmac);
+    macs[6..].copy_from_slice(&params.smac);
+    Some((params.ifindex, macs))
+}
+
+/// Sends the rewritten frame on: back out of the interface it came in on
+/// (XDP_TX), or redirected to another.
+#[inline(always)]
+fn transmit(ctx: &XdpContext, ifindex: u32, macs: [u8; 12]) -> Result<u32, ()> {
+    write(ctx, 0, macs)?;
+    if ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
+        Ok(XDP_TX)
+    } else {
+        Ok(unsafe { bpf_redirect(ifindex, 0) } as u32)
+    }
+}
+
+/// Client → frontend becomes node:snat-port → backend, sent on. `None`
+/// when the next hop is not known here: tc does it (the entry exists).
+#[inline(always)]
+fn forward_snat(
+    ctx: &XdpContext,
+    pkt: &XdpPacket,
+    backend: (u32, u16),
+    snat: (u32, u16),
+) -> Result<Option<u32>, ()> {
+    let Some((ifindex, macs)) = next_hop(ctx, pkt, snat.0, backend.0) else {
+        return Ok(None);
+    };
+    rewrite(ctx, pkt, true, backend.0, backend.1)?;
+    rewrite(ctx, pkt, false, snat.0, snat.1)?;
+    transmit(ctx, ifindex, macs).map(Some)
+}
+
+/// Whether the agent asked XDP to forward SNAT flows (`--xdp-snat`).
+#[inline(always)]
+fn xdp_snat_enabled() -> bool {
+    nat_config
+        .get(0)
+        .is_some_and(|c| c.flags & nat_flags::XDP_SNAT != 0)
+}
+
 pub fn handle(ctx: &XdpContext) -> u32 {
     let Ok(pkt) = parse(ctx) else {
         return XDP_PASS;
@@ -165,7 +237,8 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(entry) = conntrack::lookup(&pkt.flow) {
         let entry = unsafe { &mut *entry };
-        if entry.kind == conn_kind::FORWARD && !conntrack::is_reopened(entry, pkt.tcp_flags) {
+        let kind = entry.kind;
+        if kind == conn_kind::FORWARD && !conntrack::is_reopened(entry, pkt.tcp_flags) {
             conntrack::touch(entry, pkt.tcp_flags, now);
             let (ip, port, service_id) = (entry.nat_ip_be, entry.nat_port_be, entry.service_id);
             rewrite(ctx, pkt, true, ip, port)?;
@@ -175,9 +248,31 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
                 c.packets += 1;
                 c.bytes += pkt.len;
             });
+            return Ok(XDP_PASS);
         }
-        // Translated or not (SNAT flows, their replies): the stack and tc
-        // take it from here.
+        if kind == conn_kind::FORWARD_SNAT
+            && xdp_snat_enabled()
+            && !conntrack::is_reopened(entry, pkt.tcp_flags)
+        {
+            let backend = (entry.nat_ip_be, entry.nat_port_be);
+            let snat = (entry.second_ip_be, entry.second_port_be);
+            let service_id = entry.service_id;
+            if let Some(action) = forward_snat(ctx, pkt, backend, snat)? {
+                conntrack::touch(entry, pkt.tcp_flags, now);
+                stats::count(reason::ESTABLISHED);
+                stats::count(reason::XDP_TRANSLATED);
+                stats::service(service_id, |c| {
+                    c.packets += 1;
+                    c.bytes += pkt.len;
+                });
+                return Ok(action);
+            }
+            return Ok(XDP_PASS);
+        }
+        // Replies of SNAT flows (and reopened flows, hairpin kinds): tc.
+        // Replies sent back out with XDP_TX were lost on veth in native
+        // mode (generic mode delivered them), so they stay on the tc path
+        // until that is understood; see docs/architecture.md.
         return Ok(XDP_PASS);
     }
 
@@ -205,9 +300,44 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
         return Ok(XDP_DROP);
     };
     if backend.flags & backend_flags::LOCAL == 0 {
-        // To another node: tc SNATs and forwards it, choosing again (an
-        // affinity pin made here is the one it finds).
-        return Ok(XDP_PASS);
+        if !xdp_snat_enabled() {
+            // tc SNATs and forwards it, choosing again (an affinity pin
+            // made here is the one it finds).
+            return Ok(XDP_PASS);
+        }
+        // To another node: SNAT to this node so the reply comes back here.
+        let Some(snat) = snat::allocate(&pkt.flow, &backend) else {
+            stats::count(reason::SNAT_PORTS_EXHAUSTED);
+            return Ok(XDP_DROP);
+        };
+        if conntrack::create_snat(
+            &pkt.flow,
+            backend_id,
+            &backend,
+            service_id,
+            snat,
+            pkt.tcp_flags,
+            now,
+        )
+        .is_err()
+        {
+            stats::count(reason::CONNTRACK_FULL);
+            return Ok(XDP_DROP);
+        }
+        stats::count(reason::NEW_FLOW);
+        stats::service(service_id, |c| {
+            c.packets += 1;
+            c.bytes += pkt.len;
+            c.new_flows += 1;
+        });
+        return match forward_snat(ctx, pkt, (backend.ip_be, backend.port_be), snat)? {
+            Some(action) => {
+                stats::count(reason::XDP_TRANSLATED);
+                Ok(action)
+            }
+            // The entry is made: tc finds it and forwards the same way.
+            None => Ok(XDP_PASS),
+        };
     }
     if conntrack::create(
         &pkt.flow,

@@ -61,6 +61,8 @@ pub struct AgentConfig {
     /// On a graceful stop, leave the programs attached (for an upgrade: the
     /// next agent takes the links over without a gap).
     pub keep_datapath_on_exit: bool,
+    /// XDP forwards SNAT flows' client packets itself.
+    pub xdp_snat: bool,
     /// Socket-level load balancing for the node's own processes, on this
     /// cgroup (v2).
     pub socket_lb_cgroup: Option<PathBuf>,
@@ -86,11 +88,17 @@ fn configure_snat(
     snat_ip: Option<Ipv4Addr>,
     (min, max): (u16, u16),
     sysctl_dir: &std::path::Path,
+    xdp_snat: bool,
 ) -> Result<()> {
     let config = lb_common::NatConfig {
         snat_ip_be: snat_ip.map_or(0, crate::datapath::addr::ip_be),
         port_min: min,
         port_max: max,
+        flags: if xdp_snat {
+            lb_common::nat_flags::XDP_SNAT
+        } else {
+            0
+        },
     };
     maps.nat_config
         .set(0, config, 0)
@@ -183,6 +191,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         node_ips.first().copied(),
         cfg.snat_ports,
         &cfg.sysctl_dir,
+        cfg.xdp_snat,
     )?;
     let mut sync = MapSync::adopt(maps)
         .context("adopting the pinned maps")?

@@ -163,6 +163,12 @@ struct AgentArgs {
     /// in a rolling upgrade. A crashed agent always leaves them attached.
     #[arg(long)]
     keep_datapath_on_exit: bool,
+    /// Let XDP forward the client → backend packets of external flows to
+    /// other nodes (DNAT + SNAT + XDP_TX) instead of passing them to tc.
+    /// Off by default: on veth in native mode XDP_TX'd frames were lost
+    /// intermittently in our tests (generic mode and tc are reliable).
+    #[arg(long)]
+    xdp_snat: bool,
     /// Socket-level load balancing for processes in the node's own network
     /// namespace (host-network pods, the kubelet): `on` attaches cgroup
     /// connect/sendmsg/recvmsg/getpeername hooks to --cgroup.
@@ -263,6 +269,7 @@ fn main() -> Result<()> {
                 sysctl_dir: args.sysctl_dir,
                 xdp: args.xdp,
                 keep_datapath_on_exit: args.keep_datapath_on_exit,
+                xdp_snat: args.xdp_snat,
                 socket_lb_cgroup: (args.socket_lb == OnOff::On).then(|| args.cgroup.clone()),
                 selection: match args.algorithm {
                     Algorithm::Random => Selection::Random,

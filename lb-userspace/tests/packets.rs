@@ -731,7 +731,7 @@ fn maglev_choice_matches_user_space_and_survives_conntrack_loss() {
 }
 
 #[test]
-fn xdp_translates_flows_to_local_backends_and_leaves_the_rest_to_tc() {
+fn xdp_translates_local_flows_and_records_snat_flows_it_cannot_send() {
     let node_ip = Ipv4Addr::new(10, 10, 0, 1);
     let client = Ipv4Addr::new(10, 10, 0, 100);
     let mut f = fixture();
@@ -768,6 +768,19 @@ fn xdp_translates_flows_to_local_backends_and_leaves_the_rest_to_tc() {
         .with_node(Some("here".into()))
         .with_node_ips(vec![node_ip]);
     assert!(sync.apply(&desired).errors.is_empty());
+    f.maps
+        .nat_config
+        .set(
+            0,
+            lb_common::NatConfig {
+                snat_ip_be: ip_be(node_ip),
+                port_min: 61000,
+                port_max: 61999,
+                flags: lb_common::nat_flags::XDP_SNAT,
+            },
+            0,
+        )
+        .expect("nat_config");
     let fd = f
         .datapath
         .program_fd(program_names::XDP_WORLD)
@@ -786,10 +799,31 @@ fn xdp_translates_flows_to_local_backends_and_leaves_the_rest_to_tc() {
     assert_eq!(f.maps.reason_count(reason::ESTABLISHED), 2);
     assert_eq!(f.maps.reason_count(reason::XDP_TRANSLATED), 3);
 
-    // Remote backends only: untouched and unrecorded, tc does the SNAT.
+    // Remote backends only: XDP picks the backend and a SNAT port and
+    // records both directions; with no route to the backend from this test
+    // namespace it cannot send the frame itself, so it passes it untouched
+    // and tc, finding the entry, forwards it the same way.
     let syn = Pkt::tcp(client, 34011, node_ip, 30081, SYN).build();
     assert_eq!(test_run(fd, &syn), (XDP_PASS, syn.clone()));
-    assert_eq!(f.maps.reason_count(reason::NEW_FLOW), 1);
+    assert_eq!(f.maps.reason_count(reason::NEW_FLOW), 2);
+    let entries: Vec<(lb_common::FlowKey, lb_common::ConnEntry)> =
+        f.maps.conntrack.iter().filter_map(Result::ok).collect();
+    let forward = entries
+        .iter()
+        .find(|(k, _)| k.src_port_be == port_be(34011))
+        .map(|(_, e)| *e)
+        .expect("the SNAT flow is tracked");
+    assert_eq!(forward.kind, conn_kind::FORWARD_SNAT);
+    assert!(BACKENDS[1..].iter().any(|b| ip_be(*b) == forward.nat_ip_be));
+    assert_eq!(forward.second_ip_be, ip_be(node_ip));
+    let snat_port = u16::from_be(forward.second_port_be);
+    assert!((61000..=61999).contains(&snat_port), "{snat_port}");
+    assert!(
+        entries.iter().any(
+            |(k, e)| e.kind == conn_kind::REPLY_SNAT && k.dst_port_be == forward.second_port_be
+        ),
+        "the reply direction is tracked"
+    );
     // Not a service: untouched.
     let other = Pkt::tcp(client, 34012, node_ip, 22, SYN).build();
     assert_eq!(test_run(fd, &other), (XDP_PASS, other.clone()));
