@@ -360,7 +360,7 @@ fn xdp_forwards_snat_flows_itself_when_asked() -> Result<()> {
     // at least SYN, request and ACK/FIN for each TCP flow.
     let translated = count(&after, "xdp_translated") - count(&before, "xdp_translated");
     assert!(
-        translated >= 20 * 3 + 1,
+        translated > 20 * 3,
         "XDP translated only {translated} packets"
     );
     Ok(())
