@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use switchyard_tests::apiserver::{ApiServer, TRIGGER_TIME_PLACEHOLDER, rfc3339_nanos};
 use switchyard_tests::client::ask;
 use switchyard_tests::cluster::{control_plane_ip, node_ip, node_name};
+use switchyard_tests::command::run as run_cmd;
 use switchyard_tests::{
     AgentOptions, AgentProcess, AgentSource, EndpointSpec, MultiNode, PodServer, ServerPorts,
     cleanup_stale, endpoint_slice_yaml, wait,
@@ -144,9 +145,28 @@ impl KubeCluster {
         self.wait_backends_on(&[1, 2], frontend, names)
     }
 
+    fn wait_backends_within(
+        &self,
+        frontend: &str,
+        names: &[&str],
+        limit: Duration,
+    ) -> Result<Duration> {
+        self.wait_backends_for(&[1, 2], frontend, names, limit)
+    }
+
     /// Like [`KubeCluster::wait_backends`], on the agents of `nodes` only
     /// (a node serves node ports on its own addresses).
     fn wait_backends_on(&self, nodes: &[u8], frontend: &str, names: &[&str]) -> Result<Duration> {
+        self.wait_backends_for(nodes, frontend, names, Duration::from_secs(10))
+    }
+
+    fn wait_backends_for(
+        &self,
+        nodes: &[u8],
+        frontend: &str,
+        names: &[&str],
+        limit: Duration,
+    ) -> Result<Duration> {
         let started = Instant::now();
         let mut want: Vec<String> = names
             .iter()
@@ -166,7 +186,7 @@ impl KubeCluster {
         for agent in nodes.iter().map(|n| &self.agents[usize::from(*n) - 1]) {
             wait::until(
                 &format!("{frontend} → {names:?} on nodes {nodes:?}"),
-                Duration::from_secs(10),
+                limit,
                 Duration::from_millis(10),
                 || {
                     let mut got = agent.backends_of(frontend).unwrap_or_default();
@@ -436,6 +456,55 @@ fn api_server_and_agent_restarts_lose_no_established_connection() -> Result<()> 
         }
         Ok(())
     };
+
+    // Network cut between the nodes and the API server (its replies to the
+    // nodes are blackholed): the datapath keeps serving, a change made
+    // meanwhile arrives once the network is back.
+    let cp = c.api.netns().to_string();
+    for n in 1..=2 {
+        run_cmd(&[
+            "ip",
+            "-n",
+            &cp,
+            "route",
+            "add",
+            "blackhole",
+            &format!("{}/32", node_ip(n)),
+        ])?;
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    check(&mut conns, "during the network cut")?;
+    let other_slice = endpoint_slice_yaml(
+        "test",
+        "other-1",
+        "other",
+        &[("tcp", 8080, "TCP"), ("udp", 5353, "UDP")],
+        &[c.endpoint("n1b1")],
+    );
+    c.api.apply(&other_slice)?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        c.agents[0].backends_of("10.96.1.11:80/TCP")?.is_empty(),
+        "the change cannot arrive during the cut"
+    );
+    for n in 1..=2 {
+        run_cmd(&[
+            "ip",
+            "-n",
+            &cp,
+            "route",
+            "del",
+            "blackhole",
+            &format!("{}/32", node_ip(n)),
+        ])?;
+    }
+    let started = Instant::now();
+    c.wait_backends_within("10.96.1.11:80/TCP", &["n1b1"], Duration::from_secs(60))?;
+    eprintln!(
+        "change made during the cut applied {:?} after the network came back",
+        started.elapsed()
+    );
+    check(&mut conns, "after the network cut")?;
 
     // API server crash: the datapath keeps serving the last known state.
     c.api.stop_apiserver()?;
