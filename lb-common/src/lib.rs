@@ -104,8 +104,10 @@ pub const MAX_AFFINITY_ENTRIES: u32 = 131_072;
 pub const MAX_SOURCE_RANGES: u32 = 16_384;
 /// Socket-level translations (two entries per translated socket).
 pub const MAX_SOCK_LB_ENTRIES: u32 = 65_536;
-/// Service IDs index `service_stats` and `service_names`; ID 0 is never used.
-pub const MAX_SERVICES: u32 = 65_536;
+/// Service IDs (one per frontend: cluster IP, node port, LB or external IP
+/// and port) key `service_stats` and `service_names`; ID 0 is never used.
+/// Both maps allocate per entry, so capacity costs nothing until used.
+pub const MAX_SERVICES: u32 = 524_288;
 /// Highest number of backend slots one frontend may have.
 pub const MAX_BACKENDS_PER_SERVICE: u32 = 65_535;
 
@@ -521,7 +523,9 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<ConnEntry>(), 40);
-        assert_eq!(size_of::<NatConfig>(), 8);
+        assert_eq!(size_of::<NatConfig>(), 12);
+        assert_eq!(size_of::<SockKey>(), 16);
+        assert_eq!(size_of::<SockAddr>(), 8);
         assert_eq!(size_of::<SourceRange>(), 8);
         assert_eq!(size_of::<ServiceCounters>(), 32);
     }

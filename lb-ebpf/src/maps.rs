@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
 use lb_common::{
@@ -33,7 +33,12 @@ pub static conntrack: LruHashMap<FlowKey, ConnEntry, { MAX_CONNTRACK_ENTRIES as 
 
 /// Service ID → "namespace/name:port", for inspection only.
 #[btf_map]
-pub static service_names: Array<ServiceName, { MAX_SERVICES as usize }> = Array::new();
+pub static service_names: HashMap<
+    u32,
+    ServiceName,
+    { MAX_SERVICES as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
 
 /// Why packets were translated, refused or passed.
 #[btf_map]
@@ -41,8 +46,12 @@ pub static reason_stats: PerCpuArray<u64, { reason::COUNT as usize }> = PerCpuAr
 
 /// Per-service traffic counters, indexed by service ID.
 #[btf_map]
-pub static service_stats: PerCpuArray<ServiceCounters, { MAX_SERVICES as usize }> =
-    PerCpuArray::new();
+pub static service_stats: PerCpuHashMap<
+    u32,
+    ServiceCounters,
+    { MAX_SERVICES as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = PerCpuHashMap::new();
 
 /// (client IP, service ID) → the backend a ClientIP-affinity client sticks to.
 #[btf_map]

@@ -34,7 +34,8 @@ enum Task {
     /// cargo fmt --check and clippy -D warnings on every crate, BPF included.
     Lint(EbpfArgs),
     /// Run a benchmark (release build) and print its Markdown table:
-    /// `nodeport` (XDP vs tc NodePort rates).
+    /// `nodeport` (XDP vs tc NodePort rates), `datapath` (per-packet cost
+    /// with BPF_PROG_TEST_RUN at 1 to 100 000 services).
     Bench(BenchArgs),
     /// Assemble the container image's file tree (what the Dockerfile's
     /// runtime stage copies): /usr/bin/switchyard,
@@ -46,7 +47,7 @@ enum Task {
 struct BenchArgs {
     #[command(flatten)]
     ebpf: EbpfArgs,
-    #[arg(value_parser = ["nodeport"])]
+    #[arg(value_parser = ["nodeport", "datapath"])]
     which: String,
 }
 
@@ -233,6 +234,15 @@ fn bench(a: &BenchArgs) -> Result<()> {
         ebpf: a.ebpf.clone(),
         release: true,
     })?;
+    if a.which == "datapath" {
+        return run(Command::new("cargo").current_dir(workspace_root()).args([
+            "bench",
+            "-p",
+            "lb-userspace",
+            "--bench",
+            "datapath",
+        ]));
+    }
     let bin = workspace_root()
         .join("target/release")
         .join(format!("{}-bench", a.which));

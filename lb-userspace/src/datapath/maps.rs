@@ -14,9 +14,9 @@ pub struct PinnedMaps {
     pub services: HashMap<MapData, ServiceKey, BackendSlot>,
     pub backends: HashMap<MapData, BackendId, Backend>,
     pub conntrack: HashMap<MapData, FlowKey, ConnEntry>,
-    pub service_names: Array<MapData, ServiceName>,
+    pub service_names: HashMap<MapData, u32, ServiceName>,
     pub reason_stats: PerCpuArray<MapData, u64>,
-    pub service_stats: PerCpuArray<MapData, ServiceCounters>,
+    pub service_stats: aya::maps::PerCpuHashMap<MapData, u32, ServiceCounters>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
     pub nat_config: Array<MapData, NatConfig>,
     pub source_ranges: LpmTrie<MapData, SourceRange, u8>,
@@ -40,9 +40,12 @@ impl PinnedMaps {
             services: HashMap::try_from(open(pin_dir, map_names::SERVICES)?)?,
             backends: HashMap::try_from(open(pin_dir, map_names::BACKENDS)?)?,
             conntrack: HashMap::try_from(open(pin_dir, map_names::CONNTRACK)?)?,
-            service_names: Array::try_from(open(pin_dir, map_names::SERVICE_NAMES)?)?,
+            service_names: HashMap::try_from(open(pin_dir, map_names::SERVICE_NAMES)?)?,
             reason_stats: PerCpuArray::try_from(open(pin_dir, map_names::REASON_STATS)?)?,
-            service_stats: PerCpuArray::try_from(open(pin_dir, map_names::SERVICE_STATS)?)?,
+            service_stats: aya::maps::PerCpuHashMap::try_from(open(
+                pin_dir,
+                map_names::SERVICE_STATS,
+            )?)?,
             affinity: HashMap::try_from(open(pin_dir, map_names::AFFINITY)?)?,
             nat_config: Array::try_from(open(pin_dir, map_names::NAT_CONFIG)?)?,
             source_ranges: LpmTrie::try_from(open(pin_dir, map_names::SOURCE_RANGES)?)?,
@@ -132,7 +135,7 @@ mod tests {
 mod service_maps_impl {
     use anyhow::{Context, Result};
     use aya::maps::PerCpuValues;
-    use lb_common::{Backend, BackendId, BackendSlot, ServiceCounters, ServiceKey, ServiceName};
+    use lb_common::{Backend, BackendId, BackendSlot, ServiceCounters, ServiceKey};
 
     use std::net::Ipv4Addr;
 
@@ -227,19 +230,20 @@ mod service_maps_impl {
 
         fn assign_service_id(&mut self, service_id: u32, name: &str) -> Result<()> {
             self.service_names
-                .set(service_id, encode_name(name), 0)
+                .insert(service_id, encode_name(name), 0)
                 .with_context(|| format!("naming service ID {service_id}"))?;
             let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
             let zero = PerCpuValues::try_from(vec![ServiceCounters::default(); cpus])?;
             self.service_stats
-                .set(service_id, zero, 0)
+                .insert(service_id, zero, 0)
                 .with_context(|| format!("zeroing counters of service ID {service_id}"))
         }
 
         fn release_service_id(&mut self, service_id: u32) -> Result<()> {
-            self.service_names
-                .set(service_id, ServiceName::default(), 0)
-                .with_context(|| format!("clearing name of service ID {service_id}"))
+            ignore_missing(self.service_names.remove(&service_id))
+                .with_context(|| format!("removing the name of service ID {service_id}"))?;
+            ignore_missing(self.service_stats.remove(&service_id))
+                .with_context(|| format!("removing the counters of service ID {service_id}"))
         }
 
         fn read_services(&self) -> Result<Vec<(ServiceKey, BackendSlot)>> {

@@ -1,0 +1,275 @@
+//! Per-packet cost of the datapath programs with `BPF_PROG_TEST_RUN`
+//! (`cargo xtask bench datapath`; needs root): the tc program `from_pod` and
+//! the XDP program `xdp_world`, for a flow's first packet (service lookup,
+//! backend choice, conntrack entry created) and for an established flow's
+//! packet (conntrack hit), with 1, 1 000, 10 000 and 100 000 services of 4
+//! backends each in the maps, against an empty program of the same type as
+//! the floor. The kernel times the program runs itself (`duration`), so the
+//! syscall is not counted. Prints a Markdown table (median of 3 runs).
+
+use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use lb_common::program_names;
+use lb_userspace::datapath::{
+    loader::{self, Datapath, XdpChoice},
+    maps::PinnedMaps,
+    sync::MapSync,
+};
+use lb_userspace::model::{
+    BackendAddr, DesiredState, Endpoint, Frontend, Protocol, ServicePort, ServicePortName,
+    ServiceType,
+};
+
+const SCALES: [usize; 4] = [1, 1_000, 10_000, 100_000];
+const BACKENDS_PER_SERVICE: usize = 4;
+/// Distinct backend addresses (the backends map holds 65 536).
+const BACKEND_POOL: usize = 60_000;
+const NEW_FLOWS: u16 = 4_000;
+const REPEAT: u32 = 200_000;
+const RUNS: usize = 3;
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+
+fn vip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i as u32)
+}
+
+fn backend(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + 1 + (i % BACKEND_POOL) as u32)
+}
+
+fn desired(services: usize) -> DesiredState {
+    let mut d = DesiredState::default();
+    for i in 0..services {
+        let frontend = Frontend {
+            ip: vip(i),
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        let endpoints = (0..BACKENDS_PER_SERVICE)
+            .map(|b| Endpoint {
+                addr: BackendAddr {
+                    ip: backend(i * BACKENDS_PER_SERVICE + b),
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                },
+                ready: true,
+                serving: true,
+                terminating: false,
+                // On this node, so XDP translates these flows too.
+                node: Some("bench".into()),
+            })
+            .collect();
+        d.services.insert(
+            frontend,
+            ServicePort {
+                name: ServicePortName {
+                    namespace: "bench".into(),
+                    name: format!("s{i}"),
+                    port_name: String::new(),
+                },
+                frontend,
+                service_type: ServiceType::ClusterIP,
+                affinity: None,
+                internal_traffic_local: false,
+                external: Default::default(),
+                endpoints,
+            },
+        );
+    }
+    d
+}
+
+/// Ethernet + IPv4 + TCP, checksums left zero (the programs update them
+/// incrementally; nothing verifies them here).
+fn tcp_packet(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+    let mut p = vec![0u8; 54];
+    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    p[14] = 0x45;
+    p[16..18].copy_from_slice(&40u16.to_be_bytes());
+    p[22] = 64;
+    p[23] = 6;
+    p[26..30].copy_from_slice(&src.octets());
+    p[30..34].copy_from_slice(&dst.octets());
+    p[34..36].copy_from_slice(&sport.to_be_bytes());
+    p[36..38].copy_from_slice(&dport.to_be_bytes());
+    p[46] = 0x50;
+    p[47] = flags;
+    p[48..50].copy_from_slice(&64240u16.to_be_bytes());
+    p
+}
+
+/// BPF_PROG_TEST_RUN `repeat` times; the kernel's mean ns per run.
+fn test_run(prog_fd: RawFd, packet: &[u8], repeat: u32) -> Result<u32> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRunAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: [u32; 5],
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut out = vec![0u8; packet.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: prog_fd as u32,
+        data_size_in: packet.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: packet.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat,
+        ..Default::default()
+    };
+    // SAFETY: attr and both buffers outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
+    }
+    Ok(attr.duration)
+}
+
+/// An empty program (`r0 = verdict; exit`) of `prog_type`: the floor.
+fn empty_program(prog_type: u32, verdict: i32) -> Result<RawFd> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct LoadAttr {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        _rest: [u64; 12],
+    }
+    // mov64 r0, imm; exit
+    let insns: [u64; 2] = [0xb7 | ((verdict as u32 as u64) << 32), 0x95];
+    let license = c"GPL";
+    let attr = LoadAttr {
+        prog_type,
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    // SAFETY: attr points at live instructions and license.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const LoadAttr,
+            std::mem::size_of::<LoadAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("loading an empty program");
+    }
+    Ok(fd as RawFd)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// (first packet ns, established packet ns) of `prog_fd` at the current
+/// map contents, flows from source ports starting at `port_base`.
+fn measure(prog_fd: RawFd, services: usize, port_base: u16) -> Result<(f64, f64)> {
+    let mut first = 0u64;
+    for i in 0..NEW_FLOWS {
+        let target = vip((i as usize * 7919) % services);
+        let syn = tcp_packet(CLIENT, port_base + i, target, 80, 0x02);
+        first += u64::from(test_run(prog_fd, &syn, 1)?);
+    }
+    // The first of these flows is established now.
+    let target = vip(0);
+    let ack = tcp_packet(CLIENT, port_base, target, 80, 0x10);
+    let established = test_run(prog_fd, &ack, REPEAT)?;
+    Ok((first as f64 / f64::from(NEW_FLOWS), f64::from(established)))
+}
+
+fn main() -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("needs root (BPF_PROG_TEST_RUN)");
+    }
+    let object =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/switchyard.bpf.o");
+    let object = loader::find_object(object.is_file().then_some(object.as_path()))?;
+    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    let empty_tc = empty_program(BPF_PROG_TYPE_SCHED_CLS, 0)?;
+    let empty_xdp = empty_program(BPF_PROG_TYPE_XDP, 2)?;
+    let floor_packet = tcp_packet(CLIENT, 1, vip(0), 80, 0x10);
+    println!(
+        "| services | tc first packet | tc established | XDP first packet | XDP established |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    let mut floors = (Vec::new(), Vec::new());
+    for &scale in &SCALES {
+        let mut cells: [Vec<f64>; 4] = Default::default();
+        for run in 0..RUNS {
+            let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sy-bench-{}", std::process::id()));
+            let mut datapath = Datapath::load(&object, &pin_dir, XdpChoice::Off)?;
+            let result = (|| -> Result<()> {
+                let mut sync =
+                    MapSync::adopt(PinnedMaps::open(&pin_dir)?)?.with_node(Some("bench".into()));
+                let report = sync.apply(&desired(scale));
+                if !report.errors.is_empty() {
+                    bail!(
+                        "sync errors: {:?}",
+                        &report.errors[..report.errors.len().min(3)]
+                    );
+                }
+                let tc = datapath.program_fd(program_names::FROM_POD)?;
+                let xdp = datapath.program_fd(program_names::XDP_WORLD)?;
+                let (tc_first, tc_est) = measure(tc, scale, 10_000)?;
+                let (xdp_first, xdp_est) = measure(xdp, scale, 30_000)?;
+                for (cell, v) in cells.iter_mut().zip([tc_first, tc_est, xdp_first, xdp_est]) {
+                    cell.push(v);
+                }
+                floors
+                    .0
+                    .push(f64::from(test_run(empty_tc, &floor_packet, REPEAT)?));
+                floors
+                    .1
+                    .push(f64::from(test_run(empty_xdp, &floor_packet, REPEAT)?));
+                Ok(())
+            })();
+            drop(datapath);
+            loader::cleanup(&pin_dir)?;
+            result.with_context(|| format!("{scale} services, run {run}"))?;
+        }
+        let [a, b, c, d] = cells.map(median);
+        println!("| {scale} | {a:.0} ns | {b:.0} ns | {c:.0} ns | {d:.0} ns |");
+    }
+    println!(
+        "| empty program (floor) | | {:.0} ns | | {:.0} ns |",
+        median(floors.0),
+        median(floors.1)
+    );
+    Ok(())
+}
