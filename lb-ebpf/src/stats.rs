@@ -15,7 +15,7 @@ pub fn count(reason: u32) {
 /// racing that just goes uncounted.
 #[inline(always)]
 pub fn service(service_id: u32, f: impl FnOnce(&mut ServiceCounters)) {
-    if let Some(c) = service_stats.get_ptr_mut(&service_id) {
+    if let Some(c) = service_stats.get_ptr_mut(service_id) {
         f(unsafe { &mut *c });
     }
 }

@@ -23,8 +23,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FlowKey, PROTO_TCP, PROTO_UDP, backend_flags, conn_kind, csum, nat_flags, reason,
-    service_flags,
+    FlowKey, PROTO_TCP, PROTO_UDP, backend_flags, conn_kind, csum, nat_flags, reason, service_flags,
 };
 
 use crate::{affinity, conntrack, lookup, maps::nat_config, snat, stats};
