@@ -95,7 +95,8 @@ pub mod program_names {
 /// Allocated on use (BPF_F_NO_PREALLOC), so the bound costs nothing until
 /// used; Maglev frontends take their table size in slots.
 pub const MAX_SERVICE_ENTRIES: u32 = 1_048_576;
-pub const MAX_BACKENDS: u32 = 65_536;
+/// Distinct backend addresses (allocated on use, like the services map).
+pub const MAX_BACKENDS: u32 = 262_144;
 /// Two entries (forward and reply) per connection.
 pub const MAX_CONNTRACK_ENTRIES: u32 = 262_144;
 /// Client IP → backend pins of services with session affinity.

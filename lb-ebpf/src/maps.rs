@@ -24,7 +24,12 @@ pub static services: HashMap<
 
 /// Backend ID → backend address.
 #[btf_map]
-pub static backends: HashMap<BackendId, Backend, { MAX_BACKENDS as usize }> = HashMap::new();
+pub static backends: HashMap<
+    BackendId,
+    Backend,
+    { MAX_BACKENDS as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
 
 /// Flow → NAT decision, for both directions of every translated connection.
 #[btf_map]

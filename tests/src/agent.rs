@@ -35,11 +35,18 @@ pub struct AgentProcess {
     child: Option<Child>,
     log: PathBuf,
     remove_pins: bool,
+    startup_timeout: Duration,
 }
 
 impl AgentProcess {
     /// Starts the agent and waits until its first sync is in the maps.
     pub fn start(opts: AgentOptions) -> Result<Self> {
+        Self::start_within(opts, Duration::from_secs(20))
+    }
+
+    /// Like [`AgentProcess::start`], waiting up to `startup_timeout` (large
+    /// clusters take longer to list).
+    pub fn start_within(opts: AgentOptions, startup_timeout: Duration) -> Result<Self> {
         let log = std::env::temp_dir().join(format!(
             "switchyard-agent-{}.log",
             opts.pin_dir
@@ -52,6 +59,7 @@ impl AgentProcess {
             child: None,
             log,
             remove_pins: true,
+            startup_timeout,
         };
         agent.spawn()?;
         Ok(agent)
@@ -88,7 +96,7 @@ impl AgentProcess {
         let starts_before = self.log_text().matches("initial sync complete").count();
         wait::until(
             "the agent's initial sync",
-            Duration::from_secs(20),
+            self.startup_timeout,
             Duration::from_millis(50),
             || {
                 if let Some(child) = self.child.as_mut()
@@ -100,6 +108,11 @@ impl AgentProcess {
             },
         )?;
         Ok(())
+    }
+
+    /// The agent's process ID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn pin_dir(&self) -> &Path {

@@ -1,0 +1,240 @@
+//! `cargo xtask bench controlplane`: the agent against a real kube-apiserver
+//! holding 10 000 Services with 100 000 endpoints (one EndpointSlice of 10
+//! each): time to list and program everything (full sync), the agent's
+//! memory, and the propagation delay of single EndpointSlice changes at that
+//! size (API write → maps, stamped at the write). Prints Markdown.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use switchyard_tests::apiserver::{ApiServer, TRIGGER_TIME_PLACEHOLDER};
+use switchyard_tests::cluster::control_plane_ip;
+use switchyard_tests::{AgentOptions, AgentProcess, AgentSource, MultiNode, cleanup_stale, wait};
+
+const SERVICES: usize = 10_000;
+const ENDPOINTS_PER_SERVICE: usize = 10;
+const CHANGES: usize = 100;
+const NAMESPACE: &str = "scale";
+
+fn endpoint_ip(service: usize, i: usize) -> Ipv4Addr {
+    let k = (service * ENDPOINTS_PER_SERVICE + i) as u32;
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + k)
+}
+
+fn service_json(i: usize) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": format!("s{i}"), "namespace": NAMESPACE},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
+    })
+}
+
+fn slice_json(i: usize, shift: usize) -> serde_json::Value {
+    let endpoints: Vec<serde_json::Value> = (0..ENDPOINTS_PER_SERVICE)
+        .map(|e| {
+            serde_json::json!({
+                "addresses": [endpoint_ip(i, e + shift).to_string()],
+                "conditions": {"ready": true},
+                "nodeName": "node-1"
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {
+            "name": format!("s{i}-1"), "namespace": NAMESPACE,
+            "labels": {"kubernetes.io/service-name": format!("s{i}")}
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints
+    })
+}
+
+/// Creates every object through one API client with 32 requests in flight.
+fn populate(api: &ApiServer) -> Result<Duration> {
+    let kubeconfig = api.kubeconfig();
+    let netns = api.netns().to_string();
+    switchyard_tests::client::in_netns(&netns, move || -> Result<Duration> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let file = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+            let config = kube::Config::from_custom_kubeconfig(
+                file,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await?;
+            let client = kube::Client::try_from(config)?;
+            let services: kube::Api<Service> = kube::Api::namespaced(client.clone(), NAMESPACE);
+            let slices: kube::Api<EndpointSlice> = kube::Api::namespaced(client, NAMESPACE);
+            let started = Instant::now();
+            let pp = kube::api::PostParams::default();
+            let results: Vec<Result<()>> = futures::stream::iter(0..SERVICES)
+                .map(|i| {
+                    let (services, slices, pp) = (services.clone(), slices.clone(), pp.clone());
+                    async move {
+                        let svc: Service = serde_json::from_value(service_json(i))?;
+                        services.create(&pp, &svc).await.context("create service")?;
+                        let slice: EndpointSlice = serde_json::from_value(slice_json(i, 0))?;
+                        slices.create(&pp, &slice).await.context("create slice")?;
+                        anyhow::Ok(())
+                    }
+                })
+                .buffer_unordered(32)
+                .collect()
+                .await;
+            results.into_iter().collect::<Result<Vec<()>>>()?;
+            Ok(started.elapsed())
+        })
+    })?
+}
+
+fn rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")?;
+    Ok(kib / 1024.0)
+}
+
+fn logged(log: &str, key: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("maps synced"))
+        .filter_map(|l| {
+            l.split(&format!("{key}="))
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn main() -> Result<()> {
+    cleanup_stale();
+    let mut cluster = MultiNode::new(1)?;
+    let cp = cluster.add_control_plane()?.ns().to_string();
+    let api = ApiServer::start_in(&cp, control_plane_ip())?;
+    api.kubectl(&["create", "namespace", NAMESPACE])?;
+    eprintln!(
+        "creating {SERVICES} services and {} endpoints",
+        SERVICES * ENDPOINTS_PER_SERVICE
+    );
+    let populate_time = populate(&api)?;
+    eprintln!("created in {populate_time:?}");
+
+    let node = &cluster.nodes[0];
+    let started = Instant::now();
+    let agent = AgentProcess::start_within(
+        AgentOptions {
+            node_ns: node.topo.node_ns().to_string(),
+            pin_dir: format!("/sys/fs/bpf/{}", node.topo.id()).into(),
+            source: AgentSource::Kubeconfig(api.kubeconfig()),
+            pod_ifaces: node.topo.pod_iface_glob(),
+            extra_args: vec!["--node-name".into(), node.name()],
+        },
+        Duration::from_secs(600),
+    )?;
+    let startup = started.elapsed();
+    let pid = agent.pid().context("agent pid")?;
+    let first_sync_us = logged(&agent.log_text(), "elapsed_us")
+        .first()
+        .copied()
+        .unwrap_or(f64::NAN);
+    let rss_after_sync = rss_mib(pid)?;
+    let frontends = agent
+        .services_json()?
+        .as_array()
+        .map_or(0, |rows| rows.len());
+
+    // Single slice changes, one at a time, each waited for in the log.
+    let writer = api.slice_writer()?;
+    let before = logged(&agent.log_text(), "propagation_ms").len();
+    for n in 0..CHANGES {
+        let service = (n * 97) % SERVICES;
+        let mut slice = slice_json(service, 1 + n % 2);
+        slice["metadata"]["annotations"] = serde_json::json!({
+            "endpoints.kubernetes.io/last-change-trigger-time": TRIGGER_TIME_PLACEHOLDER
+        });
+        writer.apply(&serde_yaml::to_string(&slice)?)?;
+        wait::until(
+            "the change in the maps",
+            Duration::from_secs(30),
+            Duration::from_millis(5),
+            || Ok(logged(&agent.log_text(), "propagation_ms").len() > before + n),
+        )?;
+    }
+    let log = agent.log_text();
+    let mut delays: Vec<f64> = logged(&log, "propagation_ms")
+        .into_iter()
+        .skip(before)
+        .collect();
+    delays.sort_by(f64::total_cmp);
+    let mut syncs: Vec<f64> = logged(&log, "elapsed_us").into_iter().skip(1).collect();
+    syncs.sort_by(f64::total_cmp);
+    let rss_end = rss_mib(pid)?;
+
+    let mut table = BTreeMap::new();
+    table.insert(
+        "1 objects created (API, 32 in flight)",
+        format!("{populate_time:.1?}"),
+    );
+    table.insert(
+        "2 agent start → everything programmed (list + full sync + attach)",
+        format!("{startup:.2?}"),
+    );
+    table.insert(
+        "3 full sync (map writes) of the first batch",
+        format!("{:.0} ms", first_sync_us / 1000.0),
+    );
+    table.insert("4 frontends programmed", frontends.to_string());
+    table.insert(
+        "5 propagation, API write → maps, 100 single-slice changes",
+        format!(
+            "median {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            percentile(&delays, 50.0),
+            percentile(&delays, 99.0),
+            delays.last().copied().unwrap_or(f64::NAN)
+        ),
+    );
+    table.insert(
+        "6 incremental sync per change (map writes)",
+        format!(
+            "median {:.0} µs, p99 {:.0} µs",
+            percentile(&syncs, 50.0),
+            percentile(&syncs, 99.0)
+        ),
+    );
+    table.insert(
+        "7 agent RSS",
+        format!("{rss_after_sync:.0} MiB after the full sync, {rss_end:.0} MiB at the end"),
+    );
+    println!(
+        "| {SERVICES} services, {} endpoints | |",
+        SERVICES * ENDPOINTS_PER_SERVICE
+    );
+    println!("| --- | --- |");
+    for (k, v) in table {
+        println!("| {} | {v} |", &k[2..]);
+    }
+    drop(agent);
+    drop(api);
+    drop(cluster);
+    Ok(())
+}
