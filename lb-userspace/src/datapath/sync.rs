@@ -193,9 +193,14 @@ pub struct MapSync<M: ServiceMaps> {
     /// The service port each programmed frontend was planned from; frontends
     /// adopted from an earlier run have none until the first full sync.
     owners: HashMap<Frontend, Frontend>,
+    /// The reverse: each service port's programmed frontends.
+    owned: HashMap<Frontend, BTreeSet<Frontend>>,
     /// How many programmed frontends have each backend in their slots.
     backend_users: HashMap<BackendId, usize>,
     backend_ids: HashMap<BackendAddr, BackendId>,
+    /// The reverse of `backend_ids` (every ID in the map, duplicates of an
+    /// adopted address included), so a pass never walks all backends.
+    backend_addrs: HashMap<BackendId, BackendAddr>,
     /// Whether each backend is marked as on this node in the map.
     backend_local: HashMap<BackendId, bool>,
     service_ids: IdAllocator,
@@ -234,6 +239,7 @@ impl<M: ServiceMaps> MapSync<M> {
         let mut service_ids = IdAllocator::new(MAX_SERVICES - 1);
         let mut backend_id_alloc = IdAllocator::new(MAX_BACKENDS);
         let mut backend_ids = HashMap::new();
+        let mut backend_addrs = HashMap::new();
         let mut backend_local = HashMap::new();
         for (id, b) in maps.read_backends().context("reading the backends map")? {
             backend_local.insert(id, b.flags & backend_flags::LOCAL != 0);
@@ -252,6 +258,7 @@ impl<M: ServiceMaps> MapSync<M> {
                 protocol,
             };
             backend_id_alloc.mark_used(id);
+            backend_addrs.insert(id, addr);
             if let Some(dup) = backend_ids.insert(addr, id) {
                 // Two IDs for one address: keep one, the other is removed
                 // once no slot refers to it.
@@ -331,7 +338,9 @@ impl<M: ServiceMaps> MapSync<M> {
         Ok(Self {
             maps,
             owners: HashMap::new(),
+            owned: HashMap::new(),
             backend_users,
+            backend_addrs,
             backend_local,
             node: None,
             node_ips: Vec::new(),
@@ -399,15 +408,13 @@ impl<M: ServiceMaps> MapSync<M> {
     pub fn apply_scoped(&mut self, desired: &DesiredState, scope: Scope<'_>) -> SyncReport {
         let mut report = SyncReport::default();
         let wanted = self.plan(desired, scope, &mut report);
-        let in_scope = |key: &Frontend| match scope {
-            Scope::All => true,
-            Scope::Only(keys) => keys.contains(key),
+        let ports: Vec<&ServicePort> = match scope {
+            Scope::All => desired.services.values().collect(),
+            Scope::Only(keys) => keys.iter().filter_map(|k| desired.services.get(k)).collect(),
         };
-        let local: BTreeSet<BackendAddr> = desired
-            .services
+        let local: BTreeSet<BackendAddr> = ports
             .iter()
-            .filter(|(key, _)| in_scope(key))
-            .flat_map(|(_, sp)| sp.endpoints.iter())
+            .flat_map(|sp| sp.endpoints.iter())
             .filter(|e| self.node.is_some() && e.node == self.node)
             .map(|e| e.addr)
             .collect();
@@ -441,6 +448,7 @@ impl<M: ServiceMaps> MapSync<M> {
             match self.maps.put_backend(id, backend_value(addr, is_local)) {
                 Ok(()) => {
                     self.backend_ids.insert(*addr, id);
+                    self.backend_addrs.insert(id, *addr);
                     self.backend_local.insert(id, is_local);
                     report.backends_created += 1;
                 }
@@ -451,8 +459,6 @@ impl<M: ServiceMaps> MapSync<M> {
             }
         }
 
-        let addr_of: HashMap<BackendId, BackendAddr> =
-            self.backend_ids.iter().map(|(a, i)| (*i, *a)).collect();
         // Backends that may have lost their last user in this pass.
         let mut maybe_unused: BTreeSet<BackendId> = BTreeSet::new();
 
@@ -483,7 +489,13 @@ impl<M: ServiceMaps> MapSync<M> {
                 source_ranges: plan.source_ranges.clone(),
                 slots,
             };
-            self.owners.insert(*frontend, plan.owner);
+            if let Some(previous) = self.owners.insert(*frontend, plan.owner)
+                && previous != plan.owner
+                && let Some(set) = self.owned.get_mut(&previous)
+            {
+                set.remove(frontend);
+            }
+            self.owned.entry(plan.owner).or_default().insert(*frontend);
             let result = match self.services.get(frontend).cloned() {
                 None => self
                     .create_service(frontend, target)
@@ -504,7 +516,7 @@ impl<M: ServiceMaps> MapSync<M> {
                         .iter()
                         .filter(|id| !still.contains(id))
                         .filter_map(|id| {
-                            addr_of.get(id).map(|backend| Departure {
+                            self.backend_addrs.get(id).map(|backend| Departure {
                                 frontend: *frontend,
                                 service_id: current.service_id,
                                 backend_id: *id,
@@ -525,16 +537,23 @@ impl<M: ServiceMaps> MapSync<M> {
                     .push(format!("service {name} ({frontend}): {e:#}"));
             }
         }
-        let gone: Vec<Frontend> = self
-            .services
-            .keys()
-            .filter(|f| !wanted.contains_key(f))
-            .filter(|f| match scope {
-                Scope::All => true,
-                Scope::Only(keys) => self.owners.get(f).is_some_and(|o| keys.contains(o)),
-            })
-            .copied()
-            .collect();
+        let gone: Vec<Frontend> = match scope {
+            Scope::All => self
+                .services
+                .keys()
+                .filter(|f| !wanted.contains_key(f))
+                .copied()
+                .collect(),
+            // Only the frontends of the service ports in scope: no walk
+            // over every programmed frontend.
+            Scope::Only(keys) => keys
+                .iter()
+                .filter_map(|k| self.owned.get(k))
+                .flatten()
+                .filter(|f| !wanted.contains_key(f) && self.services.contains_key(f))
+                .copied()
+                .collect(),
+        };
         for frontend in gone {
             let departed: Vec<Departure> = self
                 .services
@@ -546,7 +565,7 @@ impl<M: ServiceMaps> MapSync<M> {
                         .collect::<BTreeSet<_>>()
                         .into_iter()
                         .filter_map(|id| {
-                            addr_of.get(id).map(|backend| Departure {
+                            self.backend_addrs.get(id).map(|backend| Departure {
                                 frontend,
                                 service_id: current.service_id,
                                 backend_id: *id,
@@ -573,7 +592,7 @@ impl<M: ServiceMaps> MapSync<M> {
             Scope::All => self.backend_ids.iter().map(|(a, i)| (*a, *i)).collect(),
             Scope::Only(_) => maybe_unused
                 .iter()
-                .filter_map(|id| addr_of.get(id).map(|a| (*a, *id)))
+                .filter_map(|id| self.backend_addrs.get(id).map(|a| (*a, *id)))
                 .collect(),
         };
         let unused: Vec<(BackendAddr, BackendId)> = candidates
@@ -584,6 +603,7 @@ impl<M: ServiceMaps> MapSync<M> {
             match self.maps.delete_backend(id) {
                 Ok(()) => {
                     self.backend_ids.remove(&addr);
+                    self.backend_addrs.remove(&id);
                     self.backend_local.remove(&id);
                     self.backend_id_alloc.release(id);
                     report.backends_deleted += 1;
@@ -833,7 +853,14 @@ impl<M: ServiceMaps> MapSync<M> {
         // Master first: the frontend disappears as a whole.
         self.maps.delete_service(frontend_key(frontend, 0))?;
         self.services.remove(frontend);
-        self.owners.remove(frontend);
+        if let Some(owner) = self.owners.remove(frontend)
+            && let Some(set) = self.owned.get_mut(&owner)
+        {
+            set.remove(frontend);
+            if set.is_empty() {
+                self.owned.remove(&owner);
+            }
+        }
         count_users(&mut self.backend_users, &current.slots, -1);
         for slot in 1..=current.slots.len() {
             if let Err(e) = self

@@ -96,6 +96,21 @@ fn differs<K: kube::Resource + PartialEq>(a: Option<&K>, b: Option<&K>) -> bool 
     }
 }
 
+/// Drops what the source never reads and what can dwarf the rest of an
+/// object (managedFields, kubectl's last-applied annotation): at 10 000
+/// Services it is most of the cache's memory.
+fn slim<K: kube::Resource>(mut object: K) -> K {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k == TRIGGER_TIME_ANNOTATION);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+    object
+}
+
 fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
     let text = slice
         .metadata
@@ -400,7 +415,7 @@ impl KubernetesSource {
                 Ok(event) => {
                     self.count(&m.watch_events, "services");
                     match event {
-                        Event::Apply(s) => cache.set_service(key_of(&s.metadata), Some(s)),
+                        Event::Apply(s) => cache.set_service(key_of(&s.metadata), Some(slim(s))),
                         Event::Delete(s) => cache.set_service(key_of(&s.metadata), None),
                         Event::Init => {
                             if listed.services {
@@ -411,7 +426,7 @@ impl KubernetesSource {
                         }
                         Event::InitApply(s) => {
                             if let Some(buffer) = cache.relisting_services.as_mut() {
-                                buffer.insert(key_of(&s.metadata), s);
+                                buffer.insert(key_of(&s.metadata), slim(s));
                             }
                         }
                         Event::InitDone => {
@@ -433,7 +448,7 @@ impl KubernetesSource {
                 Ok(event) => {
                     self.count(&m.watch_events, "endpointslices");
                     match event {
-                        Event::Apply(s) => cache.set_slice(key_of(&s.metadata), Some(s)),
+                        Event::Apply(s) => cache.set_slice(key_of(&s.metadata), Some(slim(s))),
                         Event::Delete(s) => cache.set_slice(key_of(&s.metadata), None),
                         Event::Init => {
                             if listed.slices {
@@ -444,7 +459,7 @@ impl KubernetesSource {
                         }
                         Event::InitApply(s) => {
                             if let Some(buffer) = cache.relisting_slices.as_mut() {
-                                buffer.insert(key_of(&s.metadata), s);
+                                buffer.insert(key_of(&s.metadata), slim(s));
                             }
                         }
                         Event::InitDone => {
