@@ -410,7 +410,10 @@ impl<M: ServiceMaps> MapSync<M> {
         let wanted = self.plan(desired, scope, &mut report);
         let ports: Vec<&ServicePort> = match scope {
             Scope::All => desired.services.values().collect(),
-            Scope::Only(keys) => keys.iter().filter_map(|k| desired.services.get(k)).collect(),
+            Scope::Only(keys) => keys
+                .iter()
+                .filter_map(|k| desired.services.get(k))
+                .collect(),
         };
         let local: BTreeSet<BackendAddr> = ports
             .iter()
