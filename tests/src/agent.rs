@@ -36,6 +36,8 @@ pub struct AgentProcess {
     log: PathBuf,
     remove_pins: bool,
     startup_timeout: Duration,
+    /// A command the agent is run under (e.g. setpriv), inside nsenter.
+    wrapper: Vec<String>,
 }
 
 impl AgentProcess {
@@ -47,6 +49,15 @@ impl AgentProcess {
     /// Like [`AgentProcess::start`], waiting up to `startup_timeout` (large
     /// clusters take longer to list).
     pub fn start_within(opts: AgentOptions, startup_timeout: Duration) -> Result<Self> {
+        Self::start_wrapped(opts, startup_timeout, &[])
+    }
+
+    /// Starts the agent under `wrapper` (e.g. `setpriv --bounding-set …`).
+    pub fn start_wrapped(
+        opts: AgentOptions,
+        startup_timeout: Duration,
+        wrapper: &[&str],
+    ) -> Result<Self> {
         let log = std::env::temp_dir().join(format!(
             "switchyard-agent-{}.log",
             opts.pin_dir
@@ -60,6 +71,7 @@ impl AgentProcess {
             log,
             remove_pins: true,
             startup_timeout,
+            wrapper: wrapper.iter().map(|w| w.to_string()).collect(),
         };
         agent.spawn()?;
         Ok(agent)
@@ -77,6 +89,7 @@ impl AgentProcess {
         // bpffs at /sys/fs/bpf where the maps are pinned.
         let child = Command::new("nsenter")
             .arg(&netns)
+            .args(&self.wrapper)
             .arg(&bin)
             .args(["--log-level", "info,lb_userspace=debug", "agent"])
             .args(match &self.opts.source {
@@ -90,10 +103,13 @@ impl AgentProcess {
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .stdin(Stdio::null())
+            // The error chain, not a backtrace, ends the log on failure.
+            .env("RUST_BACKTRACE", "0")
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         self.child = Some(child);
         let starts_before = self.log_text().matches("initial sync complete").count();
+        let mut exited = None;
         wait::until(
             "the agent's initial sync",
             self.startup_timeout,
@@ -102,11 +118,16 @@ impl AgentProcess {
                 if let Some(child) = self.child.as_mut()
                     && let Some(status) = child.try_wait()?
                 {
-                    bail!("agent exited with {status}:\n{}", self.log_tail());
+                    exited = Some(status);
+                    return Ok(true);
                 }
                 Ok(self.log_text().matches("initial sync complete").count() > starts_before)
             },
         )?;
+        if let Some(status) = exited {
+            self.child = None;
+            bail!("agent exited with {status}:\n{}", self.log_tail());
+        }
         Ok(())
     }
 
