@@ -439,7 +439,9 @@ pub mod reason {
     pub const SOCK_TRANSLATED: u32 = 15;
     /// A host process's connect() refused: the service has no backend.
     pub const SOCK_NO_BACKEND: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// An ICMP error quoting a DNATed flow, given back its service address.
+    pub const ICMP_ERROR_TRANSLATED: u32 = 17;
+    pub const COUNT: u32 = 18;
 
     /// Human names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -460,6 +462,7 @@ pub mod reason {
         "xdp_translated",
         "sock_translated",
         "sock_no_backend",
+        "icmp_error_translated",
     ];
 }
 

@@ -17,6 +17,7 @@
 mod affinity;
 mod conntrack;
 mod fib;
+mod icmp;
 mod lookup;
 mod maps;
 mod nat;
@@ -92,7 +93,16 @@ pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
 
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
-    egress(&ctx)
+    match parse::parse(&ctx) {
+        Parsed::Flow(pkt) => reply(&ctx, &pkt),
+        // ICMP errors about the pod's translated flows quote the backend:
+        // give them the service address back (path-MTU discovery).
+        Parsed::Other => {
+            icmp::restore_quoted_service(&ctx);
+        }
+        Parsed::Fragment => {}
+    }
+    TC_ACT_OK
 }
 
 #[classifier]

@@ -1026,3 +1026,65 @@ fn fuzzed_packets_are_passed_untouched_or_translated_with_valid_checksums() {
     }
     assert!(translated > 100, "only {translated} translations exercised");
 }
+
+/// Ethernet + IPv4 + ICMP `kind`/`code` from `from` to `to`, quoting `quoted`.
+fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0x78]; // next-hop MTU 1400
+    icmp.extend_from_slice(quoted);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0, 0, 64, 1, 0, 0]);
+    ip.extend_from_slice(&from.octets());
+    ip.extend_from_slice(&to.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut frame = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&icmp);
+    frame
+}
+
+#[test]
+fn icmp_errors_quoting_a_dnated_flow_get_the_service_address_back() {
+    let mut f = fixture();
+    let router = Ipv4Addr::new(10, 244, 0, 1);
+    // A flow client → VIP:80, DNATed on its way out of the pod.
+    let (_, syn) = f.run_from_pod(&Pkt::tcp(CLIENT, 41000, VIP, 80, SYN).build());
+    let translated = parse_checked(&syn);
+    assert!(BACKENDS.contains(&translated.dst));
+    // A router answers the translated packet with "fragmentation needed",
+    // quoting its IP header and first 8 bytes, as RFC 792 asks.
+    for (kind, code, quote_len) in [(3, 4, 28), (11, 0, 28), (3, 4, syn.len() - 14)] {
+        let error = icmp_error(router, CLIENT, kind, code, &syn[14..14 + quote_len]);
+        let (verdict, out) = f.run_to_pod(&error);
+        assert_eq!(verdict, TC_ACT_OK);
+        let out = &out[..error.len()];
+        // Outer header untouched; the quote now says client → VIP:80.
+        assert_eq!(out[..34], error[..34], "outer headers");
+        let icmp = &out[34..];
+        assert_eq!(fold(sum16(icmp)), 0xffff, "ICMP checksum");
+        let inner = &icmp[8..];
+        assert_eq!(
+            fold(sum16(&inner[..20])),
+            0xffff,
+            "quoted IP header checksum"
+        );
+        assert_eq!(
+            Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]),
+            CLIENT
+        );
+        assert_eq!(
+            Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]),
+            VIP
+        );
+        assert_eq!(u16::from_be_bytes([inner[20], inner[21]]), 41000);
+        assert_eq!(u16::from_be_bytes([inner[22], inner[23]]), 80);
+    }
+    assert_eq!(f.maps.reason_count(reason::ICMP_ERROR_TRANSLATED), 3);
+    // An error about a flow the datapath never translated: untouched.
+    let other = Pkt::tcp(CLIENT, 41001, Ipv4Addr::new(192, 0, 2, 7), 443, SYN).build();
+    let error = icmp_error(router, CLIENT, 3, 4, &other[14..42]);
+    assert_eq!(f.run_to_pod(&error).1[..error.len()], error[..]);
+}
