@@ -32,10 +32,7 @@ fn store<T>(ctx: &TcContext, offset: usize, value: &T) -> Result<(), ()> {
 /// Translates an ICMP error quoting a DNATed flow; returns whether it did.
 #[inline(always)]
 pub fn restore_quoted_service(ctx: &TcContext) -> bool {
-    match try_restore(ctx) {
-        Ok(done) => done,
-        Err(()) => false,
-    }
+    try_restore(ctx).unwrap_or_default()
 }
 
 #[inline(always)]
@@ -57,7 +54,7 @@ fn try_restore(ctx: &TcContext) -> Result<bool, ()> {
     let inner = icmp + 8;
     let inner_ver_ihl: u8 = load(ctx, inner)?;
     let inner_ihl = ((inner_ver_ihl & 0x0f) as usize) * 4;
-    if inner_ver_ihl >> 4 != 4 || inner_ihl < 20 || inner_ihl > 60 {
+    if inner_ver_ihl >> 4 != 4 || !(20..=60).contains(&inner_ihl) {
         return Ok(false);
     }
     let proto: u8 = load(ctx, inner + 9)?;
