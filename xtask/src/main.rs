@@ -47,7 +47,7 @@ enum Task {
 struct BenchArgs {
     #[command(flatten)]
     ebpf: EbpfArgs,
-    #[arg(value_parser = ["nodeport", "datapath", "controlplane"])]
+    #[arg(value_parser = ["nodeport", "datapath", "controlplane", "clusterip"])]
     which: String,
 }
 
