@@ -145,3 +145,39 @@ pub fn create_snat(
     conntrack.insert(reply_key, reply, BPF_ANY as u64)?;
     conntrack.insert(flow, forward, BPF_ANY as u64)
 }
+
+/// A client may open a direct connection to a backend from the source port
+/// of a closed connection it made to that backend through a VIP (TIME_WAIT
+/// reuse): the new connection's replies would then match the old flow's
+/// reply entry and be rev-NATed to the VIP. On the new connection's SYN, the
+/// old flow is forgotten if it is closed. (An open one is left alone: the two
+/// flows then share a reply tuple, which only source-port remapping — not
+/// done yet — could separate.)
+#[inline(always)]
+pub fn release_closed_clash(flow: &FlowKey, tcp_flags: u8) {
+    if flow.proto != lb_common::PROTO_TCP
+        || tcp_flags & tcp_seen::SYN == 0
+        || tcp_flags & tcp_seen::ACK != 0
+    {
+        return;
+    }
+    let reply_key = flow.reversed();
+    let Some(reply) = (unsafe { conntrack.get(&reply_key) }).copied() else {
+        return;
+    };
+    if reply.kind != conn_kind::REPLY {
+        return;
+    }
+    let forward_key = FlowKey {
+        dst_ip_be: reply.nat_ip_be,
+        dst_port_be: reply.nat_port_be,
+        ..*flow
+    };
+    if let Some(forward) = unsafe { conntrack.get(&forward_key) }
+        && forward.tcp_flags & (tcp_seen::FIN | tcp_seen::RST) == 0
+    {
+        return;
+    }
+    let _ = conntrack.remove(&reply_key);
+    let _ = conntrack.remove(&forward_key);
+}

@@ -196,6 +196,7 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
     }
 
     let Some(master) = lookup::service_of(&pkt.flow) else {
+        conntrack::release_closed_clash(&pkt.flow, pkt.tcp_flags);
         return TC_ACT_OK;
     };
     let service_id = master.service_id;

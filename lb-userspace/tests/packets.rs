@@ -1088,3 +1088,35 @@ fn icmp_errors_quoting_a_dnated_flow_get_the_service_address_back() {
     let error = icmp_error(router, CLIENT, 3, 4, &other[14..42]);
     assert_eq!(f.run_to_pod(&error).1[..error.len()], error[..]);
 }
+
+#[test]
+fn a_direct_connection_reusing_a_closed_vip_flows_port_is_not_rev_nated() {
+    let mut f = fixture();
+    // A connection through the VIP, then closed by the client.
+    let (_, syn) = f.run_from_pod(&Pkt::tcp(CLIENT, 42000, VIP, 80, SYN).build());
+    let backend = parse_checked(&syn).dst;
+    f.run_from_pod(&Pkt::tcp(CLIENT, 42000, VIP, 80, FIN | ACK).build());
+    // The client reuses the port for a direct connection to that backend.
+    let direct = Pkt::tcp(CLIENT, 42000, backend, 8080, SYN).build();
+    let (verdict, out) = f.run_from_pod(&direct);
+    assert_eq!((verdict, &out[..direct.len()]), (TC_ACT_OK, &direct[..]));
+    // Its replies reach the client from the backend, not from the VIP.
+    let reply = Pkt::tcp(backend, 8080, CLIENT, 42000, SYN | ACK).build();
+    let (_, out) = f.run_to_pod(&reply);
+    assert_eq!(
+        &out[..reply.len()],
+        &reply[..],
+        "reply rev-NATed as the old flow's"
+    );
+
+    // While the VIP connection is open, its reply entry stays.
+    let (_, syn) = f.run_from_pod(&Pkt::tcp(CLIENT, 42001, VIP, 80, SYN).build());
+    let backend = parse_checked(&syn).dst;
+    f.run_from_pod(&Pkt::tcp(CLIENT, 42001, backend, 8080, SYN).build());
+    let (_, out) = f.run_to_pod(&Pkt::tcp(backend, 8080, CLIENT, 42001, ACK).build());
+    assert_eq!(
+        parse_checked(&out).src,
+        VIP,
+        "the open VIP flow keeps its replies"
+    );
+}
