@@ -162,7 +162,7 @@ pub fn release_closed_clash(flow: &FlowKey, tcp_flags: u8) {
         return;
     }
     let reply_key = flow.reversed();
-    let Some(reply) = (unsafe { conntrack.get(&reply_key) }).copied() else {
+    let Some(reply) = (unsafe { conntrack.get(reply_key) }).copied() else {
         return;
     };
     if reply.kind != conn_kind::REPLY {
@@ -173,7 +173,7 @@ pub fn release_closed_clash(flow: &FlowKey, tcp_flags: u8) {
         dst_port_be: reply.nat_port_be,
         ..*flow
     };
-    if let Some(forward) = unsafe { conntrack.get(&forward_key) }
+    if let Some(forward) = unsafe { conntrack.get(forward_key) }
         && forward.tcp_flags & (tcp_seen::FIN | tcp_seen::RST) == 0
     {
         return;
