@@ -178,6 +178,6 @@ pub fn release_closed_clash(flow: &FlowKey, tcp_flags: u8) {
     {
         return;
     }
-    let _ = conntrack.remove(&reply_key);
-    let _ = conntrack.remove(&forward_key);
+    let _ = conntrack.remove(reply_key);
+    let _ = conntrack.remove(forward_key);
 }
