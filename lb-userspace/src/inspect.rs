@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use lb_common::{
     ConnEntry, FlowKey, backend_flags, conn_kind, interface_role, reason, service_flags, tcp_seen,
     xdp_mode,
@@ -279,6 +279,53 @@ pub fn affinity(maps: &PinnedMaps) -> Result<Vec<AffinityRow>> {
 }
 
 /// Where the agent attached the programs, and in which XDP mode.
+#[derive(Serialize)]
+pub struct LinkRow {
+    /// An interface name, or `cgroup` for the socket hooks.
+    pub attached_to: String,
+    pub ifindex: Option<u32>,
+    /// ingress, egress, xdp, or the socket hook's program.
+    pub hook: String,
+    pub pin: String,
+}
+
+/// The links pinned under `<pin dir>/links` (see loader.rs for the names).
+pub fn links(pin_dir: &Path) -> Result<Vec<LinkRow>> {
+    let dir = pin_dir.join("links");
+    let mut rows = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(rows),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let row = if let Some(program) = name.strip_prefix("cgroup_") {
+            LinkRow {
+                attached_to: "cgroup".into(),
+                ifindex: None,
+                hook: program.to_string(),
+                pin: entry.path().display().to_string(),
+            }
+        } else {
+            let mut parts = name.rsplitn(3, '_');
+            let hook = parts.next().unwrap_or_default().to_string();
+            let ifindex = parts.next().and_then(|i| i.parse().ok());
+            let iface = parts.next().unwrap_or_default().replace('+', ".");
+            LinkRow {
+                attached_to: iface,
+                ifindex,
+                hook,
+                pin: entry.path().display().to_string(),
+            }
+        };
+        rows.push(row);
+    }
+    rows.sort_by(|a, b| (&a.attached_to, &a.hook).cmp(&(&b.attached_to, &b.hook)));
+    Ok(rows)
+}
+
 pub fn interfaces(maps: &PinnedMaps) -> Vec<InterfaceRow> {
     let mut rows: Vec<InterfaceRow> = maps
         .interfaces
@@ -357,6 +404,9 @@ pub enum InspectWhat {
     Affinity,
     /// Interfaces the programs are attached to, and the XDP mode.
     Interfaces,
+    /// The pinned links: every hook the datapath is attached at (they stay
+    /// across agent restarts and crashes).
+    Links,
     /// Datapath counters by reason.
     Stats,
 }
@@ -477,6 +527,21 @@ pub fn run(pin_dir: &Path, what: InspectWhat, format: OutputFormat) -> Result<St
                 .map(|r| vec![r.name, r.ifindex.to_string(), r.role, r.xdp])
                 .collect();
             Ok(table(&["INTERFACE", "IFINDEX", "ROLE", "XDP"], &rows))
+        }
+        (InspectWhat::Links, OutputFormat::Json) => json(serde_json::to_value(links(pin_dir)?)?),
+        (InspectWhat::Links, OutputFormat::Table) => {
+            let rows: Vec<Vec<String>> = links(pin_dir)?
+                .into_iter()
+                .map(|r| {
+                    vec![
+                        r.attached_to,
+                        r.ifindex.map_or_else(|| "-".into(), |i| i.to_string()),
+                        r.hook,
+                        r.pin,
+                    ]
+                })
+                .collect();
+            Ok(table(&["ATTACHED TO", "IFINDEX", "HOOK", "PIN"], &rows))
         }
         (InspectWhat::Stats, OutputFormat::Json) => json(serde_json::to_value(stats(&maps))?),
         (InspectWhat::Stats, OutputFormat::Table) => {

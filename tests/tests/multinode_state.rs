@@ -326,5 +326,33 @@ fn node_processes_reach_cluster_ips_and_node_ports_through_socket_hooks() -> Res
     assert_eq!(cgroup.client(&node1, "tcp", tcp_vip())?, "refused");
     let stats = c.agents[0].inspect(&["stats"])?;
     assert!(stats.contains("sock_translated"), "{stats}");
+    // Every hook the datapath sits at, as pinned links.
+    let links: serde_json::Value =
+        serde_json::from_str(&c.agents[0].inspect(&["-o", "json", "links"])?)?;
+    let hooks: BTreeSet<(String, String)> = links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            (
+                l["attached_to"].as_str().unwrap_or_default().to_string(),
+                l["hook"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("cgroup", "sock_connect4"),
+        ("cgroup", "sock_sendmsg4"),
+        ("cgroup", "sock_recvmsg4"),
+        ("cgroup", "sock_getpeername4"),
+        ("ext0", "ingress"),
+        ("ext0", "egress"),
+        ("ext0", "xdp"),
+    ] {
+        assert!(
+            hooks.contains(&(expected.0.to_string(), expected.1.to_string())),
+            "{expected:?} not in {hooks:?}"
+        );
+    }
     Ok(())
 }
