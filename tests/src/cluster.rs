@@ -159,20 +159,6 @@ impl MultiNode {
         run(&[
             "ip", "netns", "exec", ns, "ethtool", "-K", iface, "tx", "off",
         ])?;
-        // A veth receives frames another veth sends with XDP_TX/redirect
-        // only when its NAPI is on: with GRO (or an XDP program of its own),
-        // as a real NIC's receive path always is.
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            net,
-            "ethtool",
-            "-K",
-            bridge_port,
-            "gro",
-            "on",
-        ])?;
         run(&["ip", "-n", net, "link", "set", bridge_port, "up"])?;
         run(&[
             "ip",
