@@ -298,6 +298,10 @@ fn main() -> Result<()> {
                 println!("configuration ok");
                 return Ok(());
             }
+            // Two malloc arenas, not one per thread that ever allocated: the
+            // agent's memory is long-lived caches, not contended allocation.
+            // SAFETY: a malloc tuning call before any thread exists.
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

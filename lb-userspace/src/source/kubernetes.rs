@@ -102,6 +102,11 @@ fn differs<K: kube::Resource + PartialEq>(a: Option<&K>, b: Option<&K>) -> bool 
 fn slim<K: kube::Resource>(mut object: K) -> K {
     let meta = object.meta_mut();
     meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.uid = None;
+    meta.creation_timestamp = None;
+    meta.generation = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.retain(|k, _| k == TRIGGER_TIME_ANNOTATION);
         if annotations.is_empty() {
@@ -109,6 +114,19 @@ fn slim<K: kube::Resource>(mut object: K) -> K {
         }
     }
     object
+}
+
+/// Endpoints keep what translation reads: addresses, conditions, node.
+fn slim_slice(slice: EndpointSlice) -> EndpointSlice {
+    let mut slice = slim(slice);
+    for endpoint in &mut slice.endpoints {
+        endpoint.target_ref = None;
+        endpoint.hostname = None;
+        endpoint.deprecated_topology = None;
+        endpoint.hints = None;
+        endpoint.zone = None;
+    }
+    slice
 }
 
 fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
@@ -448,7 +466,9 @@ impl KubernetesSource {
                 Ok(event) => {
                     self.count(&m.watch_events, "endpointslices");
                     match event {
-                        Event::Apply(s) => cache.set_slice(key_of(&s.metadata), Some(slim(s))),
+                        Event::Apply(s) => {
+                            cache.set_slice(key_of(&s.metadata), Some(slim_slice(s)))
+                        }
                         Event::Delete(s) => cache.set_slice(key_of(&s.metadata), None),
                         Event::Init => {
                             if listed.slices {
@@ -459,7 +479,7 @@ impl KubernetesSource {
                         }
                         Event::InitApply(s) => {
                             if let Some(buffer) = cache.relisting_slices.as_mut() {
-                                buffer.insert(key_of(&s.metadata), slim(s));
+                                buffer.insert(key_of(&s.metadata), slim_slice(s));
                             }
                         }
                         Event::InitDone => {
