@@ -299,12 +299,10 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
         return Ok(XDP_DROP);
     };
     if backend.flags & backend_flags::LOCAL == 0 {
-        if !xdp_snat_enabled() {
-            // tc SNATs and forwards it, choosing again (an affinity pin
-            // made here is the one it finds).
-            return Ok(XDP_PASS);
-        }
         // To another node: SNAT to this node so the reply comes back here.
+        // The choice is recorded here even when tc does the forwarding: a
+        // second draw in tc would skew the balance (remote backends would
+        // get their share of only the flows XDP did not keep).
         let Some(snat) = snat::allocate(&pkt.flow, &backend) else {
             stats::count(reason::SNAT_PORTS_EXHAUSTED);
             return Ok(XDP_DROP);
@@ -329,6 +327,10 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
             c.bytes += pkt.len;
             c.new_flows += 1;
         });
+        if !xdp_snat_enabled() {
+            // tc finds the entry and forwards the packet.
+            return Ok(XDP_PASS);
+        }
         return match forward_snat(ctx, pkt, (backend.ip_be, backend.port_be), snat)? {
             Some(action) => {
                 stats::count(reason::XDP_TRANSLATED);
