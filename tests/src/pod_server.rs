@@ -1,6 +1,7 @@
 //! A `pod-server` process running in a pod's namespace.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result, bail};
@@ -39,6 +40,19 @@ impl PodServer {
         }
         for p in &ports.udp {
             cmd.args(["--udp", &p.to_string()]);
+        }
+        // If the test process dies without running destructors (a signal,
+        // an abort), the server dies with it rather than lingering in a
+        // deleted namespace. (Tied to the spawning thread: servers are
+        // started and dropped by the test's own thread.)
+        // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
         let mut child = cmd
             .stdout(Stdio::piped())
