@@ -233,7 +233,8 @@ fn main() -> Result<()> {
         let mut cells: [Vec<f64>; 4] = Default::default();
         for run in 0..RUNS {
             let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sy-bench-{}", std::process::id()));
-            let mut datapath = Datapath::load(&object, &pin_dir, XdpChoice::Off)?;
+            let mut datapath =
+                Datapath::load(&object, &pin_dir, XdpChoice::Off, &Default::default())?;
             let result = (|| -> Result<()> {
                 let mut sync =
                     MapSync::adopt(PinnedMaps::open(&pin_dir)?)?.with_node(Some("bench".into()));

@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
+use lb_common::map_names;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use crate::datapath::capacity::Capacity;
 use crate::datapath::conntrack::{self, Timeouts};
 use crate::datapath::ifaces::{self, IfaceGlobs};
 use crate::datapath::loader::{self, Datapath, XdpChoice};
@@ -32,6 +34,8 @@ pub enum SourceConfig {
 }
 
 pub struct AgentConfig {
+    /// Sizes of the maps, when this run creates them.
+    pub capacity: Capacity,
     pub source: SourceConfig,
     /// Where /metrics, /healthz, /livez and /readyz are served.
     pub http_addrs: Vec<SocketAddr>,
@@ -133,6 +137,24 @@ fn configure_snat(
     Ok(())
 }
 
+/// LRU maps never refuse an entry: when out of free entries they evict the
+/// least recently used (for conntrack: idle connections lose their
+/// backend). The kernel's per-CPU free lists make that start before the map
+/// is quite full, so warn and count from 80 %.
+fn near_full(metrics: &Metrics, map: &'static str, entries: usize, size: u32) {
+    if size > 0 && entries as u64 * 5 >= u64::from(size) * 4 {
+        metrics.count_map_full(map);
+        warn!(
+            map,
+            entries,
+            capacity = size,
+            "map {map} is {}% full ({entries} of {size}): the oldest entries are being evicted; raise {}",
+            entries as u64 * 100 / u64::from(size),
+            Capacity::flag_of(map)
+        );
+    }
+}
+
 fn log_report(
     report: &SyncReport,
     elapsed: Duration,
@@ -183,7 +205,8 @@ fn publish_programmed(metrics: &Metrics, sync: &MapSync<PinnedMaps>) {
 
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     let object = loader::find_object(cfg.bpf_object.as_deref())?;
-    let mut datapath = Datapath::load(&object, &cfg.pin_dir, cfg.xdp)?;
+    let mut datapath = Datapath::load(&object, &cfg.pin_dir, cfg.xdp, &cfg.capacity)?;
+    let capacity = Capacity::of_pinned(&cfg.pin_dir, &cfg.capacity)?;
     let mut maps = PinnedMaps::open(&cfg.pin_dir)?;
     let node_ips = node_addresses(&cfg)?;
     configure_snat(
@@ -196,6 +219,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let mut sync = MapSync::adopt(maps)
         .context("adopting the pinned maps")?
         .with_node(cfg.node_name.clone())
+        .with_backend_capacity(capacity.backends)
         .with_node_ips(node_ips.clone())
         .with_selection(cfg.selection);
     info!(node_ips = ?node_ips, "node addresses for node ports");
@@ -212,6 +236,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     );
 
     let metrics = Arc::new(Metrics::new(cfg.pin_dir.clone()));
+    metrics.set_capacity(&capacity);
     let mut http_servers = Vec::new();
     for addr in &cfg.http_addrs {
         http_servers.push(crate::http::serve(*addr, metrics.clone()).await?);
@@ -293,6 +318,21 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 })
                 .observe(elapsed.as_secs_f64());
             metrics.sync_errors.inc_by(report.errors.len() as u64);
+            for map in &report.full_maps {
+                metrics.count_map_full(map);
+                let size = capacity
+                    .rows()
+                    .into_iter()
+                    .find(|(name, _, _)| name == map)
+                    .map_or(0, |(_, size, _)| size);
+                warn!(
+                    map,
+                    capacity = size,
+                    "map {map} is full ({size} entries): what did not fit is in the sync errors \
+                     and not programmed; raise {}",
+                    Capacity::flag_of(map)
+                );
+            }
             let now = SystemTime::now();
             let mut slowest: Option<Duration> = None;
             for at in &delta.triggered_at {
@@ -357,6 +397,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 match conntrack::collect_garbage(sync.maps_mut(), now, &cfg.conntrack_timeouts) {
                     Ok(sweep) => {
                         metrics.set_map_entries("conntrack", sweep.remaining);
+                        near_full(&metrics, map_names::CONNTRACK, sweep.remaining, capacity.conntrack);
                         if sweep.connections + sweep.orphans > 0 {
                             debug!(connections = sweep.connections, orphans = sweep.orphans, "conntrack sweep");
                         }
@@ -365,6 +406,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 }
                 if let Ok(n) = sync.maps().affinity_entries() {
                     metrics.set_map_entries("affinity", n);
+                    near_full(&metrics, map_names::AFFINITY, n, capacity.affinity);
                 }
             }
             _ = sigterm.recv() => break Ok(()),

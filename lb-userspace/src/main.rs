@@ -9,6 +9,7 @@ use lb_userspace::{
     agent::{self, AgentConfig, SourceConfig},
     datapath::{
         DEFAULT_PIN_DIR,
+        capacity::Capacity,
         conntrack::Timeouts,
         ifaces::DEFAULT_POD_IFACES,
         ifaces::IfaceGlobs,
@@ -93,7 +94,9 @@ struct AgentArgs {
     /// disable.
     #[arg(long, default_value = "0.0.0.0:10256", value_name = "ADDR")]
     health_addr: String,
-    /// API changes arriving within this window are applied as one batch.
+    /// At most one batch of API changes per window: a change after a quiet
+    /// spell is applied at once, those that follow within the window
+    /// together when it has passed.
     #[arg(long, default_value = "10", value_name = "MS")]
     batch_ms: u64,
     /// bpffs directory for the pinned maps.
@@ -155,6 +158,21 @@ struct AgentArgs {
     /// Time TCP connections are kept after FIN or RST, seconds.
     #[arg(long, default_value = "10", value_name = "SECONDS")]
     ct_timeout_tcp_closing: f64,
+    /// Entries of the services map (one per frontend plus one per backend
+    /// slot). Map sizes apply when the maps are created; maps pinned by an
+    /// earlier run keep their size until `--cleanup`.
+    #[arg(long, default_value_t = Capacity::default().services, value_name = "N")]
+    map_size_services: u32,
+    /// Distinct backend addresses.
+    #[arg(long, default_value_t = Capacity::default().backends, value_name = "N")]
+    map_size_backends: u32,
+    /// Conntrack entries (two per connection); when full, the least
+    /// recently used are evicted.
+    #[arg(long, default_value_t = Capacity::default().conntrack, value_name = "N")]
+    map_size_conntrack: u32,
+    /// ClientIP affinity pins; when full, the least recently used are evicted.
+    #[arg(long, default_value_t = Capacity::default().affinity, value_name = "N")]
+    map_size_affinity: u32,
     /// Remove the pinned maps and pin directory, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -182,6 +200,21 @@ struct AgentArgs {
     /// the system.
     #[arg(long)]
     check_config: bool,
+}
+
+fn map_capacity(args: &AgentArgs) -> Result<Capacity> {
+    let capacity = Capacity {
+        services: args.map_size_services,
+        backends: args.map_size_backends,
+        conntrack: args.map_size_conntrack,
+        affinity: args.map_size_affinity,
+    };
+    for (_, entries, flag) in capacity.rows() {
+        if entries == 0 {
+            bail!("{flag} 0: a map needs at least one entry");
+        }
+    }
+    Ok(capacity)
 }
 
 fn port_range(text: &str) -> Result<(u16, u16)> {
@@ -232,6 +265,7 @@ fn main() -> Result<()> {
             if args.cleanup {
                 return loader::cleanup(&args.pin_dir);
             }
+            let capacity = map_capacity(&args)?;
             let source = match args.standalone {
                 Some(dir) => SourceConfig::Standalone(dir),
                 None => SourceConfig::Kubernetes {
@@ -284,6 +318,7 @@ fn main() -> Result<()> {
                     }
                 },
                 conntrack_gc_interval: seconds("--ct-gc-interval", args.ct_gc_interval)?,
+                capacity,
                 conntrack_timeouts: Timeouts {
                     tcp_established: seconds(
                         "--ct-timeout-tcp-established",

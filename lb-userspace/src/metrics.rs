@@ -7,9 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use lb_common::{
-    MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK_ENTRIES, MAX_SERVICE_ENTRIES, reason,
-};
+use lb_common::reason;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -19,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::datapath::capacity::Capacity;
 use crate::datapath::maps::PinnedMaps;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,6 +56,7 @@ pub struct Metrics {
     pub watch_relists: Family<ResourceLabel, Counter>,
     pub map_entries: Family<MapLabel, Gauge>,
     pub map_capacity: Family<MapLabel, Gauge>,
+    pub map_full: Family<MapLabel, Counter>,
     registry: Mutex<Registry>,
     ready: AtomicBool,
     heartbeat: Mutex<Instant>,
@@ -168,6 +168,7 @@ impl Metrics {
             watch_relists: Family::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
+            map_full: Family::default(),
             registry: Mutex::new(Registry::default()),
             ready: AtomicBool::new(false),
             heartbeat: Mutex::new(Instant::now()),
@@ -228,17 +229,13 @@ impl Metrics {
             "Maximum entries of a BPF map",
             metrics.map_capacity.clone(),
         );
-        for (map, max) in [
-            ("services", MAX_SERVICE_ENTRIES),
-            ("backends", MAX_BACKENDS),
-            ("conntrack", MAX_CONNTRACK_ENTRIES),
-            ("affinity", MAX_AFFINITY_ENTRIES),
-        ] {
-            metrics
-                .map_capacity
-                .get_or_create(&MapLabel { map })
-                .set(i64::from(max));
-        }
+        registry.register(
+            "switchyard_map_full",
+            "Syncs that found a map full (services, backends), or sweeps that found an LRU map \
+             (conntrack, affinity) at 80 % or more of its size, where it evicts entries",
+            metrics.map_full.clone(),
+        );
+        metrics.set_capacity(&Capacity::default());
         registry.register_collector(Box::new(DatapathCounters {
             pin_dir,
             frontends: metrics.frontends.clone(),
@@ -257,6 +254,19 @@ impl Metrics {
             let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         }
         out
+    }
+
+    /// The sizes of the maps as created.
+    pub fn set_capacity(&self, capacity: &Capacity) {
+        for (map, max, _) in capacity.rows() {
+            self.map_capacity
+                .get_or_create(&MapLabel { map })
+                .set(i64::from(max));
+        }
+    }
+
+    pub fn count_map_full(&self, map: &'static str) {
+        self.map_full.get_or_create(&MapLabel { map }).inc();
     }
 
     pub fn set_map_entries(&self, map: &'static str, entries: usize) {

@@ -118,8 +118,13 @@ fn fixture_with(selection: Selection) -> Fixture {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
-    let datapath =
-        Datapath::load(&object(), &pin_dir, loader::XdpChoice::Off).expect("load datapath");
+    let datapath = Datapath::load(
+        &object(),
+        &pin_dir,
+        loader::XdpChoice::Off,
+        &Default::default(),
+    )
+    .expect("load datapath");
     let desired = desired_state(&BACKENDS);
     let mut sync = MapSync::adopt(PinnedMaps::open(&pin_dir).expect("open maps"))
         .expect("adopt")

@@ -38,6 +38,8 @@ pub struct AgentProcess {
     startup_timeout: Duration,
     /// A command the agent is run under (e.g. setpriv), inside nsenter.
     wrapper: Vec<String>,
+    /// Another switchyard binary than the build's (an upgrade).
+    binary: Option<PathBuf>,
 }
 
 impl AgentProcess {
@@ -72,13 +74,17 @@ impl AgentProcess {
             remove_pins: true,
             startup_timeout,
             wrapper: wrapper.iter().map(|w| w.to_string()).collect(),
+            binary: None,
         };
         agent.spawn()?;
         Ok(agent)
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let bin = switchyard_bin()?;
+        let bin = match &self.binary {
+            Some(b) => b.clone(),
+            None => switchyard_bin()?,
+        };
         let log_file = File::options()
             .create(true)
             .append(true)
@@ -214,6 +220,15 @@ impl AgentProcess {
     /// Starts the agent again with the same options (and the same pins).
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
+        self.spawn()
+    }
+
+    /// An in-place upgrade: stops this agent (SIGTERM; started with
+    /// `--keep-datapath-on-exit`, it leaves the programs attached) and starts
+    /// `binary` on the same pins, which takes the links over.
+    pub fn upgrade_to(&mut self, binary: PathBuf) -> Result<()> {
+        self.stop()?;
+        self.binary = Some(binary);
         self.spawn()
     }
 

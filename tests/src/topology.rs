@@ -118,6 +118,12 @@ impl Topology {
         &self.node_ns
     }
 
+    /// The node namespace as a place to run clients from (host network),
+    /// e.g. to read the agent's loopback-only metrics.
+    pub fn host(&self) -> Pod {
+        Pod::detached("host", &self.node_ns, Ipv4Addr::LOCALHOST, "")
+    }
+
     /// A glob that matches exactly this topology's host-side interfaces.
     pub fn pod_iface_glob(&self) -> String {
         format!("{}-*", self.iface_stem())

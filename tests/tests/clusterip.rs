@@ -373,6 +373,92 @@ fn invalid_objects_are_reported_and_the_rest_still_applies() -> Result<()> {
     Ok(())
 }
 
+/// The agent's counter `switchyard_map_full_total{map=...}`.
+fn map_full_count(c: &Cluster, map: &str) -> Result<u64> {
+    let (_, body) = c.topo.host().http_get_path(
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10249),
+        "/metrics",
+        TIMEOUT,
+    )?;
+    let series = format!("switchyard_map_full_total{{map=\"{map}\"}} ");
+    Ok(body
+        .lines()
+        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+#[test]
+fn full_maps_are_reported_by_name_and_what_fits_keeps_working() -> Result<()> {
+    // echo takes 4 backend entries (2 pods × TCP and UDP ports).
+    let c = Cluster::start_with(
+        2,
+        &[
+            "--map-size-backends",
+            "5",
+            "--map-size-conntrack",
+            "16",
+            "--ct-gc-interval",
+            "1",
+        ],
+    )?;
+    c.manifests.write(
+        "big.yaml",
+        &format!(
+            "{}---\n{}",
+            service_yaml(
+                "test",
+                "big",
+                Ipv4Addr::new(10, 96, 0, 90),
+                &[("tcp", 80, 9090, "TCP")]
+            ),
+            endpoint_slice_yaml(
+                "test",
+                "big-1",
+                "big",
+                &[("tcp", 9090, "TCP")],
+                &(50..53)
+                    .map(|i| EndpointSpec::ready(Ipv4Addr::new(10, 244, 0, i)))
+                    .collect::<Vec<_>>()
+            )
+        ),
+    )?;
+    wait::until(
+        "the full backends map reported",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            let log = c.agent.log_text();
+            Ok(log.contains("map backends is full (5 entries)")
+                && log.contains("raise --map-size-backends")
+                && log.contains("backends map full (5 entries in use)"))
+        },
+    )?;
+    assert!(map_full_count(&c, "backends")? >= 1);
+    // The service that fitted is untouched; the one that did not got what
+    // fitted (one backend) rather than nothing.
+    assert_eq!(c.agent.backends_of(TCP_FRONTEND)?.len(), 2);
+    assert_eq!(c.agent.backends_of("10.96.0.90:80/TCP")?.len(), 1);
+    assert!(c.client().tcp_request(tcp_vip(), TIMEOUT).is_ok());
+
+    // 30 UDP flows need 60 conntrack entries: the LRU map keeps 16, the
+    // sweep reports it full, and new flows still work.
+    for _ in 0..30 {
+        c.client().udp_request(udp_vip(), TIMEOUT)?;
+    }
+    wait::until(
+        "the full conntrack map reported",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            Ok(c.agent.log_text().contains("map conntrack is")
+                && map_full_count(&c, "conntrack")? >= 1)
+        },
+    )?;
+    assert!(c.agent.log_text().contains("raise --map-size-conntrack"));
+    assert!(c.client().udp_request(udp_vip(), TIMEOUT).is_ok());
+    Ok(())
+}
+
 #[test]
 fn deleting_a_service_removes_it_and_maps_dump_with_field_names() -> Result<()> {
     let c = Cluster::start(1)?;

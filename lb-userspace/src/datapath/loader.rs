@@ -25,6 +25,8 @@ use aya::{
 use lb_common::{InterfaceStatus, interface_role, map_names, program_names, xdp_mode};
 use tracing::{debug, info, warn};
 
+use crate::datapath::capacity::Capacity;
+
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const OBJECT_FILE: &str = "switchyard.bpf.o";
 
@@ -235,9 +237,17 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
 }
 
 impl Datapath {
-    pub fn load(object: &Path, pin_dir: &Path, xdp: XdpChoice) -> Result<Self> {
+    /// Loads the object, creating (sized by `capacity`) or reusing the
+    /// pinned maps.
+    pub fn load(
+        object: &Path,
+        pin_dir: &Path,
+        xdp: XdpChoice,
+        capacity: &Capacity,
+    ) -> Result<Self> {
         ensure_pin_dir(pin_dir)?;
         let mut loader = EbpfLoader::new();
+        capacity.configure(&mut loader);
         for name in map_names::ALL {
             loader.map_pin_path(name, pin_dir.join(name));
         }

@@ -19,11 +19,12 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result, anyhow};
 use lb_common::{
     Backend, BackendId, BackendSlot, MAX_BACKENDS, MAX_SERVICES, ServiceKey, backend_flags,
-    service_flags,
+    map_names, service_flags,
 };
 use tracing::{debug, warn};
 
 use crate::datapath::addr::{ip_be, ip_from_be, port_be, port_from_be};
+use crate::datapath::capacity::is_map_full;
 use crate::datapath::maglev;
 use crate::model::{BackendAddr, DesiredState, Frontend, Protocol, ServicePort};
 
@@ -149,6 +150,8 @@ pub struct SyncReport {
     /// Backends that stopped serving a frontend (or whose frontend went
     /// away): state pinned to them (UDP flows, affinity) must be flushed.
     pub departed: Vec<Departure>,
+    /// Maps that were full when something had to be added to them.
+    pub full_maps: BTreeSet<&'static str>,
 }
 
 /// A backend that left a frontend.
@@ -359,6 +362,12 @@ impl<M: ServiceMaps> MapSync<M> {
     }
 
     /// Sets how new flows choose among a frontend's backends.
+    /// The number of backend IDs the backends map has room for.
+    pub fn with_backend_capacity(mut self, entries: u32) -> Self {
+        self.backend_id_alloc.max = entries;
+        self
+    }
+
     pub fn with_selection(mut self, selection: Selection) -> Self {
         self.selection = selection;
         self
@@ -444,8 +453,10 @@ impl<M: ServiceMaps> MapSync<M> {
             }
             let Some(id) = self.backend_id_alloc.allocate() else {
                 report.errors.push(format!(
-                    "backend {addr}: backends map full ({MAX_BACKENDS} IDs in use)"
+                    "backend {addr}: backends map full ({} entries in use)",
+                    self.backend_id_alloc.max
                 ));
+                report.full_maps.insert(map_names::BACKENDS);
                 continue;
             };
             match self.maps.put_backend(id, backend_value(addr, is_local)) {
@@ -457,6 +468,9 @@ impl<M: ServiceMaps> MapSync<M> {
                 }
                 Err(e) => {
                     self.backend_id_alloc.release(id);
+                    if is_map_full(&e) {
+                        report.full_maps.insert(map_names::BACKENDS);
+                    }
                     report.errors.push(format!("backend {addr}: {e:#}"));
                 }
             }
@@ -535,6 +549,9 @@ impl<M: ServiceMaps> MapSync<M> {
                 }
             };
             if let Err(e) = result {
+                if is_map_full(&e) {
+                    report.full_maps.insert(map_names::SERVICES);
+                }
                 report
                     .errors
                     .push(format!("service {name} ({frontend}): {e:#}"));

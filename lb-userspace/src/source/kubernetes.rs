@@ -49,7 +49,8 @@ pub struct KubernetesSource {
     pub client: Client,
     /// This node: its Node object gives the addresses node ports are served on.
     pub node_name: Option<String>,
-    /// Changes arriving within this window after the first are sent as one batch.
+    /// At most one batch per window: a change after a quiet spell is sent at
+    /// once, changes that follow it within the window together after it.
     pub batch_window: Duration,
     pub metrics: Arc<Metrics>,
 }
@@ -373,6 +374,10 @@ impl KubernetesSource {
         };
         let mut sent_complete = false;
         let mut batch_deadline: Option<Instant> = None;
+        // Leading-edge batching: a change after a quiet spell goes out at
+        // once; changes that follow within the window are held until it has
+        // passed since the last batch, and go together.
+        let mut last_sent: Option<Instant> = None;
         loop {
             let wait = async {
                 match batch_deadline {
@@ -388,7 +393,10 @@ impl KubernetesSource {
                     };
                     self.handle(event, &mut cache, &mut listed);
                     if cache.pending() && batch_deadline.is_none() {
-                        batch_deadline = Some(Instant::now() + self.batch_window);
+                        let now = Instant::now();
+                        batch_deadline = Some(
+                            last_sent.map_or(now, |at| (at + self.batch_window).max(now)),
+                        );
                     }
                 }
                 () = wait => {
@@ -411,6 +419,7 @@ impl KubernetesSource {
                     if tx.send(delta).await.is_err() {
                         return;
                     }
+                    last_sent = Some(Instant::now());
                     sent_complete = true;
                 }
             }

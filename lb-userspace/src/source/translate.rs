@@ -52,6 +52,22 @@ fn parse_protocol(p: Option<&str>) -> Result<Protocol, String> {
     }
 }
 
+/// Why an address cannot be a service or endpoint address (the API server
+/// refuses these too; a source that does not validate may still send them).
+fn unusable(ip: Ipv4Addr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip.is_broadcast() {
+        Some("the broadcast address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if ip.is_loopback() {
+        Some("a loopback address")
+    } else {
+        None
+    }
+}
+
 fn valid_port(port: i32) -> Option<u16> {
     u16::try_from(port).ok().filter(|p| *p != 0)
 }
@@ -171,7 +187,13 @@ impl Translator {
                 field.to_string()
             };
             match ip.parse::<IpAddr>() {
-                Ok(IpAddr::V4(v4)) if vip.is_none() => vip = Some(v4),
+                Ok(IpAddr::V4(v4)) if vip.is_none() => {
+                    if let Some(why) = unusable(v4) {
+                        self.error(origin, &object, at, format!("{ip} is {why}"));
+                        return None;
+                    }
+                    vip = Some(v4);
+                }
                 Ok(IpAddr::V4(_)) => {}
                 Ok(IpAddr::V6(_)) => self
                     .skipped
@@ -281,7 +303,13 @@ impl Translator {
         let mut access = ExternalAccess::default();
         let ipv4 = |this: &mut Self, field: String, text: &str| -> Option<Ipv4Addr> {
             match text.parse::<IpAddr>() {
-                Ok(IpAddr::V4(ip)) => Some(ip),
+                Ok(IpAddr::V4(ip)) => match unusable(ip) {
+                    None => Some(ip),
+                    Some(why) => {
+                        this.error(origin, object, field, format!("{text} is {why}"));
+                        None
+                    }
+                },
                 Ok(IpAddr::V6(_)) => {
                     this.skipped.push(format!(
                         "{object}: {field} {text} is IPv6, not supported yet"
@@ -462,6 +490,15 @@ impl Translator {
                 );
                 continue;
             };
+            if let Some(why) = unusable(ip) {
+                self.error(
+                    &sourced.origin,
+                    &object,
+                    format!("endpoints[{k}].addresses[0]"),
+                    format!("{ip} is {why}"),
+                );
+                continue;
+            }
             let conditions = ep.conditions.clone().unwrap_or_default();
             let ready = conditions.ready.unwrap_or(true);
             let endpoint = Endpoint {

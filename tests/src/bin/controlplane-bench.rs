@@ -5,15 +5,12 @@
 //! size (API write → maps, stamped at the write). Prints Markdown.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use switchyard_tests::apiserver::{ApiServer, TRIGGER_TIME_PLACEHOLDER};
 use switchyard_tests::cluster::control_plane_ip;
+use switchyard_tests::scale::{Fillers, percentile, rss_mib};
 use switchyard_tests::{AgentOptions, AgentProcess, AgentSource, MultiNode, cleanup_stale, wait};
 
 const SERVICES: usize = 10_000;
@@ -21,91 +18,10 @@ const ENDPOINTS_PER_SERVICE: usize = 10;
 const CHANGES: usize = 100;
 const NAMESPACE: &str = "scale";
 
-fn endpoint_ip(service: usize, i: usize) -> Ipv4Addr {
-    let k = (service * ENDPOINTS_PER_SERVICE + i) as u32;
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + k)
-}
-
-fn service_json(i: usize) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": format!("s{i}"), "namespace": NAMESPACE},
-        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
-    })
-}
-
-fn slice_json(i: usize, shift: usize) -> serde_json::Value {
-    let endpoints: Vec<serde_json::Value> = (0..ENDPOINTS_PER_SERVICE)
-        .map(|e| {
-            serde_json::json!({
-                "addresses": [endpoint_ip(i, e + shift).to_string()],
-                "conditions": {"ready": true},
-                "nodeName": "node-1"
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {
-            "name": format!("s{i}-1"), "namespace": NAMESPACE,
-            "labels": {"kubernetes.io/service-name": format!("s{i}")}
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": endpoints
-    })
-}
-
-/// Creates every object through one API client with 32 requests in flight.
-fn populate(api: &ApiServer) -> Result<Duration> {
-    let kubeconfig = api.kubeconfig();
-    let netns = api.netns().to_string();
-    switchyard_tests::client::in_netns(&netns, move || -> Result<Duration> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async move {
-            let file = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-            let config = kube::Config::from_custom_kubeconfig(
-                file,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await?;
-            let client = kube::Client::try_from(config)?;
-            let services: kube::Api<Service> = kube::Api::namespaced(client.clone(), NAMESPACE);
-            let slices: kube::Api<EndpointSlice> = kube::Api::namespaced(client, NAMESPACE);
-            let started = Instant::now();
-            let pp = kube::api::PostParams::default();
-            let results: Vec<Result<()>> = futures::stream::iter(0..SERVICES)
-                .map(|i| {
-                    let (services, slices, pp) = (services.clone(), slices.clone(), pp.clone());
-                    async move {
-                        let svc: Service = serde_json::from_value(service_json(i))?;
-                        services.create(&pp, &svc).await.context("create service")?;
-                        let slice: EndpointSlice = serde_json::from_value(slice_json(i, 0))?;
-                        slices.create(&pp, &slice).await.context("create slice")?;
-                        anyhow::Ok(())
-                    }
-                })
-                .buffer_unordered(32)
-                .collect()
-                .await;
-            results.into_iter().collect::<Result<Vec<()>>>()?;
-            Ok(started.elapsed())
-        })
-    })?
-}
-
-fn rss_mib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("VmRSS")?;
-    Ok(kib / 1024.0)
-}
+const FILLERS: Fillers = Fillers {
+    namespace: NAMESPACE,
+    endpoints_per_service: ENDPOINTS_PER_SERVICE,
+};
 
 fn logged(log: &str, key: &str) -> Vec<f64> {
     log.lines()
@@ -121,11 +37,6 @@ fn logged(log: &str, key: &str) -> Vec<f64> {
         .collect()
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 fn main() -> Result<()> {
     cleanup_stale();
     let mut cluster = MultiNode::new(1)?;
@@ -136,7 +47,7 @@ fn main() -> Result<()> {
         "creating {SERVICES} services and {} endpoints",
         SERVICES * ENDPOINTS_PER_SERVICE
     );
-    let populate_time = populate(&api)?;
+    let populate_time = FILLERS.create(&api, 0..SERVICES)?;
     eprintln!("created in {populate_time:?}");
 
     let node = &cluster.nodes[0];
@@ -168,7 +79,7 @@ fn main() -> Result<()> {
     let before = logged(&agent.log_text(), "propagation_ms").len();
     for n in 0..CHANGES {
         let service = (n * 97) % SERVICES;
-        let mut slice = slice_json(service, 1 + n % 2);
+        let mut slice = FILLERS.slice_json(service, 1 + n % 2);
         slice["metadata"]["annotations"] = serde_json::json!({
             "endpoints.kubernetes.io/last-change-trigger-time": TRIGGER_TIME_PLACEHOLDER
         });
