@@ -45,6 +45,12 @@ fn try_restore(ctx: &TcContext) -> Result<bool, ()> {
     if ver_ihl >> 4 != 4 || ihl < 20 || load::<u8>(ctx, ETH_HLEN + 9)? != PROTO_ICMP {
         return Ok(false);
     }
+    // A truncated or padded outer packet is not ours to rewrite: the stack
+    // drops it, or the quote ends beyond it.
+    let total = u16::from_be(load::<u16>(ctx, ETH_HLEN + 2)?) as usize;
+    if ETH_HLEN + total > ctx.len() as usize {
+        return Ok(false);
+    }
     let icmp = ETH_HLEN + ihl;
     let kind: u8 = load(ctx, icmp)?;
     if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED && kind != ICMP_PARAMETER_PROBLEM {
@@ -54,7 +60,10 @@ fn try_restore(ctx: &TcContext) -> Result<bool, ()> {
     let inner = icmp + 8;
     let inner_ver_ihl: u8 = load(ctx, inner)?;
     let inner_ihl = ((inner_ver_ihl & 0x0f) as usize) * 4;
-    if inner_ver_ihl >> 4 != 4 || !(20..=60).contains(&inner_ihl) {
+    if inner_ver_ihl >> 4 != 4
+        || !(20..=60).contains(&inner_ihl)
+        || inner + inner_ihl + 4 > ETH_HLEN + total
+    {
         return Ok(false);
     }
     let proto: u8 = load(ctx, inner + 9)?;

@@ -200,6 +200,16 @@ impl ServicePort {
         local_only.backends_on(node)
     }
 
+    /// Whether any endpoint anywhere could take traffic (ready, or serving
+    /// while terminating). With a node-local policy and none on this node,
+    /// kube-proxy drops the traffic when this holds, and rejects it (ICMP)
+    /// when it does not: the service has no endpoints at all.
+    pub fn has_usable_endpoints(&self) -> bool {
+        self.endpoints
+            .iter()
+            .any(|e| e.ready || (e.serving && e.terminating))
+    }
+
     /// [`ServicePort::backends_on`] for a service without node-local policy.
     pub fn active_backends(&self) -> Vec<BackendAddr> {
         self.backends_on(None)

@@ -103,3 +103,48 @@ fn fewer_capabilities_fail_clearly() -> Result<()> {
     }
     Ok(())
 }
+
+/// Listening sockets (TCP and UDP) in `ns` that belong to `pid`.
+fn listeners_of(ns: &str, pid: u32) -> Result<Vec<String>> {
+    let out = switchyard_tests::command::run_in(ns, &["ss", "-Hlntup"])?;
+    Ok(out
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter_map(|l| {
+            // proto state recv-q send-q local peer process
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            Some(format!("{}/{}", cols.get(4)?, cols.first()?))
+        })
+        .collect())
+}
+
+#[test]
+fn it_listens_only_where_it_is_told() -> Result<()> {
+    let n = node()?;
+    let mut opts = options(&n);
+    opts.extra_args = vec![
+        "--metrics-addr".into(),
+        "127.0.0.1:19249".into(),
+        "--health-addr".into(),
+        "127.0.0.1:19256".into(),
+    ];
+    let agent = AgentProcess::start(opts)?;
+    let pid = agent.pid().expect("running");
+    let mut sockets = listeners_of(n.topo.node_ns(), pid)?;
+    sockets.sort();
+    assert_eq!(sockets, ["127.0.0.1:19249/tcp", "127.0.0.1:19256/tcp"]);
+    drop(agent);
+
+    // With both servers off it listens nowhere at all.
+    let mut opts = options(&n);
+    opts.extra_args = vec![
+        "--metrics-addr".into(),
+        "none".into(),
+        "--health-addr".into(),
+        "none".into(),
+    ];
+    let agent = AgentProcess::start(opts)?;
+    let pid = agent.pid().expect("running");
+    assert_eq!(listeners_of(n.topo.node_ns(), pid)?, Vec::<String>::new());
+    Ok(())
+}

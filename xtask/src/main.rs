@@ -33,10 +33,16 @@ enum Task {
     Demo(BuildArgs),
     /// cargo fmt --check and clippy -D warnings on every crate, BPF included.
     Lint(EbpfArgs),
-    /// Run a benchmark (release build) and print its Markdown table:
-    /// `nodeport` (XDP vs tc NodePort rates), `datapath` (per-packet cost
-    /// with BPF_PROG_TEST_RUN at 1 to 100 000 services).
+    /// Run a benchmark (release build) and print its Markdown tables:
+    /// `compare` (Switchyard against the real kube-proxy, nftables and
+    /// iptables: ClusterIP, NodePort, control plane at 1 to 10 000
+    /// services), `datapath` (per-packet cost with BPF_PROG_TEST_RUN at 1 to
+    /// 100 000 services), `nodeport` (XDP vs tc), `controlplane` (10 000
+    /// services, 100 000 endpoints), `clusterip` (vs the pod IP).
     Bench(BenchArgs),
+    /// The churn soak with faults (tests/tests/soak.rs) for five minutes,
+    /// or `--seconds N`.
+    Soak(SoakArgs),
     /// Assemble the container image's file tree (what the Dockerfile's
     /// runtime stage copies): /usr/bin/switchyard,
     /// /usr/lib/switchyard/switchyard.bpf.o.
@@ -47,8 +53,16 @@ enum Task {
 struct BenchArgs {
     #[command(flatten)]
     ebpf: EbpfArgs,
-    #[arg(value_parser = ["nodeport", "datapath", "controlplane", "clusterip"])]
+    #[arg(value_parser = ["compare", "nodeport", "datapath", "controlplane", "clusterip"])]
     which: String,
+}
+
+#[derive(clap::Args, Clone)]
+struct SoakArgs {
+    #[command(flatten)]
+    build: BuildArgs,
+    #[arg(long, default_value = "300")]
+    seconds: u64,
 }
 
 #[derive(clap::Args, Clone)]
@@ -102,6 +116,7 @@ fn main() -> Result<()> {
         Task::Lint(a) => lint(a.route),
         Task::ImageRoot(a) => image_root(&a),
         Task::Bench(a) => bench(&a),
+        Task::Soak(a) => soak(&a),
     }
 }
 
@@ -234,6 +249,17 @@ fn bench(a: &BenchArgs) -> Result<()> {
         ebpf: a.ebpf.clone(),
         release: true,
     })?;
+    if a.which == "compare" {
+        // The contender: the real kube-proxy, and the tools its modes use.
+        run(Command::new("bash")
+            .current_dir(workspace_root())
+            .args(["scripts/k8s-binaries.sh", "--with-kube-proxy"]))?;
+        if !Path::new("/usr/sbin/nft").exists() || !Path::new("/usr/sbin/iptables").exists() {
+            run(Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "nftables", "iptables", "conntrack"]))?;
+        }
+    }
     if a.which == "datapath" {
         return run(Command::new("cargo").current_dir(workspace_root()).args([
             "bench",
@@ -247,6 +273,19 @@ fn bench(a: &BenchArgs) -> Result<()> {
         .join("target/release")
         .join(format!("{}-bench", a.which));
     run(&mut Command::new(bin))
+}
+
+fn soak(a: &SoakArgs) -> Result<()> {
+    build(&a.build)?;
+    let mut c = Command::new("cargo");
+    c.current_dir(workspace_root())
+        .args(["test", "-p", "switchyard-tests", "--test", "soak"])
+        .env("SWITCHYARD_SOAK_SECONDS", a.seconds.to_string());
+    if a.build.release {
+        c.arg("--release");
+    }
+    c.args(["--", "--nocapture"]);
+    run(&mut c)
 }
 
 fn image_root(a: &ImageRootArgs) -> Result<()> {

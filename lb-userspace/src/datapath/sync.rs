@@ -668,6 +668,7 @@ impl<M: ServiceMaps> MapSync<M> {
         };
         for sp in ports {
             let name = sp.name.to_string();
+            let usable_anywhere = sp.has_usable_endpoints();
             let affinity_timeout_s = sp
                 .affinity
                 .map_or(0, |d| d.as_secs().clamp(1, u32::MAX as u64) as u32);
@@ -678,7 +679,13 @@ impl<M: ServiceMaps> MapSync<M> {
                     name: name.clone(),
                     backends: sp.backends_on(node),
                     affinity_timeout_s,
-                    flags: 0,
+                    // Local policy, none here but some elsewhere: drop, as
+                    // kube-proxy does (no endpoints at all: refuse).
+                    flags: if sp.internal_traffic_local && usable_anywhere {
+                        service_flags::DROP_IF_EMPTY
+                    } else {
+                        0
+                    },
                     source_ranges: Vec::new(),
                 },
             );
@@ -688,7 +695,7 @@ impl<M: ServiceMaps> MapSync<M> {
             }
             let external_backends = sp.external_backends_on(node);
             let base_flags = service_flags::EXTERNAL
-                | if ext.traffic_local {
+                | if ext.traffic_local && usable_anywhere {
                     service_flags::DROP_IF_EMPTY
                 } else {
                     0

@@ -51,6 +51,8 @@ const DIRECT_CLIENT: u8 = 11;
 const BACKEND_A: u8 = 20;
 const BACKEND_B: u8 = 21;
 const SYNC_TIMEOUT: Duration = Duration::from_secs(900);
+/// A full sync from nothing that takes longer is reported as not finished.
+const FULL_SYNC_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Contender {
@@ -600,30 +602,45 @@ fn main() -> Result<()> {
 
     // Full sync from nothing at the largest scale, one contender at a time,
     // then its memory.
-    let mut full_syncs = Vec::new();
+    let mut full_syncs: Vec<(Contender, Option<Duration>, f64)> = Vec::new();
     let running = std::mem::take(&mut bench.running);
     for (c, process) in running {
         let to = SocketAddrV4::new(WEB_VIP, 80);
+        let started = Instant::now();
         let (process, took) = match process {
             Running::Agent(agent) => {
                 drop(agent); // stops it and removes every pin: nothing left
                 let started = Instant::now();
                 let agent = bench.start(c)?;
-                (agent, bench.reachable_one(c, to, started)?)
+                let took = bench.reachable_one(c, to, started).ok();
+                (Some(agent), took)
             }
             Running::Proxy(mut proxy) => {
                 proxy.stop_and_clean()?;
-                let started = Instant::now();
-                proxy.start_again(SYNC_TIMEOUT)?;
-                let took = bench.reachable_one(c, to, started)?;
-                (Running::Proxy(proxy), took)
+                match proxy.start_again(FULL_SYNC_TIMEOUT) {
+                    Ok(()) => {
+                        let took = bench.reachable_one(c, to, started).ok();
+                        (Some(Running::Proxy(proxy)), took)
+                    }
+                    Err(e) => {
+                        eprintln!("{c:?}: no full sync within {FULL_SYNC_TIMEOUT:?}: {e:#}");
+                        (None, None)
+                    }
+                }
             }
         };
-        std::thread::sleep(Duration::from_secs(2));
-        let rss = rss_mib(process.pid().context("contender pid")?)?;
+        let rss = match &process {
+            Some(p) => {
+                std::thread::sleep(Duration::from_secs(2));
+                rss_mib(p.pid().context("contender pid")?)?
+            }
+            None => f64::NAN,
+        };
         eprintln!("{c:?}: full sync {took:.2?}, RSS {rss:.0} MiB");
         full_syncs.push((c, took, rss));
-        bench.running.push((c, process));
+        if let Some(p) = process {
+            bench.running.push((c, p));
+        }
     }
 
     println!("Versions: {versions}.\n");
@@ -673,14 +690,16 @@ fn main() -> Result<()> {
         let (took, rss) = full_syncs
             .iter()
             .find(|(f, _, _)| *f == c)
-            .map_or((Duration::ZERO, f64::NAN), |(_, t, r)| (*t, *r));
+            .map_or((None, f64::NAN), |(_, t, r)| (*t, *r));
+        let took = took.map_or(format!("not within {FULL_SYNC_TIMEOUT:?}"), |t| {
+            format!("{t:.2?}")
+        });
         println!(
-            "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2?} | {rss:.0} MiB |",
+            "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {took} | {rss:.0} MiB |",
             c.label(),
             percentile(&d, 50.0),
             percentile(&d, 99.0),
             d.last().copied().unwrap_or(f64::NAN),
-            took
         );
     }
     println!("\nkube-proxy's own metrics over the run (means):\n");
@@ -720,7 +739,7 @@ impl Bench {
         let client = self.node_pod(c.node(), CLIENT);
         wait::until(
             "the service to answer through the restarted contender",
-            SYNC_TIMEOUT,
+            FULL_SYNC_TIMEOUT,
             Duration::from_millis(20),
             || {
                 Ok(client
