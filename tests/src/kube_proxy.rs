@@ -178,18 +178,12 @@ impl KubeProxy {
         }
     }
 
+    /// Removes every rule it made. `kube-proxy --cleanup` takes minutes with
+    /// 100 000 endpoints in iptables mode; the node namespace holds nothing
+    /// else, and both modes' rules live in nftables (iptables-nft), so
+    /// flushing the ruleset is the same, at once.
     fn cleanup(&self) -> Result<()> {
-        let bin = k8s_bin("kube-proxy")?;
-        let bin = bin.to_string_lossy();
-        run_in(
-            &self.node_ns,
-            &[
-                &bin,
-                "--cleanup",
-                &format!("--proxy-mode={}", self.mode.flag()),
-            ],
-        )
-        .map(|_| ())
+        run_in(&self.node_ns, &["nft", "flush", "ruleset"]).map(|_| ())
     }
 
     pub fn log_tail(&self) -> String {

@@ -81,8 +81,9 @@ fn internal_traffic_policy_local_keeps_traffic_on_the_node() -> Result<()> {
         "node 2 serves itself"
     );
 
-    // Node 1 loses its only local endpoint: its clients are refused rather
-    // than sent to another node; node 2 is unaffected.
+    // Node 1 loses its only local endpoint: its clients' packets are
+    // dropped rather than sent to another node (as kube-proxy does while
+    // the Service has endpoints elsewhere); node 2 is unaffected.
     let node2_only: Vec<EndpointSpec> = c
         .endpoints()
         .into_iter()
@@ -97,9 +98,26 @@ fn internal_traffic_policy_local_keeps_traffic_on_the_node() -> Result<()> {
     )?;
     let err = c
         .pod(1, "client1")
-        .tcp_request(SocketAddrV4::new(VIP, 80), TIMEOUT)
+        .tcp_request(SocketAddrV4::new(VIP, 80), Duration::from_millis(500))
         .expect_err("no local endpoint");
-    assert!(is_refused(&err), "{err:#}");
+    assert!(!is_refused(&err), "dropped, not refused: {err:#}");
     assert_eq!(answers(c.pod(2, "client2"), 10)?, set(&["n2b1", "n2b2"]));
+
+    // With no endpoint anywhere the Service is refused on every node.
+    c.apply("  internalTrafficPolicy: Local\n", &[])?;
+    wait::until(
+        "no backend on node 2",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || Ok(c.agents[1].backends_of("10.96.1.10:80/TCP")?.is_empty()),
+    )?;
+    for node in [1, 2] {
+        let client = if node == 1 { "client1" } else { "client2" };
+        let err = c
+            .pod(node, client)
+            .tcp_request(SocketAddrV4::new(VIP, 80), TIMEOUT)
+            .expect_err("no endpoints");
+        assert!(is_refused(&err), "{err:#}");
+    }
     Ok(())
 }
