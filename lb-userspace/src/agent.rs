@@ -398,8 +398,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     Ok(sweep) => {
                         metrics.set_map_entries("conntrack", sweep.remaining);
                         near_full(&metrics, map_names::CONNTRACK, sweep.remaining, capacity.conntrack);
-                        if sweep.connections + sweep.orphans > 0 {
-                            debug!(connections = sweep.connections, orphans = sweep.orphans, "conntrack sweep");
+                        if sweep.connections + sweep.orphans + sweep.raced > 0 {
+                            debug!(connections = sweep.connections, orphans = sweep.orphans, reused = sweep.raced, "conntrack sweep");
                         }
                     }
                     Err(e) => warn!("conntrack sweep: {e:#}"),

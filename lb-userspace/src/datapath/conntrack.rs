@@ -101,6 +101,9 @@ pub fn expired(
 pub struct Sweep {
     pub connections: usize,
     pub orphans: usize,
+    /// Expired in the snapshot but changed since (ports reused, a packet
+    /// seen): left alone.
+    pub raced: usize,
     /// Entries left in the table after the sweep.
     pub remaining: usize,
 }
@@ -108,6 +111,9 @@ pub struct Sweep {
 /// Entry access the sweeps need; the pinned conntrack map in the agent.
 pub trait ConntrackTable {
     fn entries(&self) -> Result<Vec<(FlowKey, ConnEntry)>>;
+    /// The entry as it is now (the datapath changes entries while a sweep
+    /// runs).
+    fn get(&self, key: &FlowKey) -> Result<Option<ConnEntry>>;
     fn remove(&mut self, key: &FlowKey) -> Result<()>;
 }
 
@@ -128,20 +134,44 @@ pub fn collect_garbage(
         if reply.is_some() {
             partnered.insert(flow_tuple(&rkey));
         }
-        if expired(key.proto, entry, reply, now_ns, t) {
-            table.remove(key)?;
-            removed += 1;
-            if reply.is_some() {
-                table.remove(&rkey)?;
-                removed += 1;
-            }
-            sweep.connections += 1;
+        if !expired(key.proto, entry, reply, now_ns, t) {
+            continue;
         }
+        // The snapshot is milliseconds old at 100 000 entries: a client may
+        // have reused the ports since (a new connection overwrites both
+        // entries), or the flow may have seen a packet. Judge the entries as
+        // they are now, so a live connection is never swept away.
+        let (Some(now_fwd), now_reply) = (table.get(key)?, table.get(&rkey)?) else {
+            continue;
+        };
+        let same_reply = now_reply.map(|r| r.created_ns) == reply.map(|r| r.created_ns);
+        if now_fwd.created_ns != entry.created_ns
+            || !same_reply
+            || !expired(key.proto, &now_fwd, now_reply.as_ref(), now_ns, t)
+        {
+            sweep.raced += 1;
+            continue;
+        }
+        table.remove(key)?;
+        removed += 1;
+        if now_reply.is_some() {
+            table.remove(&rkey)?;
+            removed += 1;
+        }
+        sweep.connections += 1;
     }
     // A reply entry alone (its forward entry evicted by the LRU) can never be
     // refreshed by its own flow's forward path; expire it on its own clock.
     for (key, entry) in entries.iter().filter(|(_, e)| !is_forward(e)) {
         if !partnered.contains(&flow_tuple(key)) && expired(key.proto, entry, None, now_ns, t) {
+            // Re-created by a new connection since the snapshot: not ours.
+            match table.get(key)? {
+                Some(now) if now.created_ns == entry.created_ns => {}
+                _ => {
+                    sweep.raced += 1;
+                    continue;
+                }
+            }
             table.remove(key)?;
             removed += 1;
             sweep.orphans += 1;
@@ -229,6 +259,9 @@ mod tests {
         fn entries(&self) -> Result<Vec<(FlowKey, ConnEntry)>> {
             Ok(self.0.values().copied().collect())
         }
+        fn get(&self, key: &FlowKey) -> Result<Option<ConnEntry>> {
+            Ok(self.0.get(&flow_tuple(key)).map(|(_, e)| *e))
+        }
         fn remove(&mut self, key: &FlowKey) -> Result<()> {
             self.0.remove(&flow_tuple(key));
             Ok(())
@@ -299,6 +332,7 @@ mod tests {
             Sweep {
                 connections: 1,
                 orphans: 0,
+                raced: 0,
                 remaining: 2,
             }
         );
@@ -391,5 +425,59 @@ mod tests {
         );
         assert_eq!(table.0.len(), 2);
         assert!(table.0.values().all(|(_, e)| e.nat_ip_be != ip_be(gone.ip)));
+    }
+
+    /// The sweep's snapshot says a closed connection expired, but a client
+    /// reused its ports meanwhile: the new connection's entries (same keys)
+    /// must survive.
+    struct Raced {
+        snapshot: Vec<(FlowKey, ConnEntry)>,
+        live: Table,
+    }
+
+    impl ConntrackTable for Raced {
+        fn entries(&self) -> Result<Vec<(FlowKey, ConnEntry)>> {
+            Ok(self.snapshot.clone())
+        }
+        fn get(&self, key: &FlowKey) -> Result<Option<ConnEntry>> {
+            self.live.get(key)
+        }
+        fn remove(&mut self, key: &FlowKey) -> Result<()> {
+            self.live.remove(key)
+        }
+    }
+
+    #[test]
+    fn a_connection_reusing_the_ports_of_an_expired_one_survives_the_sweep() {
+        let t = Timeouts::default();
+        let now = 100_000 * SEC;
+        let key = flow(lb_common::PROTO_TCP, 40000);
+        let mut old = Table::default();
+        add(
+            &mut old,
+            key,
+            11,
+            (
+                now - 60 * SEC,
+                tcp_seen::SYN | tcp_seen::ACK | tcp_seen::FIN,
+            ),
+            Some((now - 60 * SEC, tcp_seen::ACK | tcp_seen::FIN)),
+        );
+        let mut live = Table::default();
+        add(&mut live, key, 11, (now, tcp_seen::SYN), Some((now, 0)));
+        for (_, e) in live.0.values_mut() {
+            e.created_ns = now;
+        }
+        let mut table = Raced {
+            snapshot: old.entries().expect("entries"),
+            live,
+        };
+        let sweep = collect_garbage(&mut table, now, &t).expect("gc");
+        assert_eq!((sweep.connections, sweep.raced), (0, 1));
+        assert_eq!(
+            table.live.0.len(),
+            2,
+            "the new connection keeps both entries"
+        );
     }
 }

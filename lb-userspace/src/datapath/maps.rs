@@ -200,6 +200,14 @@ mod service_maps_impl {
             Ok(self.conntrack.iter().filter_map(|r| r.ok()).collect())
         }
 
+        fn get(&self, key: &lb_common::FlowKey) -> Result<Option<lb_common::ConnEntry>> {
+            match self.conntrack.get(key, 0) {
+                Ok(entry) => Ok(Some(entry)),
+                Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+                Err(e) => Err(e).context("reading conntrack entry"),
+            }
+        }
+
         fn remove(&mut self, key: &lb_common::FlowKey) -> Result<()> {
             ignore_missing(self.conntrack.remove(key)).context("removing conntrack entry")
         }
