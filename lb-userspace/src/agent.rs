@@ -320,11 +320,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             metrics.sync_errors.inc_by(report.errors.len() as u64);
             for map in &report.full_maps {
                 metrics.count_map_full(map);
-                let size = capacity
-                    .rows()
-                    .into_iter()
-                    .find(|(name, _, _)| name == map)
-                    .map_or(0, |(_, size, _)| size);
+                let size = capacity.size_of(map);
                 warn!(
                     map,
                     capacity = size,
@@ -398,8 +394,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     Ok(sweep) => {
                         metrics.set_map_entries("conntrack", sweep.remaining);
                         near_full(&metrics, map_names::CONNTRACK, sweep.remaining, capacity.conntrack);
-                        if sweep.connections + sweep.orphans + sweep.raced > 0 {
-                            debug!(connections = sweep.connections, orphans = sweep.orphans, reused = sweep.raced, "conntrack sweep");
+                        if sweep.connections + sweep.orphans + sweep.reused > 0 {
+                            debug!(connections = sweep.connections, orphans = sweep.orphans, reused = sweep.reused, "conntrack sweep");
                         }
                     }
                     Err(e) => warn!("conntrack sweep: {e:#}"),

@@ -546,6 +546,19 @@ pub struct SliceWriter {
 pub const TRIGGER_TIME_PLACEHOLDER: &str = "__TRIGGER_TIME__";
 
 impl ApiServer {
+    /// A Node object for every node of `cluster`, with its underlay address
+    /// as InternalIP (what agents and kube-proxy read their node ports from).
+    pub fn register_nodes(&self, cluster: &crate::cluster::MultiNode) -> Result<()> {
+        for node in &cluster.nodes {
+            self.apply(&format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\nstatus:\n  addresses: [{{type: InternalIP, address: \"{}\"}}]\n",
+                node.name(),
+                node.ip()
+            ))?;
+        }
+        Ok(())
+    }
+
     /// A [`SliceWriter`] running in the servers' namespace.
     pub fn slice_writer(&self) -> Result<SliceWriter> {
         let (tx, rx) = std::sync::mpsc::channel::<(String, std::sync::mpsc::Sender<Result<()>>)>();

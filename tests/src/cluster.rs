@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result};
 
+use crate::agent::{AgentOptions, AgentSource};
 use crate::command::{run, sysctl};
 use crate::topology::{Pod, Topology};
 
@@ -54,6 +55,25 @@ impl Node {
     pub fn pod_ip(&self, i: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 244, self.number, i)
     }
+    /// Options for an agent on this node: its node name, its external
+    /// interface, then `extra` flags.
+    pub fn agent_options(&self, source: AgentSource, extra: &[&str]) -> AgentOptions {
+        let mut extra_args = vec![
+            "--node-name".to_string(),
+            self.name(),
+            "--external-ifaces".to_string(),
+            NODE_EXTERNAL_IFACE.to_string(),
+        ];
+        extra_args.extend(extra.iter().map(|a| a.to_string()));
+        AgentOptions {
+            node_ns: self.topo.node_ns().to_string(),
+            pin_dir: format!("/sys/fs/bpf/{}", self.topo.id()).into(),
+            source,
+            pod_ifaces: self.topo.pod_iface_glob(),
+            extra_args,
+        }
+    }
+
     pub fn add_pod(&mut self, name: &str, i: u8) -> Result<&Pod> {
         let ip = self.pod_ip(i);
         self.topo.add_pod(name, ip)

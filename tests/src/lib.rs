@@ -17,6 +17,7 @@ pub mod command;
 pub mod host;
 pub mod kube_proxy;
 pub mod manifests;
+pub mod measure;
 pub mod paths;
 pub mod pod_server;
 pub mod scale;

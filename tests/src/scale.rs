@@ -125,34 +125,3 @@ pub fn rss_mib(pid: u32) -> Result<f64> {
         .context("VmRSS")?;
     Ok(kib / 1024.0)
 }
-
-/// Nearest-rank percentile of sorted samples.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-/// "median (min–max)" of samples.
-pub fn median_and_range(mut v: Vec<f64>) -> String {
-    if v.is_empty() {
-        return "—".into();
-    }
-    v.sort_by(f64::total_cmp);
-    format!(
-        "{:.0} ({:.0}–{:.0})",
-        v[v.len() / 2],
-        v.first().copied().unwrap_or(0.0),
-        v.last().copied().unwrap_or(0.0)
-    )
-}
-
-pub fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}

@@ -15,8 +15,8 @@ use switchyard_tests::client::ask;
 use switchyard_tests::cluster::{control_plane_ip, node_ip, node_name};
 use switchyard_tests::command::run as run_cmd;
 use switchyard_tests::{
-    AgentOptions, AgentProcess, AgentSource, EndpointSpec, MultiNode, PodServer, ServerPorts,
-    cleanup_stale, endpoint_slice_yaml, wait,
+    AgentProcess, AgentSource, EndpointSpec, MultiNode, PodServer, ServerPorts, cleanup_stale,
+    endpoint_slice_yaml, wait,
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 1, 10);
@@ -49,28 +49,13 @@ impl KubeCluster {
         // The agents run with the chart's ServiceAccount and RBAC.
         api.apply(&switchyard_tests::chart::agent_rbac()?)?;
         api.kubectl(&["create", "namespace", "test"])?;
-        for n in 1..=2u8 {
-            api.apply(&format!(
-                "apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\nstatus:\n  addresses: [{{type: InternalIP, address: \"{}\"}}]\n",
-                node_name(n),
-                node_ip(n)
-            ))?;
-        }
+        api.register_nodes(&cluster)?;
         let kubeconfig = api.service_account_kubeconfig("kube-system", "switchyard")?;
         let mut agents = Vec::new();
         for node in &cluster.nodes {
-            agents.push(AgentProcess::start(AgentOptions {
-                node_ns: node.topo.node_ns().to_string(),
-                pin_dir: format!("/sys/fs/bpf/{}", node.topo.id()).into(),
-                source: AgentSource::Kubeconfig(kubeconfig.clone()),
-                pod_ifaces: node.topo.pod_iface_glob(),
-                extra_args: vec![
-                    "--node-name".into(),
-                    node.name(),
-                    "--external-ifaces".into(),
-                    "ext0".into(),
-                ],
-            })?);
+            agents.push(AgentProcess::start(
+                node.agent_options(AgentSource::Kubeconfig(kubeconfig.clone()), &[]),
+            )?);
         }
         Ok(Self {
             agents,

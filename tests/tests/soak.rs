@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use switchyard_tests::apiserver::ApiServer;
-use switchyard_tests::cluster::{NODE_EXTERNAL_IFACE, control_plane_ip, node_ip, node_name};
+use switchyard_tests::cluster::{control_plane_ip, node_name};
 use switchyard_tests::{
-    AgentOptions, AgentProcess, AgentSource, EndpointSpec, MultiNode, PodServer, ServerPorts,
-    cleanup_stale, endpoint_slice_yaml, wait,
+    AgentProcess, AgentSource, EndpointSpec, MultiNode, PodServer, ServerPorts, cleanup_stale,
+    endpoint_slice_yaml, wait,
 };
 
 const STABLE_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 5, 10);
@@ -151,13 +151,7 @@ impl Soak {
         let api = ApiServer::start_in(&cp, control_plane_ip())?;
         api.apply(&switchyard_tests::chart::agent_rbac()?)?;
         api.kubectl(&["create", "namespace", "soak"])?;
-        for n in 1..=2u8 {
-            api.apply(&format!(
-                "apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\nstatus:\n  addresses: [{{type: InternalIP, address: \"{}\"}}]\n",
-                node_name(n),
-                node_ip(n)
-            ))?;
-        }
+        api.register_nodes(&cluster)?;
         let mut soak = Self {
             agents: Vec::new(),
             _servers: servers,
@@ -169,19 +163,10 @@ impl Soak {
             .api
             .service_account_kubeconfig("kube-system", "switchyard")?;
         for node in &soak.cluster.nodes {
-            soak.agents.push(AgentProcess::start(AgentOptions {
-                node_ns: node.topo.node_ns().to_string(),
-                pin_dir: format!("/sys/fs/bpf/{}", node.topo.id()).into(),
-                source: AgentSource::Kubeconfig(kubeconfig.clone()),
-                pod_ifaces: node.topo.pod_iface_glob(),
-                extra_args: vec![
-                    "--node-name".into(),
-                    node.name(),
-                    "--external-ifaces".into(),
-                    NODE_EXTERNAL_IFACE.into(),
-                    "--keep-datapath-on-exit".into(),
-                ],
-            })?);
+            soak.agents.push(AgentProcess::start(node.agent_options(
+                AgentSource::Kubeconfig(kubeconfig.clone()),
+                &["--keep-datapath-on-exit"],
+            ))?);
         }
         Ok(soak)
     }

@@ -49,6 +49,14 @@ impl Capacity {
         ]
     }
 
+    /// The size of `map` (0 for a map that is not sized here).
+    pub fn size_of(&self, map: &str) -> u32 {
+        self.rows()
+            .into_iter()
+            .find(|(name, _, _)| *name == map)
+            .map_or(0, |(_, size, _)| size)
+    }
+
     /// The flag that sizes `map`.
     pub fn flag_of(map: &str) -> &'static str {
         Self::default()

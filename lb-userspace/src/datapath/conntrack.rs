@@ -103,7 +103,7 @@ pub struct Sweep {
     pub orphans: usize,
     /// Expired in the snapshot but changed since (ports reused, a packet
     /// seen): left alone.
-    pub raced: usize,
+    pub reused: usize,
     /// Entries left in the table after the sweep.
     pub remaining: usize,
 }
@@ -149,7 +149,7 @@ pub fn collect_garbage(
             || !same_reply
             || !expired(key.proto, &now_fwd, now_reply.as_ref(), now_ns, t)
         {
-            sweep.raced += 1;
+            sweep.reused += 1;
             continue;
         }
         table.remove(key)?;
@@ -168,7 +168,7 @@ pub fn collect_garbage(
             match table.get(key)? {
                 Some(now) if now.created_ns == entry.created_ns => {}
                 _ => {
-                    sweep.raced += 1;
+                    sweep.reused += 1;
                     continue;
                 }
             }
@@ -332,7 +332,7 @@ mod tests {
             Sweep {
                 connections: 1,
                 orphans: 0,
-                raced: 0,
+                reused: 0,
                 remaining: 2,
             }
         );
@@ -473,7 +473,7 @@ mod tests {
             live,
         };
         let sweep = collect_garbage(&mut table, now, &t).expect("gc");
-        assert_eq!((sweep.connections, sweep.raced), (0, 1));
+        assert_eq!((sweep.connections, sweep.reused), (0, 1));
         assert_eq!(
             table.live.0.len(),
             2,

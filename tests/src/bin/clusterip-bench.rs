@@ -4,11 +4,11 @@
 //! the maps; alternating, repeated, median and range. (kube-proxy's side of
 //! issue 6 is not in this benchmark yet.)
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use switchyard_tests::measure::{conn_rate, latency, median_and_range};
 use switchyard_tests::{
     AgentOptions, AgentProcess, AgentSource, EndpointSpec, ManifestDir, ServerPorts, Topology,
     cleanup_stale, endpoint_slice_yaml, service_yaml, wait,
@@ -19,52 +19,6 @@ const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 20);
 const ROUNDS: usize = 5;
 const PERIOD: Duration = Duration::from_secs(2);
 const LATENCY_REQUESTS: usize = 2_000;
-
-fn conn_rate(to: SocketAddrV4) -> Result<f64> {
-    let started = Instant::now();
-    let mut done = 0u64;
-    while started.elapsed() < PERIOD {
-        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.write_all(b"x\n")?;
-        let mut line = String::new();
-        BufReader::new(&s).read_line(&mut line)?;
-        done += 1;
-    }
-    Ok(done as f64 / started.elapsed().as_secs_f64())
-}
-
-/// p50 and p99 request latency (µs) on one kept-alive connection.
-fn latency(to: SocketAddrV4) -> Result<(f64, f64)> {
-    let s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(2))?;
-    s.set_nodelay(true)?;
-    let mut reader = BufReader::new(s.try_clone()?);
-    let mut writer = s;
-    let mut samples = Vec::with_capacity(LATENCY_REQUESTS);
-    let mut line = String::new();
-    for _ in 0..LATENCY_REQUESTS {
-        let t = Instant::now();
-        writer.write_all(b"x\n")?;
-        line.clear();
-        reader.read_line(&mut line)?;
-        samples.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    samples.sort_by(f64::total_cmp);
-    Ok((
-        samples[samples.len() / 2],
-        samples[samples.len() * 99 / 100],
-    ))
-}
-
-fn summary(mut v: Vec<f64>) -> String {
-    v.sort_by(f64::total_cmp);
-    format!(
-        "{:.0} ({:.0}–{:.0})",
-        v[v.len() / 2],
-        v.first().copied().unwrap_or(0.0),
-        v.last().copied().unwrap_or(0.0)
-    )
-}
 
 /// Services `s1…` with four (unreachable) endpoints each, to fill the maps.
 fn fillers(count: usize) -> String {
@@ -167,8 +121,13 @@ fn main() -> Result<()> {
                 let (rate, (p50, p99)) = from
                     .in_netns(move || -> Result<(f64, (f64, f64))> {
                         Ok((
-                            conn_rate(target).context("connection rate")?,
-                            latency(target).context("latency")?,
+                            match conn_rate(target, PERIOD).context("connection rate")? {
+                                (rate, 0) => rate,
+                                (_, failed) => {
+                                    anyhow::bail!("{failed} connections to {target} failed")
+                                }
+                            },
+                            latency(target, LATENCY_REQUESTS).context("latency")?,
                         ))
                     })?
                     .with_context(|| format!("to {target} from {}", from.name()))?;
@@ -186,13 +145,13 @@ fn main() -> Result<()> {
         };
         println!(
             "| {scale} | {} | {} | {:.1} % | {} / {} | {} / {} |",
-            summary(direct),
-            summary(via),
+            median_and_range(direct),
+            median_and_range(via),
             ratio * 100.0,
-            summary(direct_lat.0),
-            summary(direct_lat.1),
-            summary(via_lat.0),
-            summary(via_lat.1)
+            median_and_range(direct_lat.0),
+            median_and_range(direct_lat.1),
+            median_and_range(via_lat.0),
+            median_and_range(via_lat.1)
         );
         drop(agent);
     }

@@ -20,18 +20,19 @@
 //! `COMPARE_SCALES=1,1000` and `COMPARE_ROUNDS=3`, `COMPARE_FLIPS=20`
 //! shorten a run.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use switchyard_tests::apiserver::{ApiServer, TRIGGER_TIME_PLACEHOLDER};
-use switchyard_tests::cluster::{NODE_EXTERNAL_IFACE, control_plane_ip, node_ip, node_name};
+use switchyard_tests::cluster::{control_plane_ip, node_ip, node_name};
 use switchyard_tests::kube_proxy::{KubeProxy, KubeProxyMode};
-use switchyard_tests::scale::{Fillers, median, median_and_range, percentile, rss_mib};
+use switchyard_tests::measure::{
+    conn_rate, latency, median, median_and_range, percentile, tcp_once, udp_rate,
+};
+use switchyard_tests::scale::{Fillers, rss_mib};
 use switchyard_tests::{
-    AgentOptions, AgentProcess, AgentSource, MultiNode, Pod, PodServer, ServerPorts, cleanup_stale,
-    wait,
+    AgentProcess, AgentSource, MultiNode, Pod, PodServer, ServerPorts, cleanup_stale, wait,
 };
 
 const NAMESPACE: &str = "bench";
@@ -54,7 +55,8 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(900);
 /// A full sync from nothing that takes longer is reported as not finished.
 const FULL_SYNC_TIMEOUT: Duration = Duration::from_secs(300);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Ordered as the nodes they run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Contender {
     SwitchyardXdp,
     SwitchyardTc,
@@ -155,75 +157,6 @@ fn slice_yaml(service: &str, pod: u8) -> String {
     y
 }
 
-/// One TCP connection, one request, the reply (the backend's name).
-fn tcp_once(addr: SocketAddrV4, timeout: Duration) -> Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr.into(), timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.write_all(b"x\n")?;
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line)?;
-    Ok(line.trim().to_string())
-}
-
-/// Connections (connect, request, reply, close) per second over
-/// [`PERIOD`], and how many failed (each failure is reported on stderr and
-/// counted; more than a few end the measurement).
-fn conn_rate(to: SocketAddrV4) -> Result<(f64, u32)> {
-    let started = Instant::now();
-    let mut done = 0u64;
-    let mut failed = 0u32;
-    while started.elapsed() < PERIOD {
-        match tcp_once(to, Duration::from_secs(1)) {
-            Ok(_) => done += 1,
-            Err(e) => {
-                failed += 1;
-                eprintln!("  connection {} to {to} failed: {e:#}", done + 1);
-                if failed > 10 {
-                    bail!("more than 10 failed connections to {to}");
-                }
-            }
-        }
-    }
-    Ok((done as f64 / started.elapsed().as_secs_f64(), failed))
-}
-
-/// p50 and p99 request latency (µs) on one kept-alive connection.
-fn latency(to: SocketAddrV4) -> Result<(f64, f64)> {
-    let s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(2))?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut reader = BufReader::new(s.try_clone()?);
-    let mut writer = s;
-    let mut samples = Vec::with_capacity(LATENCY_REQUESTS);
-    let mut line = String::new();
-    for _ in 0..LATENCY_REQUESTS {
-        let t = Instant::now();
-        writer.write_all(b"x\n")?;
-        line.clear();
-        reader.read_line(&mut line)?;
-        samples.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    samples.sort_by(f64::total_cmp);
-    Ok((percentile(&samples, 50.0), percentile(&samples, 99.0)))
-}
-
-/// UDP request/replies per second on one connected socket.
-fn udp_rate(to: SocketAddrV4) -> Result<f64> {
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
-    socket.connect(to)?;
-    socket.set_read_timeout(Some(Duration::from_millis(500)))?;
-    let started = Instant::now();
-    let mut done = 0u64;
-    let mut buf = [0u8; 256];
-    while started.elapsed() < PERIOD {
-        socket.send(b"x\n")?;
-        if socket.recv(&mut buf).is_ok() {
-            done += 1;
-        }
-    }
-    Ok(done as f64 / started.elapsed().as_secs_f64())
-}
-
 /// Sends 64-byte datagrams as fast as one thread can for [`PERIOD`];
 /// returns (datagrams sent, seconds).
 fn udp_flood(to: SocketAddrV4) -> Result<(u64, f64)> {
@@ -270,25 +203,16 @@ impl Bench {
         let node = self.cluster.node(contender.node());
         Ok(match contender {
             Contender::SwitchyardXdp | Contender::SwitchyardTc => {
+                let xdp = if contender == Contender::SwitchyardXdp {
+                    "auto"
+                } else {
+                    "off"
+                };
                 Running::Agent(AgentProcess::start_within(
-                    AgentOptions {
-                        node_ns: node.topo.node_ns().to_string(),
-                        pin_dir: format!("/sys/fs/bpf/{}", node.topo.id()).into(),
-                        source: AgentSource::Kubeconfig(self.api.kubeconfig()),
-                        pod_ifaces: node.topo.pod_iface_glob(),
-                        extra_args: vec![
-                            "--node-name".into(),
-                            node.name(),
-                            "--external-ifaces".into(),
-                            NODE_EXTERNAL_IFACE.into(),
-                            "--xdp".into(),
-                            if contender == Contender::SwitchyardXdp {
-                                "auto".into()
-                            } else {
-                                "off".into()
-                            },
-                        ],
-                    },
+                    node.agent_options(
+                        AgentSource::Kubeconfig(self.api.kubeconfig()),
+                        &["--xdp", xdp],
+                    ),
                     SYNC_TIMEOUT,
                 )?)
             }
@@ -372,7 +296,7 @@ impl Bench {
         for (who, from, to) in targets {
             let ((rate, failed), (p50, p99)) = from
                 .in_netns(move || -> Result<((f64, u32), (f64, f64))> {
-                    Ok((conn_rate(to)?, latency(to)?))
+                    Ok((conn_rate(to, PERIOD)?, latency(to, LATENCY_REQUESTS)?))
                 })?
                 .with_context(|| format!("ClusterIP round {round}: {who:?} to {to}"))?;
             eprintln!("  {who:?}: {rate:.0} conn/s, p50 {p50:.0} µs, p99 {p99:.0} µs");
@@ -395,7 +319,7 @@ impl Bench {
             let udp = SocketAddrV4::new(ip, UDP_NODE_PORT);
             let ((t, failed), u) = external
                 .in_netns(move || -> Result<((f64, u32), f64)> {
-                    Ok((conn_rate(tcp)?, udp_rate(udp)?))
+                    Ok((conn_rate(tcp, PERIOD)?, udp_rate(udp, PERIOD)?))
                 })?
                 .with_context(|| format!("NodePort round {round}: {c:?}"))?;
             let backend = self.node_pod(c.node(), BACKEND_A);
@@ -424,18 +348,6 @@ type ClusterIpCells =
     std::collections::BTreeMap<Option<Contender>, (Vec<f64>, Vec<f64>, Vec<f64>, u32)>;
 type NodePortCells =
     std::collections::BTreeMap<Contender, (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, u32)>;
-
-impl PartialOrd for Contender {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Contender {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.node().cmp(&other.node())
-    }
-}
 
 fn label(who: Option<Contender>) -> &'static str {
     who.map_or("pod IP directly (the limit)", Contender::label)
@@ -471,13 +383,7 @@ fn main() -> Result<()> {
     let api = ApiServer::start_in(&cp, control_plane_ip())?;
     api.kubectl(&["create", "namespace", NAMESPACE])?;
     api.kubectl(&["create", "namespace", FILLERS.namespace])?;
-    for c in CONTENDERS {
-        api.apply(&format!(
-            "apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\nstatus:\n  addresses: [{{type: InternalIP, address: \"{}\"}}]\n",
-            node_name(c.node()),
-            node_ip(c.node())
-        ))?;
-    }
+    api.register_nodes(&cluster)?;
     let stamp = |y: String| y.replace(TRIGGER_TIME_PLACEHOLDER, "2000-01-01T00:00:00Z");
     api.apply(&service_yaml("web", WEB_VIP, true))?;
     api.apply(&stamp(slice_yaml("web", BACKEND_A)))?;

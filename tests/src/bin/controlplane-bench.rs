@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use switchyard_tests::apiserver::{ApiServer, TRIGGER_TIME_PLACEHOLDER};
 use switchyard_tests::cluster::control_plane_ip;
-use switchyard_tests::scale::{Fillers, percentile, rss_mib};
+use switchyard_tests::measure::percentile;
+use switchyard_tests::scale::{Fillers, rss_mib};
 use switchyard_tests::{AgentOptions, AgentProcess, AgentSource, MultiNode, cleanup_stale, wait};
 
 const SERVICES: usize = 10_000;

@@ -10,12 +10,12 @@
 //! agents are restarted with `--xdp auto` and `--xdp off` alternately, for
 //! several rounds. Prints a Markdown table (median and min–max per cell).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
-use std::time::{Duration, Instant};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use switchyard_tests::cluster::{node_ip, node_name};
+use switchyard_tests::measure::{conn_rate, median_and_range, tcp_once, udp_rate};
 use switchyard_tests::{
     AgentOptions, AgentProcess, AgentSource, EndpointSpec, ManifestDir, MultiNode, ServerPorts,
     cleanup_stale, endpoint_slice_yaml, wait,
@@ -27,48 +27,6 @@ const PERIOD: Duration = Duration::from_secs(2);
 fn service(name: &str, vip: Ipv4Addr, tcp_node_port: u16, udp_node_port: u16) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: bench}}\nspec:\n  type: NodePort\n  clusterIP: {vip}\n  ports:\n  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP, nodePort: {tcp_node_port}}}\n  - {{name: udp, port: 53, targetPort: 5353, protocol: UDP, nodePort: {udp_node_port}}}\n"
-    )
-}
-
-/// Connections (connect, request, reply, close) completed in [`PERIOD`].
-fn tcp_rate(addr: SocketAddrV4) -> Result<f64> {
-    let started = Instant::now();
-    let mut done = 0u64;
-    while started.elapsed() < PERIOD {
-        let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.write_all(b"x\n")?;
-        let mut line = String::new();
-        BufReader::new(&s).read_line(&mut line)?;
-        done += 1;
-    }
-    Ok(done as f64 / started.elapsed().as_secs_f64())
-}
-
-/// Request/reply exchanges on one UDP socket in [`PERIOD`].
-fn udp_rate(addr: SocketAddrV4) -> Result<f64> {
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
-    socket.connect(addr)?;
-    socket.set_read_timeout(Some(Duration::from_millis(500)))?;
-    let started = Instant::now();
-    let mut done = 0u64;
-    let mut buf = [0u8; 256];
-    while started.elapsed() < PERIOD {
-        socket.send(b"x\n")?;
-        if socket.recv(&mut buf).is_ok() {
-            done += 1;
-        }
-    }
-    Ok(done as f64 / started.elapsed().as_secs_f64())
-}
-
-fn median_and_range(mut v: Vec<f64>) -> String {
-    v.sort_by(f64::total_cmp);
-    let median = v[v.len() / 2];
-    format!(
-        "{median:.0} ({:.0}–{:.0})",
-        v.first().copied().unwrap_or(0.0),
-        v.last().copied().unwrap_or(0.0)
     )
 }
 
@@ -154,16 +112,24 @@ fn main() -> Result<()> {
                     Duration::from_millis(50),
                     || {
                         let ns = external_ns.clone();
-                        Ok(
-                            switchyard_tests::client::in_netns(&ns, move || tcp_rate_once(tcp))?
-                                .is_ok(),
-                        )
+                        Ok(switchyard_tests::client::in_netns(&ns, move || {
+                            tcp_once(tcp, Duration::from_millis(500))
+                        })?
+                        .is_ok())
                     },
                 )?;
                 let ns = external_ns.clone();
                 let (t, u) =
                     switchyard_tests::client::in_netns(&ns, move || -> Result<(f64, f64)> {
-                        Ok((tcp_rate(tcp)?, udp_rate(udp)?))
+                        Ok((
+                            match conn_rate(tcp, PERIOD)? {
+                                (rate, 0) => rate,
+                                (_, failed) => {
+                                    anyhow::bail!("{failed} connections to {tcp} failed")
+                                }
+                            },
+                            udp_rate(udp, PERIOD)?,
+                        ))
                     })??;
                 let row = results
                     .iter_mut()
@@ -191,14 +157,5 @@ fn main() -> Result<()> {
         );
     }
     drop(servers);
-    Ok(())
-}
-
-fn tcp_rate_once(addr: SocketAddrV4) -> Result<()> {
-    let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_millis(500))?;
-    s.set_read_timeout(Some(Duration::from_millis(500)))?;
-    s.write_all(b"x\n")?;
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line)?;
     Ok(())
 }
