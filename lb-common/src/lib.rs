@@ -370,7 +370,11 @@ pub struct ConnEntry {
     pub service_id: u32,
     /// The address written to the *other* end of the packet, for flows that
     /// are SNATed: the node source (forward, `kind` FORWARD_SNAT) or the
-    /// original client as destination (reply, `kind` REPLY_SNAT).
+    /// original client as destination (reply, `kind` REPLY_SNAT). For
+    /// FORWARD / REPLY a non-zero port means the client's source port was
+    /// remapped (its reply tuple clashed with another open flow's): the new
+    /// source port (forward) or the client's own port restored as
+    /// destination (reply).
     pub second_ip_be: u32,
     pub second_port_be: u16,
     pub _pad: u16,
@@ -441,7 +445,12 @@ pub mod reason {
     pub const SOCK_NO_BACKEND: u32 = 16;
     /// An ICMP error quoting a DNATed flow, given back its service address.
     pub const ICMP_ERROR_TRANSLATED: u32 = 17;
-    pub const COUNT: u32 = 18;
+    /// New flow whose reply tuple clashed with another open flow's (same
+    /// client port, frontends sharing a backend): given another source port.
+    pub const SOURCE_PORT_REMAPPED: u32 = 18;
+    /// Dropped: the reply tuple clashed and no free source port was found.
+    pub const SOURCE_PORT_CLASH_DROPPED: u32 = 19;
+    pub const COUNT: u32 = 20;
 
     /// Human names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -463,6 +472,8 @@ pub mod reason {
         "sock_translated",
         "sock_no_backend",
         "icmp_error_translated",
+        "source_port_remapped",
+        "source_port_clash_dropped",
     ];
 }
 

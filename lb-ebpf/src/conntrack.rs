@@ -1,10 +1,10 @@
 //! Connection tracking: one entry per direction of each translated flow, so
 //! later packets keep their backend and replies get the VIP back.
 
-use aya_ebpf::bindings::BPF_ANY;
-use lb_common::{Backend, BackendId, ConnEntry, FlowKey, conn_kind, tcp_seen};
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_get_prandom_u32};
+use lb_common::{Backend, BackendId, ConnEntry, FlowKey, conn_kind, reason, tcp_seen};
 
-use crate::maps::conntrack;
+use crate::{maps::conntrack, stats};
 
 /// Refresh `last_seen_ns` at most this often, to keep map writes off the fast path.
 const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
@@ -20,7 +20,30 @@ pub fn is_hairpin(flow: &FlowKey, backend: &Backend) -> bool {
     flow.src_ip_be == backend.ip_be
 }
 
-/// Records a new flow `client → VIP` DNATed to `backend`.
+/// Why a new flow could not be recorded.
+pub enum CreateError {
+    /// The map refused the insert.
+    Full,
+    /// The flow's reply tuple belongs to another open flow and no free
+    /// source port was found to move this one to.
+    Clash,
+}
+
+/// Source ports a clashing flow is moved to: below Linux's default
+/// ephemeral range (32768–60999), where the client's own connections
+/// to the backend are unlikely to be.
+const REMAP_PORT_MIN: u32 = 1024;
+const REMAP_PORT_SPAN: u32 = 32768 - REMAP_PORT_MIN;
+const REMAP_ATTEMPTS: u32 = 4;
+
+/// Records a new flow `client → VIP` DNATed to `backend`; returns the
+/// source port (network order) the flow must be given, or 0 to keep its own.
+///
+/// Two open flows of a client may share a source port when they go to
+/// different frontends (the kernel only keeps 4-tuples unique), and if the
+/// frontends share a backend, both flows would have the same reply tuple:
+/// the second would steal the first one's replies. The second is then moved
+/// to a free source port, as netfilter's NAT does for clashing tuples.
 #[inline(always)]
 pub fn create(
     flow: &FlowKey,
@@ -29,28 +52,12 @@ pub fn create(
     service_id: u32,
     tcp_flags: u8,
     now: u64,
-) -> Result<(), i32> {
+) -> Result<u16, CreateError> {
     let hairpin = is_hairpin(flow, backend);
-    let forward = ConnEntry {
-        nat_ip_be: backend.ip_be,
-        nat_port_be: backend.port_be,
-        kind: if hairpin {
-            conn_kind::HAIRPIN_FORWARD
-        } else {
-            conn_kind::FORWARD
-        },
-        tcp_flags: tcp_flags & TRACKED_FLAGS,
-        backend_id,
-        service_id,
-        second_ip_be: 0,
-        second_port_be: 0,
-        _pad: 0,
-        created_ns: now,
-        last_seen_ns: now,
-    };
     // The reply travels backend → client; its source gets the VIP back. A
-    // hairpin flow was SNATed to the VIP, so its reply is addressed there.
-    let reply_key = FlowKey {
+    // hairpin flow was SNATed to the VIP, so its reply is addressed there
+    // (and cannot clash: the tuple names the frontend).
+    let mut reply_key = FlowKey {
         src_ip_be: backend.ip_be,
         dst_ip_be: if hairpin {
             flow.dst_ip_be
@@ -62,6 +69,30 @@ pub fn create(
         proto: flow.proto,
         _pad: [0; 3],
     };
+    let mut source_port_be = 0u16;
+    if !hairpin && reply_taken(&reply_key, flow) {
+        source_port_be = free_client_port(&reply_key).ok_or(CreateError::Clash)?;
+        reply_key.dst_port_be = source_port_be;
+    }
+    let remapped = source_port_be != 0;
+    let forward = ConnEntry {
+        nat_ip_be: backend.ip_be,
+        nat_port_be: backend.port_be,
+        kind: if hairpin {
+            conn_kind::HAIRPIN_FORWARD
+        } else {
+            conn_kind::FORWARD
+        },
+        tcp_flags: tcp_flags & TRACKED_FLAGS,
+        backend_id,
+        service_id,
+        // Remapped: the client's address with its new source port.
+        second_ip_be: if remapped { flow.src_ip_be } else { 0 },
+        second_port_be: source_port_be,
+        _pad: 0,
+        created_ns: now,
+        last_seen_ns: now,
+    };
     let reply = ConnEntry {
         nat_ip_be: flow.dst_ip_be,
         nat_port_be: flow.dst_port_be,
@@ -71,11 +102,67 @@ pub fn create(
             conn_kind::REPLY
         },
         tcp_flags: 0,
+        // Remapped: the client's own port, restored as destination.
+        second_port_be: if remapped { flow.src_port_be } else { 0 },
         ..forward
     };
     // Reply first: once the forward entry exists the backend may answer.
-    conntrack.insert(reply_key, reply, BPF_ANY as u64)?;
-    conntrack.insert(flow, forward, BPF_ANY as u64)
+    conntrack
+        .insert(reply_key, reply, BPF_ANY as u64)
+        .map_err(|_| CreateError::Full)?;
+    conntrack
+        .insert(flow, forward, BPF_ANY as u64)
+        .map_err(|_| CreateError::Full)?;
+    if remapped {
+        stats::count(reason::SOURCE_PORT_REMAPPED);
+    }
+    Ok(source_port_be)
+}
+
+/// Whether `reply_key` is the reply tuple of another flow that is still
+/// tracked (open, or closing and not yet swept). A stale entry — its flow
+/// forgotten, or this very flow reopened — may be taken over.
+#[inline(always)]
+fn reply_taken(reply_key: &FlowKey, flow: &FlowKey) -> bool {
+    let Some(existing) = (unsafe { conntrack.get(reply_key) }).copied() else {
+        return false;
+    };
+    if existing.kind != conn_kind::REPLY {
+        return true;
+    }
+    let owner = FlowKey {
+        src_ip_be: flow.src_ip_be,
+        dst_ip_be: existing.nat_ip_be,
+        src_port_be: if existing.second_port_be != 0 {
+            existing.second_port_be
+        } else {
+            reply_key.dst_port_be
+        },
+        dst_port_be: existing.nat_port_be,
+        proto: flow.proto,
+        _pad: [0; 3],
+    };
+    if owner == *flow {
+        return false;
+    }
+    conntrack.get_ptr(owner).is_some()
+}
+
+/// A source port for the client whose reply tuple `(backend, client, port)`
+/// is free; 0 never (network order).
+#[inline(always)]
+fn free_client_port(reply_key: &FlowKey) -> Option<u16> {
+    for _ in 0..REMAP_ATTEMPTS {
+        let port = REMAP_PORT_MIN + unsafe { bpf_get_prandom_u32() } % REMAP_PORT_SPAN;
+        let candidate = FlowKey {
+            dst_port_be: (port as u16).to_be(),
+            ..*reply_key
+        };
+        if conntrack.get_ptr(candidate).is_none() {
+            return Some(candidate.dst_port_be);
+        }
+    }
+    None
 }
 
 const TRACKED_FLAGS: u8 = tcp_seen::SYN | tcp_seen::FIN | tcp_seen::RST | tcp_seen::ACK;
@@ -150,9 +237,8 @@ pub fn create_snat(
 /// of a closed connection it made to that backend through a VIP (TIME_WAIT
 /// reuse): the new connection's replies would then match the old flow's
 /// reply entry and be rev-NATed to the VIP. On the new connection's SYN, the
-/// old flow is forgotten if it is closed. (An open one is left alone: the two
-/// flows then share a reply tuple, which only source-port remapping — not
-/// done yet — could separate.)
+/// old flow is forgotten if it is closed. (An open one is left alone: the
+/// datapath cannot see direct connections, so it cannot move them.)
 #[inline(always)]
 pub fn release_closed_clash(flow: &FlowKey, tcp_flags: u8) {
     if flow.proto != lb_common::PROTO_TCP
@@ -171,6 +257,11 @@ pub fn release_closed_clash(flow: &FlowKey, tcp_flags: u8) {
     let forward_key = FlowKey {
         dst_ip_be: reply.nat_ip_be,
         dst_port_be: reply.nat_port_be,
+        src_port_be: if reply.second_port_be != 0 {
+            reply.second_port_be
+        } else {
+            flow.src_port_be
+        },
         ..*flow
     };
     if let Some(forward) = unsafe { conntrack.get(forward_key) }

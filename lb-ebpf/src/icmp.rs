@@ -92,16 +92,25 @@ fn try_restore(ctx: &TcContext) -> Result<bool, ()> {
         return Ok(false);
     }
     let (vip, vport) = (entry.nat_ip_be, entry.nat_port_be);
+    // A flow moved to another source port quotes that port: the client's
+    // socket has its own.
+    let client_port = if entry.second_port_be != 0 {
+        entry.second_port_be
+    } else {
+        ports[0]
+    };
 
     let inner_check: u16 = load(ctx, inner + 10)?;
     let new_inner_check = csum::replace4(inner_check, dst, vip);
     let mut icmp_check: u16 = load(ctx, icmp + 2)?;
     icmp_check = csum::replace4(icmp_check, dst, vip);
     icmp_check = csum::replace2(icmp_check, ports[1], vport);
+    icmp_check = csum::replace2(icmp_check, ports[0], client_port);
     icmp_check = csum::replace2(icmp_check, inner_check, new_inner_check);
 
     store(ctx, inner + 16, &vip)?;
     store(ctx, inner + 10, &new_inner_check)?;
+    store(ctx, inner_l4, &client_port)?;
     store(ctx, inner_l4 + 2, &vport)?;
     store(ctx, icmp + 2, &icmp_check)?;
     stats::count(reason::ICMP_ERROR_TRANSLATED);

@@ -154,8 +154,8 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
                 _ => translate(
                     ctx,
                     pkt,
-                    entry.nat_ip_be,
-                    entry.nat_port_be,
+                    (entry.nat_ip_be, entry.nat_port_be),
+                    entry.second_port_be,
                     kind == conn_kind::HAIRPIN_FORWARD,
                 ),
             };
@@ -252,20 +252,28 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
         }
         translate_snat(ctx, pkt, (backend.ip_be, backend.port_be), snat)
     } else {
-        if conntrack::create(
+        let source_port = match conntrack::create(
             &pkt.flow,
             backend_id,
             &backend,
             service_id,
             pkt.tcp_flags,
             now,
-        )
-        .is_err()
-        {
-            stats::count(reason::CONNTRACK_FULL);
-        }
+        ) {
+            Ok(port) => port,
+            Err(e) => match created_anyway(e) {
+                Some(port) => port,
+                None => return TC_ACT_SHOT,
+            },
+        };
         let hairpin = conntrack::is_hairpin(&pkt.flow, &backend);
-        translate(ctx, pkt, backend.ip_be, backend.port_be, hairpin)
+        translate(
+            ctx,
+            pkt,
+            (backend.ip_be, backend.port_be),
+            source_port,
+            hairpin,
+        )
     };
     if action != TC_ACT_SHOT {
         stats::count(reason::NEW_FLOW);
@@ -278,13 +286,42 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
     action
 }
 
-/// DNATs a client → frontend packet to its backend. A hairpin packet (the
-/// client is its own backend) is also SNATed to the VIP and sent straight
-/// back to the pod; without that the pod would answer itself internally,
-/// from an address its client socket does not expect.
+/// What a new flow whose entries could not be recorded becomes: a full
+/// map still lets the packet through (translated, untracked: the next
+/// packet is balanced again, to the same backend unless the service
+/// changed); a clash with no free port drops it (the client retransmits).
 #[inline(always)]
-fn translate(ctx: &TcContext, pkt: &Packet, ip_be: u32, port_be: u16, hairpin: bool) -> i32 {
+fn created_anyway(e: conntrack::CreateError) -> Option<u16> {
+    match e {
+        conntrack::CreateError::Full => {
+            stats::count(reason::CONNTRACK_FULL);
+            Some(0)
+        }
+        conntrack::CreateError::Clash => {
+            stats::count(reason::SOURCE_PORT_CLASH_DROPPED);
+            None
+        }
+    }
+}
+
+/// DNATs a client → frontend packet to its backend, and moves it to
+/// `source_port_be` if its flow was remapped (non-zero). A hairpin packet
+/// (the client is its own backend) is also SNATed to the VIP and sent
+/// straight back to the pod; without that the pod would answer itself
+/// internally, from an address its client socket does not expect.
+#[inline(always)]
+fn translate(
+    ctx: &TcContext,
+    pkt: &Packet,
+    (ip_be, port_be): (u32, u16),
+    source_port_be: u16,
+    hairpin: bool,
+) -> i32 {
     let mut result = nat::rewrite(ctx, pkt, End::Destination, ip_be, port_be);
+    if source_port_be != 0 {
+        result = result
+            .and_then(|()| nat::rewrite(ctx, pkt, End::Source, pkt.flow.src_ip_be, source_port_be));
+    }
     if hairpin {
         result = result
             .and_then(|()| {
@@ -349,7 +386,15 @@ fn reply(ctx: &TcContext, pkt: &Packet) {
     }
     conntrack::touch(entry, pkt.tcp_flags, unsafe { bpf_ktime_get_ns() });
     let (ip, port) = (entry.nat_ip_be, entry.nat_port_be);
-    if nat::rewrite(ctx, pkt, End::Source, ip, port).is_ok() {
+    let client_port = entry.second_port_be;
+    let mut result = nat::rewrite(ctx, pkt, End::Source, ip, port);
+    if client_port != 0 {
+        // The flow was moved to another source port: give the client its own.
+        result = result.and_then(|()| {
+            nat::rewrite(ctx, pkt, End::Destination, pkt.flow.dst_ip_be, client_port)
+        });
+    }
+    if result.is_ok() {
         stats::count(reason::REPLY_REV_NAT);
     } else {
         stats::count(reason::NAT_FAILED);

@@ -240,7 +240,11 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
         if kind == conn_kind::FORWARD && !conntrack::is_reopened(entry, pkt.tcp_flags) {
             conntrack::touch(entry, pkt.tcp_flags, now);
             let (ip, port, service_id) = (entry.nat_ip_be, entry.nat_port_be, entry.service_id);
+            let source_port = entry.second_port_be;
             rewrite(ctx, pkt, true, ip, port)?;
+            if source_port != 0 {
+                rewrite(ctx, pkt, false, pkt.flow.src_ip_be, source_port)?;
+            }
             stats::count(reason::ESTABLISHED);
             stats::count(reason::XDP_TRANSLATED);
             stats::service(service_id, |c| {
@@ -340,19 +344,28 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
             None => Ok(XDP_PASS),
         };
     }
-    if conntrack::create(
+    let source_port = match conntrack::create(
         &pkt.flow,
         backend_id,
         &backend,
         service_id,
         pkt.tcp_flags,
         now,
-    )
-    .is_err()
-    {
-        stats::count(reason::CONNTRACK_FULL);
-    }
+    ) {
+        Ok(port) => port,
+        Err(conntrack::CreateError::Full) => {
+            stats::count(reason::CONNTRACK_FULL);
+            0
+        }
+        Err(conntrack::CreateError::Clash) => {
+            stats::count(reason::SOURCE_PORT_CLASH_DROPPED);
+            return Ok(XDP_DROP);
+        }
+    };
     rewrite(ctx, pkt, true, backend.ip_be, backend.port_be)?;
+    if source_port != 0 {
+        rewrite(ctx, pkt, false, pkt.flow.src_ip_be, source_port)?;
+    }
     stats::count(reason::NEW_FLOW);
     stats::count(reason::XDP_TRANSLATED);
     stats::service(service_id, |c| {

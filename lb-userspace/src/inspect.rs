@@ -66,7 +66,7 @@ pub struct AffinityRow {
     pub expires_in_seconds: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct ConnRow {
     pub protocol: String,
     pub client: String,
@@ -232,6 +232,11 @@ pub fn conntrack(maps: &PinnedMaps) -> Result<Vec<ConnRow>> {
                     "{} (via {})",
                     endpoint(e.nat_ip_be, e.nat_port_be),
                     endpoint(e.second_ip_be, e.second_port_be)
+                ),
+                _ if e.second_port_be != 0 => format!(
+                    "{} (client port remapped to {})",
+                    endpoint(e.nat_ip_be, e.nat_port_be),
+                    port_from_be(e.second_port_be)
                 ),
                 _ => endpoint(e.nat_ip_be, e.nat_port_be),
             },

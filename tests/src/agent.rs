@@ -156,6 +156,15 @@ impl AgentProcess {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// Prints the last lines of the agent's log (a failed test's evidence).
+    pub fn print_log_tail(&self) {
+        eprintln!(
+            "--- agent log ({}) ---\n{}",
+            self.log.display(),
+            self.log_tail()
+        );
+    }
+
     /// `switchyard inspect <args…>` against this agent's pins.
     pub fn inspect(&self, args: &[&str]) -> Result<String> {
         let bin = switchyard_bin()?;
@@ -260,11 +269,7 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         let _ = self.stop();
         if std::thread::panicking() {
-            eprintln!(
-                "--- agent log ({}) ---\n{}",
-                self.log.display(),
-                self.log_tail()
-            );
+            self.print_log_tail();
         }
         if self.remove_pins {
             let _ = self.cleanup();

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -68,6 +68,45 @@ impl Pod {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         Ok(stream)
+    }
+
+    /// A TCP connection from local port `port` (SO_REUSEADDR, so several
+    /// connections to different destinations may share it, as the kernel
+    /// allows for ephemeral ports too).
+    pub fn tcp_connect_from(
+        &self,
+        port: u16,
+        addr: SocketAddrV4,
+        timeout: Duration,
+    ) -> Result<TcpStream> {
+        let stream = self
+            .in_netns(move || -> std::io::Result<TcpStream> {
+                let socket = bound_socket(libc::SOCK_STREAM, port, timeout)?;
+                connect_fd(&socket, addr)?;
+                Ok(TcpStream::from(socket))
+            })?
+            .with_context(|| format!("connecting from port {port} to {addr}"))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(stream)
+    }
+
+    /// A UDP socket on local port `port` (SO_REUSEADDR) connected to `addr`.
+    pub fn udp_connect_from(
+        &self,
+        port: u16,
+        addr: SocketAddrV4,
+        timeout: Duration,
+    ) -> Result<UdpSocket> {
+        let socket = self
+            .in_netns(move || -> std::io::Result<UdpSocket> {
+                let socket = bound_socket(libc::SOCK_DGRAM, port, timeout)?;
+                connect_fd(&socket, addr)?;
+                Ok(UdpSocket::from(socket))
+            })?
+            .with_context(|| format!("UDP socket on port {port} to {addr}"))?;
+        socket.set_read_timeout(Some(timeout))?;
+        Ok(socket)
     }
 
     /// Connect, send a line, return the reply line: which backend answered.
@@ -175,4 +214,71 @@ impl Pod {
         })?;
         reply.with_context(|| format!("UDP request to {addr}"))
     }
+}
+
+fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// An IPv4 socket of `kind` with SO_REUSEADDR, bound to 0.0.0.0:`port`;
+/// `timeout` bounds connect() (SO_SNDTIMEO).
+fn bound_socket(kind: libc::c_int, port: u16, timeout: Duration) -> std::io::Result<OwnedFd> {
+    let fd = unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    let local = sockaddr(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port));
+    let ok = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+            && libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            ) == 0
+            && libc::bind(
+                fd,
+                (&local as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ) == 0
+    };
+    if !ok {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
+fn connect_fd(socket: &OwnedFd, addr: SocketAddrV4) -> std::io::Result<()> {
+    let remote = sockaddr(addr);
+    let rc = unsafe {
+        libc::connect(
+            socket.as_raw_fd(),
+            (&remote as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -121,3 +121,102 @@ fn internal_traffic_policy_local_keeps_traffic_on_the_node() -> Result<()> {
     }
     Ok(())
 }
+
+/// A client's connections from one source port to two Services that share
+/// a backend would have the same reply tuple at that backend: the datapath
+/// moves the second to another source port, so both work side by side, over
+/// a local and over a remote backend, for TCP and UDP.
+#[test]
+fn connections_from_one_port_to_services_sharing_a_backend_both_work() -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    use switchyard_tests::{endpoint_slice_yaml, service_yaml};
+    const OTHER_VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 1, 11);
+    let c = TwoNodes::start()?;
+    let client = c.pod(1, "client1");
+    let whoami = |s: &mut std::net::TcpStream| -> Result<(String, String)> {
+        s.write_all(b"whoami\n")?;
+        let mut line = String::new();
+        BufReader::new(s.try_clone()?).read_line(&mut line)?;
+        let (name, peer) = line.trim().split_once(' ').unwrap_or(("", ""));
+        Ok((name.to_string(), peer.to_string()))
+    };
+    for (round, (node, pod, name)) in [(1u8, 21u8, "n1b1"), (2, 21, "n2b1")]
+        .into_iter()
+        .enumerate()
+    {
+        let backend = EndpointSpec {
+            node: node_name(node),
+            ..EndpointSpec::ready(c.cluster.node(node).pod_ip(pod))
+        };
+        let ports = [("tcp", 8080, "TCP"), ("udp", 5353, "UDP")];
+        c.manifests.write(
+            "other.yaml",
+            &format!(
+                "{}---\n{}",
+                service_yaml(
+                    "test",
+                    "other",
+                    OTHER_VIP,
+                    &[("tcp", 80, 8080, "TCP"), ("udp", 53, 5353, "UDP")]
+                ),
+                endpoint_slice_yaml(
+                    "test",
+                    "other-1",
+                    "other",
+                    &ports,
+                    std::slice::from_ref(&backend)
+                )
+            ),
+        )?;
+        c.apply("", std::slice::from_ref(&backend))?;
+        let want = vec![format!("{}:8080", backend.ip)];
+        for frontend in ["10.96.1.10:80/TCP", "10.96.1.11:80/TCP"] {
+            wait::until(
+                "both services on the one backend",
+                Duration::from_secs(5),
+                Duration::from_millis(20),
+                || Ok(c.agents[0].backends_of(frontend)? == want),
+            )?;
+        }
+
+        let port = 20_000 + round as u16;
+        let mut first = client.tcp_connect_from(port, SocketAddrV4::new(VIP, 80), TIMEOUT)?;
+        let mut second =
+            client.tcp_connect_from(port, SocketAddrV4::new(OTHER_VIP, 80), TIMEOUT)?;
+        let (who1, seen1) = whoami(&mut first)?;
+        let (who2, seen2) = whoami(&mut second)?;
+        assert_eq!((who1.as_str(), who2.as_str()), (name, name));
+        assert_eq!(
+            seen1,
+            format!("10.244.1.10:{port}"),
+            "the first keeps its port"
+        );
+        assert_ne!(seen2, seen1, "the second was not moved to another port");
+        // Both stay usable, interleaved.
+        for _ in 0..5 {
+            assert_eq!(whoami(&mut first)?.1, seen1);
+            assert_eq!(whoami(&mut second)?.1, seen2);
+        }
+        let ct = c.agents[0].inspect(&["conntrack"])?;
+        assert!(ct.contains("client port remapped to"), "{ct}");
+
+        // UDP: two connected sockets on one port; each reply reaches its own.
+        let udp_port = 21_000 + round as u16;
+        let a = client.udp_connect_from(udp_port, SocketAddrV4::new(VIP, 53), TIMEOUT)?;
+        let b = client.udp_connect_from(udp_port, SocketAddrV4::new(OTHER_VIP, 53), TIMEOUT)?;
+        let mut peers = Vec::new();
+        for _ in 0..3 {
+            for socket in [&a, &b] {
+                socket.send(b"whoami\n")?;
+                let mut buf = [0u8; 256];
+                let n = socket.recv(&mut buf)?;
+                let reply = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+                assert!(reply.starts_with(name), "{reply}");
+                peers.push(reply);
+            }
+        }
+        assert_ne!(peers[0], peers[1], "UDP flows not kept apart");
+        assert_eq!((&peers[0], &peers[1]), (&peers[2], &peers[3]));
+    }
+    Ok(())
+}

@@ -261,6 +261,7 @@ fn churn_and_faults_lose_no_connection_and_misroute_none() -> Result<()> {
     // per connection in the client pod.
     let stop = Arc::new(AtomicBool::new(false));
     let mut long_lived = Vec::new();
+    let t0 = Instant::now();
     for _ in 0..LONG_LIVED {
         let stop = stop.clone();
         let ns = client_ns.clone();
@@ -278,20 +279,30 @@ fn churn_and_faults_lose_no_connection_and_misroute_none() -> Result<()> {
                 };
                 let mut backend = String::from("?");
                 let mut requests = 0u64;
+                let port = s.local_addr().map(|a| a.port()).unwrap_or(0);
                 while !stop.load(Ordering::Relaxed) {
+                    let sent = t0.elapsed();
                     match request(&mut s, &mut r) {
                         Ok(name) => {
                             if requests > 0 && name != backend {
                                 return (
                                     backend.clone(),
                                     requests,
-                                    Some(format!("moved from {backend} to {name}")),
+                                    Some(format!(
+                                        "port {port}: moved from {backend} to {name} at {sent:.3?}"
+                                    )),
                                 );
                             }
                             backend = name;
                             requests += 1;
                         }
-                        Err(e) => return (backend, requests, Some(format!("{e:#}"))),
+                        Err(e) => {
+                            return (
+                                backend,
+                                requests,
+                                Some(format!("port {port}: request sent at {sent:.3?}: {e:#}")),
+                            );
+                        }
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
@@ -327,7 +338,7 @@ fn churn_and_faults_lose_no_connection_and_misroute_none() -> Result<()> {
     }
 
     // The churn, with the faults at fixed points of the run.
-    let started = Instant::now();
+    let started = t0;
     let deadline = started + Duration::from_secs(seconds);
     let mut changes = vec![Change {
         written: started,
@@ -498,8 +509,15 @@ fn churn_and_faults_lose_no_connection_and_misroute_none() -> Result<()> {
                 .map(|e| format!("on {backend} after {requests} requests: {e}"))
         })
         .collect();
+    let remapped = soak.agents[0]
+        .inspect(&["stats"])
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.contains("source_port_remapped"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "source_port_remapped 0".into());
     eprintln!(
-        "soak {seconds} s: {} endpoint changes, {} flaps, faults: {fault_log:?}\n\
+        "soak {seconds} s ({remapped}): {} endpoint changes, {} flaps, faults: {fault_log:?}\n\
          new connections to stable: {} ({} failed, {} misrouted), per backend {per_backend:?}\n\
          flapping service: {flappy_ok} answered, {flappy_refused} not (only while absent)\n\
          long-lived: {} connections, {} requests, {} broken, on {:?}",
@@ -516,24 +534,36 @@ fn churn_and_faults_lose_no_connection_and_misroute_none() -> Result<()> {
             .map(|r| r.0.as_str())
             .collect::<Vec<_>>(),
     );
-    assert!(
-        faults.iter().all(|f| f.1),
-        "every fault happened: {faults:?}"
-    );
-    assert!(
-        broken.is_empty(),
-        "long-lived connections broke: {broken:#?}"
-    );
-    assert!(
-        failed.is_empty(),
-        "new connections to stable failed: {failed:#?}"
-    );
-    assert!(misrouted.is_empty(), "misrouted: {misrouted:#?}");
-    assert!(
-        flappy_unexpected.is_empty(),
-        "the flapping service failed while it existed: {flappy_unexpected:?}"
-    );
-    assert!(tally.stable.len() > 100, "too few connections to judge");
+    // Judged after the agents' logs are out, so the verdict is the last
+    // thing a failed run prints.
+    let mut problems = Vec::new();
+    if !faults.iter().all(|f| f.1) {
+        problems.push(format!("not every fault happened: {faults:?}"));
+    }
+    if !broken.is_empty() {
+        problems.push(format!("long-lived connections broke: {broken:#?}"));
+    }
+    if !failed.is_empty() {
+        problems.push(format!("new connections to stable failed: {failed:#?}"));
+    }
+    if !misrouted.is_empty() {
+        problems.push(format!("misrouted: {misrouted:#?}"));
+    }
+    if !flappy_unexpected.is_empty() {
+        problems.push(format!(
+            "the flapping service failed while it existed: {flappy_unexpected:?}"
+        ));
+    }
+    if tally.stable.len() <= 100 {
+        problems.push("too few connections to judge".into());
+    }
+    if !problems.is_empty() {
+        for agent in &soak.agents {
+            agent.print_log_tail();
+        }
+        drop(soak);
+        bail!("soak failed:\n{}", problems.join("\n"));
+    }
     drop(soak);
     Ok(())
 }

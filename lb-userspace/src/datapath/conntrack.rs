@@ -63,7 +63,12 @@ pub fn reply_key(forward_key: &FlowKey, forward: &ConnEntry) -> FlowKey {
             forward_key.src_ip_be
         },
         src_port_be: forward.nat_port_be,
-        dst_port_be: forward_key.src_port_be,
+        // A flow moved off a clashing source port is answered on its new one.
+        dst_port_be: if forward.second_port_be != 0 {
+            forward.second_port_be
+        } else {
+            forward_key.src_port_be
+        },
         proto: forward_key.proto,
         _pad: [0; 3],
     }
