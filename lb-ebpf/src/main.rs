@@ -126,8 +126,15 @@ fn ingress(ctx: &TcContext, side: Side) -> i32 {
 
 #[inline(always)]
 fn egress(ctx: &TcContext) -> i32 {
-    if let Parsed::Flow(pkt) = parse::parse(ctx) {
-        reply(ctx, &pkt);
+    match parse::parse(ctx) {
+        Parsed::Flow(pkt) => reply(ctx, &pkt),
+        // An ICMP error about an external client's node-port flow (from the
+        // backend, or from this node forwarding to it) quotes the backend:
+        // give it the node port back, as for pods.
+        Parsed::Other => {
+            icmp::restore_quoted_service(ctx);
+        }
+        Parsed::Fragment => {}
     }
     TC_ACT_OK
 }

@@ -232,6 +232,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     info!(
         node = cfg.node_name.as_deref().unwrap_or("(unset)"),
         adopted_services = sync.programmed().len(),
+        rss_mib = resident_mib(),
         "agent starting"
     );
 
@@ -277,6 +278,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             _ = sigint.recv() => return Ok(()),
         }
     };
+    info!(
+        services = first.ports.len(),
+        rss_mib = resident_mib(),
+        "complete state received from the source"
+    );
     let node_name = cfg.node_name.clone();
     let static_node_ips = !cfg.node_ips.is_empty();
     let interface_ips = node_ips.clone();
@@ -362,6 +368,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         Err(e) => warn!("listing interfaces: {e:#}"),
     }
     metrics.set_ready();
+    let rss_before_trim = resident_mib();
     // The initial lists were parsed into short-lived buffers; hand the freed
     // heap back to the system rather than keeping it as the peak.
     // SAFETY: malloc_trim only releases free memory.
@@ -369,6 +376,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     info!(
         services = sync.programmed().len(),
         interfaces = datapath.attached().count(),
+        rss_mib = resident_mib(),
+        rss_before_trim_mib = rss_before_trim,
         "initial sync complete"
     );
 
@@ -420,4 +429,16 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     info!(pin_dir = %cfg.pin_dir.display(), "agent stopped; maps stay pinned for the next start");
     outcome
+}
+
+/// This process's resident memory in MiB (0 if /proc cannot tell), for the
+/// startup log: what the agent costs at the cluster's size.
+fn resident_mib() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    pages * page / (1024 * 1024)
 }

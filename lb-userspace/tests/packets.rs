@@ -735,13 +735,10 @@ fn maglev_choice_matches_user_space_and_survives_conntrack_loss() {
     );
 }
 
-#[test]
-fn xdp_translates_local_flows_and_records_snat_flows_it_cannot_send() {
-    let node_ip = Ipv4Addr::new(10, 10, 0, 1);
-    let client = Ipv4Addr::new(10, 10, 0, 100);
-    let mut f = fixture();
-    // Node port 30080 with one backend on this node (BACKENDS[0]) and two
-    // elsewhere; node port 30081 with remote backends only.
+/// Node port 30080 (VIP:80's, externalTrafficPolicy Local) with one
+/// backend on this node (BACKENDS[0]) and two elsewhere; node port 30081
+/// (VIP:81) with remote backends only. This node is "here" at `node_ip`.
+fn program_node_ports(f: &Fixture, node_ip: Ipv4Addr) {
     let mut desired = desired_state(&BACKENDS);
     let mut remote_only = service(VIP, 81, Protocol::Tcp, &BACKENDS[1..]);
     remote_only.external.node_port = Some(30081);
@@ -773,6 +770,14 @@ fn xdp_translates_local_flows_and_records_snat_flows_it_cannot_send() {
         .with_node(Some("here".into()))
         .with_node_ips(vec![node_ip]);
     assert!(sync.apply(&desired).errors.is_empty());
+}
+
+#[test]
+fn xdp_translates_local_flows_and_records_snat_flows_it_cannot_send() {
+    let node_ip = Ipv4Addr::new(10, 10, 0, 1);
+    let client = Ipv4Addr::new(10, 10, 0, 100);
+    let mut f = fixture();
+    program_node_ports(&f, node_ip);
     f.maps
         .nat_config
         .set(
@@ -1092,6 +1097,49 @@ fn icmp_errors_quoting_a_dnated_flow_get_the_service_address_back() {
     let other = Pkt::tcp(CLIENT, 41001, Ipv4Addr::new(192, 0, 2, 7), 443, SYN).build();
     let error = icmp_error(router, CLIENT, 3, 4, &other[14..42]);
     assert_eq!(f.run_to_pod(&error).1[..error.len()], error[..]);
+}
+
+#[test]
+fn icmp_errors_about_an_external_clients_node_port_flow_get_the_node_port_back() {
+    let node_ip = Ipv4Addr::new(10, 10, 0, 1);
+    let client = Ipv4Addr::new(10, 10, 0, 100);
+    let mut f = fixture();
+    program_node_ports(&f, node_ip);
+    let mut run = |program: &str, packet: &[u8]| {
+        test_run(f.datapath.program_fd(program).expect("fd"), packet)
+    };
+    // A segment to the node port, DNATed to the local backend…
+    let (_, segment) = run(
+        program_names::FROM_WORLD,
+        &Pkt::tcp(client, 41500, node_ip, 30080, SYN).build(),
+    );
+    let translated = parse_checked(&segment);
+    assert_eq!((translated.dst, translated.dport), (BACKENDS[0], 8080));
+    // …too big for the link to the pod: this node answers "fragmentation
+    // needed" on its way out to the client. The quote must name the node
+    // port the client used, or path-MTU discovery never hears of it.
+    let error = icmp_error(node_ip, client, 3, 4, &segment[14..42]);
+    let (verdict, out) = run(program_names::TO_WORLD, &error);
+    assert_eq!(verdict, TC_ACT_OK);
+    let icmp = &out[34..error.len()];
+    assert_eq!(out[..34], error[..34], "outer headers");
+    assert_eq!(fold(sum16(icmp)), 0xffff, "ICMP checksum");
+    let inner = &icmp[8..];
+    assert_eq!(
+        fold(sum16(&inner[..20])),
+        0xffff,
+        "quoted IP header checksum"
+    );
+    assert_eq!(
+        (
+            Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]),
+            Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]),
+            u16::from_be_bytes([inner[20], inner[21]]),
+            u16::from_be_bytes([inner[22], inner[23]]),
+        ),
+        (client, node_ip, 41500, 30080)
+    );
+    assert_eq!(f.maps.reason_count(reason::ICMP_ERROR_TRANSLATED), 1);
 }
 
 #[test]

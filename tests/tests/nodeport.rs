@@ -365,3 +365,57 @@ fn xdp_forwards_snat_flows_itself_when_asked() -> Result<()> {
     );
     Ok(())
 }
+
+/// A node port whose local backend has nothing listening on the target
+/// port: the backend's ICMP "port unreachable" quotes client → backend, and
+/// the datapath gives the quote the node port back on its way out, so the
+/// external client's connected socket is refused at once instead of
+/// waiting for a reply that never comes.
+#[test]
+fn an_external_client_of_a_node_port_hears_the_backends_icmp_errors() -> Result<()> {
+    use switchyard_tests::{EndpointSpec, cluster::node_name, endpoint_slice_yaml, is_refused};
+    let c = start("")?;
+    let deaf_port = 30999;
+    c.manifests.write(
+        "deaf.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: deaf, namespace: test}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.1.12\n  externalTrafficPolicy: Local\n  ports:\n  - {{name: udp, port: 53, targetPort: 5999, protocol: UDP, nodePort: {deaf_port}}}\n---\n{}",
+            endpoint_slice_yaml(
+                "test",
+                "deaf-1",
+                "deaf",
+                &[("udp", 5999, "UDP")],
+                &[EndpointSpec {
+                    node: node_name(1),
+                    ..EndpointSpec::ready(c.cluster.node(1).pod_ip(21))
+                }],
+            )
+        ),
+    )?;
+    wait::until(
+        "the deaf node port programmed",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || {
+            Ok(c.agents[0]
+                .backends_of(&format!("{}:{deaf_port}/UDP", node_ip(1)))
+                .is_ok_and(|b| b.len() == 1))
+        },
+    )?;
+    let before = c.agents[0].inspect(&["-o", "json", "stats"])?;
+    let before: serde_json::Value = serde_json::from_str(&before)?;
+    let to = SocketAddrV4::new(node_ip(1), deaf_port);
+    let err = c
+        .cluster
+        .external()
+        .udp_request(to, Duration::from_secs(3))
+        .expect_err("nothing listens behind the node port");
+    assert!(is_refused(&err), "expected ECONNREFUSED, got {err:#}");
+    let after: serde_json::Value =
+        serde_json::from_str(&c.agents[0].inspect(&["-o", "json", "stats"])?)?;
+    assert!(
+        after["icmp_error_translated"].as_u64() > before["icmp_error_translated"].as_u64(),
+        "{after}"
+    );
+    Ok(())
+}

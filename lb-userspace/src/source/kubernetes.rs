@@ -19,10 +19,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::source::slice::EndpointSlice;
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_stream};
@@ -115,19 +115,6 @@ fn slim<K: kube::Resource>(mut object: K) -> K {
         }
     }
     object
-}
-
-/// Endpoints keep what translation reads: addresses, conditions, node.
-fn slim_slice(slice: EndpointSlice) -> EndpointSlice {
-    let mut slice = slim(slice);
-    for endpoint in &mut slice.endpoints {
-        endpoint.target_ref = None;
-        endpoint.hostname = None;
-        endpoint.deprecated_topology = None;
-        endpoint.hints = None;
-        endpoint.zone = None;
-    }
-    slice
 }
 
 fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
@@ -475,9 +462,7 @@ impl KubernetesSource {
                 Ok(event) => {
                     self.count(&m.watch_events, "endpointslices");
                     match event {
-                        Event::Apply(s) => {
-                            cache.set_slice(key_of(&s.metadata), Some(slim_slice(s)))
-                        }
+                        Event::Apply(s) => cache.set_slice(key_of(&s.metadata), Some(slim(s))),
                         Event::Delete(s) => cache.set_slice(key_of(&s.metadata), None),
                         Event::Init => {
                             if listed.slices {
@@ -488,7 +473,7 @@ impl KubernetesSource {
                         }
                         Event::InitApply(s) => {
                             if let Some(buffer) = cache.relisting_slices.as_mut() {
-                                buffer.insert(key_of(&s.metadata), slim_slice(s));
+                                buffer.insert(key_of(&s.metadata), slim(s));
                             }
                         }
                         Event::InitDone => {

@@ -8,11 +8,12 @@ use std::net::Ipv4Addr;
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+pub use slice::EndpointSlice;
 
 use crate::model::{DesiredState, Frontend, ServicePort};
 
 pub mod kubernetes;
+pub mod slice;
 pub mod standalone;
 pub mod translate;
 

@@ -101,6 +101,23 @@ fn main() -> Result<()> {
     let mut syncs: Vec<f64> = logged(&log, "elapsed_us").into_iter().skip(1).collect();
     syncs.sort_by(f64::total_cmp);
     let rss_end = rss_mib(pid)?;
+    // Where the memory went, as the agent logged it at each startup stage.
+    let rss_stages: Vec<String> = [
+        "agent starting",
+        "complete state received",
+        "initial sync complete",
+    ]
+    .iter()
+    .map(|stage| {
+        let mib = log
+            .lines()
+            .find(|l| l.contains(stage))
+            .and_then(|l| l.split("rss_mib=").nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or("?");
+        format!("{stage} {mib}")
+    })
+    .collect();
 
     let mut table = BTreeMap::new();
     table.insert(
@@ -137,6 +154,7 @@ fn main() -> Result<()> {
         "7 agent RSS",
         format!("{rss_after_sync:.0} MiB after the full sync, {rss_end:.0} MiB at the end"),
     );
+    table.insert("8 agent RSS by startup stage (MiB)", rss_stages.join(", "));
     println!(
         "| {SERVICES} services, {} endpoints | |",
         SERVICES * ENDPOINTS_PER_SERVICE
