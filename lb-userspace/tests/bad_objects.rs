@@ -3,8 +3,10 @@
 //! it. A fixed corpus of the shapes users and controllers get wrong, then
 //! thousands of random mutations of valid objects.
 
+mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
+use support::Rng;
 
 use lb_userspace::model::{DesiredState, Frontend};
 use lb_userspace::source::standalone::load_dir;
@@ -345,21 +347,6 @@ fn thousands_of_endpoints_in_one_slice_are_all_programmed() {
     assert_eq!(sp.active_backends().len(), 5_000);
 }
 
-/// xorshift64: reproducible without a crate.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// A value of the wrong shape or out of range, for any field.
 fn junk(rng: &mut Rng) -> serde_json::Value {
     use serde_json::json;
@@ -383,7 +370,7 @@ fn junk(rng: &mut Rng) -> serde_json::Value {
         json!({}),
         json!(true),
         json!("x".repeat(300)),
-    ][rng.below(19)]
+    ][rng.index(19)]
     .clone()
 }
 
@@ -392,22 +379,22 @@ fn mutate(value: &mut serde_json::Value, rng: &mut Rng, depth: usize) {
     match value {
         serde_json::Value::Object(map) if !map.is_empty() => {
             let keys: Vec<String> = map.keys().cloned().collect();
-            let key = &keys[rng.below(keys.len())];
-            if depth > 0 && rng.below(3) != 0 {
+            let key = &keys[rng.index(keys.len())];
+            if depth > 0 && rng.index(3) != 0 {
                 if let Some(inner) = map.get_mut(key) {
                     mutate(inner, rng, depth - 1);
                 }
-            } else if rng.below(4) == 0 {
+            } else if rng.index(4) == 0 {
                 map.remove(key);
             } else {
                 map.insert(key.clone(), junk(rng));
             }
         }
         serde_json::Value::Array(items) if !items.is_empty() => {
-            let i = rng.below(items.len());
-            if depth > 0 && rng.below(3) != 0 {
+            let i = rng.index(items.len());
+            if depth > 0 && rng.index(3) != 0 {
                 mutate(&mut items[i], rng, depth - 1);
-            } else if rng.below(2) == 0 {
+            } else if rng.index(2) == 0 {
                 let copy = items[i].clone();
                 items.push(copy);
             } else {
@@ -442,9 +429,9 @@ fn random_mutations_of_valid_objects_never_disturb_other_services() {
     let mut reported = 0;
     for case in 0..2_000 {
         let mut docs = Vec::new();
-        for _ in 0..1 + rng.below(3) {
-            let mut doc = templates[rng.below(templates.len())].clone();
-            for _ in 0..1 + rng.below(3) {
+        for _ in 0..1 + rng.index(3) {
+            let mut doc = templates[rng.index(templates.len())].clone();
+            for _ in 0..1 + rng.index(3) {
                 mutate(&mut doc, &mut rng, 4);
             }
             docs.push(serde_json::to_string(&doc).expect("json"));

@@ -2,10 +2,12 @@
 //! programs with BPF_PROG_TEST_RUN, maps filled by the real map-sync code,
 //! output bytes and checksums verified independently. Needs root.
 
+mod support;
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
+use support::Rng;
 
 use lb_common::{conn_kind, program_names, reason};
 use lb_userspace::datapath::{
@@ -840,21 +842,6 @@ fn xdp_translates_local_flows_and_records_snat_flows_it_cannot_send() {
 }
 
 // ---- fuzzing -----------------------------------------------------------------
-
-/// Deterministic xorshift, so a failure names a reproducible case.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// A packet from one of the families the datapath must survive.
 fn fuzz_packet(rng: &mut Rng) -> (String, Vec<u8>) {
