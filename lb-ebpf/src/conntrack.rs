@@ -1,7 +1,10 @@
 //! Connection tracking: one entry per direction of each translated flow, so
 //! later packets keep their backend and replies get the VIP back.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_get_prandom_u32};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_get_prandom_u32,
+};
 use lb_common::{Backend, BackendId, ConnEntry, FlowKey, conn_kind, reason, tcp_seen};
 
 use crate::{maps::conntrack, stats};
@@ -57,7 +60,7 @@ pub fn create(
     // The reply travels backend → client; its source gets the VIP back. A
     // hairpin flow was SNATed to the VIP, so its reply is addressed there
     // (and cannot clash: the tuple names the frontend).
-    let mut reply_key = FlowKey {
+    let reply_key = FlowKey {
         src_ip_be: backend.ip_be,
         dst_ip_be: if hairpin {
             flow.dst_ip_be
@@ -69,12 +72,6 @@ pub fn create(
         proto: flow.proto,
         _pad: [0; 3],
     };
-    let mut source_port_be = 0u16;
-    if !hairpin && reply_taken(&reply_key, flow) {
-        source_port_be = free_client_port(&reply_key).ok_or(CreateError::Clash)?;
-        reply_key.dst_port_be = source_port_be;
-    }
-    let remapped = source_port_be != 0;
     let forward = ConnEntry {
         nat_ip_be: backend.ip_be,
         nat_port_be: backend.port_be,
@@ -86,9 +83,8 @@ pub fn create(
         tcp_flags: tcp_flags & TRACKED_FLAGS,
         backend_id,
         service_id,
-        // Remapped: the client's address with its new source port.
-        second_ip_be: if remapped { flow.src_ip_be } else { 0 },
-        second_port_be: source_port_be,
+        second_ip_be: 0,
+        second_port_be: 0,
         _pad: 0,
         created_ns: now,
         last_seen_ns: now,
@@ -102,21 +98,48 @@ pub fn create(
             conn_kind::REPLY
         },
         tcp_flags: 0,
-        // Remapped: the client's own port, restored as destination.
-        second_port_be: if remapped { flow.src_port_be } else { 0 },
         ..forward
     };
     // Reply first: once the forward entry exists the backend may answer.
-    conntrack
-        .insert(reply_key, reply, BPF_ANY as u64)
-        .map_err(|_| CreateError::Full)?;
-    conntrack
-        .insert(flow, forward, BPF_ANY as u64)
-        .map_err(|_| CreateError::Full)?;
-    if remapped {
+    // Inserted only if absent, so the common case costs one insert and an
+    // existing entry is judged only when there is one.
+    let source_port_be = if hairpin {
+        insert(&reply_key, &reply, BPF_ANY)?;
+        0
+    } else if insert(&reply_key, &reply, BPF_NOEXIST).is_ok() {
+        0
+    } else if !reply_taken(&reply_key, flow) {
+        insert(&reply_key, &reply, BPF_ANY)?;
+        0
+    } else {
+        // Remapped: the reply entry restores the client's own port.
+        let moved = ConnEntry {
+            second_port_be: flow.src_port_be,
+            ..reply
+        };
+        let port = claim_client_port(&reply_key, &moved).ok_or(CreateError::Clash)?;
         stats::count(reason::SOURCE_PORT_REMAPPED);
-    }
+        port
+    };
+    let forward = ConnEntry {
+        // Remapped: the client's address with its new source port.
+        second_ip_be: if source_port_be != 0 {
+            flow.src_ip_be
+        } else {
+            0
+        },
+        second_port_be: source_port_be,
+        ..forward
+    };
+    insert(flow, &forward, BPF_ANY)?;
     Ok(source_port_be)
+}
+
+#[inline(always)]
+fn insert(key: &FlowKey, entry: &ConnEntry, flags: u32) -> Result<(), CreateError> {
+    conntrack
+        .insert(key, entry, flags as u64)
+        .map_err(|_| CreateError::Full)
 }
 
 /// Whether `reply_key` is the reply tuple of another flow that is still
@@ -148,17 +171,18 @@ fn reply_taken(reply_key: &FlowKey, flow: &FlowKey) -> bool {
     conntrack.get_ptr(owner).is_some()
 }
 
-/// A source port for the client whose reply tuple `(backend, client, port)`
-/// is free; 0 never (network order).
+/// Records `reply` under a random free source port of the client (the
+/// reply tuple `(backend, client, port)` not in use); returns the port
+/// (network order).
 #[inline(always)]
-fn free_client_port(reply_key: &FlowKey) -> Option<u16> {
+fn claim_client_port(reply_key: &FlowKey, reply: &ConnEntry) -> Option<u16> {
     for _ in 0..REMAP_ATTEMPTS {
         let port = REMAP_PORT_MIN + unsafe { bpf_get_prandom_u32() } % REMAP_PORT_SPAN;
         let candidate = FlowKey {
             dst_port_be: (port as u16).to_be(),
             ..*reply_key
         };
-        if conntrack.get_ptr(candidate).is_none() {
+        if insert(&candidate, reply, BPF_NOEXIST).is_ok() {
             return Some(candidate.dst_port_be);
         }
     }

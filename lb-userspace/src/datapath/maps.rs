@@ -157,6 +157,32 @@ mod service_maps_impl {
     }
     use crate::datapath::sync::ServiceMaps;
 
+    /// Runs a map insert, retrying while the kernel reports ENOMEM.
+    ///
+    /// Hash maps with BPF_F_NO_PREALLOC take elements from per-CPU caches
+    /// that the kernel refills asynchronously (irq_work); inserting tens of
+    /// thousands of entries back to back (a full sync at 100 000 services)
+    /// can find a cache empty for a moment, which is not a lack of memory.
+    /// A short wait lets the refill run. A full map (E2BIG) is not retried.
+    fn with_alloc_retry(
+        mut insert: impl FnMut() -> Result<(), aya::maps::MapError>,
+    ) -> Result<(), aya::maps::MapError> {
+        const ATTEMPTS: u32 = 8;
+        let mut wait = std::time::Duration::from_micros(50);
+        for _ in 1..ATTEMPTS {
+            match insert() {
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOMEM) =>
+                {
+                    std::thread::sleep(wait);
+                    wait *= 2;
+                }
+                other => return other,
+            }
+        }
+        insert()
+    }
+
     /// Absent keys are fine to delete: the goal state is "not there".
     fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<()> {
         match r {
@@ -215,8 +241,7 @@ mod service_maps_impl {
 
     impl ServiceMaps for PinnedMaps {
         fn put_backend(&mut self, id: BackendId, backend: Backend) -> Result<()> {
-            self.backends
-                .insert(id, backend, 0)
+            with_alloc_retry(|| self.backends.insert(id, backend, 0))
                 .with_context(|| format!("writing backend {id}"))
         }
 
@@ -226,8 +251,7 @@ mod service_maps_impl {
         }
 
         fn put_service(&mut self, key: ServiceKey, value: BackendSlot) -> Result<()> {
-            self.services
-                .insert(key, value, 0)
+            with_alloc_retry(|| self.services.insert(key, value, 0))
                 .with_context(|| format!("writing services entry, slot {}", key.slot))
         }
 
@@ -237,14 +261,15 @@ mod service_maps_impl {
         }
 
         fn assign_service_id(&mut self, service_id: u32, name: &str) -> Result<()> {
-            self.service_names
-                .insert(service_id, encode_name(name), 0)
+            with_alloc_retry(|| self.service_names.insert(service_id, encode_name(name), 0))
                 .with_context(|| format!("naming service ID {service_id}"))?;
             let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-            let zero = PerCpuValues::try_from(vec![ServiceCounters::default(); cpus])?;
-            self.service_stats
-                .insert(service_id, zero, 0)
-                .with_context(|| format!("zeroing counters of service ID {service_id}"))
+            with_alloc_retry(|| {
+                let zero = PerCpuValues::try_from(vec![ServiceCounters::default(); cpus])
+                    .map_err(aya::maps::MapError::from)?;
+                self.service_stats.insert(service_id, zero, 0)
+            })
+            .with_context(|| format!("zeroing counters of service ID {service_id}"))
         }
 
         fn release_service_id(&mut self, service_id: u32) -> Result<()> {
@@ -313,6 +338,50 @@ mod service_maps_impl {
                 .get(&service_id, 0)
                 .ok()
                 .and_then(|n| decode_name(&n))
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::with_alloc_retry;
+        use aya::maps::MapError;
+
+        fn failing(errno: i32) -> MapError {
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_update_elem",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            })
+        }
+
+        #[test]
+        fn a_momentarily_empty_element_cache_is_waited_out_but_a_full_map_is_not() {
+            let mut calls = 0;
+            let r = with_alloc_retry(|| {
+                calls += 1;
+                if calls < 4 {
+                    Err(failing(libc::ENOMEM))
+                } else {
+                    Ok(())
+                }
+            });
+            assert!(r.is_ok());
+            assert_eq!(calls, 4);
+
+            let mut calls = 0;
+            let r = with_alloc_retry(|| {
+                calls += 1;
+                Err(failing(libc::E2BIG))
+            });
+            assert!(r.is_err());
+            assert_eq!(calls, 1, "a full map is reported at once");
+
+            let mut calls = 0;
+            let r = with_alloc_retry(|| {
+                calls += 1;
+                Err(failing(libc::ENOMEM))
+            });
+            assert!(r.is_err(), "gives up in the end");
+            assert_eq!(calls, 8);
         }
     }
 }
