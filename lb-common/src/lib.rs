@@ -320,6 +320,44 @@ impl FlowKey {
             _pad: [0; 3],
         }
     }
+
+    /// The key of the reply entry that belongs with `forward`, the forward
+    /// entry of this flow: the backend answers the client (a hairpin flow:
+    /// the VIP it was SNATed to; a SNAT flow: this node's SNAT address and
+    /// port; a remapped flow: the client on its new source port).
+    pub const fn reply_key(&self, forward: &ConnEntry) -> Self {
+        let (dst_ip_be, dst_port_be) = match forward.kind {
+            conn_kind::FORWARD_SNAT => (forward.second_ip_be, forward.second_port_be),
+            conn_kind::HAIRPIN_FORWARD => (self.dst_ip_be, self.src_port_be),
+            _ if forward.second_port_be != 0 => (self.src_ip_be, forward.second_port_be),
+            _ => (self.src_ip_be, self.src_port_be),
+        };
+        Self {
+            src_ip_be: forward.nat_ip_be,
+            dst_ip_be,
+            src_port_be: forward.nat_port_be,
+            dst_port_be,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The key of the forward entry of the flow whose REPLY entry is
+    /// `reply`, stored under this key (`backend → client`).
+    pub const fn forward_key(&self, reply: &ConnEntry) -> Self {
+        Self {
+            src_ip_be: self.dst_ip_be,
+            dst_ip_be: reply.nat_ip_be,
+            src_port_be: if reply.second_port_be != 0 {
+                reply.second_port_be
+            } else {
+                self.dst_port_be
+            },
+            dst_port_be: reply.nat_port_be,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
 }
 
 /// `ConnEntry::kind`: which way the keyed packet travels.

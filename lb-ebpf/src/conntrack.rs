@@ -32,6 +32,27 @@ pub enum CreateError {
     Clash,
 }
 
+impl CreateError {
+    /// Counts the failure and says whether the packet may still go, and
+    /// with which source port (0: its own): a full map still lets it
+    /// through, translated and untracked (the next packet is balanced
+    /// again, to the same backend unless the service changed); a clash with
+    /// no free port drops it (the client retransmits).
+    #[inline(always)]
+    pub fn fallback(self) -> Option<u16> {
+        match self {
+            Self::Full => {
+                stats::count(reason::CONNTRACK_FULL);
+                Some(0)
+            }
+            Self::Clash => {
+                stats::count(reason::SOURCE_PORT_CLASH_DROPPED);
+                None
+            }
+        }
+    }
+}
+
 /// Source ports a clashing flow is moved to: below Linux's default
 /// ephemeral range (32768–60999), where the client's own connections
 /// to the backend are unlikely to be.
@@ -57,21 +78,6 @@ pub fn create(
     now: u64,
 ) -> Result<u16, CreateError> {
     let hairpin = is_hairpin(flow, backend);
-    // The reply travels backend → client; its source gets the VIP back. A
-    // hairpin flow was SNATed to the VIP, so its reply is addressed there
-    // (and cannot clash: the tuple names the frontend).
-    let reply_key = FlowKey {
-        src_ip_be: backend.ip_be,
-        dst_ip_be: if hairpin {
-            flow.dst_ip_be
-        } else {
-            flow.src_ip_be
-        },
-        src_port_be: backend.port_be,
-        dst_port_be: flow.src_port_be,
-        proto: flow.proto,
-        _pad: [0; 3],
-    };
     let forward = ConnEntry {
         nat_ip_be: backend.ip_be,
         nat_port_be: backend.port_be,
@@ -89,6 +95,10 @@ pub fn create(
         created_ns: now,
         last_seen_ns: now,
     };
+    // The reply travels backend → client; its source gets the VIP back. A
+    // hairpin flow was SNATed to the VIP, so its reply is addressed there
+    // (and cannot clash: the tuple names the frontend).
+    let reply_key = flow.reply_key(&forward);
     let reply = ConnEntry {
         nat_ip_be: flow.dst_ip_be,
         nat_port_be: flow.dst_port_be,
@@ -153,18 +163,7 @@ fn reply_taken(reply_key: &FlowKey, flow: &FlowKey) -> bool {
     if existing.kind != conn_kind::REPLY {
         return true;
     }
-    let owner = FlowKey {
-        src_ip_be: flow.src_ip_be,
-        dst_ip_be: existing.nat_ip_be,
-        src_port_be: if existing.second_port_be != 0 {
-            existing.second_port_be
-        } else {
-            reply_key.dst_port_be
-        },
-        dst_port_be: existing.nat_port_be,
-        proto: flow.proto,
-        _pad: [0; 3],
-    };
+    let owner = reply_key.forward_key(&existing);
     if owner == *flow {
         return false;
     }
@@ -236,14 +235,7 @@ pub fn create_snat(
         created_ns: now,
         last_seen_ns: now,
     };
-    let reply_key = FlowKey {
-        src_ip_be: backend.ip_be,
-        dst_ip_be: snat.0,
-        src_port_be: backend.port_be,
-        dst_port_be: snat.1,
-        proto: flow.proto,
-        _pad: [0; 3],
-    };
+    let reply_key = flow.reply_key(&forward);
     let reply = ConnEntry {
         nat_ip_be: flow.dst_ip_be,
         nat_port_be: flow.dst_port_be,
@@ -278,16 +270,7 @@ pub fn release_closed_clash(flow: &FlowKey, tcp_flags: u8) {
     if reply.kind != conn_kind::REPLY {
         return;
     }
-    let forward_key = FlowKey {
-        dst_ip_be: reply.nat_ip_be,
-        dst_port_be: reply.nat_port_be,
-        src_port_be: if reply.second_port_be != 0 {
-            reply.second_port_be
-        } else {
-            flow.src_port_be
-        },
-        ..*flow
-    };
+    let forward_key = reply_key.forward_key(&reply);
     if let Some(forward) = unsafe { conntrack.get(forward_key) }
         && forward.tcp_flags & (tcp_seen::FIN | tcp_seen::RST) == 0
     {

@@ -268,7 +268,7 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
             now,
         ) {
             Ok(port) => port,
-            Err(e) => match created_anyway(e) {
+            Err(e) => match e.fallback() {
                 Some(port) => port,
                 None => return TC_ACT_SHOT,
             },
@@ -291,24 +291,6 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
         });
     }
     action
-}
-
-/// What a new flow whose entries could not be recorded becomes: a full
-/// map still lets the packet through (translated, untracked: the next
-/// packet is balanced again, to the same backend unless the service
-/// changed); a clash with no free port drops it (the client retransmits).
-#[inline(always)]
-fn created_anyway(e: conntrack::CreateError) -> Option<u16> {
-    match e {
-        conntrack::CreateError::Full => {
-            stats::count(reason::CONNTRACK_FULL);
-            Some(0)
-        }
-        conntrack::CreateError::Clash => {
-            stats::count(reason::SOURCE_PORT_CLASH_DROPPED);
-            None
-        }
-    }
 }
 
 /// DNATs a client → frontend packet to its backend, and moves it to

@@ -353,14 +353,10 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
         now,
     ) {
         Ok(port) => port,
-        Err(conntrack::CreateError::Full) => {
-            stats::count(reason::CONNTRACK_FULL);
-            0
-        }
-        Err(conntrack::CreateError::Clash) => {
-            stats::count(reason::SOURCE_PORT_CLASH_DROPPED);
-            return Ok(XDP_DROP);
-        }
+        Err(e) => match e.fallback() {
+            Some(port) => port,
+            None => return Ok(XDP_DROP),
+        },
     };
     rewrite(ctx, pkt, true, backend.ip_be, backend.port_be)?;
     if source_port != 0 {

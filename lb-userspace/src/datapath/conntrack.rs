@@ -42,36 +42,10 @@ fn is_forward(e: &ConnEntry) -> bool {
     conn_kind::is_forward(e.kind)
 }
 
-/// The key of the reply entry that belongs with a forward entry.
+/// The key of the reply entry that belongs with a forward entry (the
+/// pairing the datapath uses, from lb-common).
 pub fn reply_key(forward_key: &FlowKey, forward: &ConnEntry) -> FlowKey {
-    if forward.kind == conn_kind::FORWARD_SNAT {
-        // The backend answers the node's SNAT address and port.
-        return FlowKey {
-            src_ip_be: forward.nat_ip_be,
-            dst_ip_be: forward.second_ip_be,
-            src_port_be: forward.nat_port_be,
-            dst_port_be: forward.second_port_be,
-            proto: forward_key.proto,
-            _pad: [0; 3],
-        };
-    }
-    FlowKey {
-        src_ip_be: forward.nat_ip_be,
-        dst_ip_be: if forward.kind == conn_kind::HAIRPIN_FORWARD {
-            forward_key.dst_ip_be
-        } else {
-            forward_key.src_ip_be
-        },
-        src_port_be: forward.nat_port_be,
-        // A flow moved off a clashing source port is answered on its new one.
-        dst_port_be: if forward.second_port_be != 0 {
-            forward.second_port_be
-        } else {
-            forward_key.src_port_be
-        },
-        proto: forward_key.proto,
-        _pad: [0; 3],
-    }
+    forward_key.reply_key(forward)
 }
 
 /// Whether a connection, given its entries, has been idle too long.

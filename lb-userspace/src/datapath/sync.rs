@@ -361,13 +361,13 @@ impl<M: ServiceMaps> MapSync<M> {
         self
     }
 
-    /// Sets how new flows choose among a frontend's backends.
     /// The number of backend IDs the backends map has room for.
     pub fn with_backend_capacity(mut self, entries: u32) -> Self {
         self.backend_id_alloc.max = entries;
         self
     }
 
+    /// Sets how new flows choose among a frontend's backends.
     pub fn with_selection(mut self, selection: Selection) -> Self {
         self.selection = selection;
         self
