@@ -737,6 +737,10 @@ fn maglev_choice_matches_user_space_and_survives_conntrack_loss() {
     );
 }
 
+/// This node's address in the node-port tests, and a client outside.
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
+const EXTERNAL_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 100);
+
 /// Node port 30080 (VIP:80's, externalTrafficPolicy Local) with one
 /// backend on this node (BACKENDS[0]) and two elsewhere; node port 30081
 /// (VIP:81) with remote backends only. This node is "here" at `node_ip`.
@@ -776,8 +780,7 @@ fn program_node_ports(f: &Fixture, node_ip: Ipv4Addr) {
 
 #[test]
 fn xdp_translates_local_flows_and_records_snat_flows_it_cannot_send() {
-    let node_ip = Ipv4Addr::new(10, 10, 0, 1);
-    let client = Ipv4Addr::new(10, 10, 0, 100);
+    let (node_ip, client) = (NODE_IP, EXTERNAL_CLIENT);
     let mut f = fixture();
     program_node_ports(&f, node_ip);
     f.maps
@@ -1043,6 +1046,28 @@ fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, kind: u8, code: u8, quoted: &[u8]) -
     frame
 }
 
+/// Checks what became of ICMP error `error` (built by [`icmp_error`]): the
+/// outer headers untouched, the ICMP and quoted IP header checksums valid.
+/// Returns the quoted (source, destination, source port, destination port).
+fn quoted_flow(error: &[u8], out: &[u8]) -> (Ipv4Addr, Ipv4Addr, u16, u16) {
+    let out = &out[..error.len()];
+    assert_eq!(out[..34], error[..34], "outer headers");
+    let icmp = &out[34..];
+    assert_eq!(fold(sum16(icmp)), 0xffff, "ICMP checksum");
+    let inner = &icmp[8..];
+    assert_eq!(
+        fold(sum16(&inner[..20])),
+        0xffff,
+        "quoted IP header checksum"
+    );
+    (
+        Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]),
+        Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]),
+        u16::from_be_bytes([inner[20], inner[21]]),
+        u16::from_be_bytes([inner[22], inner[23]]),
+    )
+}
+
 #[test]
 fn icmp_errors_quoting_a_dnated_flow_get_the_service_address_back() {
     let mut f = fixture();
@@ -1057,27 +1082,8 @@ fn icmp_errors_quoting_a_dnated_flow_get_the_service_address_back() {
         let error = icmp_error(router, CLIENT, kind, code, &syn[14..14 + quote_len]);
         let (verdict, out) = f.run_to_pod(&error);
         assert_eq!(verdict, TC_ACT_OK);
-        let out = &out[..error.len()];
         // Outer header untouched; the quote now says client → VIP:80.
-        assert_eq!(out[..34], error[..34], "outer headers");
-        let icmp = &out[34..];
-        assert_eq!(fold(sum16(icmp)), 0xffff, "ICMP checksum");
-        let inner = &icmp[8..];
-        assert_eq!(
-            fold(sum16(&inner[..20])),
-            0xffff,
-            "quoted IP header checksum"
-        );
-        assert_eq!(
-            Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]),
-            CLIENT
-        );
-        assert_eq!(
-            Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]),
-            VIP
-        );
-        assert_eq!(u16::from_be_bytes([inner[20], inner[21]]), 41000);
-        assert_eq!(u16::from_be_bytes([inner[22], inner[23]]), 80);
+        assert_eq!(quoted_flow(&error, &out), (CLIENT, VIP, 41000, 80));
     }
     assert_eq!(f.maps.reason_count(reason::ICMP_ERROR_TRANSLATED), 3);
     // An error about a flow the datapath never translated: untouched.
@@ -1088,8 +1094,7 @@ fn icmp_errors_quoting_a_dnated_flow_get_the_service_address_back() {
 
 #[test]
 fn icmp_errors_about_an_external_clients_node_port_flow_get_the_node_port_back() {
-    let node_ip = Ipv4Addr::new(10, 10, 0, 1);
-    let client = Ipv4Addr::new(10, 10, 0, 100);
+    let (node_ip, client) = (NODE_IP, EXTERNAL_CLIENT);
     let mut f = fixture();
     program_node_ports(&f, node_ip);
     let mut run = |program: &str, packet: &[u8]| {
@@ -1108,24 +1113,7 @@ fn icmp_errors_about_an_external_clients_node_port_flow_get_the_node_port_back()
     let error = icmp_error(node_ip, client, 3, 4, &segment[14..42]);
     let (verdict, out) = run(program_names::TO_WORLD, &error);
     assert_eq!(verdict, TC_ACT_OK);
-    let icmp = &out[34..error.len()];
-    assert_eq!(out[..34], error[..34], "outer headers");
-    assert_eq!(fold(sum16(icmp)), 0xffff, "ICMP checksum");
-    let inner = &icmp[8..];
-    assert_eq!(
-        fold(sum16(&inner[..20])),
-        0xffff,
-        "quoted IP header checksum"
-    );
-    assert_eq!(
-        (
-            Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]),
-            Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]),
-            u16::from_be_bytes([inner[20], inner[21]]),
-            u16::from_be_bytes([inner[22], inner[23]]),
-        ),
-        (client, node_ip, 41500, 30080)
-    );
+    assert_eq!(quoted_flow(&error, &out), (client, node_ip, 41500, 30080));
     assert_eq!(f.maps.reason_count(reason::ICMP_ERROR_TRANSLATED), 1);
 }
 
@@ -1235,16 +1223,10 @@ fn flows_sharing_a_reply_tuple_are_kept_apart_by_remapping_the_source_port() {
             let translated = pkt(CLIENT, second.sport, backend, 8080, ACK);
             let error = icmp_error(router, CLIENT, 3, 4, &translated[14..42]);
             let (_, out) = f.run_to_pod(&error);
-            let icmp = &out[34..error.len()];
-            assert_eq!(fold(sum16(icmp)), 0xffff, "ICMP checksum");
-            let inner = &icmp[8..];
-            assert_eq!(fold(sum16(&inner[..20])), 0xffff, "quoted IP checksum");
             assert_eq!(
-                Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]),
-                SHARED_B
+                quoted_flow(&error, &out),
+                (CLIENT, SHARED_B, client_port, 80)
             );
-            assert_eq!(u16::from_be_bytes([inner[20], inner[21]]), client_port);
-            assert_eq!(u16::from_be_bytes([inner[22], inner[23]]), 80);
         }
     }
     // User space pairs the entries as the datapath made them: inspect names

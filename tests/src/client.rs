@@ -79,13 +79,7 @@ impl Pod {
         addr: SocketAddrV4,
         timeout: Duration,
     ) -> Result<TcpStream> {
-        let stream = self
-            .in_netns(move || -> std::io::Result<TcpStream> {
-                let socket = bound_socket(libc::SOCK_STREAM, port, timeout)?;
-                connect_fd(&socket, addr)?;
-                Ok(TcpStream::from(socket))
-            })?
-            .with_context(|| format!("connecting from port {port} to {addr}"))?;
+        let stream: TcpStream = self.connected_from(libc::SOCK_STREAM, port, addr, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         Ok(stream)
@@ -98,15 +92,25 @@ impl Pod {
         addr: SocketAddrV4,
         timeout: Duration,
     ) -> Result<UdpSocket> {
-        let socket = self
-            .in_netns(move || -> std::io::Result<UdpSocket> {
-                let socket = bound_socket(libc::SOCK_DGRAM, port, timeout)?;
-                connect_fd(&socket, addr)?;
-                Ok(UdpSocket::from(socket))
-            })?
-            .with_context(|| format!("UDP socket on port {port} to {addr}"))?;
+        let socket: UdpSocket = self.connected_from(libc::SOCK_DGRAM, port, addr, timeout)?;
         socket.set_read_timeout(Some(timeout))?;
         Ok(socket)
+    }
+
+    /// A socket of `kind` in this pod, bound to `port` and connected to `addr`.
+    fn connected_from<S: From<OwnedFd> + Send + 'static>(
+        &self,
+        kind: libc::c_int,
+        port: u16,
+        addr: SocketAddrV4,
+        timeout: Duration,
+    ) -> Result<S> {
+        self.in_netns(move || -> std::io::Result<S> {
+            let socket = bound_socket(kind, port, timeout)?;
+            connect_fd(&socket, addr)?;
+            Ok(S::from(socket))
+        })?
+        .with_context(|| format!("connecting from port {port} to {addr}"))
     }
 
     /// Connect, send a line, return the reply line: which backend answered.

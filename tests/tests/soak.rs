@@ -510,14 +510,13 @@ fn churn_and_faults_lose_no_connection_and_misroute_none() -> Result<()> {
         })
         .collect();
     let remapped = soak.agents[0]
-        .inspect(&["stats"])
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.contains("source_port_remapped"))
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "source_port_remapped 0".into());
+        .inspect(&["-o", "json", "stats"])
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|stats| stats["source_port_remapped"].as_u64())
+        .unwrap_or(0);
     eprintln!(
-        "soak {seconds} s ({remapped}): {} endpoint changes, {} flaps, faults: {fault_log:?}\n\
+        "soak {seconds} s (source_port_remapped {remapped}): {} endpoint changes, {} flaps, faults: {fault_log:?}\n\
          new connections to stable: {} ({} failed, {} misrouted), per backend {per_backend:?}\n\
          flapping service: {flappy_ok} answered, {flappy_refused} not (only while absent)\n\
          long-lived: {} connections, {} requests, {} broken, on {:?}",
