@@ -39,6 +39,14 @@ apt_install() {
 # for map dumps, build essentials for crates with C parts.
 apt_install iproute2 util-linux ethtool bpftool build-essential pkg-config ca-certificates curl openssl python3
 
+# The real cluster (tests/src/realcluster): a containerd, runc and the CNI
+# plugins per node, iptables for the bridge's FORWARD policy, debootstrap for
+# the agent image's Debian root, busybox-static for small test images. The
+# packages' own services are not started: there is no init here, and the
+# cluster starts its daemons itself.
+if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d; fi
+apt_install containerd runc containernetworking-plugins iptables conntrack debootstrap busybox-static
+
 # Host Rust toolchain (stable) for the user-space crates.
 if ! command -v cargo >/dev/null; then
   say "installing rustup stable"

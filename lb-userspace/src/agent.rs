@@ -23,6 +23,7 @@ use crate::health::HealthServers;
 use crate::metrics::{FrontendCounterSource, Metrics, SyncLabel};
 use crate::model::DesiredState;
 use crate::source::kubernetes::{self, KubernetesSource};
+use crate::source::owner::OwnerWatch;
 use crate::source::{StateDelta, standalone};
 
 /// Where the cluster's Services and EndpointSlices come from.
@@ -65,6 +66,10 @@ pub struct AgentConfig {
     /// On a graceful stop, leave the programs attached (for an upgrade: the
     /// next agent takes the links over without a gap).
     pub keep_datapath_on_exit: bool,
+    /// `NAMESPACE/NAME` of the DaemonSet running this agent: once it is
+    /// deleted (uninstall), a stop removes the datapath despite
+    /// `keep_datapath_on_exit`.
+    pub owner_daemonset: Option<String>,
     /// XDP forwards SNAT flows' client packets itself.
     pub xdp_snat: bool,
     /// Socket-level load balancing for the node's own processes, on this
@@ -244,12 +249,16 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
 
     let (tx, mut deltas) = mpsc::channel::<StateDelta>(16);
+    let mut owner_watch = None;
     let source = match &cfg.source {
         SourceConfig::Standalone(dir) => {
             tokio::spawn(standalone::watch_dir(dir.clone(), cfg.poll_interval, tx))
         }
         SourceConfig::Kubernetes { kubeconfig } => {
             let client = kubernetes::client(kubeconfig.as_deref()).await?;
+            if let Some(owner) = &cfg.owner_daemonset {
+                owner_watch = Some(OwnerWatch::start(client.clone(), owner)?);
+            }
             let source = KubernetesSource {
                 client,
                 node_name: cfg.node_name.clone(),
@@ -422,12 +431,23 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     for server in http_servers {
         server.abort();
     }
-    if cfg.keep_datapath_on_exit {
+    let uninstalled = match &owner_watch {
+        Some(watch) => watch.uninstalled().await,
+        None => false,
+    };
+    if cfg.keep_datapath_on_exit && !uninstalled {
         datapath.leave_attached();
     } else {
         datapath.detach_all();
     }
-    info!(pin_dir = %cfg.pin_dir.display(), "agent stopped; maps stay pinned for the next start");
+    if uninstalled {
+        drop(sync);
+        drop(datapath);
+        crate::datapath::loader::cleanup(&cfg.pin_dir).context("removing the pins after uninstall")?;
+        info!(pin_dir = %cfg.pin_dir.display(), "agent uninstalled: programs detached, pins removed");
+    } else {
+        info!(pin_dir = %cfg.pin_dir.display(), "agent stopped; maps stay pinned for the next start");
+    }
     outcome
 }
 

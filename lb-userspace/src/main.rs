@@ -181,6 +181,12 @@ struct AgentArgs {
     /// in a rolling upgrade. A crashed agent always leaves them attached.
     #[arg(long)]
     keep_datapath_on_exit: bool,
+    /// The DaemonSet running this agent (`NAMESPACE/NAME`). Once it is
+    /// deleted — `helm uninstall` — a stop detaches the programs and
+    /// removes the pins even with --keep-datapath-on-exit: nothing will
+    /// take them over.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    owner_daemonset: Option<String>,
     /// Let XDP forward the client → backend packets of external flows to
     /// other nodes (DNAT + SNAT + XDP_TX) instead of passing them to tc.
     /// Off by default: on veth in native mode XDP_TX'd frames were lost
@@ -303,6 +309,7 @@ fn main() -> Result<()> {
                 sysctl_dir: args.sysctl_dir,
                 xdp: args.xdp,
                 keep_datapath_on_exit: args.keep_datapath_on_exit,
+                owner_daemonset: args.owner_daemonset.clone(),
                 xdp_snat: args.xdp_snat,
                 socket_lb_cgroup: (args.socket_lb == OnOff::On).then(|| args.cgroup.clone()),
                 selection: match args.algorithm {

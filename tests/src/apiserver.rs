@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 
 use crate::command::run;
+use crate::pki::{base64, issue, openssl};
 
 pub const SECURE_PORT: u16 = 6443;
 const ETCD_CLIENT_PORT: u16 = 2379;
@@ -56,89 +57,6 @@ pub fn k8s_bin(name: &str) -> Result<PathBuf> {
         );
     }
     Ok(path)
-}
-
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .context("running openssl (apt-get install openssl)")?;
-    if !out.status.success() {
-        bail!(
-            "openssl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Issues an EC P-256 key and a certificate signed by the CA in `dir`.
-fn issue(dir: &Path, name: &str, subject: &str, extensions: &str) -> Result<()> {
-    let key = format!("{name}.key");
-    let csr = format!("{name}.csr");
-    let crt = format!("{name}.crt");
-    let ext = format!("{name}.ext");
-    std::fs::write(dir.join(&ext), extensions)?;
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            subject,
-        ],
-    )?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "3",
-            "-out",
-            &crt,
-            "-extfile",
-            &ext,
-        ],
-    )
 }
 
 /// A kubeconfig with everything embedded.

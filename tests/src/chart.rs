@@ -44,7 +44,7 @@ pub fn render(sets: &[&str]) -> Result<String> {
     helm(&args)
 }
 
-/// The ServiceAccount, ClusterRole and ClusterRoleBinding of the default
+/// The ServiceAccount and the (Cluster)Roles and bindings of the default
 /// rendering: what the agent runs with in a cluster.
 pub fn agent_rbac() -> Result<String> {
     let rendered = render(&[])?;
@@ -54,6 +54,8 @@ pub fn agent_rbac() -> Result<String> {
             d.contains("\nkind: ServiceAccount")
                 || d.contains("\nkind: ClusterRole\n")
                 || d.contains("\nkind: ClusterRoleBinding")
+                || d.contains("\nkind: Role\n")
+                || d.contains("\nkind: RoleBinding")
         })
         .collect::<Vec<_>>()
         .join("\n---"))

@@ -9,6 +9,7 @@
 //! Everything is torn down on drop, also when a test panics.
 
 pub mod agent;
+pub mod agnhost;
 pub mod apiserver;
 pub mod chart;
 pub mod client;
@@ -19,7 +20,9 @@ pub mod kube_proxy;
 pub mod manifests;
 pub mod measure;
 pub mod paths;
+pub mod pki;
 pub mod pod_server;
+pub mod realcluster;
 pub mod scale;
 pub mod scenarios;
 pub mod topology;

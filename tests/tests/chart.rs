@@ -48,6 +48,8 @@ fn chart_lints_and_renders_a_least_privilege_daemonset() -> Result<()> {
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
             "DaemonSet"
         ]
     );
@@ -85,6 +87,7 @@ fn chart_lints_and_renders_a_least_privilege_daemonset() -> Result<()> {
         "--metrics-addr=127.0.0.1:10249",
         "--health-addr=0.0.0.0:10256",
         "--sysctl-dir=/host/proc/sys",
+        "--owner-daemonset=kube-system/switchyard",
     ] {
         assert!(
             args.contains(&expected.to_string()),
@@ -98,6 +101,14 @@ fn chart_lints_and_renders_a_least_privilege_daemonset() -> Result<()> {
     assert_eq!(
         strings(&init["command"])[1..],
         ["mount-bpffs", "/sys/fs/bpf"]
+    );
+
+    // Its own DaemonSet only, to tell an uninstall from an upgrade.
+    let own = find(&docs, "Role")?;
+    assert_eq!(
+        own["rules"],
+        serde_json::json!([{"apiGroups": ["apps"], "resources": ["daemonsets"],
+            "resourceNames": ["switchyard"], "verbs": ["get", "list", "watch"]}])
     );
 
     let role = find(&docs, "ClusterRole")?;

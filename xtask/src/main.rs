@@ -47,6 +47,20 @@ enum Task {
     /// runtime stage copies): /usr/bin/switchyard,
     /// /usr/lib/switchyard/switchyard.bpf.o.
     ImageRoot(ImageRootArgs),
+    /// A real Kubernetes cluster on this machine (kubelets, containerd, pods,
+    /// CoreDNS, Switchyard installed with helm; no kube-proxy):
+    /// `up [--nodes N] [--no-switchyard]`, `down`, `status`, `kubeconfig`,
+    /// `kubectl ARGS…`, `helm ARGS…`.
+    Cluster(ClusterArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct ClusterArgs {
+    #[command(flatten)]
+    build: BuildArgs,
+    /// up | down | status | kubeconfig | kubectl | helm, then its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    args: Vec<String>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -117,6 +131,7 @@ fn main() -> Result<()> {
         Task::ImageRoot(a) => image_root(&a),
         Task::Bench(a) => bench(&a),
         Task::Soak(a) => soak(&a),
+        Task::Cluster(a) => cluster(&a),
     }
 }
 
@@ -318,6 +333,32 @@ fn image_root(a: &ImageRootArgs) -> Result<()> {
     }
     eprintln!("xtask: image tree at {}", out.display());
     Ok(())
+}
+
+fn cluster(a: &ClusterArgs) -> Result<()> {
+    let root = workspace_root();
+    if a.args.first().map(String::as_str) == Some("up") {
+        // The Kubernetes binaries and the image's tools, then the image tree.
+        run(Command::new("bash")
+            .current_dir(&root)
+            .arg("scripts/k8s-binaries.sh"))?;
+        image_root(&ImageRootArgs {
+            build: a.build.clone(),
+            out: None,
+        })?;
+    }
+    let mut c = Command::new("cargo");
+    c.current_dir(&root)
+        .args(["build", "-p", "switchyard-tests", "--bin", "switchyard-cluster"]);
+    if a.build.release {
+        c.arg("--release");
+    }
+    run(&mut c)?;
+    let bin = root
+        .join("target")
+        .join(profile(a.build.release))
+        .join("switchyard-cluster");
+    run(Command::new(bin).args(&a.args))
 }
 
 fn test(a: &TestArgs) -> Result<()> {

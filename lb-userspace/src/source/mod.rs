@@ -13,6 +13,7 @@ pub use slice::EndpointSlice;
 use crate::model::{DesiredState, Frontend, ServicePort};
 
 pub mod kubernetes;
+pub mod owner;
 pub mod slice;
 pub mod standalone;
 pub mod translate;

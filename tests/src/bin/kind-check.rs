@@ -6,12 +6,12 @@
 //! kind-check --namespace NS --client POD --vip IP --nodes IP,... --backends POD,...
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use switchyard_tests::agnhost::{ClientPod, http_hostname, udp_hostname};
 use switchyard_tests::scenarios::{Requester, check_affinity, check_spread};
 
 fn kubectl(args: &[&str]) -> Result<String> {
@@ -26,60 +26,15 @@ fn kubectl(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Requests made by the client pod (agnhost netexec `/dial`).
-struct ClientPod {
-    namespace: String,
-    pod: String,
-}
-
-impl ClientPod {
-    fn dial(&self, protocol: &str, to: SocketAddrV4) -> Result<String> {
-        let path = format!(
-            "/api/v1/namespaces/{}/pods/{}:8080/proxy/dial?request=hostname&protocol={protocol}&host={}&port={}&tries=1",
-            self.namespace,
-            self.pod,
-            to.ip(),
-            to.port()
-        );
-        let reply: serde_json::Value = serde_json::from_str(&kubectl(&["get", "--raw", &path])?)?;
-        reply["responses"][0]
-            .as_str()
-            .map(String::from)
-            .with_context(|| format!("no answer from {to}: {reply}"))
-    }
-}
-
-impl Requester for ClientPod {
-    fn tcp(&self, to: SocketAddrV4) -> Result<String> {
-        self.dial("http", to)
-    }
-    fn udp(&self, to: SocketAddrV4) -> Result<String> {
-        self.dial("udp", to)
-    }
-}
-
 /// Requests from this machine (outside the cluster).
 struct Outside;
 
 impl Requester for Outside {
     fn tcp(&self, to: SocketAddrV4) -> Result<String> {
-        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        s.write_all(b"GET /hostname HTTP/1.0\r\n\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        text.split("\r\n\r\n")
-            .nth(1)
-            .map(|b| b.trim().to_string())
-            .with_context(|| format!("no body from {to}"))
+        http_hostname(to, Duration::from_secs(3))
     }
     fn udp(&self, to: SocketAddrV4) -> Result<String> {
-        let socket = UdpSocket::bind("0.0.0.0:0")?;
-        socket.set_read_timeout(Some(Duration::from_secs(3)))?;
-        socket.send_to(b"hostname", to)?;
-        let mut buf = [0u8; 256];
-        let (n, _) = socket.recv_from(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+        udp_hostname(to, Duration::from_secs(3))
     }
 }
 
@@ -97,6 +52,7 @@ fn main() -> Result<()> {
     let client = ClientPod {
         namespace: namespace.clone(),
         pod: arg(&args, "--client")?,
+        kubectl,
     };
     let vip: Ipv4Addr = arg(&args, "--vip")?.parse()?;
     let nodes: Vec<Ipv4Addr> = arg(&args, "--nodes")?
