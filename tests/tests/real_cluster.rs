@@ -74,6 +74,7 @@ fn cluster_ip(service: &str) -> Result<std::net::Ipv4Addr> {
 fn switchyard_in_a_real_cluster() -> Result<()> {
     let image_root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/image-root");
     let started = Instant::now();
+    let machine_before = machine_paths();
     let _cluster = Cluster;
     realcluster::up(&UpOptions { nodes: NODES.len() as u8, image_root: &image_root, install_switchyard: true })?;
     eprintln!("cluster up in {:.1} s", started.elapsed().as_secs_f64());
@@ -89,9 +90,10 @@ fn switchyard_in_a_real_cluster() -> Result<()> {
     rolling_update_under_traffic_loses_nothing()?;
     agent_upgrade_keeps_long_lived_connections()?;
     uninstall_leaves_nothing_behind()?;
+    status_names_a_dead_containerd()?;
 
     realcluster::down()?;
-    nothing_left_after_down()?;
+    nothing_left_after_down(&machine_before)?;
     eprintln!("real cluster suite done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -322,7 +324,43 @@ fn uninstall_leaves_nothing_behind() -> Result<()> {
     Ok(())
 }
 
-fn nothing_left_after_down() -> Result<()> {
+/// A node's containerd dies: `cluster status` says which, quickly.
+fn status_names_a_dead_containerd() -> Result<()> {
+    realcluster::daemon::stop("containerd-node2", Duration::from_secs(5))?;
+    let asked = Instant::now();
+    let report = realcluster::status::report();
+    let took = asked.elapsed();
+    let err = match report {
+        Ok(text) => bail!("status is healthy with node2's containerd dead:\n{text}"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(err.contains("FAIL  containerd-node2"), "status does not name containerd-node2:\n{err}");
+    ensure!(took < Duration::from_secs(60), "status took {took:?}");
+    eprintln!("ok: status with node2's containerd killed ({:.1} s):\n{err}", took.as_secs_f64());
+    Ok(())
+}
+
+/// What the cluster's daemons would leave on the machine if their paths
+/// were not the nodes' own: network namespace files, containerd's fixed
+/// directories, the CNI cache, the kubelet's log links.
+fn machine_paths() -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for dir in ["/run/netns", "/run/containerd", "/run/containerd/s", "/var/lib/cni", "/var/log/containers",
+        "/var/log/pods", "/opt/containerd"] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            seen.insert(dir.to_string());
+            for e in entries.flatten() {
+                seen.insert(e.path().display().to_string());
+            }
+        }
+    }
+    seen
+}
+
+fn nothing_left_after_down(before: &BTreeSet<String>) -> Result<()> {
+    let after = machine_paths();
+    let left: Vec<&String> = after.difference(before).collect();
+    ensure!(left.is_empty(), "left on the machine after down: {left:?}");
     for ns in ["sy-fabric", "sy-outside", "sy-node1", "sy-node2"] {
         ensure!(!std::path::Path::new("/run/netns").join(ns).exists(), "namespace {ns} left after down");
     }

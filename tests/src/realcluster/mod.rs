@@ -163,7 +163,10 @@ pub fn down() -> Result<()> {
     {
         errors.push(format!("removing {}: {e}", state_dir().display()));
     }
-    let _ = std::fs::remove_dir(NODE_CGROUP2_MOUNT);
+    // Mount points made for the nodes, if nothing else put files there.
+    for dir in std::iter::once(&NODE_CGROUP2_MOUNT).chain(node::NODE_PRIVATE_DIRS.iter()) {
+        let _ = std::fs::remove_dir(dir);
+    }
     if !errors.is_empty() {
         bail!("cluster down left something behind:\n{}", errors.join("\n"));
     }

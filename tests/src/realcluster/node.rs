@@ -31,18 +31,29 @@ pub fn create_mount_ns(n: u8) -> Result<()> {
     let f = file.to_str().context("ns path")?;
     run(&["unshare", &format!("--mount={f}"), "--propagation", "slave", "true"])?;
     let cgroup = format!("{CGROUP_V2_ROOT}/{}", node_name(n));
-    std::fs::create_dir_all(NODE_CGROUP2_MOUNT)?;
+    for dir in std::iter::once(&NODE_CGROUP2_MOUNT).chain(NODE_PRIVATE_DIRS.iter()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+    }
     // A bpffs of the node's own in place of the machine's (whose pins stay
     // out of sight), shared so the agent's init container can mount with
     // Bidirectional propagation, as on a systemd host.
+    // Paths containerd, the CNI plugins and the kubelet use whatever their
+    // configuration says get a tmpfs of the node's own: nothing of a node
+    // lands in the machine's /run or /var, and it all goes with the node.
+    let private = NODE_PRIVATE_DIRS.join(" ");
     let script = format!(
         "while umount /sys/fs/bpf 2>/dev/null; do :; done; \
          mount -t bpf bpf /sys/fs/bpf && mount --make-shared /sys/fs/bpf && \
-         mount --bind {cgroup} {NODE_CGROUP2_MOUNT}"
+         mount --bind {cgroup} {NODE_CGROUP2_MOUNT} && \
+         for d in {private}; do mount -t tmpfs -o mode=0755 tmpfs $d || exit 1; done"
     );
     run(&["nsenter", &format!("--mount={f}"), "sh", "-c", &script])?;
     Ok(())
 }
+
+/// Shim sockets and runc state (/run/containerd), the CNI result cache, the
+/// kubelet's container log links: fixed paths, made private per node.
+pub const NODE_PRIVATE_DIRS: [&str; 3] = ["/run/containerd", "/var/lib/cni", "/var/log/containers"];
 
 fn is_mount_point(path: &Path) -> Result<bool> {
     let p = path.to_str().context("path")?;
@@ -145,6 +156,8 @@ fn containerd_config(n: u8) -> String {
         r#"version = 2
 root = "{root}"
 state = "{state}"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
 [grpc]
   address = "{sock}"
 [plugins."io.containerd.grpc.v1.cri"]
@@ -153,6 +166,9 @@ state = "{state}"
   # oom_score_adj below its own.
   restrict_oom_score_adj = true
   enable_unprivileged_ports = true
+  # Pods' network namespaces under the node's state, not /run/netns: they
+  # go with the node.
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -165,6 +181,7 @@ state = "{state}"
     conf_dir = "{cni}"
 "#,
         root = d.join("containerd/root").display(),
+        opt = d.join("containerd/opt").display(),
         state = d.join("containerd/state").display(),
         sock = containerd_socket(n).display(),
         cni = d.join("cni/net.d").display(),
