@@ -14,7 +14,8 @@ RUN ./scripts/bootstrap.sh \
  && PATH="/root/.cargo/bin:$PATH" cargo xtask image-root --release --out /image-root
 
 # Runtime: the binary, the BPF object, and bpftool for looking at the maps
-# (`kubectl exec ds/switchyard -- bpftool map dump pinned /sys/fs/bpf/switchyard/services`).
+# from a node debug pod (`kubectl debug node/N --profile=sysadmin`; the agent
+# container itself lacks the CAP_SYS_ADMIN that reading BTF needs).
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends bpftool iproute2 ca-certificates \
