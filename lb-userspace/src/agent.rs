@@ -443,7 +443,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     if uninstalled {
         drop(sync);
         drop(datapath);
-        crate::datapath::loader::cleanup(&cfg.pin_dir).context("removing the pins after uninstall")?;
+        crate::datapath::loader::cleanup(&cfg.pin_dir)
+            .context("removing the pins after uninstall")?;
         info!(pin_dir = %cfg.pin_dir.display(), "agent uninstalled: programs detached, pins removed");
     } else {
         info!(pin_dir = %cfg.pin_dir.display(), "agent stopped; maps stay pinned for the next start");

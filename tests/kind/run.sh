@@ -19,10 +19,13 @@ say "building and loading $image"
 docker build -t "$image" "$here"
 kind load docker-image "$image" --name "$cluster"
 
-say "installing the chart"
+# No kube-proxy: the agent must be told where the API server really is.
+apiserver=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$cluster-control-plane")
+say "installing the chart (API server at $apiserver:6443)"
 helm install switchyard "$here/helm/switchyard" --namespace kube-system \
   --set image.repository=switchyard --set image.tag=e2e --set image.pullPolicy=Never \
-  --set interfaces.external=eth0 --wait --timeout 180s
+  --set interfaces.external=eth0 --set apiServer.host="$apiserver" --set apiServer.port=6443 \
+  --wait --timeout 180s
 kubectl -n kube-system rollout status ds/switchyard --timeout=180s
 
 say "deploying backends, client and service"

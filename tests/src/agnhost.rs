@@ -33,7 +33,13 @@ impl ClientPod {
 
     /// `tries` requests from the pod, each on a new connection (UDP: a new
     /// socket); every answer, or an error naming the failures.
-    pub fn dial_many(&self, protocol: &str, host: &str, port: u16, tries: usize) -> Result<Vec<String>> {
+    pub fn dial_many(
+        &self,
+        protocol: &str,
+        host: &str,
+        port: u16,
+        tries: usize,
+    ) -> Result<Vec<String>> {
         let path = format!(
             "/api/v1/namespaces/{}/pods/{}:8080/proxy/dial?request=hostname&protocol={protocol}&host={host}&port={port}&tries={tries}",
             self.namespace, self.pod
@@ -80,17 +86,22 @@ pub fn http_body(to: SocketAddrV4, path: &str, timeout: Duration) -> Result<Stri
 
 /// `GET path` on a new connection; (status, body trimmed).
 pub fn http_get(to: SocketAddrV4, path: &str, timeout: Duration) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&to.into(), timeout).with_context(|| format!("connecting to {to}"))?;
+    let mut s = TcpStream::connect_timeout(&to.into(), timeout)
+        .with_context(|| format!("connecting to {to}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
     let mut text = String::new();
-    s.read_to_string(&mut text).with_context(|| format!("reading from {to}"))?;
+    s.read_to_string(&mut text)
+        .with_context(|| format!("reading from {to}"))?;
     let status = text
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .with_context(|| format!("no HTTP status from {to}: {text:?}"))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -100,6 +111,8 @@ pub fn udp_hostname(to: SocketAddrV4, timeout: Duration) -> Result<String> {
     socket.set_read_timeout(Some(timeout))?;
     socket.send_to(b"hostname", to)?;
     let mut buf = [0u8; 256];
-    let (n, _) = socket.recv_from(&mut buf).with_context(|| format!("no UDP answer from {to}"))?;
+    let (n, _) = socket
+        .recv_from(&mut buf)
+        .with_context(|| format!("no UDP answer from {to}"))?;
     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
 }

@@ -15,6 +15,7 @@ pub mod chart;
 pub mod client;
 pub mod cluster;
 pub mod command;
+pub mod conformance;
 pub mod host;
 pub mod kube_proxy;
 pub mod manifests;

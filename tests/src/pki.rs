@@ -89,4 +89,3 @@ pub fn issue(dir: &Path, name: &str, subject: &str, extensions: &str) -> Result<
         ],
     )
 }
-

@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use switchyard_tests::agnhost::{ClientPod, http_get, http_hostname, udp_hostname};
 use switchyard_tests::client::in_netns;
+use switchyard_tests::realcluster::proxy::Proxy;
 use switchyard_tests::realcluster::{
-    self, UpOptions, addons, layout::{self, OUTSIDE_NS, node_ip}, on_node,
+    self, UpOptions, addons,
+    layout::{self, OUTSIDE_NS, node_ip},
+    on_node,
 };
 use switchyard_tests::scenarios::{Requester, SPREAD_REQUESTS, check_affinity, check_spread};
 
@@ -43,7 +46,11 @@ fn kubectl(args: &[&str]) -> Result<String> {
 }
 
 fn client_on(node: u8) -> ClientPod {
-    ClientPod { namespace: NS.into(), pod: format!("client-node{node}"), kubectl }
+    ClientPod {
+        namespace: NS.into(),
+        pod: format!("client-node{node}"),
+        kubectl,
+    }
 }
 
 /// Requests from the outside client's namespace, on new connections.
@@ -59,24 +66,48 @@ impl Requester for Outside {
 }
 
 fn backends(app: &str) -> Result<BTreeSet<String>> {
-    Ok(kubectl(&["-n", NS, "get", "pods", "-l", &format!("app={app}"), "--field-selector=status.phase=Running",
-        "-o", "jsonpath={.items[*].metadata.name}"])?
-        .split_whitespace()
-        .map(String::from)
-        .collect())
+    Ok(kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "pods",
+        "-l",
+        &format!("app={app}"),
+        "--field-selector=status.phase=Running",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])?
+    .split_whitespace()
+    .map(String::from)
+    .collect())
 }
 
 fn cluster_ip(service: &str) -> Result<std::net::Ipv4Addr> {
-    Ok(kubectl(&["-n", NS, "get", "svc", service, "-o", "jsonpath={.spec.clusterIP}"])?.trim().parse()?)
+    Ok(kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "svc",
+        service,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?
+    .trim()
+    .parse()?)
 }
 
 #[test]
 fn switchyard_in_a_real_cluster() -> Result<()> {
-    let image_root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/image-root");
+    let image_root =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/image-root");
     let started = Instant::now();
     let machine_before = machine_paths();
     let _cluster = Cluster;
-    realcluster::up(&UpOptions { nodes: NODES.len() as u8, image_root: &image_root, install_switchyard: true })?;
+    realcluster::up(&UpOptions {
+        nodes: NODES.len() as u8,
+        image_root: &image_root,
+        proxy: Proxy::Switchyard,
+    })?;
     eprintln!("cluster up in {:.1} s", started.elapsed().as_secs_f64());
     deploy_workloads()?;
 
@@ -94,16 +125,34 @@ fn switchyard_in_a_real_cluster() -> Result<()> {
 
     realcluster::down()?;
     nothing_left_after_down(&machine_before)?;
-    eprintln!("real cluster suite done in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "real cluster suite done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 fn deploy_workloads() -> Result<()> {
     realcluster::kubectl_apply(include_str!("../realcluster/workloads.yaml"))?;
     for deploy in ["echo", "local"] {
-        kubectl(&["-n", NS, "rollout", "status", &format!("deploy/{deploy}"), "--timeout=120s"])?;
+        kubectl(&[
+            "-n",
+            NS,
+            "rollout",
+            "status",
+            &format!("deploy/{deploy}"),
+            "--timeout=120s",
+        ])?;
     }
-    kubectl(&["-n", NS, "wait", "--for=condition=Ready", "pod/client-node1", "pod/client-node2", "--timeout=120s"])?;
+    kubectl(&[
+        "-n",
+        NS,
+        "wait",
+        "--for=condition=Ready",
+        "pod/client-node1",
+        "pod/client-node2",
+        "--timeout=120s",
+    ])?;
     Ok(())
 }
 
@@ -115,9 +164,14 @@ fn service_by_dns_name_from_every_node(echo: &BTreeSet<String>) -> Result<()> {
     for node in NODES {
         let client = client_on(node);
         for (protocol, port) in [("http", 80), ("udp", 53)] {
-            let seen: BTreeSet<String> =
-                client.dial_many(protocol, &name, port, SPREAD_REQUESTS)?.into_iter().collect();
-            ensure!(&seen == echo, "{protocol} to {name} from node{node}: answered by {seen:?}, expected {echo:?}");
+            let seen: BTreeSet<String> = client
+                .dial_many(protocol, &name, port, SPREAD_REQUESTS)?
+                .into_iter()
+                .collect();
+            ensure!(
+                &seen == echo,
+                "{protocol} to {name} from node{node}: answered by {seen:?}, expected {echo:?}"
+            );
         }
         eprintln!("ok: {name} by DNS from a pod on node{node}: all 3 backends, TCP and UDP");
     }
@@ -127,8 +181,13 @@ fn service_by_dns_name_from_every_node(echo: &BTreeSet<String>) -> Result<()> {
 fn node_port_from_outside_on_every_node(echo: &BTreeSet<String>) -> Result<()> {
     for node in NODES {
         let ip = node_ip(node);
-        check_spread(&Outside, SocketAddrV4::new(ip, 30080), SocketAddrV4::new(ip, 30053), echo)
-            .with_context(|| format!("node port on node{node}"))?;
+        check_spread(
+            &Outside,
+            SocketAddrV4::new(ip, 30080),
+            SocketAddrV4::new(ip, 30053),
+            echo,
+        )
+        .with_context(|| format!("node port on node{node}"))?;
         eprintln!("ok: node port {ip}:30080/30053 from outside: all 3 backends");
     }
     Ok(())
@@ -148,40 +207,96 @@ fn client_ip_affinity(echo: &BTreeSet<String>) -> Result<()> {
 /// port says 200; node2 has no endpoint: 503, and its node port does not
 /// answer (kube-proxy drops).
 fn local_traffic_policy_keeps_the_client_ip() -> Result<()> {
-    let seen = in_netns(OUTSIDE_NS, || http_get(SocketAddrV4::new(node_ip(1), 30081), "/clientip", TIMEOUT))??;
-    ensure!(seen.0 == 200 && seen.1.starts_with(&format!("{}:", layout::outside_ip())), "/clientip via node1: {seen:?}");
-    eprintln!("ok: eTP Local node port on node1 sees the client as {}", seen.1);
+    let seen = in_netns(OUTSIDE_NS, || {
+        http_get(SocketAddrV4::new(node_ip(1), 30081), "/clientip", TIMEOUT)
+    })??;
+    ensure!(
+        seen.0 == 200 && seen.1.starts_with(&format!("{}:", layout::outside_ip())),
+        "/clientip via node1: {seen:?}"
+    );
+    eprintln!(
+        "ok: eTP Local node port on node1 sees the client as {}",
+        seen.1
+    );
     for (node, expected) in [(1u8, 200u16), (2, 503)] {
-        let (status, body) =
-            in_netns(OUTSIDE_NS, move || http_get(SocketAddrV4::new(node_ip(node), 30256), "/", TIMEOUT))??;
-        ensure!(status == expected, "healthCheckNodePort on node{node}: {status} {body}, expected {expected}");
+        let (status, body) = in_netns(OUTSIDE_NS, move || {
+            http_get(SocketAddrV4::new(node_ip(node), 30256), "/", TIMEOUT)
+        })??;
+        ensure!(
+            status == expected,
+            "healthCheckNodePort on node{node}: {status} {body}, expected {expected}"
+        );
         eprintln!("ok: healthCheckNodePort on node{node}: {status} {body}");
     }
-    let via_node2 = in_netns(OUTSIDE_NS, || http_get(SocketAddrV4::new(node_ip(2), 30081), "/clientip", TIMEOUT))?;
-    ensure!(via_node2.is_err(), "node2 has no local endpoint but answered: {via_node2:?}");
+    let via_node2 = in_netns(OUTSIDE_NS, || {
+        http_get(SocketAddrV4::new(node_ip(2), 30081), "/clientip", TIMEOUT)
+    })?;
+    ensure!(
+        via_node2.is_err(),
+        "node2 has no local endpoint but answered: {via_node2:?}"
+    );
     Ok(())
 }
 
 fn inspect_shows_the_service_by_name() -> Result<()> {
-    let services = kubectl(&["-n", addons::NAMESPACE, "exec", "ds/switchyard", "--", "switchyard", "inspect", "services"])?;
-    ensure!(services.contains("sy-e2e/echo:tcp") && services.contains("kube-system/kube-dns:dns"), "inspect services:\n{services}");
+    let services = kubectl(&[
+        "-n",
+        addons::NAMESPACE,
+        "exec",
+        "ds/switchyard",
+        "--",
+        "switchyard",
+        "inspect",
+        "services",
+    ])?;
+    ensure!(
+        services.contains("sy-e2e/echo:tcp") && services.contains("kube-system/kube-dns:dns"),
+        "inspect services:\n{services}"
+    );
     // bpftool needs CAP_SYS_ADMIN to read a map's BTF (its field names),
     // which the agent container does not have: an operator uses a node
     // debug pod with the same image.
-    let created = kubectl(&["debug", "node/node1", "--profile=sysadmin", "--image=switchyard.local/switchyard:dev",
-        "--image-pull-policy=Never", "--", "sleep", "300"])?;
+    let created = kubectl(&[
+        "debug",
+        "node/node1",
+        "--profile=sysadmin",
+        "--image=switchyard.local/switchyard:dev",
+        "--image-pull-policy=Never",
+        "--",
+        "sleep",
+        "300",
+    ])?;
     let pod = created
         .split_whitespace()
         .find(|w| w.starts_with("node-debugger-"))
         .with_context(|| format!("no debug pod in {created:?}"))?
         .to_string();
-    kubectl(&["wait", "--for=condition=Ready", &format!("pod/{pod}"), "--timeout=60s"])?;
-    let dump = kubectl(&["exec", &pod, "--", "bpftool", "map", "dump", "pinned", "/host/sys/fs/bpf/switchyard/services"]);
+    kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("pod/{pod}"),
+        "--timeout=60s",
+    ])?;
+    let dump = kubectl(&[
+        "exec",
+        &pod,
+        "--",
+        "bpftool",
+        "map",
+        "dump",
+        "pinned",
+        "/host/sys/fs/bpf/switchyard/services",
+    ]);
     kubectl(&["delete", "pod", &pod, "--wait=false"])?;
     let dump = dump?;
-    ensure!(dump.contains("\"vip_be\"") && dump.contains("\"backend_id\""), "bpftool map dump shows no field names:\n{}",
-        &dump[..dump.len().min(2000)]);
-    eprintln!("ok: inspect services in the agent pod, bpftool map dump from a node debug pod:\n{services}");
+    ensure!(
+        dump.contains("\"vip_be\"") && dump.contains("\"backend_id\""),
+        "bpftool map dump shows no field names:\n{}",
+        &dump[..dump.len().min(2000)]
+    );
+    eprintln!(
+        "ok: inspect services in the agent pod, bpftool map dump from a node debug pod:\n{services}"
+    );
     Ok(())
 }
 
@@ -190,7 +305,11 @@ fn inspect_shows_the_service_by_name() -> Result<()> {
 /// backend.
 fn rolling_update_under_traffic_loses_nothing() -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
-    let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let counts = Arc::new([
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    ]);
     let load = {
         let (stop, counts) = (stop.clone(), counts.clone());
         std::thread::spawn(move || {
@@ -211,16 +330,34 @@ fn rolling_update_under_traffic_loses_nothing() -> Result<()> {
             })
         })
     };
-    let restart = kubectl(&["-n", NS, "rollout", "restart", "deploy/echo"])
-        .and_then(|_| kubectl(&["-n", NS, "rollout", "status", "deploy/echo", "--timeout=180s"]));
+    let restart = kubectl(&["-n", NS, "rollout", "restart", "deploy/echo"]).and_then(|_| {
+        kubectl(&[
+            "-n",
+            NS,
+            "rollout",
+            "status",
+            "deploy/echo",
+            "--timeout=180s",
+        ])
+    });
     std::thread::sleep(Duration::from_secs(5));
     stop.store(true, Ordering::Relaxed);
-    load.join().map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    load.join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
     restart?;
-    let (total, first, lost) = (counts[0].load(Ordering::Relaxed), counts[1].load(Ordering::Relaxed), counts[2].load(Ordering::Relaxed));
-    eprintln!("rolling update: {total} requests, {first} failed on the first try, {lost} after one retry");
+    let (total, first, lost) = (
+        counts[0].load(Ordering::Relaxed),
+        counts[1].load(Ordering::Relaxed),
+        counts[2].load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "rolling update: {total} requests, {first} failed on the first try, {lost} after one retry"
+    );
     ensure!(total > 100, "only {total} requests during the rollout");
-    ensure!(lost == 0, "{lost} of {total} requests failed twice during the rolling update");
+    ensure!(
+        lost == 0,
+        "{lost} of {total} requests failed twice during the rolling update"
+    );
     Ok(())
 }
 
@@ -239,7 +376,8 @@ impl LongLived {
     }
 
     fn hostname(&mut self) -> Result<String> {
-        self.stream.write_all(b"GET /hostname HTTP/1.1\r\nHost: echo\r\n\r\n")?;
+        self.stream
+            .write_all(b"GET /hostname HTTP/1.1\r\nHost: echo\r\n\r\n")?;
         let mut length = None;
         loop {
             let mut line = String::new();
@@ -273,72 +411,178 @@ fn agent_upgrade_keeps_long_lived_connections() -> Result<()> {
         }
         Ok(conns)
     })??;
-    let pods_before = kubectl(&["-n", addons::NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/name=switchyard",
-        "-o", "jsonpath={.items[*].metadata.name}"])?;
+    let pods_before = kubectl(&[
+        "-n",
+        addons::NAMESPACE,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=switchyard",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])?;
     let chart = switchyard_tests::chart::chart_dir();
     let upgrade = std::thread::spawn(move || {
-        realcluster::helm(&["upgrade", addons::RELEASE, chart.to_str().unwrap_or_default(), "--namespace",
-            addons::NAMESPACE, "--reuse-values", "--set", "podAnnotations.restartedBy=real-cluster-test",
-            "--wait", "--timeout", "180s"])
+        realcluster::helm(&[
+            "upgrade",
+            addons::RELEASE,
+            chart.to_str().unwrap_or_default(),
+            "--namespace",
+            addons::NAMESPACE,
+            "--reuse-values",
+            "--set",
+            "podAnnotations.restartedBy=real-cluster-test",
+            "--wait",
+            "--timeout",
+            "180s",
+        ])
     });
     let mut conns = opened;
     let mut rounds = 0;
     while !upgrade.is_finished() || rounds < 3 {
         for (i, (c, backend)) in conns.iter_mut().enumerate() {
-            let now = c.hostname().with_context(|| format!("long-lived connection {i} during the agent upgrade"))?;
-            ensure!(&now == backend, "connection {i} moved from {backend} to {now}");
+            let now = c
+                .hostname()
+                .with_context(|| format!("long-lived connection {i} during the agent upgrade"))?;
+            ensure!(
+                &now == backend,
+                "connection {i} moved from {backend} to {now}"
+            );
         }
         rounds += 1;
         std::thread::sleep(Duration::from_millis(250));
     }
-    upgrade.join().map_err(|_| anyhow::anyhow!("helm upgrade thread panicked"))??;
-    kubectl(&["-n", addons::NAMESPACE, "rollout", "status", "ds/switchyard", "--timeout=180s"])?;
+    upgrade
+        .join()
+        .map_err(|_| anyhow::anyhow!("helm upgrade thread panicked"))??;
+    kubectl(&[
+        "-n",
+        addons::NAMESPACE,
+        "rollout",
+        "status",
+        "ds/switchyard",
+        "--timeout=180s",
+    ])?;
     for (i, (c, backend)) in conns.iter_mut().enumerate() {
-        let now = c.hostname().with_context(|| format!("long-lived connection {i} after the agent upgrade"))?;
-        ensure!(&now == backend, "connection {i} moved from {backend} to {now}");
+        let now = c
+            .hostname()
+            .with_context(|| format!("long-lived connection {i} after the agent upgrade"))?;
+        ensure!(
+            &now == backend,
+            "connection {i} moved from {backend} to {now}"
+        );
     }
-    let pods_after = kubectl(&["-n", addons::NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/name=switchyard",
-        "-o", "jsonpath={.items[*].metadata.name}"])?;
-    ensure!(pods_before.split_whitespace().all(|p| !pods_after.contains(p)),
-        "the upgrade did not replace the agents: {pods_before} → {pods_after}");
-    eprintln!("ok: 8 long-lived connections kept their backends through {rounds} rounds of the agent upgrade ({pods_before} → {pods_after})");
+    let pods_after = kubectl(&[
+        "-n",
+        addons::NAMESPACE,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=switchyard",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])?;
+    ensure!(
+        pods_before
+            .split_whitespace()
+            .all(|p| !pods_after.contains(p)),
+        "the upgrade did not replace the agents: {pods_before} → {pods_after}"
+    );
+    eprintln!(
+        "ok: 8 long-lived connections kept their backends through {rounds} rounds of the agent upgrade ({pods_before} → {pods_after})"
+    );
     Ok(())
 }
 
 /// Program names of the datapath, as `bpftool prog show` lists them.
 const PROGRAMS: [&str; 9] = [
-    "from_pod", "to_pod", "from_world", "to_world", "xdp_world",
-    "sock_connect4", "sock_sendmsg4", "sock_recvmsg4", "sock_getpeername4",
+    "from_pod",
+    "to_pod",
+    "from_world",
+    "to_world",
+    "xdp_world",
+    "sock_connect4",
+    "sock_sendmsg4",
+    "sock_recvmsg4",
+    "sock_getpeername4",
 ];
 
 /// How many of the datapath's programs are loaded on the machine (tcx links
 /// do not show in bookworm's `bpftool net`; every loaded program does here).
 fn loaded_programs() -> Result<usize> {
     let progs = switchyard_tests::command::run(&["bpftool", "prog", "show"])?;
-    Ok(PROGRAMS.iter().map(|p| progs.matches(&format!(" name {p} ")).count()).sum())
+    Ok(PROGRAMS
+        .iter()
+        .map(|p| progs.matches(&format!(" name {p} ")).count())
+        .sum())
 }
 
 fn uninstall_leaves_nothing_behind() -> Result<()> {
     // Before: every program on both nodes, XDP on eth0, hooks on the cgroup.
     let loaded = loaded_programs()?;
-    ensure!(loaded == PROGRAMS.len() * NODES.len(), "{loaded} datapath programs loaded before uninstall");
-    ensure!(on_node(1, &["ip", "-d", "link", "show", "eth0"])?.contains("prog/xdp"), "no XDP on node1's eth0");
-    realcluster::helm(&["uninstall", addons::RELEASE, "--namespace", addons::NAMESPACE, "--wait", "--timeout", "120s"])?;
+    ensure!(
+        loaded == PROGRAMS.len() * NODES.len(),
+        "{loaded} datapath programs loaded before uninstall"
+    );
+    ensure!(
+        on_node(1, &["ip", "-d", "link", "show", "eth0"])?.contains("prog/xdp"),
+        "no XDP on node1's eth0"
+    );
+    realcluster::helm(&[
+        "uninstall",
+        addons::RELEASE,
+        "--namespace",
+        addons::NAMESPACE,
+        "--wait",
+        "--timeout",
+        "120s",
+    ])?;
     realcluster::wait_until("agent pods gone", Duration::from_secs(90), || {
-        Ok(kubectl(&["-n", addons::NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/name=switchyard", "-o", "name"])?
-            .trim()
-            .is_empty())
+        Ok(kubectl(&[
+            "-n",
+            addons::NAMESPACE,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=switchyard",
+            "-o",
+            "name",
+        ])?
+        .trim()
+        .is_empty())
     })?;
     for node in NODES {
-        let pins = on_node(node, &["sh", "-c", "ls -A /sys/fs/bpf/switchyard 2>/dev/null || true"])?;
-        ensure!(pins.trim().is_empty(), "node{node} keeps pins after uninstall: {pins}");
+        let pins = on_node(
+            node,
+            &[
+                "sh",
+                "-c",
+                "ls -A /sys/fs/bpf/switchyard 2>/dev/null || true",
+            ],
+        )?;
+        ensure!(
+            pins.trim().is_empty(),
+            "node{node} keeps pins after uninstall: {pins}"
+        );
         let link = on_node(node, &["ip", "-d", "link", "show", "eth0"])?;
-        ensure!(!link.contains("prog/xdp"), "node{node} keeps XDP on eth0 after uninstall:\n{link}");
-        let cgroup = on_node(node, &["bpftool", "cgroup", "tree", layout::NODE_CGROUP2_MOUNT])?;
-        ensure!(!cgroup.contains("sock_"), "node{node} keeps socket hooks after uninstall:\n{cgroup}");
+        ensure!(
+            !link.contains("prog/xdp"),
+            "node{node} keeps XDP on eth0 after uninstall:\n{link}"
+        );
+        let cgroup = on_node(
+            node,
+            &["bpftool", "cgroup", "tree", layout::NODE_CGROUP2_MOUNT],
+        )?;
+        ensure!(
+            !cgroup.contains("sock_"),
+            "node{node} keeps socket hooks after uninstall:\n{cgroup}"
+        );
     }
     let loaded = loaded_programs()?;
-    ensure!(loaded == 0, "{loaded} datapath programs still loaded after uninstall");
+    ensure!(
+        loaded == 0,
+        "{loaded} datapath programs still loaded after uninstall"
+    );
     eprintln!("ok: helm uninstall left no pins, links or programs on either node");
     Ok(())
 }
@@ -353,9 +597,15 @@ fn status_names_a_dead_containerd() -> Result<()> {
         Ok(text) => bail!("status is healthy with node2's containerd dead:\n{text}"),
         Err(e) => format!("{e:#}"),
     };
-    ensure!(err.contains("FAIL  containerd-node2"), "status does not name containerd-node2:\n{err}");
+    ensure!(
+        err.contains("FAIL  containerd-node2"),
+        "status does not name containerd-node2:\n{err}"
+    );
     ensure!(took < Duration::from_secs(60), "status took {took:?}");
-    eprintln!("ok: status with node2's containerd killed ({:.1} s):\n{err}", took.as_secs_f64());
+    eprintln!(
+        "ok: status with node2's containerd killed ({:.1} s):\n{err}",
+        took.as_secs_f64()
+    );
     Ok(())
 }
 
@@ -364,8 +614,15 @@ fn status_names_a_dead_containerd() -> Result<()> {
 /// directories, the CNI cache, the kubelet's log links.
 fn machine_paths() -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
-    for dir in ["/run/netns", "/run/containerd", "/run/containerd/s", "/var/lib/cni", "/var/log/containers",
-        "/var/log/pods", "/opt/containerd"] {
+    for dir in [
+        "/run/netns",
+        "/run/containerd",
+        "/run/containerd/s",
+        "/var/lib/cni",
+        "/var/log/containers",
+        "/var/log/pods",
+        "/opt/containerd",
+    ] {
         if let Ok(entries) = std::fs::read_dir(dir) {
             seen.insert(dir.to_string());
             for e in entries.flatten() {
@@ -381,9 +638,16 @@ fn nothing_left_after_down(before: &BTreeSet<String>) -> Result<()> {
     let left: Vec<&String> = after.difference(before).collect();
     ensure!(left.is_empty(), "left on the machine after down: {left:?}");
     for ns in ["sy-fabric", "sy-outside", "sy-node1", "sy-node2"] {
-        ensure!(!std::path::Path::new("/run/netns").join(ns).exists(), "namespace {ns} left after down");
+        ensure!(
+            !std::path::Path::new("/run/netns").join(ns).exists(),
+            "namespace {ns} left after down"
+        );
     }
-    ensure!(!layout::state_dir().exists(), "{} left after down", layout::state_dir().display());
+    ensure!(
+        !layout::state_dir().exists(),
+        "{} left after down",
+        layout::state_dir().display()
+    );
     for n in NODES {
         let cg = std::path::Path::new(layout::CGROUP_V2_ROOT).join(format!("node{n}"));
         ensure!(!cg.exists(), "{} left after down", cg.display());

@@ -49,9 +49,15 @@ enum Task {
     ImageRoot(ImageRootArgs),
     /// A real Kubernetes cluster on this machine (kubelets, containerd, pods,
     /// CoreDNS, Switchyard installed with helm; no kube-proxy):
-    /// `up [--nodes N] [--no-switchyard]`, `down`, `status`, `kubeconfig`,
+    /// `up [--nodes N] [--proxy switchyard|kube-proxy-nftables|kube-proxy-iptables|none]`,
+    /// `down`, `status`, `kubeconfig`,
     /// `kubectl ARGS…`, `helm ARGS…`.
     Cluster(ClusterArgs),
+    /// Kubernetes' own sig-network e2e tests on the real cluster:
+    /// `run [--proxy switchyard|kube-proxy-nftables|kube-proxy-iptables]
+    /// [--focus REGEX]` (reports in docs/conformance/), `report` (writes
+    /// docs/conformance.md).
+    Conformance(ClusterArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -132,6 +138,7 @@ fn main() -> Result<()> {
         Task::Bench(a) => bench(&a),
         Task::Soak(a) => soak(&a),
         Task::Cluster(a) => cluster(&a),
+        Task::Conformance(a) => conformance(&a),
     }
 }
 
@@ -348,8 +355,13 @@ fn cluster(a: &ClusterArgs) -> Result<()> {
         })?;
     }
     let mut c = Command::new("cargo");
-    c.current_dir(&root)
-        .args(["build", "-p", "switchyard-tests", "--bin", "switchyard-cluster"]);
+    c.current_dir(&root).args([
+        "build",
+        "-p",
+        "switchyard-tests",
+        "--bin",
+        "switchyard-cluster",
+    ]);
     if a.build.release {
         c.arg("--release");
     }
@@ -358,6 +370,36 @@ fn cluster(a: &ClusterArgs) -> Result<()> {
         .join("target")
         .join(profile(a.build.release))
         .join("switchyard-cluster");
+    run(Command::new(bin).args(&a.args))
+}
+
+fn conformance(a: &ClusterArgs) -> Result<()> {
+    let root = workspace_root();
+    if a.args.first().map(String::as_str) == Some("run") {
+        run(Command::new("bash")
+            .current_dir(&root)
+            .args(["scripts/k8s-binaries.sh", "--with-e2e"]))?;
+        image_root(&ImageRootArgs {
+            build: a.build.clone(),
+            out: None,
+        })?;
+    }
+    let mut c = Command::new("cargo");
+    c.current_dir(&root).args([
+        "build",
+        "-p",
+        "switchyard-tests",
+        "--bin",
+        "switchyard-conformance",
+    ]);
+    if a.build.release {
+        c.arg("--release");
+    }
+    run(&mut c)?;
+    let bin = root
+        .join("target")
+        .join(profile(a.build.release))
+        .join("switchyard-conformance");
     run(Command::new(bin).args(&a.args))
 }
 

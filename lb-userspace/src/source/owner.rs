@@ -29,7 +29,9 @@ impl OwnerWatch {
         let (namespace, name) = owner
             .split_once('/')
             .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
-            .ok_or_else(|| anyhow::anyhow!("--owner-daemonset {owner:?}: expected NAMESPACE/NAME"))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!("--owner-daemonset {owner:?}: expected NAMESPACE/NAME")
+            })?;
         let watch = Self {
             api: Api::namespaced(client, namespace),
             name: name.to_string(),

@@ -1,12 +1,13 @@
 //! The real cluster's command line (`cargo xtask cluster …` runs it):
 //!
-//!   switchyard-cluster up [--nodes N] [--image-root DIR] [--no-switchyard]
+//!   switchyard-cluster up [--nodes N] [--image-root DIR] [--proxy switchyard|kube-proxy-nftables|kube-proxy-iptables|none]
 //!   switchyard-cluster down | status | kubeconfig
 //!   switchyard-cluster kubectl ARGS… | helm ARGS…
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use switchyard_tests::realcluster::proxy::Proxy;
 use switchyard_tests::realcluster::{self, UpOptions, layout};
 
 fn main() {
@@ -18,7 +19,9 @@ fn main() {
 
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (command, rest) = args.split_first().context("usage: switchyard-cluster up|down|status|kubeconfig|kubectl|helm")?;
+    let (command, rest) = args
+        .split_first()
+        .context("usage: switchyard-cluster up|down|status|kubeconfig|kubectl|helm")?;
     match command.as_str() {
         "up" => up(rest),
         "down" => realcluster::down(),
@@ -38,11 +41,17 @@ fn run() -> Result<()> {
             Ok(())
         }
         "kubectl" => {
-            print!("{}", realcluster::kubectl(&rest.iter().map(String::as_str).collect::<Vec<_>>())?);
+            print!(
+                "{}",
+                realcluster::kubectl(&rest.iter().map(String::as_str).collect::<Vec<_>>())?
+            );
             Ok(())
         }
         "helm" => {
-            print!("{}", realcluster::helm(&rest.iter().map(String::as_str).collect::<Vec<_>>())?);
+            print!(
+                "{}",
+                realcluster::helm(&rest.iter().map(String::as_str).collect::<Vec<_>>())?
+            );
             Ok(())
         }
         other => bail!("unknown command {other:?}"),
@@ -52,13 +61,19 @@ fn run() -> Result<()> {
 fn up(args: &[String]) -> Result<()> {
     let mut nodes = 2u8;
     let mut image_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/image-root");
-    let mut install_switchyard = true;
+    let mut proxy = Proxy::Switchyard;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--nodes" => nodes = it.next().context("--nodes N")?.parse().context("--nodes N")?,
+            "--nodes" => {
+                nodes = it
+                    .next()
+                    .context("--nodes N")?
+                    .parse()
+                    .context("--nodes N")?
+            }
             "--image-root" => image_root = it.next().context("--image-root DIR")?.into(),
-            "--no-switchyard" => install_switchyard = false,
+            "--proxy" => proxy = it.next().context("--proxy NAME")?.parse()?,
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -67,7 +82,11 @@ fn up(args: &[String]) -> Result<()> {
         "{} has no usr/bin/switchyard: run `cargo xtask image-root` (or `cargo xtask cluster up`)",
         image_root.display()
     );
-    realcluster::up(&UpOptions { nodes, image_root: &image_root, install_switchyard })?;
+    realcluster::up(&UpOptions {
+        nodes,
+        image_root: &image_root,
+        proxy,
+    })?;
     println!("{}", realcluster::status::report()?);
     Ok(())
 }

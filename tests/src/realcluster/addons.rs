@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::images::{COREDNS_IMAGE, SWITCHYARD_REPOSITORY, SWITCHYARD_TAG};
-use super::layout::{APISERVER_PORT, DNS_SERVICE_IP, NODE_CGROUP2_MOUNT, NODE_IFACE, control_plane_ip};
+use super::layout::{
+    APISERVER_PORT, DNS_SERVICE_IP, NODE_CGROUP2_MOUNT, NODE_IFACE, control_plane_ip,
+};
 
 pub const RELEASE: &str = "switchyard";
 pub const NAMESPACE: &str = "kube-system";
@@ -50,8 +52,16 @@ pub fn helm_install() -> Result<String> {
 pub fn install_coredns() -> Result<()> {
     super::kubectl_apply(&coredns_manifest()).context("applying CoreDNS")?;
     super::wait_until("CoreDNS ready", Duration::from_secs(120), || {
-        Ok(super::kubectl(&["-n", NAMESPACE, "get", "deploy", "coredns", "-o", "jsonpath={.status.readyReplicas}"])?
-            .trim()
+        Ok(super::kubectl(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "deploy",
+            "coredns",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ])?
+        .trim()
             == "2")
     })
 }

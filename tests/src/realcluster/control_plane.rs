@@ -10,7 +10,12 @@ use super::layout::{APISERVER_PORT, CLUSTER_CIDR, SERVICE_CIDR, control_plane_ip
 use super::pki::Pki;
 use crate::apiserver::k8s_bin;
 
-pub const DAEMONS: [&str; 4] = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"];
+pub const DAEMONS: [&str; 4] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
 
 pub fn start(pki: &Pki) -> Result<()> {
     start_etcd()?;
@@ -67,7 +72,10 @@ fn start_apiserver(pki: &Pki) -> Result<()> {
             format!("--tls-cert-file={}", p("apiserver.crt")),
             format!("--tls-private-key-file={}", p("apiserver.key")),
             format!("--client-ca-file={}", p("ca.crt")),
-            format!("--kubelet-client-certificate={}", p("apiserver-kubelet-client.crt")),
+            format!(
+                "--kubelet-client-certificate={}",
+                p("apiserver-kubelet-client.crt")
+            ),
             format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
             // Node names do not resolve here; kubeadm clusters usually have DNS.
             "--kubelet-preferred-address-types=InternalIP".into(),
@@ -144,7 +152,10 @@ pub fn wait_ready(name: &str, limit: Duration, mut ready: impl FnMut() -> bool) 
             bail!("{name} exited:\n{}", daemon::log_tail(name, 30));
         }
         if started.elapsed() > limit {
-            bail!("{name} not ready after {limit:?}:\n{}", daemon::log_tail(name, 30));
+            bail!(
+                "{name} not ready after {limit:?}:\n{}",
+                daemon::log_tail(name, 30)
+            );
         }
         std::thread::sleep(Duration::from_millis(250));
     }

@@ -23,8 +23,16 @@ pub const COREDNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:v1.12.1";
 pub const SWITCHYARD_REPOSITORY: &str = "switchyard.local/switchyard";
 pub const SWITCHYARD_TAG: &str = "dev";
 
+/// The busybox the v1.34 e2e framework expects.
+pub const BUSYBOX_IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1";
+
 /// Debian packages of the agent image, as in the Dockerfile.
 const AGENT_PACKAGES: &str = "bpftool,iproute2,ca-certificates";
+/// What the upstream tests run inside agnhost pods besides agnhost (its
+/// image is Alpine with these): curl, wget, nc with -u/-w/-p, ip, ping,
+/// nslookup/dig, ps, ss.
+const AGNHOST_PACKAGES: &str =
+    "curl,wget,netcat-openbsd,iproute2,iputils-ping,dnsutils,procps,ca-certificates";
 const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 
 struct ImageSpec {
@@ -43,6 +51,7 @@ pub fn build_all(image_root: &Path) -> Result<Vec<PathBuf>> {
     let specs = [
         pause(&work)?,
         agnhost(&work)?,
+        busybox(&work)?,
         coredns(&work)?,
         switchyard(&work, image_root)?,
     ];
@@ -56,8 +65,11 @@ pub fn build_all(image_root: &Path) -> Result<Vec<PathBuf>> {
 
 pub fn import(node: u8, tars: &[PathBuf]) -> Result<()> {
     for tar in tars {
-        ctr(node, &["images", "import", tar.to_str().context("tar path")?])
-            .with_context(|| format!("importing {} on node {node}", tar.display()))?;
+        ctr(
+            node,
+            &["images", "import", tar.to_str().context("tar path")?],
+        )
+        .with_context(|| format!("importing {} on node {node}", tar.display()))?;
     }
     Ok(())
 }
@@ -67,9 +79,22 @@ fn pause(work: &Path) -> Result<ImageSpec> {
     std::fs::create_dir_all(&root)?;
     let src = work.join("pause.c");
     std::fs::write(&src, PAUSE_C)?;
-    run(&["gcc", "-static", "-Os", "-s", "-o", path(&root.join("pause"))?, path(&src)?])
-        .context("compiling the pause container (apt-get install build-essential)")?;
-    Ok(ImageSpec { tag: PAUSE_IMAGE.into(), entrypoint: vec!["/pause".into()], cmd: vec![], root })
+    run(&[
+        "gcc",
+        "-static",
+        "-Os",
+        "-s",
+        "-o",
+        path(&root.join("pause"))?,
+        path(&src)?,
+    ])
+    .context("compiling the pause container (apt-get install build-essential)")?;
+    Ok(ImageSpec {
+        tag: PAUSE_IMAGE.into(),
+        entrypoint: vec!["/pause".into()],
+        cmd: vec![],
+        root,
+    })
 }
 
 /// Sleeps until told to stop, and reaps orphans: a pod's infra container.
@@ -99,14 +124,19 @@ fn busybox_root(root: &Path) -> Result<()> {
     for applet in applets.lines().filter(|a| !a.is_empty() && *a != "busybox") {
         std::os::unix::fs::symlink("busybox", bin.join(applet))?;
     }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")?;
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )?;
     std::fs::write(root.join("etc/group"), "root:x:0:\nnobody:x:65534:\n")?;
     Ok(())
 }
 
 fn agnhost(work: &Path) -> Result<ImageSpec> {
     let root = work.join("agnhost-root");
-    busybox_root(&root)?;
+    std::fs::create_dir_all(&root)?;
+    let base = debian_base(AGNHOST_PACKAGES)?;
+    run(&["tar", "-xpf", path(&base)?, "-C", path(&root)?])?;
     std::fs::copy(k8s_bin("agnhost")?, root.join("agnhost"))?;
     Ok(ImageSpec {
         tag: AGNHOST_IMAGE.into(),
@@ -116,19 +146,40 @@ fn agnhost(work: &Path) -> Result<ImageSpec> {
     })
 }
 
+fn busybox(work: &Path) -> Result<ImageSpec> {
+    let root = work.join("busybox-root");
+    busybox_root(&root)?;
+    Ok(ImageSpec {
+        tag: BUSYBOX_IMAGE.into(),
+        entrypoint: vec![],
+        cmd: vec!["sh".into()],
+        root,
+    })
+}
+
 fn coredns(work: &Path) -> Result<ImageSpec> {
     let root = work.join("coredns-root");
     std::fs::create_dir_all(root.join("etc"))?;
     std::fs::copy(k8s_bin("coredns")?, root.join("coredns"))?;
-    Ok(ImageSpec { tag: COREDNS_IMAGE.into(), entrypoint: vec!["/coredns".into()], cmd: vec![], root })
+    Ok(ImageSpec {
+        tag: COREDNS_IMAGE.into(),
+        entrypoint: vec!["/coredns".into()],
+        cmd: vec![],
+        root,
+    })
 }
 
 fn switchyard(work: &Path, image_root: &Path) -> Result<ImageSpec> {
     let root = work.join("switchyard-root");
     std::fs::create_dir_all(&root)?;
-    let base = debian_base()?;
+    let base = debian_base(AGENT_PACKAGES)?;
     run(&["tar", "-xpf", path(&base)?, "-C", path(&root)?])?;
-    run(&["cp", "-a", &format!("{}/.", path(image_root)?), path(&root)?])?;
+    run(&[
+        "cp",
+        "-a",
+        &format!("{}/.", path(image_root)?),
+        path(&root)?,
+    ])?;
     Ok(ImageSpec {
         tag: format!("{SWITCHYARD_REPOSITORY}:{SWITCHYARD_TAG}"),
         entrypoint: vec!["/usr/bin/switchyard".into()],
@@ -137,21 +188,28 @@ fn switchyard(work: &Path, image_root: &Path) -> Result<ImageSpec> {
     })
 }
 
-/// The Dockerfile's runtime base (bookworm with bpftool, iproute2,
-/// ca-certificates), made once with debootstrap and cached as a tarball.
-fn debian_base() -> Result<PathBuf> {
+/// A Debian bookworm root with `packages` (the agent's: the Dockerfile's
+/// runtime base), made once with debootstrap and cached as a tarball.
+fn debian_base(packages: &str) -> Result<PathBuf> {
     let cache = dirs_cache().join("images");
     std::fs::create_dir_all(&cache)?;
-    let tar = cache.join(format!("bookworm-minbase-{}.tar", AGENT_PACKAGES.replace(',', "-")));
+    let tar = cache.join(format!(
+        "bookworm-minbase-{}.tar",
+        packages.replace(',', "-")
+    ));
     if tar.exists() {
         return Ok(tar);
     }
     let root = cache.join("bookworm-root.tmp");
     let _ = std::fs::remove_dir_all(&root);
-    eprintln!("cluster: debootstrap of the agent image's Debian root (a few minutes, once)");
+    eprintln!("cluster: debootstrap of a Debian root with {packages} (a few minutes, once)");
     run(&[
-        "debootstrap", "--variant=minbase", &format!("--include={AGENT_PACKAGES}"), "bookworm",
-        path(&root)?, DEBIAN_MIRROR,
+        "debootstrap",
+        "--variant=minbase",
+        &format!("--include={packages}"),
+        "bookworm",
+        path(&root)?,
+        DEBIAN_MIRROR,
     ])
     .context("debootstrap (apt-get install debootstrap)")?;
     // What the Dockerfile's `rm -rf /var/lib/apt/lists/*` drops, and caches.
@@ -159,7 +217,15 @@ fn debian_base() -> Result<PathBuf> {
         let _ = std::fs::remove_dir_all(root.join(dir));
     }
     let partial = tar.with_extension("partial");
-    run(&["tar", "--numeric-owner", "-cpf", path(&partial)?, "-C", path(&root)?, "."])?;
+    run(&[
+        "tar",
+        "--numeric-owner",
+        "-cpf",
+        path(&partial)?,
+        "-C",
+        path(&root)?,
+        ".",
+    ])?;
     std::fs::rename(&partial, &tar)?;
     std::fs::remove_dir_all(&root)?;
     Ok(tar)
@@ -170,17 +236,22 @@ fn dirs_cache() -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("switchyard")))
         .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/switchyard")
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/switchyard")
         })
 }
 
 fn path(p: &Path) -> Result<&str> {
-    p.to_str().with_context(|| format!("non-UTF-8 path {}", p.display()))
+    p.to_str()
+        .with_context(|| format!("non-UTF-8 path {}", p.display()))
 }
 
 fn sha256_of(file: &Path) -> Result<String> {
     let out = run(&["sha256sum", path(file)?])?;
-    out.split_whitespace().next().map(String::from).context("sha256sum printed nothing")
+    out.split_whitespace()
+        .next()
+        .map(String::from)
+        .context("sha256sum printed nothing")
 }
 
 /// One-layer docker-archive (what `docker save` writes), which
@@ -190,7 +261,15 @@ fn write_archive(work: &Path, spec: &ImageSpec) -> Result<PathBuf> {
     let dir = work.join(format!("{name}.d"));
     std::fs::create_dir_all(&dir)?;
     let layer = dir.join("layer.tar");
-    run(&["tar", "--numeric-owner", "-cf", path(&layer)?, "-C", path(&spec.root)?, "."])?;
+    run(&[
+        "tar",
+        "--numeric-owner",
+        "-cf",
+        path(&layer)?,
+        "-C",
+        path(&spec.root)?,
+        ".",
+    ])?;
     let diff_id = sha256_of(&layer)?;
     let config = serde_json::json!({
         "architecture": "amd64",
@@ -213,7 +292,15 @@ fn write_archive(work: &Path, spec: &ImageSpec) -> Result<PathBuf> {
     std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&manifest)?)?;
     let tar = work.join(format!("{name}.tar"));
     let status = Command::new("tar")
-        .args(["-cf", path(&tar)?, "-C", path(&dir)?, "manifest.json", "config.json", "layer.tar"])
+        .args([
+            "-cf",
+            path(&tar)?,
+            "-C",
+            path(&dir)?,
+            "manifest.json",
+            "config.json",
+            "layer.tar",
+        ])
         .status()?;
     if !status.success() {
         bail!("tar of {} failed", spec.tag);

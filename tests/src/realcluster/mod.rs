@@ -16,6 +16,7 @@ pub mod layout;
 pub mod network;
 pub mod node;
 pub mod pki;
+pub mod proxy;
 pub mod status;
 
 use std::io::Write as _;
@@ -25,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use layout::{NODE_CGROUP2_MOUNT, OUTSIDE_NS, admin_kubeconfig, node_mount_ns, node_name, state_dir};
+use layout::{
+    NODE_CGROUP2_MOUNT, OUTSIDE_NS, admin_kubeconfig, node_mount_ns, node_name, state_dir,
+};
 use pki::Pki;
 
 /// What `up` builds: the node count and where `cargo xtask image-root` put
@@ -33,16 +36,19 @@ use pki::Pki;
 pub struct UpOptions<'a> {
     pub nodes: u8,
     pub image_root: &'a Path,
-    /// Install Switchyard with helm (off: a cluster without a service proxy,
-    /// e.g. for kube-proxy).
-    pub install_switchyard: bool,
+    /// The service proxy: Switchyard (helm install), the real kube-proxy,
+    /// or none.
+    pub proxy: proxy::Proxy,
 }
 
 /// Brings the cluster up; on failure removes what it made and says why.
 pub fn up(opts: &UpOptions) -> Result<()> {
     anyhow::ensure!((1..=9).contains(&opts.nodes), "--nodes must be 1 to 9");
     if state_dir().join("nodes").exists() || network::netns_exists(OUTSIDE_NS) {
-        bail!("a cluster exists already (state in {}): `cargo xtask cluster down` first", state_dir().display());
+        bail!(
+            "a cluster exists already (state in {}): `cargo xtask cluster down` first",
+            state_dir().display()
+        );
     }
     std::fs::create_dir_all(state_dir())?;
     std::fs::write(state_dir().join("nodes"), opts.nodes.to_string())?;
@@ -58,7 +64,12 @@ pub fn up(opts: &UpOptions) -> Result<()> {
 
 fn bring_up(opts: &UpOptions) -> Result<()> {
     let started = Instant::now();
-    let step = |what: &str| eprintln!("cluster: [{:>5.1}s] {what}", started.elapsed().as_secs_f64());
+    let step = |what: &str| {
+        eprintln!(
+            "cluster: [{:>5.1}s] {what}",
+            started.elapsed().as_secs_f64()
+        )
+    };
     let nodes: Vec<u8> = (1..=opts.nodes).collect();
     step("building images");
     let tars = images::build_all(opts.image_root)?;
@@ -85,11 +96,14 @@ fn bring_up(opts: &UpOptions) -> Result<()> {
     }
     step("waiting for pod CIDRs");
     wire_pod_cidrs(&nodes)?;
-    wait_until("every node Ready", Duration::from_secs(120), || status::all_nodes_ready(&nodes))?;
-    step("installing CoreDNS and Switchyard (helm install)");
-    if opts.install_switchyard {
-        addons::helm_install()?;
-    }
+    wait_until("every node Ready", Duration::from_secs(120), || {
+        status::all_nodes_ready(&nodes)
+    })?;
+    step(&format!(
+        "installing the service proxy ({}) and CoreDNS",
+        opts.proxy
+    ));
+    opts.proxy.install(&nodes, &pki)?;
     addons::install_coredns()?;
     step("cluster up");
     Ok(())
@@ -101,13 +115,23 @@ fn wire_pod_cidrs(nodes: &[u8]) -> Result<()> {
     let mut cidrs = Vec::new();
     for &n in nodes {
         let mut cidr = String::new();
-        wait_until(&format!("{} registered with a podCIDR", node_name(n)), Duration::from_secs(90), || {
-            cidr = kubectl(&["get", "node", &node_name(n), "-o", "jsonpath={.spec.podCIDR}"])
+        wait_until(
+            &format!("{} registered with a podCIDR", node_name(n)),
+            Duration::from_secs(90),
+            || {
+                cidr = kubectl(&[
+                    "get",
+                    "node",
+                    &node_name(n),
+                    "-o",
+                    "jsonpath={.spec.podCIDR}",
+                ])
                 .unwrap_or_default()
                 .trim()
                 .to_string();
-            Ok(!cidr.is_empty())
-        })
+                Ok(!cidr.is_empty())
+            },
+        )
         .map_err(|e| e.context(daemon::log_tail(&format!("kubelet-{}", node_name(n)), 20)))?;
         node::write_cni_config(n, &cidr)?;
         cidrs.push((n, cidr));
@@ -128,13 +152,19 @@ pub fn down() -> Result<()> {
     let nodes = recorded_nodes();
     let mut errors = Vec::new();
     for &n in &nodes {
-        if let Err(e) = daemon::stop(&format!("kubelet-{}", node_name(n)), Duration::from_secs(10)) {
+        if let Err(e) = daemon::stop(
+            &format!("kubelet-{}", node_name(n)),
+            Duration::from_secs(10),
+        ) {
             errors.push(format!("{e:#}"));
         }
     }
     // Containers, their shims and containerd all live in the node's cgroups.
     for &n in &nodes {
-        let _ = daemon::stop(&format!("containerd-{}", node_name(n)), Duration::from_secs(5));
+        let _ = daemon::stop(
+            &format!("containerd-{}", node_name(n)),
+            Duration::from_secs(5),
+        );
         errors.extend(node::remove_cgroups(n));
     }
     for name in control_plane::DAEMONS.iter().rev() {
@@ -185,7 +215,13 @@ pub fn recorded_nodes() -> Vec<u8> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix("sy-node")?.parse().ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("sy-node")?
+                .parse()
+                .ok()
+        })
         .collect();
     nodes.sort();
     nodes
@@ -193,7 +229,12 @@ pub fn recorded_nodes() -> Vec<u8> {
 
 /// Runs a command in the outside client's namespace (where a user's
 /// kubectl and helm would be), with the admin kubeconfig.
-fn outside(program: &Path, args: &[&str], stdin: Option<&str>, timeout: Duration) -> Result<String> {
+fn outside(
+    program: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+    timeout: Duration,
+) -> Result<String> {
     let mut child = Command::new("timeout")
         .arg(timeout.as_secs().to_string())
         .arg("nsenter")
@@ -201,7 +242,11 @@ fn outside(program: &Path, args: &[&str], stdin: Option<&str>, timeout: Duration
         .arg(program)
         .args(args)
         .env("KUBECONFIG", admin_kubeconfig())
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -211,12 +256,19 @@ fn outside(program: &Path, args: &[&str], stdin: Option<&str>, timeout: Duration
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        let name = program.file_name().and_then(|n| n.to_str()).unwrap_or("command");
+        let name = program
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("command");
         bail!(
             "{name} {}: {}{}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim(),
-            if out.status.code() == Some(124) { format!(" (timed out after {timeout:?})") } else { String::new() }
+            if out.status.code() == Some(124) {
+                format!(" (timed out after {timeout:?})")
+            } else {
+                String::new()
+            }
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -224,20 +276,39 @@ fn outside(program: &Path, args: &[&str], stdin: Option<&str>, timeout: Duration
 
 /// kubectl as the cluster admin, from outside the cluster.
 pub fn kubectl(args: &[&str]) -> Result<String> {
-    outside(&crate::apiserver::k8s_bin("kubectl")?, args, None, Duration::from_secs(60))
+    outside(
+        &crate::apiserver::k8s_bin("kubectl")?,
+        args,
+        None,
+        Duration::from_secs(60),
+    )
 }
 
 pub fn kubectl_apply(yaml: &str) -> Result<String> {
-    outside(&crate::apiserver::k8s_bin("kubectl")?, &["apply", "-f", "-"], Some(yaml), Duration::from_secs(60))
+    outside(
+        &crate::apiserver::k8s_bin("kubectl")?,
+        &["apply", "-f", "-"],
+        Some(yaml),
+        Duration::from_secs(60),
+    )
 }
 
 pub fn helm(args: &[&str]) -> Result<String> {
-    outside(&crate::apiserver::k8s_bin("helm")?, args, None, Duration::from_secs(300))
+    outside(
+        &crate::apiserver::k8s_bin("helm")?,
+        args,
+        None,
+        Duration::from_secs(300),
+    )
 }
 
 /// Polls `ready` until it holds; an error from it is remembered and shown
 /// if time runs out.
-pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
+pub fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut ready: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let started = Instant::now();
     let mut last = String::new();
     loop {

@@ -23,8 +23,26 @@ fn ns_run(ns: &str, argv: &[&str]) -> Result<String> {
 pub fn create_fabric() -> Result<()> {
     run(&["ip", "netns", "add", FABRIC_NS])?;
     run(&["ip", "-n", FABRIC_NS, "link", "set", "lo", "up"])?;
-    run(&["ip", "-n", FABRIC_NS, "link", "add", FABRIC_BRIDGE, "type", "bridge"])?;
-    run(&["ip", "-n", FABRIC_NS, "addr", "add", &format!("{FABRIC_GATEWAY}/24"), "dev", FABRIC_BRIDGE])?;
+    run(&[
+        "ip",
+        "-n",
+        FABRIC_NS,
+        "link",
+        "add",
+        FABRIC_BRIDGE,
+        "type",
+        "bridge",
+    ])?;
+    run(&[
+        "ip",
+        "-n",
+        FABRIC_NS,
+        "addr",
+        "add",
+        &format!("{FABRIC_GATEWAY}/24"),
+        "dev",
+        FABRIC_BRIDGE,
+    ])?;
     run(&["ip", "-n", FABRIC_NS, "link", "set", FABRIC_BRIDGE, "up"])?;
     Ok(())
 }
@@ -38,10 +56,38 @@ fn attach(ns: &str, port: &str, addr: std::net::Ipv4Addr) -> Result<()> {
         "ip", "-n", FABRIC_NS, "link", "add", port, "type", "veth", "peer", "name", NODE_IFACE,
         "netns", ns,
     ])?;
-    run(&["ip", "-n", FABRIC_NS, "link", "set", port, "master", FABRIC_BRIDGE, "up"])?;
-    run(&["ip", "-n", ns, "addr", "add", &format!("{addr}/24"), "dev", NODE_IFACE])?;
+    run(&[
+        "ip",
+        "-n",
+        FABRIC_NS,
+        "link",
+        "set",
+        port,
+        "master",
+        FABRIC_BRIDGE,
+        "up",
+    ])?;
+    run(&[
+        "ip",
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{addr}/24"),
+        "dev",
+        NODE_IFACE,
+    ])?;
     run(&["ip", "-n", ns, "link", "set", NODE_IFACE, "up"])?;
-    run(&["ip", "-n", ns, "route", "add", "default", "via", FABRIC_GATEWAY])?;
+    run(&[
+        "ip",
+        "-n",
+        ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        FABRIC_GATEWAY,
+    ])?;
     Ok(())
 }
 
@@ -63,7 +109,14 @@ pub fn create_outside() -> Result<()> {
 /// Node `n` routes `cidr` (another node's pods) through that node's IP.
 pub fn route_pod_cidr(n: u8, cidr: &str, via_node: u8) -> Result<()> {
     run(&[
-        "ip", "-n", &node_ns(n), "route", "replace", cidr, "via", &node_ip(via_node).to_string(),
+        "ip",
+        "-n",
+        &node_ns(n),
+        "route",
+        "replace",
+        cidr,
+        "via",
+        &node_ip(via_node).to_string(),
     ])
     .map(|_| ())
 }

@@ -29,7 +29,13 @@ pub fn create_mount_ns(n: u8) -> Result<()> {
     let file = node_mount_ns(n);
     std::fs::write(&file, "")?;
     let f = file.to_str().context("ns path")?;
-    run(&["unshare", &format!("--mount={f}"), "--propagation", "slave", "true"])?;
+    run(&[
+        "unshare",
+        &format!("--mount={f}"),
+        "--propagation",
+        "slave",
+        "true",
+    ])?;
     let cgroup = format!("{CGROUP_V2_ROOT}/{}", node_name(n));
     for dir in std::iter::once(&NODE_CGROUP2_MOUNT).chain(NODE_PRIVATE_DIRS.iter()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
@@ -101,7 +107,10 @@ pub fn remove_cgroups(n: u8) -> Vec<String> {
         let mut left = 0;
         for h in &hierarchies {
             for dir in subtree(&h.join(node_name(n))) {
-                for pid in std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+                for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                {
                     if let Ok(pid) = pid.trim().parse::<i32>() {
                         left += 1;
                         // SAFETY: kill(2) of a process in the node's cgroup.
@@ -229,7 +238,14 @@ evictionHard: {{memory.available: "100Mi", nodefs.available: "1%", imagefs.avail
 /// Writes the node's configuration and starts containerd.
 pub fn start_containerd(n: u8) -> Result<()> {
     let d = node_dir(n);
-    for sub in ["containerd", "cni/net.d", "cni/ipam", "manifests", "pod-logs", "kubelet"] {
+    for sub in [
+        "containerd",
+        "cni/net.d",
+        "cni/ipam",
+        "manifests",
+        "pod-logs",
+        "kubelet",
+    ] {
         std::fs::create_dir_all(d.join(sub))?;
     }
     let config = d.join("containerd.toml");
@@ -237,7 +253,11 @@ pub fn start_containerd(n: u8) -> Result<()> {
     daemon::start(
         &format!("containerd-{}", node_name(n)),
         Place::Node(n),
-        &["containerd".into(), "--config".into(), config.display().to_string()],
+        &[
+            "containerd".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
     )?;
     wait_for_containerd(n)
 }
@@ -253,13 +273,22 @@ fn wait_for_containerd(n: u8) -> Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    bail!("{name} not answering after 10 s:\n{}", daemon::log_tail(&name, 20))
+    bail!(
+        "{name} not answering after 10 s:\n{}",
+        daemon::log_tail(&name, 20)
+    )
 }
 
 /// `ctr -n k8s.io` against node `n`'s containerd.
 pub fn ctr(n: u8, args: &[&str]) -> Result<String> {
     let sock = containerd_socket(n);
-    let mut argv = vec!["ctr", "--address", sock.to_str().context("socket path")?, "-n", "k8s.io"];
+    let mut argv = vec![
+        "ctr",
+        "--address",
+        sock.to_str().context("socket path")?,
+        "-n",
+        "k8s.io",
+    ];
     argv.extend_from_slice(args);
     run(&argv)
 }
@@ -321,7 +350,13 @@ pub fn write_cni_config(n: u8, pod_cidr: &str) -> Result<()> {
 pub fn ctr_with_timeout(n: u8, args: &[&str], limit: std::time::Duration) -> Result<String> {
     let sock = containerd_socket(n);
     let secs = limit.as_secs().max(1).to_string();
-    let mut argv = vec!["timeout", &secs, "ctr", "--address", sock.to_str().context("socket path")?];
+    let mut argv = vec![
+        "timeout",
+        &secs,
+        "ctr",
+        "--address",
+        sock.to_str().context("socket path")?,
+    ];
     argv.extend_from_slice(args);
     run(&argv)
 }

@@ -35,7 +35,12 @@ impl Pki {
             ("admin", "/O=system:masters/CN=kubernetes-admin"),
             ("controller-manager", "/CN=system:kube-controller-manager"),
             ("scheduler", "/CN=system:kube-scheduler"),
-            ("apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client"),
+            (
+                "apiserver-kubelet-client",
+                "/O=system:masters/CN=kube-apiserver-kubelet-client",
+            ),
+            // Bound to system:node-proxier by the default RBAC policy.
+            ("kube-proxy", "/CN=system:kube-proxy"),
         ] {
             pki.client(name, subject)?;
         }
@@ -43,8 +48,22 @@ impl Pki {
             let node = node_name(n);
             pki.client(&node, &format!("/O=system:nodes/CN=system:node:{node}"))?;
         }
-        openssl(&pki.dir, &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key"])?;
-        openssl(&pki.dir, &["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
+        openssl(
+            &pki.dir,
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+                "sa.key",
+            ],
+        )?;
+        openssl(
+            &pki.dir,
+            &["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"],
+        )?;
         Ok(pki)
     }
 
@@ -52,11 +71,25 @@ impl Pki {
         openssl(
             &self.dir,
             &[
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "30",
-                "-subj", "/CN=switchyard-cluster-ca",
-                "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=switchyard-cluster-ca",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
             ],
         )
     }
@@ -70,14 +103,17 @@ impl Pki {
             &self.dir,
             "apiserver",
             "/CN=kube-apiserver",
-            &format!("subjectAltName={sans}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"),
+            &format!(
+                "subjectAltName={sans}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+            ),
         )
     }
 
     /// A client certificate and a kubeconfig `<name>.kubeconfig` with it.
     fn client(&self, name: &str, subject: &str) -> Result<()> {
         issue(&self.dir, name, subject, CLIENT_EXT)?;
-        let read = |f: String| std::fs::read(self.dir.join(&f)).with_context(|| format!("reading {f}"));
+        let read =
+            |f: String| std::fs::read(self.dir.join(&f)).with_context(|| format!("reading {f}"));
         let credentials = format!(
             "    client-certificate-data: {}\n    client-key-data: {}\n",
             base64(&read(format!("{name}.crt"))?),
@@ -105,7 +141,11 @@ impl Pki {
 
     pub fn node_kubeconfig(&self, n: u8) -> Result<PathBuf> {
         let path = self.kubeconfig(&node_name(n));
-        anyhow::ensure!(path.exists(), "{} missing: the cluster was made with fewer nodes", path.display());
+        anyhow::ensure!(
+            path.exists(),
+            "{} missing: the cluster was made with fewer nodes",
+            path.display()
+        );
         Ok(path)
     }
 }

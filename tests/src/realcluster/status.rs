@@ -29,16 +29,31 @@ pub fn report() -> Result<String> {
     }
     for &n in &nodes {
         let node = node_name(n);
-        check(format!("containerd-{node}"), process(&format!("containerd-{node}")).and_then(|pid| {
-            super::node::ctr_with_timeout(n, &["version"], Duration::from_secs(5))
-                .map(|_| format!("{pid}, answering"))
-        }));
-        check(format!("kubelet-{node}"), process(&format!("kubelet-{node}")).and_then(|pid| {
-            kubelet_healthz(n).map(|_| format!("{pid}, healthz ok"))
-        }));
+        check(
+            format!("containerd-{node}"),
+            process(&format!("containerd-{node}")).and_then(|pid| {
+                super::node::ctr_with_timeout(n, &["version"], Duration::from_secs(5))
+                    .map(|_| format!("{pid}, answering"))
+            }),
+        );
+        check(
+            format!("kubelet-{node}"),
+            process(&format!("kubelet-{node}"))
+                .and_then(|pid| kubelet_healthz(n).map(|_| format!("{pid}, healthz ok"))),
+        );
     }
     check("nodes Ready".into(), nodes_ready(&nodes));
-    check("switchyard DaemonSet".into(), daemonset_ready());
+    if super::daemon::recorded()
+        .iter()
+        .any(|d| d.starts_with("kube-proxy-"))
+    {
+        for &n in &nodes {
+            let name = format!("kube-proxy-{}", node_name(n));
+            check(name.clone(), process(&name));
+        }
+    } else {
+        check("switchyard DaemonSet".into(), daemonset_ready());
+    }
     let text = lines.join("\n");
     if failed.is_empty() {
         Ok(text)
@@ -50,13 +65,24 @@ pub fn report() -> Result<String> {
 fn process(name: &str) -> Result<String> {
     match daemon::running_pid(name) {
         Some(pid) => Ok(format!("pid {pid}")),
-        None => bail!("not running; log {}:\n{}", daemon::log_path(name).display(), daemon::log_tail(name, 5)),
+        None => bail!(
+            "not running; log {}:\n{}",
+            daemon::log_path(name).display(),
+            daemon::log_tail(name, 5)
+        ),
     }
 }
 
 fn kubelet_healthz(n: u8) -> Result<()> {
     let out = crate::command::run(&[
-        "timeout", "5", "ip", "netns", "exec", &super::layout::node_ns(n), "curl", "-sf",
+        "timeout",
+        "5",
+        "ip",
+        "netns",
+        "exec",
+        &super::layout::node_ns(n),
+        "curl",
+        "-sf",
         "http://127.0.0.1:10248/healthz",
     ])?;
     anyhow::ensure!(out.trim() == "ok", "healthz said {out:?}");
@@ -92,10 +118,20 @@ pub fn all_nodes_ready(nodes: &[u8]) -> Result<bool> {
 
 fn daemonset_ready() -> Result<String> {
     let out = super::kubectl(&[
-        "--request-timeout=5s", "-n", super::addons::NAMESPACE, "get", "ds", super::addons::RELEASE, "-o",
+        "--request-timeout=5s",
+        "-n",
+        super::addons::NAMESPACE,
+        "get",
+        "ds",
+        super::addons::RELEASE,
+        "-o",
         "jsonpath={.status.numberReady}/{.status.desiredNumberScheduled}",
     ])?;
     let (ready, desired) = out.trim().split_once('/').unwrap_or(("", ""));
-    anyhow::ensure!(!desired.is_empty() && ready == desired, "{} ready", out.trim());
+    anyhow::ensure!(
+        !desired.is_empty() && ready == desired,
+        "{} ready",
+        out.trim()
+    );
     Ok(format!("{} ready", out.trim()))
 }

@@ -1,0 +1,271 @@
+//! Kubernetes' own sig-network e2e tests (`e2e.test`, built from the
+//! `k8s.io/kubernetes` module at the cluster's version) against the real
+//! cluster, with Switchyard or the real kube-proxy as its service proxy;
+//! one ginkgo JSON and JUnit report per proxy under `docs/conformance/`,
+//! and `docs/conformance.md`: one row per case, one column per proxy.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::apiserver::k8s_bin;
+use crate::realcluster::layout::{OUTSIDE_NS, admin_kubeconfig};
+use crate::realcluster::proxy::Proxy;
+use crate::realcluster::{self, UpOptions};
+
+/// What the issue asks to run: every sig-network case about services.
+pub const FOCUS: &str = r"\[sig-network\].*(Services|Conntrack|Networking|EndpointSlice|Service endpoints latency|Traffic Distribution|Topology Hints)";
+
+/// Cases that cannot run on this cluster, each with the reason (shown in
+/// docs/conformance.md).
+pub const SKIPS: [(&str, &str); 7] = [
+    (
+        r"\[Disruptive\]",
+        "restarts nodes or components over SSH, which this cluster has no provider for",
+    ),
+    (
+        r"\[Slow\]",
+        "minutes each (affinity timeouts, large scales); left out of the default run for time, run with --focus",
+    ),
+    (r"\[Flaky\]", "marked flaky upstream"),
+    (
+        r"LoadBalancer|ESIPP",
+        "needs a cloud load-balancer provider",
+    ),
+    (
+        r"IPv6|DualStack|\[Feature:IPv6",
+        "the cluster is IPv4-only (Switchyard is IPv4-only)",
+    ),
+    (
+        r"\[Feature:",
+        "an alpha/optional feature this cluster does not enable",
+    ),
+    (
+        r"\[FeatureGate:PreferSameTrafficDistribution\]",
+        "beta feature gate off by default in v1.34's kube-apiserver here",
+    ),
+];
+
+pub fn skip_regex() -> String {
+    SKIPS
+        .iter()
+        .map(|(re, _)| *re)
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// Where a proxy's reports go.
+pub fn report_dir(docs: &Path, proxy: Proxy) -> PathBuf {
+    docs.join("conformance").join(proxy.to_string())
+}
+
+/// Brings the cluster up with `proxy`, runs e2e.test on it, keeps the
+/// reports, brings it down.
+pub fn run(proxy: Proxy, focus: &str, image_root: &Path, docs: &Path) -> Result<PathBuf> {
+    let e2e = k8s_bin("e2e.test")?;
+    realcluster::up(&UpOptions {
+        nodes: 2,
+        image_root,
+        proxy,
+    })?;
+    let result = run_e2e(&e2e, proxy, focus, docs);
+    let down = realcluster::down();
+    let dir = result?;
+    down?;
+    Ok(dir)
+}
+
+fn run_e2e(e2e: &Path, proxy: Proxy, focus: &str, docs: &Path) -> Result<PathBuf> {
+    let dir = report_dir(docs, proxy);
+    std::fs::create_dir_all(&dir)?;
+    let work = realcluster::layout::state_dir().join("e2e");
+    std::fs::create_dir_all(&work)?;
+    let log_path = dir.join("e2e.log");
+    let log = std::fs::File::create(&log_path)?;
+    let started = Instant::now();
+    eprintln!(
+        "conformance: running e2e.test for {proxy} (log {})",
+        log_path.display()
+    );
+    let status = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{OUTSIDE_NS}"))
+        .arg(e2e)
+        .arg(format!("--kubeconfig={}", admin_kubeconfig().display()))
+        .arg(format!("--kubectl-path={}", k8s_bin("kubectl")?.display()))
+        .args([
+            "--provider=local",
+            "--num-nodes=2",
+            "--allowed-not-ready-nodes=0",
+            "--minStartupPods=0",
+            "--disable-log-dump",
+            "--dump-logs-on-failure=false",
+            "--ginkgo.no-color",
+            "--ginkgo.v",
+            "--ginkgo.timeout=8h",
+        ])
+        .arg(format!("--ginkgo.focus={focus}"))
+        .arg(format!("--ginkgo.skip={}", skip_regex()))
+        .arg(format!(
+            "--ginkgo.json-report={}",
+            dir.join("report.json").display()
+        ))
+        .arg(format!(
+            "--ginkgo.junit-report={}",
+            dir.join("junit.xml").display()
+        ))
+        .env("HOME", &work)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .status()
+        .context("starting e2e.test")?;
+    eprintln!(
+        "conformance: e2e.test for {proxy} finished in {:.0} s ({status})",
+        started.elapsed().as_secs_f64()
+    );
+    if !dir.join("report.json").exists() {
+        bail!("e2e.test wrote no report; see {}", log_path.display());
+    }
+    Ok(dir)
+}
+
+/// One case's outcome for one proxy.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub state: String,
+    pub seconds: f64,
+    pub failure: String,
+}
+
+/// `case name → outcome` from a ginkgo JSON report.
+pub fn read_report(path: &Path) -> Result<BTreeMap<String, Outcome>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let suites: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut cases = BTreeMap::new();
+    for suite in suites.as_array().into_iter().flatten() {
+        for spec in suite["SpecReports"].as_array().into_iter().flatten() {
+            if spec["LeafNodeType"] != "It" {
+                continue;
+            }
+            let mut name: Vec<String> = spec["ContainerHierarchyTexts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect();
+            name.push(
+                spec["LeafNodeText"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+            let failure = spec["Failure"]["Message"].as_str().unwrap_or_default();
+            cases.insert(
+                name.join(" ").trim().to_string(),
+                Outcome {
+                    state: spec["State"].as_str().unwrap_or("unknown").to_string(),
+                    seconds: spec["RunTime"].as_f64().unwrap_or(0.0) / 1e9,
+                    failure: failure
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(160)
+                        .collect(),
+                },
+            );
+        }
+    }
+    Ok(cases)
+}
+
+const PROXIES: [&str; 3] = ["switchyard", "kube-proxy-nftables", "kube-proxy-iptables"];
+const BEGIN: &str = "<!-- conformance table: written by `cargo xtask conformance report` -->";
+const END: &str = "<!-- end of conformance table -->";
+
+fn cell(outcome: Option<&Outcome>) -> String {
+    match outcome {
+        None => "—".into(),
+        Some(o) if o.state == "passed" => format!("pass ({:.0} s)", o.seconds),
+        Some(o) if o.state == "failed" || o.state == "timedout" || o.state == "panicked" => {
+            format!(
+                "**{}**: {}",
+                o.state.to_uppercase(),
+                o.failure.replace('|', "\\|")
+            )
+        }
+        Some(o) => o.state.clone(),
+    }
+}
+
+/// Writes the table between the markers of docs/conformance.md (text around
+/// them is kept): one row per case that ran for any proxy.
+pub fn write_table(docs: &Path) -> Result<PathBuf> {
+    let mut reports = Vec::new();
+    for proxy in PROXIES {
+        let path = docs.join("conformance").join(proxy).join("report.json");
+        reports.push(if path.exists() {
+            Some(read_report(&path)?)
+        } else {
+            None
+        });
+    }
+    let mut names: Vec<&String> = reports.iter().flatten().flat_map(|r| r.keys()).collect();
+    names.sort();
+    names.dedup();
+    let mut table = format!(
+        "{BEGIN}\n\n| case | {} |\n| --- |{}\n",
+        PROXIES.join(" | "),
+        " --- |".repeat(PROXIES.len())
+    );
+    let mut totals = vec![(0usize, 0usize); PROXIES.len()];
+    for name in names {
+        let ran = reports.iter().flatten().any(|r| {
+            r.get(name)
+                .is_some_and(|o| o.state != "skipped" && o.state != "pending")
+        });
+        if !ran {
+            continue;
+        }
+        let cells: Vec<String> = reports
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let o = r.as_ref().and_then(|r| r.get(name));
+                if let Some(o) = o {
+                    totals[i].1 += 1;
+                    if o.state == "passed" {
+                        totals[i].0 += 1;
+                    }
+                }
+                cell(o)
+            })
+            .collect();
+        table.push_str(&format!(
+            "| {} | {} |\n",
+            name.replace('|', "\\|"),
+            cells.join(" | ")
+        ));
+    }
+    let totals: Vec<String> = totals
+        .iter()
+        .map(|(p, n)| format!("{p} of {n} passed"))
+        .collect();
+    table.push_str(&format!("| **total** | {} |\n\n{END}", totals.join(" | ")));
+    let path = docs.join("conformance.md");
+    let old = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| format!("# Conformance\n\n{BEGIN}\n{END}\n"));
+    let (before, rest) = old
+        .split_once(BEGIN)
+        .context("no table marker in docs/conformance.md")?;
+    let (_, after) = rest
+        .split_once(END)
+        .context("no end marker in docs/conformance.md")?;
+    std::fs::write(&path, format!("{before}{table}{after}"))?;
+    Ok(path)
+}
