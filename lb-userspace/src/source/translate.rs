@@ -334,6 +334,13 @@ impl Translator {
                 .and_then(|s| s.load_balancer.as_ref())
                 .and_then(|lb| lb.ingress.as_ref());
             for (i, entry) in ingress.into_iter().flatten().enumerate() {
+                // ipMode Proxy: the load balancer terminates or rewrites the
+                // traffic (TLS, PROXY protocol); in-cluster clients must go
+                // through it, so the IP is not ours to translate (kube-proxy
+                // ≥ 1.32 leaves it alone too).
+                if entry.ip_mode.as_deref() == Some("Proxy") {
+                    continue;
+                }
                 if let Some(ip) = entry.ip.as_deref() {
                     access.load_balancer_ips.extend(ipv4(
                         self,
@@ -358,6 +365,13 @@ impl Translator {
                         format!("{range:?} is not an IPv4 CIDR"),
                     ),
                 }
+            }
+            // A load balancer that hairpins sends with its own VIP as the
+            // source: admitted like kube-proxy does.
+            if !access.source_ranges.is_empty() {
+                let own: Vec<(Ipv4Addr, u8)> =
+                    access.load_balancer_ips.iter().map(|ip| (*ip, 32)).collect();
+                access.source_ranges.extend(own);
             }
         }
         for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
@@ -923,7 +937,7 @@ spec:
   loadBalancerSourceRanges: [10.10.0.0/24, 10.0.0.0/99]
   ports: [{name: http, port: 80, nodePort: 30080}, {name: dns, port: 53, protocol: UDP, nodePort: 30053}]
 status:
-  loadBalancer: {ingress: [{ip: 192.0.2.10}, {hostname: lb.example.com}]}
+  loadBalancer: {ingress: [{ip: 192.0.2.10}, {hostname: lb.example.com}, {ip: 192.0.2.11, ipMode: Proxy}]}
 ---
 apiVersion: v1
 kind: Service
@@ -955,7 +969,16 @@ spec: {clusterIP: 10.96.0.71, ports: [{port: 80, nodePort: 30081}]}
         assert_eq!(e.external_ips, vec![Ipv4Addr::new(192, 0, 2, 20)]);
         assert!(e.traffic_local);
         assert_eq!(e.health_check_node_port, Some(32000));
-        assert_eq!(e.source_ranges, vec![(Ipv4Addr::new(10, 10, 0, 0), 24)]);
+        // ipMode Proxy (192.0.2.11) is the load balancer's to handle.
+        assert_eq!(e.load_balancer_ips, vec![Ipv4Addr::new(192, 0, 2, 10)]);
+        // The LB's own VIP is admitted as a source (hairpinning LBs).
+        assert_eq!(
+            e.source_ranges,
+            vec![
+                (Ipv4Addr::new(10, 10, 0, 0), 24),
+                (Ipv4Addr::new(192, 0, 2, 10), 32)
+            ]
+        );
         let dns = t
             .desired
             .services
