@@ -150,7 +150,10 @@ fn keep_cases_that_ran(full: &Path, dir: &Path) -> Result<()> {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn junit(cases: &BTreeMap<String, Outcome>) -> String {
@@ -160,9 +163,17 @@ fn junit(cases: &BTreeMap<String, Outcome>) -> String {
         cases.len()
     );
     for (name, o) in cases {
-        out.push_str(&format!("    <testcase name=\"{}\" time=\"{:.1}\">", xml_escape(name), o.seconds));
+        out.push_str(&format!(
+            "    <testcase name=\"{}\" time=\"{:.1}\">",
+            xml_escape(name),
+            o.seconds
+        ));
         if o.state != "passed" {
-            out.push_str(&format!("<failure type=\"{}\" message=\"{}\"/>", xml_escape(&o.state), xml_escape(&o.failure)));
+            out.push_str(&format!(
+                "<failure type=\"{}\" message=\"{}\"/>",
+                xml_escape(&o.state),
+                xml_escape(&o.failure)
+            ));
         }
         out.push_str("</testcase>\n");
     }

@@ -153,6 +153,10 @@ struct Cache {
     slices_of: HashMap<Key, BTreeSet<String>>,
     /// Service → the service-port keys its last translation produced.
     ports_of: HashMap<Key, Vec<Frontend>>,
+    /// Frontend → the Service that last claimed it: a Service gone or
+    /// changed only removes frontends it still owns (a ClusterIP can pass
+    /// from a deleted Service to a new one within a batch, in either order).
+    owner_of: HashMap<Frontend, Key>,
     /// Service → how many problems its last translation reported.
     invalid: HashMap<Key, usize>,
     dirty: BTreeSet<Key>,
@@ -271,11 +275,15 @@ impl Cache {
             }
             let new_keys: Vec<Frontend> = translation.desired.services.keys().copied().collect();
             for old in self.ports_of.remove(&key).unwrap_or_default() {
-                if !translation.desired.services.contains_key(&old) {
+                if !translation.desired.services.contains_key(&old)
+                    && self.owner_of.get(&old) == Some(&key)
+                {
+                    self.owner_of.remove(&old);
                     delta.ports.insert(old, None);
                 }
             }
             for (k, sp) in translation.desired.services {
+                self.owner_of.insert(k, key.clone());
                 delta.ports.insert(k, Some(sp));
             }
             if !new_keys.is_empty() {
@@ -587,6 +595,54 @@ mod tests {
         assert_eq!(gone.ports.len(), 1);
         assert!(gone.ports.values().all(Option::is_none));
         assert!(!c.pending());
+    }
+
+    /// A kube-dns → coredns migration: `kube-system/kube-dns` deleted and
+    /// `kube-system/coredns` created with the same pinned clusterIP, both
+    /// within one batch window (or one relist) — or the deletion arriving
+    /// in a later batch. The new owner's frontend must stay programmed.
+    #[test]
+    fn a_cluster_ip_reused_by_another_service_stays_programmed() {
+        let dns = |name: &str| -> (Key, Service) {
+            let mut svc = service(name, "10.96.0.10", "1");
+            svc.metadata.namespace = Some("kube-system".into());
+            (key_of(&svc.metadata), svc)
+        };
+        let (old_key, old) = dns("kube-dns");
+        let (new_key, new) = dns("coredns");
+        // Same batch: "coredns" sorts before "kube-dns".
+        let mut c = Cache::default();
+        c.set_service(old_key.clone(), Some(old.clone()));
+        c.take_delta();
+        c.set_service(old_key.clone(), None);
+        c.set_service(new_key.clone(), Some(new.clone()));
+        let delta = c.take_delta();
+        assert_eq!(delta.ports.len(), 1, "{:?}", delta.ports.keys());
+        let owner = delta
+            .ports
+            .values()
+            .next()
+            .and_then(Option::as_ref)
+            .map(|sp| sp.name.to_string());
+        assert_eq!(
+            owner.as_deref(),
+            Some("kube-system/coredns:http"),
+            "the frontend was removed"
+        );
+
+        // The deletion in the next batch must not remove coredns's frontend.
+        let mut c = Cache::default();
+        c.set_service(old_key.clone(), Some(old));
+        c.take_delta();
+        c.set_service(new_key, Some(new));
+        c.take_delta();
+        c.set_service(old_key, None);
+        let late = c.take_delta();
+        assert!(
+            late.ports.is_empty(),
+            "kube-dns's deletion removes coredns's frontend: {:?}",
+            late.ports
+        );
     }
 
     #[test]

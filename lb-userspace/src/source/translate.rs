@@ -369,8 +369,11 @@ impl Translator {
             // A load balancer that hairpins sends with its own VIP as the
             // source: admitted like kube-proxy does.
             if !access.source_ranges.is_empty() {
-                let own: Vec<(Ipv4Addr, u8)> =
-                    access.load_balancer_ips.iter().map(|ip| (*ip, 32)).collect();
+                let own: Vec<(Ipv4Addr, u8)> = access
+                    .load_balancer_ips
+                    .iter()
+                    .map(|ip| (*ip, 32))
+                    .collect();
                 access.source_ranges.extend(own);
             }
         }
