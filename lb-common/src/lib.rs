@@ -129,7 +129,8 @@ pub struct ServiceKey {
     pub vip_be: u32,
     pub port_be: u16,
     pub proto: u8,
-    /// Reserved for frontend scopes (external/internal) of later service types.
+    /// Which clients the entry serves ([`frontend_scope`]): everyone, or
+    /// only clients inside the cluster (pods and the node's own processes).
     pub scope: u8,
     pub slot: u16,
     pub _pad: u16,
@@ -137,19 +138,34 @@ pub struct ServiceKey {
 
 impl ServiceKey {
     pub const fn new(vip_be: u32, port_be: u16, proto: u8, slot: u16) -> Self {
+        Self::scoped(vip_be, port_be, proto, frontend_scope::ALL, slot)
+    }
+
+    pub const fn scoped(vip_be: u32, port_be: u16, proto: u8, scope: u8, slot: u16) -> Self {
         Self {
             vip_be,
             port_be,
             proto,
-            scope: 0,
+            scope,
             slot,
             _pad: 0,
         }
     }
 
     pub const fn master(&self) -> Self {
-        Self::new(self.vip_be, self.port_be, self.proto, 0)
+        Self::scoped(self.vip_be, self.port_be, self.proto, self.scope, 0)
     }
+}
+
+/// [`ServiceKey::scope`]: who a frontend's entry serves.
+pub mod frontend_scope {
+    /// Every client (the only entry of most frontends).
+    pub const ALL: u8 = 0;
+    /// Clients inside the cluster: pods and the node's own processes. An
+    /// `externalTrafficPolicy: Local` service's node ports, LB and external
+    /// IPs have one: in-cluster clients use every endpoint (kube-proxy's
+    /// short-circuit), only outside clients are held to the node's own.
+    pub const IN_CLUSTER: u8 = 1;
 }
 
 /// Value of the `services` map. In the master entry (slot 0) `count`,

@@ -16,10 +16,11 @@ use crate::{
 pub fn choose_backend(
     flow: &FlowKey,
     master: &BackendSlot,
+    scope: u8,
     now: u64,
 ) -> Option<(BackendId, Backend)> {
     if master.affinity_timeout_s == 0 {
-        return lookup::pick_backend(flow, master);
+        return lookup::pick_backend(flow, master, scope);
     }
     let key = AffinityKey {
         client_ip_be: flow.src_ip_be,
@@ -38,7 +39,7 @@ pub fn choose_backend(
             return Some((pinned.backend_id, *backend));
         }
     }
-    let (backend_id, backend) = lookup::pick_backend(flow, master)?;
+    let (backend_id, backend) = lookup::pick_backend(flow, master, scope)?;
     let pin = AffinityEntry {
         backend_id,
         _pad: 0,

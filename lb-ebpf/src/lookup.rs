@@ -3,23 +3,44 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use aya_ebpf::maps::lpm_trie::Key;
 use lb_common::{
-    Backend, BackendId, BackendSlot, FlowKey, ServiceKey, SourceRange, flow_hash, service_flags,
+    Backend, BackendId, BackendSlot, FlowKey, ServiceKey, SourceRange, flow_hash, frontend_scope,
+    service_flags,
 };
 
 use crate::maps::{backends, services, source_ranges};
 
-/// The master entry of the frontend this flow is addressed to, if any.
+/// The master entry of the frontend this flow is addressed to, if any, and
+/// its scope: for a client inside the cluster the frontend's in-cluster
+/// entry when it has one.
 #[inline(always)]
-pub fn service_of(flow: &FlowKey) -> Option<BackendSlot> {
+pub fn service_of(flow: &FlowKey, in_cluster: bool) -> Option<(BackendSlot, u8)> {
+    if in_cluster {
+        let key = ServiceKey::scoped(
+            flow.dst_ip_be,
+            flow.dst_port_be,
+            flow.proto,
+            frontend_scope::IN_CLUSTER,
+            0,
+        );
+        if let Some(master) = unsafe { services.get(key) } {
+            return Some((*master, frontend_scope::IN_CLUSTER));
+        }
+    }
     let key = ServiceKey::new(flow.dst_ip_be, flow.dst_port_be, flow.proto, 0);
-    unsafe { services.get(key) }.copied()
+    unsafe { services.get(key) }
+        .copied()
+        .map(|m| (m, frontend_scope::ALL))
 }
 
 /// Picks a backend for a new flow: uniformly at random among the slots,
 /// like kube-proxy's iptables mode, or for a Maglev frontend the table
 /// entry the flow's 5-tuple hashes to (the same on every node).
 #[inline(always)]
-pub fn pick_backend(flow: &FlowKey, master: &BackendSlot) -> Option<(BackendId, Backend)> {
+pub fn pick_backend(
+    flow: &FlowKey,
+    master: &BackendSlot,
+    scope: u8,
+) -> Option<(BackendId, Backend)> {
     let count = master.count as u32;
     if count == 0 {
         return None;
@@ -36,7 +57,13 @@ pub fn pick_backend(flow: &FlowKey, master: &BackendSlot) -> Option<(BackendId, 
         unsafe { bpf_get_prandom_u32() }
     };
     let slot = (draw % count) + 1;
-    let key = ServiceKey::new(flow.dst_ip_be, flow.dst_port_be, flow.proto, slot as u16);
+    let key = ServiceKey::scoped(
+        flow.dst_ip_be,
+        flow.dst_port_be,
+        flow.proto,
+        scope,
+        slot as u16,
+    );
     let backend_id = unsafe { services.get(key) }?.backend_id;
     let backend = unsafe { backends.get(backend_id) }?;
     Some((backend_id, *backend))

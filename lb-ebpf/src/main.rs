@@ -202,7 +202,9 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
         }
     }
 
-    let Some(master) = lookup::service_of(&pkt.flow) else {
+    // Pods are inside the cluster: an external frontend's in-cluster entry
+    // (all endpoints) applies to them, the outside-world entry to the rest.
+    let Some((master, scope)) = lookup::service_of(&pkt.flow, side == Side::Pod) else {
         conntrack::release_closed_clash(&pkt.flow, pkt.tcp_flags);
         return TC_ACT_OK;
     };
@@ -230,7 +232,8 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
             }
         };
     }
-    let Some((backend_id, backend)) = affinity::choose_backend(&pkt.flow, &master, now) else {
+    let Some((backend_id, backend)) = affinity::choose_backend(&pkt.flow, &master, scope, now)
+    else {
         // A slot or backend missing: user space is mid-update or the maps
         // are inconsistent. Dropping is safer than guessing an address.
         stats::count(reason::BACKEND_MISSING);

@@ -11,11 +11,11 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
     programs::SockAddrContext,
 };
-use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, ServiceKey, SockAddr, SockKey, reason};
+use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, SockAddr, SockKey, reason};
 
 use crate::{
-    affinity,
-    maps::{nat_config, services, sock_config, sock_lb},
+    affinity, lookup,
+    maps::{nat_config, sock_config, sock_lb},
     stats,
 };
 
@@ -54,8 +54,17 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     let vip = sa.user_ip4;
     // The port sits in the low 16 bits, in network byte order.
     let vport = sa.user_port as u16;
-    let Some(master) = (unsafe { services.get(ServiceKey::new(vip, vport, proto, 0)) }).copied()
-    else {
+    // Host processes are inside the cluster: an external frontend's
+    // in-cluster entry applies to them.
+    let lookup_flow = FlowKey {
+        src_ip_be: 0,
+        dst_ip_be: vip,
+        src_port_be: 0,
+        dst_port_be: vport,
+        proto,
+        _pad: [0; 3],
+    };
+    let Some((master, scope)) = lookup::service_of(&lookup_flow, true) else {
         return ALLOW;
     };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -86,7 +95,7 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
         proto,
         _pad: [0; 3],
     };
-    let Some((_, backend)) = affinity::choose_backend(&flow, &master, now) else {
+    let Some((_, backend)) = affinity::choose_backend(&flow, &master, scope, now) else {
         stats::count(reason::SOCK_NO_BACKEND);
         stats::service(master.service_id, |c| c.no_backend += 1);
         // connect() fails with ECONNREFUSED, as when kube-proxy rejects.

@@ -279,7 +279,8 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
         return Ok(XDP_PASS);
     }
 
-    let Some(master) = lookup::service_of(&pkt.flow) else {
+    // Only traffic from outside the node arrives here.
+    let Some((master, scope)) = lookup::service_of(&pkt.flow, false) else {
         return Ok(XDP_PASS);
     };
     let service_id = master.service_id;
@@ -298,7 +299,8 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
         // Refusing needs a new packet: tc builds the ICMP error.
         return Ok(XDP_PASS);
     }
-    let Some((backend_id, backend)) = affinity::choose_backend(&pkt.flow, &master, now) else {
+    let Some((backend_id, backend)) = affinity::choose_backend(&pkt.flow, &master, scope, now)
+    else {
         stats::count(reason::BACKEND_MISSING);
         return Ok(XDP_DROP);
     };

@@ -43,11 +43,7 @@ fn backend(i: usize) -> Ipv4Addr {
 fn desired(services: usize) -> DesiredState {
     let mut d = DesiredState::default();
     for i in 0..services {
-        let frontend = Frontend {
-            ip: vip(i),
-            port: 80,
-            protocol: Protocol::Tcp,
-        };
+        let frontend = Frontend::new(vip(i), 80, Protocol::Tcp);
         let endpoints = (0..BACKENDS_PER_SERVICE)
             .map(|b| Endpoint {
                 addr: BackendAddr {

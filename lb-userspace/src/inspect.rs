@@ -126,6 +126,10 @@ pub fn services(maps: &PinnedMaps) -> Result<Vec<ServiceRow>> {
                 policy.push(text.to_string());
             }
         }
+        if key.scope == lb_common::frontend_scope::IN_CLUSTER {
+            // What pods and the node's processes get for this address.
+            policy.push("in-cluster".to_string());
+        }
         if master.affinity_timeout_s > 0 {
             policy.push(format!("affinity={}s", master.affinity_timeout_s));
         }
@@ -167,10 +171,10 @@ pub fn backends(maps: &PinnedMaps) -> Result<Vec<BackendRow>> {
     let masters: BTreeMap<_, _> = entries
         .iter()
         .filter(|(k, _)| k.slot == 0)
-        .map(|(k, v)| ((k.vip_be, k.port_be, k.proto), v.service_id))
+        .map(|(k, v)| ((k.vip_be, k.port_be, k.proto, k.scope), v.service_id))
         .collect();
     for (key, slot) in entries.iter().filter(|(k, _)| k.slot != 0) {
-        if let Some(service_id) = masters.get(&(key.vip_be, key.port_be, key.proto)) {
+        if let Some(service_id) = masters.get(&(key.vip_be, key.port_be, key.proto, key.scope)) {
             users
                 .entry(slot.backend_id)
                 .or_default()

@@ -76,17 +76,54 @@ impl fmt::Display for ServicePortName {
     }
 }
 
-/// An address clients send to: VIP (or later node IP, LB IP), port, protocol.
+/// An address clients send to: VIP (or node IP, LB IP), port, protocol, and
+/// which clients this entry of it serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Frontend {
     pub ip: Ipv4Addr,
     pub port: u16,
     pub protocol: Protocol,
+    pub scope: FrontendScope,
+}
+
+/// Who a frontend's entry serves. Services declare only `All`; the
+/// datapath's plan adds an `InCluster` entry where clients inside the
+/// cluster are balanced differently from outside ones (an
+/// `externalTrafficPolicy: Local` service's external addresses: every
+/// endpoint for pods and nodes, as kube-proxy's short-circuit).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum FrontendScope {
+    #[default]
+    All,
+    InCluster,
+}
+
+impl Frontend {
+    pub const fn new(ip: Ipv4Addr, port: u16, protocol: Protocol) -> Self {
+        Self {
+            ip,
+            port,
+            protocol,
+            scope: FrontendScope::All,
+        }
+    }
+
+    /// This frontend's entry for clients inside the cluster.
+    pub const fn in_cluster(self) -> Self {
+        Self {
+            scope: FrontendScope::InCluster,
+            ..self
+        }
+    }
 }
 
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.ip, self.port, self.protocol)
+        write!(f, "{}:{}/{}", self.ip, self.port, self.protocol)?;
+        if self.scope == FrontendScope::InCluster {
+            write!(f, " (in-cluster)")?;
+        }
+        Ok(())
     }
 }
 
@@ -210,6 +247,16 @@ impl ServicePort {
             .any(|e| e.ready || (e.serving && e.terminating))
     }
 
+    /// Every usable endpoint in the cluster, whatever the traffic policies:
+    /// what in-cluster clients of a node-local external frontend get.
+    pub fn cluster_wide_backends(&self) -> Vec<BackendAddr> {
+        ServicePort {
+            internal_traffic_local: false,
+            ..self.clone()
+        }
+        .backends_on(None)
+    }
+
     /// [`ServicePort::backends_on`] for a service without node-local policy.
     pub fn active_backends(&self) -> Vec<BackendAddr> {
         self.backends_on(None)
@@ -247,11 +294,7 @@ mod tests {
                 name: "web".into(),
                 port_name: "http".into(),
             },
-            frontend: Frontend {
-                ip: Ipv4Addr::new(10, 96, 0, 10),
-                port: 80,
-                protocol: Protocol::Tcp,
-            },
+            frontend: Frontend::new(Ipv4Addr::new(10, 96, 0, 10), 80, Protocol::Tcp),
             service_type: ServiceType::ClusterIP,
             affinity: None,
             internal_traffic_local: false,

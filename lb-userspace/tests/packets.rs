@@ -65,11 +65,7 @@ fn service(vip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[Ipv4Addr]) 
             name: format!("svc-{vip}-{port}"),
             port_name: String::new(),
         },
-        frontend: Frontend {
-            ip: vip,
-            port,
-            protocol,
-        },
+        frontend: Frontend::new(vip, port, protocol),
         service_type: ServiceType::ClusterIP,
         affinity: None,
         internal_traffic_local: false,
@@ -750,13 +746,7 @@ fn program_node_ports(f: &Fixture, node_ip: Ipv4Addr) {
     remote_only.external.node_port = Some(30081);
     desired.services.insert(remote_only.frontend, remote_only);
     for sp in desired.services.values_mut() {
-        if sp.frontend
-            == (Frontend {
-                ip: VIP,
-                port: 80,
-                protocol: Protocol::Tcp,
-            })
-        {
+        if sp.frontend == (Frontend::new(VIP, 80, Protocol::Tcp)) {
             sp.external.node_port = Some(30080);
             sp.external.traffic_local = true;
         }
@@ -1666,4 +1656,69 @@ fn datapath_agrees_with_a_reference_model_on_generated_service_sets() {
         "differential: {dnat} translated, {rejected} rejected, {dropped} dropped, {untouched} untouched"
     );
     assert!(dnat > 1000 && rejected > 10 && dropped > 10 && untouched > 100);
+}
+
+/// An ingress controller's Service: type LoadBalancer, externalTrafficPolicy
+/// Local, its pods on other nodes only. From outside, this node must drop
+/// (kube-proxy: no local endpoint); but a pod here reaching the LB IP, the
+/// node port or the external IP (an app calling its own public hostname) is
+/// balanced over every endpoint, as kube-proxy's short-circuit does.
+#[test]
+fn pods_reach_external_addresses_of_local_policy_services_over_every_endpoint() {
+    let mut f = fixture();
+    let lb_ip = Ipv4Addr::new(192, 0, 2, 50);
+    let external_ip = Ipv4Addr::new(192, 0, 2, 51);
+    let mut desired = desired_state(&BACKENDS);
+    let mut ingress = service(Ipv4Addr::new(10, 96, 0, 60), 443, Protocol::Tcp, &BACKENDS);
+    ingress.service_type = ServiceType::LoadBalancer;
+    ingress.external.node_port = Some(30443);
+    ingress.external.load_balancer_ips = vec![lb_ip];
+    ingress.external.external_ips = vec![external_ip];
+    ingress.external.traffic_local = true;
+    for e in &mut ingress.endpoints {
+        e.node = Some("elsewhere".into());
+    }
+    desired.services.insert(ingress.frontend, ingress);
+    let mut sync = MapSync::adopt(PinnedMaps::open(&f.pin_dir).expect("maps"))
+        .expect("adopt")
+        .with_node(Some("here".into()))
+        .with_node_ips(vec![NODE_IP]);
+    assert!(sync.apply(&desired).errors.is_empty());
+
+    let world = f
+        .datapath
+        .program_fd(program_names::FROM_WORLD)
+        .expect("fd");
+    for (dst, port) in [(lb_ip, 443), (external_ip, 443), (NODE_IP, 30443)] {
+        // Outside client: no endpoint on this node, dropped.
+        let (verdict, _) = test_run(
+            world,
+            &Pkt::tcp(EXTERNAL_CLIENT, 40000, dst, port, SYN).build(),
+        );
+        assert_eq!(
+            verdict, 2,
+            "TC_ACT_SHOT for an outside client to {dst}:{port}"
+        );
+        // Pod on this node: every endpoint, whatever the node.
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..60u16 {
+            let (verdict, out) =
+                f.run_from_pod(&Pkt::tcp(CLIENT, 41000 + i, dst, port, SYN).build());
+            assert_ne!(verdict, 2, "a pod's SYN to {dst}:{port} was dropped");
+            let p = parse_checked(&out);
+            assert_eq!(p.dport, 8080, "to {dst}:{port}");
+            seen.insert(p.dst);
+        }
+        assert_eq!(
+            seen,
+            BACKENDS.iter().copied().collect(),
+            "pods to {dst}:{port}"
+        );
+    }
+    let rows = lb_userspace::inspect::services(&f.maps).expect("inspect");
+    let in_cluster: Vec<_> = rows
+        .iter()
+        .filter(|r| r.policy.iter().any(|p| p == "in-cluster"))
+        .collect();
+    assert_eq!(in_cluster.len(), 3, "inspect shows the in-cluster entries");
 }

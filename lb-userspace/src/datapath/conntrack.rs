@@ -388,11 +388,7 @@ mod tests {
         let mut table = Table::default();
         add(&mut table, flow(17, 1), 21, (0, 0), Some((0, 0)));
         add(&mut table, flow(17, 2), 22, (0, 0), Some((0, 0)));
-        let frontend = Frontend {
-            ip: Ipv4Addr::new(10, 96, 0, 10),
-            port: 53,
-            protocol: Protocol::Udp,
-        };
+        let frontend = Frontend::new(Ipv4Addr::new(10, 96, 0, 10), 53, Protocol::Udp);
         let gone = BackendAddr {
             ip: Ipv4Addr::new(10, 244, 0, 21),
             port: 8080,

@@ -19,14 +19,14 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result, anyhow};
 use lb_common::{
     Backend, BackendId, BackendSlot, MAX_BACKENDS, MAX_SERVICES, ServiceKey, backend_flags,
-    map_names, service_flags,
+    frontend_scope, map_names, service_flags,
 };
 use tracing::{debug, warn};
 
 use crate::datapath::addr::{ip_be, ip_from_be, port_be, port_from_be};
 use crate::datapath::capacity::is_map_full;
 use crate::datapath::maglev;
-use crate::model::{BackendAddr, DesiredState, Frontend, Protocol, ServicePort};
+use crate::model::{BackendAddr, DesiredState, Frontend, FrontendScope, Protocol, ServicePort};
 
 /// The map operations sync needs; implemented by the pinned maps and by an
 /// in-memory fake in tests.
@@ -222,7 +222,17 @@ fn count_users(users: &mut HashMap<BackendId, usize>, slots: &[BackendId], delta
 }
 
 fn frontend_key(f: &Frontend, slot: u16) -> ServiceKey {
-    ServiceKey::new(ip_be(f.ip), port_be(f.port), f.protocol.number(), slot)
+    let scope = match f.scope {
+        FrontendScope::All => frontend_scope::ALL,
+        FrontendScope::InCluster => frontend_scope::IN_CLUSTER,
+    };
+    ServiceKey::scoped(
+        ip_be(f.ip),
+        port_be(f.port),
+        f.protocol.number(),
+        scope,
+        slot,
+    )
 }
 
 fn backend_value(b: &BackendAddr, local: bool) -> Backend {
@@ -269,7 +279,7 @@ impl<M: ServiceMaps> MapSync<M> {
             }
         }
         let entries = maps.read_services().context("reading the services map")?;
-        let mut slots: HashMap<(u32, u16, u8), BTreeMap<u16, BackendId>> = HashMap::new();
+        let mut slots: HashMap<(u32, u16, u8, u8), BTreeMap<u16, BackendId>> = HashMap::new();
         let mut services = BTreeMap::new();
         let mut masters = Vec::new();
         for (key, value) in &entries {
@@ -277,7 +287,7 @@ impl<M: ServiceMaps> MapSync<M> {
                 masters.push((*key, *value));
             } else {
                 slots
-                    .entry((key.vip_be, key.port_be, key.proto))
+                    .entry((key.vip_be, key.port_be, key.proto, key.scope))
                     .or_default()
                     .insert(key.slot, value.backend_id);
             }
@@ -286,13 +296,19 @@ impl<M: ServiceMaps> MapSync<M> {
             let Some(protocol) = Protocol::from_number(key.proto) else {
                 continue;
             };
-            let frontend = Frontend {
-                ip: ip_from_be(key.vip_be),
-                port: port_from_be(key.port_be),
-                protocol,
+            let frontend =
+                Frontend::new(ip_from_be(key.vip_be), port_from_be(key.port_be), protocol);
+            let frontend = match key.scope {
+                frontend_scope::ALL => frontend,
+                frontend_scope::IN_CLUSTER => frontend.in_cluster(),
+                _ => {
+                    // A scope this version does not know: not ours to keep.
+                    maps.delete_service(key)?;
+                    continue;
+                }
             };
             let own = slots
-                .remove(&(key.vip_be, key.port_be, key.proto))
+                .remove(&(key.vip_be, key.port_be, key.proto, key.scope))
                 .unwrap_or_default();
             let mut programmed = Vec::with_capacity(master.count as usize);
             for slot in 1..=master.count {
@@ -324,9 +340,9 @@ impl<M: ServiceMaps> MapSync<M> {
             );
         }
         // Slots without a master belong to nothing the datapath can reach.
-        for ((vip_be, port_be, proto), orphan) in slots {
+        for ((vip_be, port_be, proto, scope), orphan) in slots {
             for slot in orphan.keys() {
-                maps.delete_service(ServiceKey::new(vip_be, port_be, proto, *slot))?;
+                maps.delete_service(ServiceKey::scoped(vip_be, port_be, proto, scope, *slot))?;
             }
         }
         debug!(
@@ -700,11 +716,7 @@ impl<M: ServiceMaps> MapSync<M> {
                 } else {
                     0
                 };
-            let at = |ip: Ipv4Addr, port: u16| Frontend {
-                ip,
-                port,
-                protocol: sp.frontend.protocol,
-            };
+            let at = |ip: Ipv4Addr, port: u16| Frontend::new(ip, port, sp.frontend.protocol);
             let mut frontends: Vec<(Frontend, bool)> = Vec::new();
             if let Some(node_port) = ext.node_port {
                 frontends.extend(self.node_ips.iter().map(|ip| (at(*ip, node_port), false)));
@@ -719,19 +731,37 @@ impl<M: ServiceMaps> MapSync<M> {
                     .iter()
                     .map(|ip| (at(*ip, sp.frontend.port), false)),
             );
+            // Node-local for outside clients only: pods and the node's own
+            // processes reach these addresses over every endpoint.
+            if ext.traffic_local {
+                let in_cluster: Vec<(Frontend, bool)> = frontends
+                    .iter()
+                    .map(|(f, is_lb)| (f.in_cluster(), *is_lb))
+                    .collect();
+                frontends.extend(in_cluster);
+            }
+            let cluster_wide = sp.cluster_wide_backends();
             for (frontend, is_lb) in frontends {
+                let in_cluster = frontend.scope == FrontendScope::InCluster;
                 let ranged = is_lb && !ext.source_ranges.is_empty();
                 let plan = FrontendPlan {
                     owner: sp.frontend,
                     name: name.clone(),
-                    backends: external_backends.clone(),
+                    backends: if in_cluster {
+                        cluster_wide.clone()
+                    } else {
+                        external_backends.clone()
+                    },
                     affinity_timeout_s,
-                    flags: base_flags
-                        | if ranged {
-                            service_flags::SOURCE_RANGES
-                        } else {
-                            0
-                        },
+                    flags: if in_cluster {
+                        service_flags::EXTERNAL
+                    } else {
+                        base_flags
+                    } | if ranged {
+                        service_flags::SOURCE_RANGES
+                    } else {
+                        0
+                    },
                     source_ranges: if ranged {
                         ext.source_ranges.clone()
                     } else {
@@ -1006,11 +1036,7 @@ pub(crate) mod tests {
     }
 
     fn frontend(last: u8, port: u16) -> Frontend {
-        Frontend {
-            ip: Ipv4Addr::new(10, 96, 0, last),
-            port,
-            protocol: Protocol::Tcp,
-        }
+        Frontend::new(Ipv4Addr::new(10, 96, 0, last), port, Protocol::Tcp)
     }
 
     fn state(services: &[(Frontend, &[u8])]) -> DesiredState {
@@ -1142,11 +1168,7 @@ pub(crate) mod tests {
         set_ranges(&mut d, vec![(Ipv4Addr::new(10, 10, 0, 100), 32)]);
         let mut sync = MapSync::adopt(FakeMaps::default()).expect("adopt");
         sync.apply(&d);
-        let lb_frontend = Frontend {
-            ip: lb,
-            port: 80,
-            protocol: Protocol::Tcp,
-        };
+        let lb_frontend = Frontend::new(lb, 80, Protocol::Tcp);
         let id = sync.programmed()[&lb_frontend].service_id;
         assert_eq!(
             sync.maps().read_source_ranges(id),

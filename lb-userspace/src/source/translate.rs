@@ -252,11 +252,7 @@ impl Translator {
             ports.push(PortFrontend {
                 node_port,
                 port_name: sp.name.clone().unwrap_or_default(),
-                frontend: Frontend {
-                    ip: vip,
-                    port,
-                    protocol,
-                },
+                frontend: Frontend::new(vip, port, protocol),
             });
         }
         if ports.is_empty() && spec.ports.as_ref().is_none_or(|p| p.is_empty()) {
@@ -716,11 +712,7 @@ endpoints:
 "#;
 
     fn frontend(port: u16, protocol: Protocol) -> Frontend {
-        Frontend {
-            ip: Ipv4Addr::new(10, 96, 0, 10),
-            port,
-            protocol,
-        }
+        Frontend::new(Ipv4Addr::new(10, 96, 0, 10), port, protocol)
     }
 
     #[test]
@@ -837,11 +829,8 @@ endpoints: [{addresses: [not-an-ip]}, {addresses: [10.244.0.5]}]
             "{lines:#?}"
         );
         assert_eq!(t.desired.services.len(), 2, "bad:82 and good:80");
-        let good = &t.desired.services[&Frontend {
-            ip: Ipv4Addr::new(10, 96, 0, 30),
-            port: 80,
-            protocol: Protocol::Tcp,
-        }];
+        let good =
+            &t.desired.services[&Frontend::new(Ipv4Addr::new(10, 96, 0, 30), 80, Protocol::Tcp)];
         assert_eq!(good.active_backends().len(), 1);
     }
 
