@@ -1,9 +1,10 @@
 //! Services + EndpointSlices → desired state, as kube-proxy reads them.
 //!
 //! - Programmed: ClusterIP, NodePort and LoadBalancer services with an IPv4
-//!   cluster IP (their ClusterIP frontends; node and external frontends come
-//!   with issue 3). Not programmed, by design: headless services, ExternalName,
-//!   services another proxy owns (`service.kubernetes.io/service-proxy-name`).
+//!   cluster IP: their ClusterIP, node-port, load-balancer-IP and external-IP
+//!   frontends. Not programmed, by design: headless services, ExternalName,
+//!   services another proxy owns (`service.kubernetes.io/service-proxy-name`)
+//!   or labelled headless (`service.kubernetes.io/headless`).
 //! - A service port's endpoints come from the slices labelled
 //!   `kubernetes.io/service-name` in its namespace, through the slice port of
 //!   the same name and protocol (so named target ports resolve per slice).
@@ -28,6 +29,8 @@ use crate::model::{
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Marks a Service no proxy should program, whatever its ClusterIP.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 
 #[derive(Debug, Default)]
 pub struct Translation {
@@ -135,6 +138,16 @@ impl Translator {
             self.skipped.push(format!(
                 "{object}: handled by proxy {proxy:?} ({SERVICE_PROXY_NAME_LABEL})"
             ));
+            return None;
+        }
+        if svc
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(HEADLESS_LABEL))
+        {
+            self.skipped
+                .push(format!("{object}: labelled {HEADLESS_LABEL}, not proxied"));
             return None;
         }
         let Some(spec) = &svc.spec else {
@@ -854,12 +867,22 @@ spec: {clusterIP: 10.96.0.40, ports: [{port: 80}]}
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: marked-headless, labels: {service.kubernetes.io/headless: ""}}
+spec: {clusterIP: 10.96.0.42, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
 metadata: {name: np}
 spec: {type: NodePort, clusterIP: 10.96.0.41, ports: [{port: 80, nodePort: 30080}]}
 "#;
         let t = translate(&objects(yaml));
         assert!(t.errors.is_empty(), "{:?}", t.errors);
-        assert_eq!(t.skipped.len(), 3, "{:?}", t.skipped);
+        assert_eq!(t.skipped.len(), 4, "{:?}", t.skipped);
+        assert!(
+            t.skipped.iter().any(|s| s.contains("marked-headless")),
+            "{:?}",
+            t.skipped
+        );
         assert_eq!(t.desired.services.len(), 1);
         let np = t.desired.services.values().next().expect("np");
         assert_eq!(np.service_type, ServiceType::NodePort);

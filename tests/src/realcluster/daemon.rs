@@ -43,6 +43,7 @@ pub fn nsenter(place: Place) -> Vec<String> {
     ];
     if let Place::Node(n) = place {
         argv.push(format!("--mount={}", node_mount_ns(n).display()));
+        argv.push(format!("--uts={}", super::layout::node_uts_ns(n).display()));
     }
     argv.push("--".into());
     argv

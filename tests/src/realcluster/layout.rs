@@ -56,6 +56,12 @@ pub fn node_mount_ns(n: u8) -> PathBuf {
     state_dir().join("ns").join(format!("{}.mnt", node_name(n)))
 }
 
+/// The node's persisted UTS namespace: its hostname is its node name, as
+/// hostNetwork pods (which share it) expect.
+pub fn node_uts_ns(n: u8) -> PathBuf {
+    state_dir().join("ns").join(format!("{}.uts", node_name(n)))
+}
+
 pub fn containerd_socket(n: u8) -> PathBuf {
     node_dir(n).join("containerd/containerd.sock")
 }

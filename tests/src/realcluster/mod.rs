@@ -178,9 +178,10 @@ pub fn down() -> Result<()> {
         }
     }
     for &n in &nodes {
-        let file = node_mount_ns(n);
-        if file.exists() {
-            let _ = Command::new("umount").arg(&file).status();
+        for file in [node_mount_ns(n), layout::node_uts_ns(n)] {
+            if file.exists() {
+                let _ = Command::new("umount").arg(&file).status();
+            }
         }
     }
     let ns_dir = state_dir().join("ns");

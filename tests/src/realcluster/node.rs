@@ -15,8 +15,8 @@ use super::layout::{
 use super::pki::Pki;
 use crate::command::run;
 
-/// Node-private mounts: created once with `unshare --mount=FILE`, entered by
-/// every daemon of the node with `nsenter --mount=FILE`.
+/// Node-private mounts and hostname: created once with `unshare
+/// --mount=FILE` / `--uts=FILE`, entered by every daemon of the node.
 pub fn create_mount_ns(n: u8) -> Result<()> {
     let dir = state_dir().join("ns");
     std::fs::create_dir_all(&dir)?;
