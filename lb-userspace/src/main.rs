@@ -65,11 +65,18 @@ enum Command {
         #[arg(default_value = "/sys/fs/bpf")]
         path: PathBuf,
     },
-    /// Show what the datapath maps hold.
+    /// Show what the datapath maps hold. `--pin-dir` and `-o` go before or
+    /// after the subcommand (`inspect services -o json`), as in kubectl.
     Inspect {
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        #[arg(long, default_value = DEFAULT_PIN_DIR, global = true)]
         pin_dir: PathBuf,
-        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        #[arg(
+            short = 'o',
+            long = "output",
+            value_enum,
+            default_value = "table",
+            global = true
+        )]
         output: OutputFormat,
         #[command(subcommand)]
         what: InspectWhat,
@@ -349,6 +356,60 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(agent::run(cfg))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Operators type the flags after the subcommand, as with kubectl and
+    /// cilium-dbg; both orders mean the same.
+    #[test]
+    fn inspect_flags_go_before_or_after_the_subcommand() {
+        for argv in [
+            vec![
+                "switchyard",
+                "inspect",
+                "services",
+                "--pin-dir",
+                "/x",
+                "-o",
+                "json",
+            ],
+            vec![
+                "switchyard",
+                "inspect",
+                "--pin-dir",
+                "/x",
+                "-o",
+                "json",
+                "services",
+            ],
+            vec![
+                "switchyard",
+                "inspect",
+                "-o",
+                "json",
+                "services",
+                "--pin-dir",
+                "/x",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            match cli.command {
+                Command::Inspect {
+                    pin_dir,
+                    output,
+                    what,
+                } => {
+                    assert_eq!(pin_dir, PathBuf::from("/x"), "{argv:?}");
+                    assert_eq!(output, OutputFormat::Json, "{argv:?}");
+                    assert!(matches!(what, InspectWhat::Services), "{argv:?}");
+                }
+                _ => panic!("{argv:?}: not inspect"),
+            }
         }
     }
 }
