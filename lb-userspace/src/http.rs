@@ -45,6 +45,14 @@ pub fn route(metrics: &Metrics, method: &Method, path: &str) -> Response<Full<By
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.render(),
         ),
+        // Load balancers probe /healthz: a node on its way out fails it so
+        // they drain it first, as kube-proxy ≥ 1.28 does. /livez (the
+        // kubelet's liveness probe) stays about the agent alone.
+        "/healthz" if metrics.is_node_draining() => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "node is being deleted\n".into(),
+        ),
         "/healthz" | "/livez" => {
             let silent = metrics.since_heartbeat();
             if silent <= LIVENESS_LIMIT {
@@ -129,5 +137,22 @@ mod tests {
             route(&m, &Method::POST, "/metrics").status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
+    }
+
+    /// A node being deleted (or tainted for removal by the autoscaler):
+    /// load balancers see /healthz fail and drain it; the kubelet's
+    /// liveness probe (/livez) does not restart the agent for it.
+    #[test]
+    fn healthz_fails_while_the_node_drains() {
+        let m = Metrics::new(PathBuf::from("/nonexistent/switchyard-test"));
+        m.set_ready();
+        m.set_node_draining(true);
+        assert_eq!(
+            route(&m, &Method::GET, "/healthz").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(route(&m, &Method::GET, "/livez").status(), StatusCode::OK);
+        m.set_node_draining(false);
+        assert_eq!(route(&m, &Method::GET, "/healthz").status(), StatusCode::OK);
     }
 }

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub map_full: Family<MapLabel, Counter>,
     registry: Mutex<Registry>,
     ready: AtomicBool,
+    /// The Node is being deleted or marked for removal: `/healthz` says so.
+    node_draining: AtomicBool,
     heartbeat: Mutex<Instant>,
     frontends: std::sync::Arc<Mutex<Vec<FrontendCounterSource>>>,
 }
@@ -171,6 +173,7 @@ impl Metrics {
             map_full: Family::default(),
             registry: Mutex::new(Registry::default()),
             ready: AtomicBool::new(false),
+            node_draining: AtomicBool::new(false),
             heartbeat: Mutex::new(Instant::now()),
             frontends: Default::default(),
         };
@@ -289,6 +292,16 @@ impl Metrics {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// This node is going away (its Node has a deletionTimestamp or the
+    /// cluster autoscaler's `ToBeDeletedByClusterAutoscaler` taint).
+    pub fn set_node_draining(&self, draining: bool) {
+        self.node_draining.store(draining, Ordering::Release);
+    }
+
+    pub fn is_node_draining(&self) -> bool {
+        self.node_draining.load(Ordering::Acquire)
     }
 
     /// The agent's main loop is alive.

@@ -127,6 +127,19 @@ fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
     Some(SystemTime::from(parsed))
 }
 
+/// The cluster autoscaler's taint on a node it is about to remove.
+const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+
+/// Whether the node is on its way out: being deleted, or tainted for removal.
+fn node_draining(node: &Node) -> bool {
+    node.metadata.deletion_timestamp.is_some()
+        || node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| t.iter().any(|t| t.key == TO_BE_DELETED_TAINT))
+}
+
 fn node_addresses(node: &Node) -> Vec<Ipv4Addr> {
     let mut ips: Vec<Ipv4Addr> = node
         .status
@@ -504,6 +517,11 @@ impl KubernetesSource {
                     self.count(&m.watch_events, "nodes");
                     match event {
                         Event::Apply(n) | Event::InitApply(n) => {
+                            let draining = node_draining(&n);
+                            if draining != m.is_node_draining() {
+                                info!(node = ?n.metadata.name, draining, "node removal: /healthz follows");
+                                m.set_node_draining(draining);
+                            }
                             let addresses = node_addresses(&n);
                             if cache.node_addresses.as_ref() != Some(&addresses) {
                                 info!(node = ?n.metadata.name, addresses = ?addresses, "node addresses");
@@ -513,7 +531,8 @@ impl KubernetesSource {
                         }
                         // A deleted Node keeps its last addresses: the agent is
                         // about to be evicted, and should serve until then.
-                        Event::Delete(_) | Event::Init => {}
+                        Event::Delete(_) => m.set_node_draining(true),
+                        Event::Init => {}
                         Event::InitDone => listed.node = true,
                     }
                 }
@@ -643,6 +662,29 @@ mod tests {
             "kube-dns's deletion removes coredns's frontend: {:?}",
             late.ports
         );
+    }
+
+    #[test]
+    fn a_node_deleted_or_tainted_for_removal_is_draining() {
+        let node = |extra: serde_json::Value| -> Node {
+            let mut v = serde_json::json!({"metadata": {"name": "n1"}});
+            if let (Some(base), Some(add)) = (v.as_object_mut(), extra.as_object()) {
+                for (k, val) in add {
+                    base.insert(k.clone(), val.clone());
+                }
+            }
+            serde_json::from_value(v).expect("node")
+        };
+        assert!(!node_draining(&node(serde_json::json!({}))));
+        assert!(node_draining(&node(serde_json::json!({
+            "metadata": {"name": "n1", "deletionTimestamp": "2026-12-02T10:00:00Z"}
+        }))));
+        assert!(node_draining(&node(serde_json::json!({
+            "spec": {"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}]}
+        }))));
+        assert!(!node_draining(&node(serde_json::json!({
+            "spec": {"taints": [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]}
+        }))));
     }
 
     #[test]
