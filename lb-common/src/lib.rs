@@ -504,7 +504,11 @@ pub mod reason {
     pub const SOURCE_PORT_REMAPPED: u32 = 18;
     /// Dropped: the reply tuple clashed and no free source port was found.
     pub const SOURCE_PORT_CLASH_DROPPED: u32 = 19;
-    pub const COUNT: u32 = 20;
+    /// Dropped: a TCP segment without SYN to a service, with no conntrack
+    /// entry (mid-flow after an eviction or reboot, or forged): not a new
+    /// flow, like netfilter's INVALID state.
+    pub const TCP_NO_ENTRY_DROPPED: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     /// Human names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -528,6 +532,7 @@ pub mod reason {
         "icmp_error_translated",
         "source_port_remapped",
         "source_port_clash_dropped",
+        "tcp_no_entry_dropped",
     ];
 }
 

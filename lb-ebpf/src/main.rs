@@ -34,7 +34,7 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use lb_common::{backend_flags, conn_kind, reason, service_flags};
+use lb_common::{backend_flags, conn_kind, reason, service_flags, tcp_seen};
 
 use crate::{
     nat::End,
@@ -139,6 +139,12 @@ fn egress(ctx: &TcContext) -> i32 {
     TC_ACT_OK
 }
 
+/// A TCP segment that cannot open a connection (no SYN).
+#[inline(always)]
+fn is_mid_flow_tcp(pkt: &Packet) -> bool {
+    pkt.flow.proto == lb_common::PROTO_TCP && pkt.tcp_flags & tcp_seen::SYN == 0
+}
+
 #[inline(always)]
 fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
@@ -208,6 +214,12 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
         conntrack::release_closed_clash(&pkt.flow, pkt.tcp_flags);
         return TC_ACT_OK;
     };
+    if is_mid_flow_tcp(pkt) {
+        // No entry and no SYN: a connection we never saw open (evicted,
+        // rebooted, forged). A random backend would answer RST.
+        stats::count(reason::TCP_NO_ENTRY_DROPPED);
+        return TC_ACT_SHOT;
+    }
     let service_id = master.service_id;
     if master.flags & service_flags::SOURCE_RANGES != 0
         && !lookup::source_allowed(&pkt.flow, service_id)

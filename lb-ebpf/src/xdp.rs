@@ -23,7 +23,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FlowKey, PROTO_TCP, PROTO_UDP, backend_flags, conn_kind, csum, nat_flags, reason, service_flags,
+    FlowKey, PROTO_TCP, PROTO_UDP, backend_flags, conn_kind, csum, nat_flags, reason,
+    service_flags, tcp_seen,
 };
 
 use crate::{affinity, conntrack, lookup, maps::nat_config, snat, stats};
@@ -283,6 +284,10 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
     let Some((master, scope)) = lookup::service_of(&pkt.flow, false) else {
         return Ok(XDP_PASS);
     };
+    // No entry and no SYN: not a new flow; tc counts and drops it.
+    if pkt.flow.proto == PROTO_TCP && pkt.tcp_flags & tcp_seen::SYN == 0 {
+        return Ok(XDP_PASS);
+    }
     let service_id = master.service_id;
     if master.flags & service_flags::SOURCE_RANGES != 0
         && !lookup::source_allowed(&pkt.flow, service_id)

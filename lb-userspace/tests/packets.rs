@@ -1722,3 +1722,54 @@ fn pods_reach_external_addresses_of_local_policy_services_over_every_endpoint() 
         .collect();
     assert_eq!(in_cluster.len(), 3, "inspect shows the in-cluster entries");
 }
+
+/// A segment of a connection the datapath never saw open (its entry was
+/// evicted, the node rebooted, or it is forged): no entry and no SYN. It
+/// must not become a new flow to a random backend, which would answer RST
+/// and kill the client's connection; it is dropped and counted, as
+/// netfilter's INVALID state is by kube-proxy. Traffic to addresses that
+/// are not services is none of the datapath's business and passes.
+#[test]
+fn mid_flow_tcp_without_an_entry_is_not_balanced() {
+    let mut f = fixture();
+    let world = f
+        .datapath
+        .program_fd(program_names::FROM_WORLD)
+        .expect("fd");
+    program_node_ports(&f, NODE_IP);
+    let new_before = f.maps.reason_count(reason::NEW_FLOW);
+    for flags in [ACK, ACK | FIN, 0x18 /* PSH|ACK */] {
+        let (verdict, _) = f.run_from_pod(&Pkt::tcp(CLIENT, 42000, VIP, 80, flags).build());
+        assert_eq!(
+            verdict, 2,
+            "pod's mid-flow segment ({flags:#x}) to the VIP: dropped"
+        );
+        let (verdict, _) = test_run(
+            world,
+            &Pkt::tcp(EXTERNAL_CLIENT, 42001, NODE_IP, 30081, flags).build(),
+        );
+        assert_eq!(
+            verdict, 2,
+            "outside mid-flow segment ({flags:#x}) to a node port: dropped"
+        );
+    }
+    assert_eq!(
+        f.maps.reason_count(reason::NEW_FLOW),
+        new_before,
+        "no flow was created"
+    );
+    assert_eq!(f.maps.reason_count(reason::TCP_NO_ENTRY_DROPPED), 6);
+    assert!(
+        f.maps.conntrack.keys().next().is_none(),
+        "no conntrack entry"
+    );
+    // Not a service: untouched.
+    let (verdict, out) = f.run_from_pod(&Pkt::tcp(CLIENT, 42002, BACKENDS[0], 8080, ACK).build());
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(parse_checked(&out).dst, BACKENDS[0]);
+    // A SYN still opens a flow, and its ACK then follows it.
+    let (_, out) = f.run_from_pod(&Pkt::tcp(CLIENT, 42003, VIP, 80, SYN).build());
+    let backend = parse_checked(&out).dst;
+    let (_, out) = f.run_from_pod(&Pkt::tcp(CLIENT, 42003, VIP, 80, ACK).build());
+    assert_eq!(parse_checked(&out).dst, backend);
+}
