@@ -124,6 +124,10 @@ for component in kube-apiserver kube-controller-manager kube-scheduler kubelet k
 done
 build_go agnhost k8s.io/kubernetes/test/images/agnhost
 build_coredns
+if [ $with_e2e -eq 1 ]; then
+  # ginkgo runs e2e.test in parallel processes, as upstream CI does.
+  build_go ginkgo github.com/onsi/ginkgo/v2/ginkgo
+fi
 if [ $with_e2e -eq 1 ] && [ ! -x "$bin/e2e.test" ]; then
   ensure_go
   say "building e2e.test (k8s.io/kubernetes/test/e2e) from tests/k8s/go.mod"

@@ -62,23 +62,30 @@ pub fn report_dir(docs: &Path, proxy: Proxy) -> PathBuf {
     docs.join("conformance").join(proxy.to_string())
 }
 
-/// Brings the cluster up with `proxy`, runs e2e.test on it, keeps the
-/// reports, brings it down.
-pub fn run(proxy: Proxy, focus: &str, image_root: &Path, docs: &Path) -> Result<PathBuf> {
+/// Brings the cluster up with `proxy`, runs e2e.test on it (`procs`
+/// parallel ginkgo processes, as upstream CI; [Serial] cases alone at the
+/// end), keeps the reports, brings it down.
+pub fn run(
+    proxy: Proxy,
+    focus: &str,
+    procs: u32,
+    image_root: &Path,
+    docs: &Path,
+) -> Result<PathBuf> {
     let e2e = k8s_bin("e2e.test")?;
     realcluster::up(&UpOptions {
         nodes: 2,
         image_root,
         proxy,
     })?;
-    let result = run_e2e(&e2e, proxy, focus, docs);
+    let result = run_e2e(&e2e, proxy, focus, procs, docs);
     let down = realcluster::down();
     let dir = result?;
     down?;
     Ok(dir)
 }
 
-fn run_e2e(e2e: &Path, proxy: Proxy, focus: &str, docs: &Path) -> Result<PathBuf> {
+fn run_e2e(e2e: &Path, proxy: Proxy, focus: &str, procs: u32, docs: &Path) -> Result<PathBuf> {
     let dir = report_dir(docs, proxy);
     std::fs::create_dir_all(&dir)?;
     let work = realcluster::layout::state_dir().join("e2e");
@@ -92,7 +99,17 @@ fn run_e2e(e2e: &Path, proxy: Proxy, focus: &str, docs: &Path) -> Result<PathBuf
     );
     let status = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{OUTSIDE_NS}"))
+        .arg(k8s_bin("ginkgo")?)
+        .arg(format!("--procs={procs}"))
+        .args(["--no-color", "-v", "--timeout=8h"])
+        .arg(format!("--focus={focus}"))
+        .arg(format!("--skip={}", skip_regex()))
+        .arg(format!(
+            "--json-report={}",
+            work.join("report.json").display()
+        ))
         .arg(e2e)
+        .arg("--")
         .arg(format!("--kubeconfig={}", admin_kubeconfig().display()))
         .arg(format!("--kubectl-path={}", k8s_bin("kubectl")?.display()))
         .args([
@@ -102,20 +119,7 @@ fn run_e2e(e2e: &Path, proxy: Proxy, focus: &str, docs: &Path) -> Result<PathBuf
             "--minStartupPods=0",
             "--disable-log-dump",
             "--dump-logs-on-failure=false",
-            "--ginkgo.no-color",
-            "--ginkgo.v",
-            "--ginkgo.timeout=8h",
         ])
-        .arg(format!("--ginkgo.focus={focus}"))
-        .arg(format!("--ginkgo.skip={}", skip_regex()))
-        .arg(format!(
-            "--ginkgo.json-report={}",
-            dir.join("report.json").display()
-        ))
-        .arg(format!(
-            "--ginkgo.junit-report={}",
-            dir.join("junit.xml").display()
-        ))
         .env("HOME", &work)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

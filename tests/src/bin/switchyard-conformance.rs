@@ -1,7 +1,7 @@
 //! Kubernetes' sig-network e2e suite on the real cluster
 //! (`cargo xtask conformance` runs it):
 //!
-//!   switchyard-conformance run [--proxy P] [--focus REGEX] [--image-root DIR]
+//!   switchyard-conformance run [--proxy P] [--focus REGEX] [--procs N] [--image-root DIR]
 //!   switchyard-conformance report
 //!
 //! `run` writes docs/conformance/<proxy>/{report.json,junit.xml,e2e.log};
@@ -32,16 +32,24 @@ fn run() -> Result<()> {
             let mut proxy = Proxy::Switchyard;
             let mut focus = conformance::FOCUS.to_string();
             let mut image_root = root.join("target/image-root");
+            let mut procs = 3u32;
             let mut it = rest.iter();
             while let Some(a) = it.next() {
                 match a.as_str() {
                     "--proxy" => proxy = it.next().context("--proxy NAME")?.parse()?,
                     "--focus" => focus = it.next().context("--focus REGEX")?.clone(),
                     "--image-root" => image_root = it.next().context("--image-root DIR")?.into(),
+                    "--procs" => {
+                        procs = it
+                            .next()
+                            .context("--procs N")?
+                            .parse()
+                            .context("--procs N")?
+                    }
                     other => bail!("unknown argument {other:?}"),
                 }
             }
-            let dir = conformance::run(proxy, &focus, &image_root, &docs)?;
+            let dir = conformance::run(proxy, &focus, procs, &image_root, &docs)?;
             let cases = conformance::read_report(&dir.join("report.json"))?;
             let passed = cases.values().filter(|o| o.state == "passed").count();
             let failed: Vec<&String> = cases
