@@ -56,6 +56,7 @@ fn desired(services: usize) -> DesiredState {
                 terminating: false,
                 // On this node, so XDP translates these flows too.
                 node: Some("bench".into()),
+                hints: None,
             })
             .collect();
         d.services.insert(

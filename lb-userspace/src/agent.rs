@@ -315,6 +315,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     full = true;
                 }
             }
+            if let Some(zone) = &delta.node_zone {
+                info!(zone = ?zone, "node zone for topology hints changed");
+                sync.set_zone(zone.clone());
+                full = true;
+            }
             if !full && changed.is_empty() {
                 return;
             }

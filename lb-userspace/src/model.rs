@@ -149,6 +149,71 @@ pub struct Endpoint {
     pub serving: bool,
     pub terminating: bool,
     pub node: Option<String>,
+    /// Topology hints the EndpointSlice controller set (from the Service's
+    /// `trafficDistribution` or topology annotation); boxed, as most
+    /// endpoints have none.
+    pub hints: Option<Box<TopologyHints>>,
+}
+
+/// `hints.forZones[].name` and `hints.forNodes[].name` of an endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TopologyHints {
+    pub zones: Vec<String>,
+    pub nodes: Vec<String>,
+}
+
+/// Which endpoints topology hints keep for clients on this node, decided as
+/// kube-proxy does: node hints if every ready endpoint has some and one is
+/// for this node, else zone hints if every ready endpoint has some and one
+/// is for this node's zone, else none (all endpoints: incomplete hints are
+/// ignored rather than half-followed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TopologyMode {
+    All,
+    SameNode,
+    SameZone,
+}
+
+impl TopologyMode {
+    fn of(endpoints: &[Endpoint], node: Option<&str>, zone: Option<&str>) -> Self {
+        let ready: Vec<&Endpoint> = endpoints.iter().filter(|e| e.ready).collect();
+        if ready.is_empty() {
+            return Self::All;
+        }
+        let hinted = |pick: fn(&TopologyHints) -> &Vec<String>, here: Option<&str>| {
+            let all_hinted = ready
+                .iter()
+                .all(|e| e.hints.as_ref().is_some_and(|h| !pick(h).is_empty()));
+            let one_here = here.is_some_and(|here| {
+                ready.iter().any(|e| {
+                    e.hints
+                        .as_ref()
+                        .is_some_and(|h| pick(h).iter().any(|n| n == here))
+                })
+            });
+            all_hinted && one_here
+        };
+        if hinted(|h| &h.nodes, node) {
+            Self::SameNode
+        } else if hinted(|h| &h.zones, zone) {
+            Self::SameZone
+        } else {
+            Self::All
+        }
+    }
+
+    fn admits(self, e: &Endpoint, node: Option<&str>, zone: Option<&str>) -> bool {
+        let has = |pick: fn(&TopologyHints) -> &Vec<String>, here: Option<&str>| {
+            e.hints
+                .as_ref()
+                .is_some_and(|h| pick(h).iter().any(|n| Some(n.as_str()) == here))
+        };
+        match self {
+            Self::All => true,
+            Self::SameNode => has(|h| &h.nodes, node),
+            Self::SameZone => has(|h| &h.zones, zone),
+        }
+    }
 }
 
 /// A service port as the cluster wants it served.
@@ -203,12 +268,24 @@ impl ServicePort {
     /// a rolling update does not black-hole traffic). Sorted and
     /// deduplicated, so equal sets compare equal.
     pub fn backends_on(&self, node: Option<&str>) -> Vec<BackendAddr> {
+        self.backends_at(node, None)
+    }
+
+    /// [`ServicePort::backends_on`] for a node in `zone`: cluster-wide sets
+    /// also follow the endpoints' topology hints (trafficDistribution).
+    pub fn backends_at(&self, node: Option<&str>, zone: Option<&str>) -> Vec<BackendAddr> {
+        let topology = if self.internal_traffic_local {
+            TopologyMode::All
+        } else {
+            TopologyMode::of(&self.endpoints, node, zone)
+        };
         let eligible: Vec<&Endpoint> = self
             .endpoints
             .iter()
             .filter(|e| {
                 !self.internal_traffic_local || (node.is_some() && e.node.as_deref() == node)
             })
+            .filter(|e| topology.admits(e, node, zone))
             .collect();
         let mut chosen: Vec<BackendAddr> = eligible
             .iter()
@@ -230,11 +307,16 @@ impl ServicePort {
     /// Backends for traffic from outside arriving at `node`: with
     /// `externalTrafficPolicy: Local` only the node's own endpoints.
     pub fn external_backends_on(&self, node: Option<&str>) -> Vec<BackendAddr> {
+        self.external_backends_at(node, None)
+    }
+
+    /// [`ServicePort::external_backends_on`] for a node in `zone`.
+    pub fn external_backends_at(&self, node: Option<&str>, zone: Option<&str>) -> Vec<BackendAddr> {
         let local_only = ServicePort {
             internal_traffic_local: self.external.traffic_local,
             ..self.clone()
         };
-        local_only.backends_on(node)
+        local_only.backends_at(node, zone)
     }
 
     /// Whether any endpoint anywhere could take traffic (ready, or serving
@@ -247,14 +329,19 @@ impl ServicePort {
             .any(|e| e.ready || (e.serving && e.terminating))
     }
 
-    /// Every usable endpoint in the cluster, whatever the traffic policies:
-    /// what in-cluster clients of a node-local external frontend get.
-    pub fn cluster_wide_backends(&self) -> Vec<BackendAddr> {
+    /// Every usable endpoint in the cluster, whatever the traffic policies
+    /// (topology hints still apply): what in-cluster clients of a
+    /// node-local external frontend get.
+    pub fn cluster_wide_backends(
+        &self,
+        node: Option<&str>,
+        zone: Option<&str>,
+    ) -> Vec<BackendAddr> {
         ServicePort {
             internal_traffic_local: false,
             ..self.clone()
         }
-        .backends_on(None)
+        .backends_at(node, zone)
     }
 
     /// [`ServicePort::backends_on`] for a service without node-local policy.
@@ -284,6 +371,7 @@ mod tests {
             serving,
             terminating,
             node: None,
+            hints: None,
         }
     }
 
@@ -363,6 +451,121 @@ mod tests {
         assert_eq!(on(Some("n2")), vec![2]);
         assert_eq!(on(Some("n3")), Vec::<u8>::new());
         assert_eq!(on(None), Vec::<u8>::new(), "unknown node: nothing is local");
+    }
+
+    /// Endpoints as the EndpointSlice controller hints them for
+    /// `trafficDistribution`: PreferClose/PreferSameZone (zone hints),
+    /// PreferSameNode (node and zone hints). Cases follow kube-proxy's
+    /// rules: hints are followed only when every ready endpoint has them and
+    /// one is for here; otherwise every endpoint is used.
+    #[test]
+    fn topology_hints_follow_kube_proxys_rules() {
+        let hinted = |last: u8, node: &str, zones: &[&str], nodes: &[&str]| Endpoint {
+            node: Some(node.into()),
+            hints: (!zones.is_empty() || !nodes.is_empty()).then(|| {
+                Box::new(TopologyHints {
+                    zones: zones.iter().map(|z| z.to_string()).collect(),
+                    nodes: nodes.iter().map(|n| n.to_string()).collect(),
+                })
+            }),
+            ..ep([10, 0, 0, last], true, true, false)
+        };
+        type Case = (
+            &'static str,
+            Vec<Endpoint>,
+            Option<&'static str>,
+            Option<&'static str>,
+            Vec<u8>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "zone hints complete: this zone's endpoints",
+                vec![
+                    hinted(1, "n1", &["a"], &[]),
+                    hinted(2, "n2", &["b"], &[]),
+                    hinted(3, "n3", &["a"], &[]),
+                ],
+                Some("n2"),
+                Some("a"),
+                vec![1, 3],
+            ),
+            (
+                "one endpoint without hints: all",
+                vec![hinted(1, "n1", &["a"], &[]), hinted(2, "n2", &[], &[])],
+                Some("n1"),
+                Some("a"),
+                vec![1, 2],
+            ),
+            (
+                "node without a zone label: all",
+                vec![hinted(1, "n1", &["a"], &[]), hinted(2, "n2", &["b"], &[])],
+                Some("n1"),
+                None,
+                vec![1, 2],
+            ),
+            (
+                "no endpoint hinted for this zone: all",
+                vec![hinted(1, "n1", &["a"], &[]), hinted(2, "n2", &["a"], &[])],
+                Some("n3"),
+                Some("c"),
+                vec![1, 2],
+            ),
+            (
+                "node hints complete, one for this node: that one",
+                vec![
+                    hinted(1, "n1", &["a"], &["n1"]),
+                    hinted(2, "n2", &["a"], &["n2"]),
+                ],
+                Some("n2"),
+                Some("a"),
+                vec![2],
+            ),
+            (
+                "node hints, none for this node: falls back to the zone",
+                vec![
+                    hinted(1, "n1", &["a"], &["n1"]),
+                    hinted(2, "n2", &["b"], &["n2"]),
+                ],
+                Some("n3"),
+                Some("a"),
+                vec![1],
+            ),
+            (
+                "hints on an unready endpoint do not count",
+                vec![
+                    hinted(1, "n1", &["a"], &[]),
+                    Endpoint {
+                        ready: false,
+                        ..hinted(2, "n2", &[], &[])
+                    },
+                ],
+                Some("n1"),
+                Some("a"),
+                vec![1],
+            ),
+        ];
+        for (what, endpoints, node, zone, want) in cases {
+            let p = port(endpoints);
+            let got: Vec<u8> = p
+                .backends_at(node, zone)
+                .iter()
+                .map(|b| b.ip.octets()[3])
+                .collect();
+            assert_eq!(got, want, "{what}");
+        }
+        // internalTrafficPolicy Local is about the node, not hints.
+        let mut p = port(vec![
+            hinted(1, "n1", &["b"], &[]),
+            hinted(2, "n1", &["a"], &[]),
+            hinted(3, "n2", &["a"], &[]),
+        ]);
+        p.internal_traffic_local = true;
+        let got: Vec<u8> = p
+            .backends_at(Some("n1"), Some("a"))
+            .iter()
+            .map(|b| b.ip.octets()[3])
+            .collect();
+        assert_eq!(got, vec![1, 2]);
     }
 
     #[test]

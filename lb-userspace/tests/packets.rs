@@ -82,6 +82,7 @@ fn service(vip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[Ipv4Addr]) 
                 serving: true,
                 terminating: false,
                 node: None,
+                hints: None,
             })
             .collect(),
     }

@@ -189,6 +189,8 @@ pub struct MapSync<M: ServiceMaps> {
     maps: M,
     /// This node, for node-local traffic policies.
     node: Option<String>,
+    /// This node's zone, for topology hints.
+    zone: Option<String>,
     /// This node's addresses, where node ports are served.
     node_ips: Vec<Ipv4Addr>,
     selection: Selection,
@@ -362,6 +364,7 @@ impl<M: ServiceMaps> MapSync<M> {
             backend_addrs,
             backend_local,
             node: None,
+            zone: None,
             node_ips: Vec::new(),
             selection: Selection::Random,
             services,
@@ -387,6 +390,13 @@ impl<M: ServiceMaps> MapSync<M> {
     pub fn with_selection(mut self, selection: Selection) -> Self {
         self.selection = selection;
         self
+    }
+
+    /// Changes this node's zone (`topology.kubernetes.io/zone`), which
+    /// zone topology hints select by; takes effect with the next full
+    /// [`MapSync::apply`].
+    pub fn set_zone(&mut self, zone: Option<String>) {
+        self.zone = zone;
     }
 
     /// Sets the addresses node ports are served on.
@@ -662,6 +672,7 @@ impl<M: ServiceMaps> MapSync<M> {
         report: &mut SyncReport,
     ) -> BTreeMap<Frontend, FrontendPlan> {
         let node = self.node.as_deref();
+        let zone = self.zone.as_deref();
         let mut wanted: BTreeMap<Frontend, FrontendPlan> = BTreeMap::new();
         let ports: Vec<&ServicePort> = match scope {
             Scope::All => desired.services.values().collect(),
@@ -693,7 +704,7 @@ impl<M: ServiceMaps> MapSync<M> {
                 FrontendPlan {
                     owner: sp.frontend,
                     name: name.clone(),
-                    backends: sp.backends_on(node),
+                    backends: sp.backends_at(node, zone),
                     affinity_timeout_s,
                     // Local policy, none here but some elsewhere: drop, as
                     // kube-proxy does (no endpoints at all: refuse).
@@ -709,7 +720,7 @@ impl<M: ServiceMaps> MapSync<M> {
             if !ext.is_exposed() {
                 continue;
             }
-            let external_backends = sp.external_backends_on(node);
+            let external_backends = sp.external_backends_at(node, zone);
             let base_flags = service_flags::EXTERNAL
                 | if ext.traffic_local && usable_anywhere {
                     service_flags::DROP_IF_EMPTY
@@ -740,7 +751,7 @@ impl<M: ServiceMaps> MapSync<M> {
                     .collect();
                 frontends.extend(in_cluster);
             }
-            let cluster_wide = sp.cluster_wide_backends();
+            let cluster_wide = sp.cluster_wide_backends(node, zone);
             for (frontend, is_lb) in frontends {
                 let in_cluster = frontend.scope == FrontendScope::InCluster;
                 let ranged = is_lb && !ext.source_ranges.is_empty();
@@ -1067,6 +1078,7 @@ pub(crate) mod tests {
                             serving: true,
                             terminating: false,
                             node: None,
+                            hints: None,
                         })
                         .collect(),
                 },

@@ -127,6 +127,9 @@ fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
     Some(SystemTime::from(parsed))
 }
 
+/// The label topology hints (`hints.forZones`) are matched against.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 /// The cluster autoscaler's taint on a node it is about to remove.
 const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
@@ -176,6 +179,8 @@ struct Cache {
     triggered_at: Vec<SystemTime>,
     node_addresses: Option<Vec<Ipv4Addr>>,
     node_addresses_changed: bool,
+    node_zone: Option<String>,
+    node_zone_changed: bool,
     /// Objects of a relist in progress, swapped in at its end.
     relisting_services: Option<HashMap<Key, Service>>,
     relisting_slices: Option<HashMap<Key, EndpointSlice>>,
@@ -258,6 +263,9 @@ impl Cache {
         if std::mem::take(&mut self.node_addresses_changed) {
             delta.node_addresses = self.node_addresses.clone();
         }
+        if std::mem::take(&mut self.node_zone_changed) {
+            delta.node_zone = Some(self.node_zone.clone());
+        }
         for key in std::mem::take(&mut self.dirty) {
             let mut objects = ClusterObjects::default();
             if let Some(service) = self.services.get(&key) {
@@ -307,7 +315,7 @@ impl Cache {
     }
 
     fn pending(&self) -> bool {
-        !self.dirty.is_empty() || self.node_addresses_changed
+        !self.dirty.is_empty() || self.node_addresses_changed || self.node_zone_changed
     }
 }
 
@@ -521,6 +529,17 @@ impl KubernetesSource {
                             if draining != m.is_node_draining() {
                                 info!(node = ?n.metadata.name, draining, "node removal: /healthz follows");
                                 m.set_node_draining(draining);
+                            }
+                            let zone = n
+                                .metadata
+                                .labels
+                                .as_ref()
+                                .and_then(|l| l.get(ZONE_LABEL))
+                                .cloned();
+                            if zone != cache.node_zone {
+                                info!(node = ?n.metadata.name, zone = ?zone, "node zone (topology hints)");
+                                cache.node_zone = zone;
+                                cache.node_zone_changed = true;
                             }
                             let addresses = node_addresses(&n);
                             if cache.node_addresses.as_ref() != Some(&addresses) {

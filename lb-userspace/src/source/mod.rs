@@ -35,6 +35,9 @@ pub struct StateDelta {
     pub triggered_at: Vec<SystemTime>,
     /// This node's addresses from its Node object, when they changed.
     pub node_addresses: Option<Vec<Ipv4Addr>>,
+    /// This node's zone label (`topology.kubernetes.io/zone`), when it
+    /// changed: `Some(None)` is a label removed.
+    pub node_zone: Option<Option<String>>,
 }
 
 impl StateDelta {

@@ -28,7 +28,8 @@ pub struct EndpointSlice {
     pub ports: Option<Vec<EndpointPort>>,
 }
 
-/// One endpoint of a slice: its addresses, conditions and node.
+/// One endpoint of a slice: its addresses, conditions, node and topology
+/// hints.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
@@ -38,6 +39,26 @@ pub struct Endpoint {
     pub conditions: Option<EndpointConditions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
+    /// Boxed: 8 bytes for the many endpoints without hints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hints: Option<Box<EndpointHints>>,
+}
+
+/// `hints`: the zones and nodes whose clients should use this endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointHints {
+    #[serde(default, deserialize_with = "compact_vec")]
+    pub for_zones: Vec<HintTarget>,
+    #[serde(default, deserialize_with = "compact_vec")]
+    pub for_nodes: Vec<HintTarget>,
+}
+
+/// `hints.forZones[]` / `hints.forNodes[]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HintTarget {
+    #[serde(default)]
+    pub name: String,
 }
 
 /// `null` reads as the field's default, as k8s-openapi does.

@@ -24,7 +24,7 @@ use tracing::debug;
 use super::{ClusterObjects, ObjectError, Sourced};
 use crate::model::{
     BackendAddr, DesiredState, Endpoint, ExternalAccess, Frontend, Protocol, ServicePort,
-    ServicePortName, ServiceType,
+    ServicePortName, ServiceType, TopologyHints,
 };
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -533,6 +533,12 @@ impl Translator {
                 serving: conditions.serving.unwrap_or(ready),
                 terminating: conditions.terminating.unwrap_or(false),
                 node: ep.node_name.clone(),
+                hints: ep.hints.as_ref().map(|h| {
+                    Box::new(TopologyHints {
+                        zones: h.for_zones.iter().map(|z| z.name.clone()).collect(),
+                        nodes: h.for_nodes.iter().map(|n| n.name.clone()).collect(),
+                    })
+                }),
             };
             // The same endpoint in two slices (e.g. during a slice
             // rebalance): one entry, the more ready one.
@@ -751,6 +757,46 @@ endpoints:
         let dns = &t.desired.services[&frontend(53, Protocol::Udp)];
         assert_eq!(dns.active_backends().len(), 1);
         assert_eq!(dns.active_backends()[0].port, 5353);
+    }
+
+    /// What the EndpointSlice controller writes for `trafficDistribution:
+    /// PreferSameNode`: zone and node hints, carried to the model.
+    #[test]
+    fn topology_hints_are_read_from_slices() {
+        let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {clusterIP: 10.96.0.90, trafficDistribution: PreferSameNode, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- addresses: [10.244.1.5]
+  nodeName: n1
+  hints: {forZones: [{name: zone-a}], forNodes: [{name: n1}]}
+- addresses: [10.244.2.5]
+  nodeName: n2
+"#;
+        let t = translate(&objects(yaml));
+        assert!(t.errors.is_empty(), "{:?}", t.errors);
+        let sp = t.desired.services.values().next().expect("web");
+        let hinted = sp
+            .endpoints
+            .iter()
+            .find(|e| e.node.as_deref() == Some("n1"))
+            .expect("n1");
+        assert_eq!(
+            hinted.hints.as_deref(),
+            Some(&TopologyHints {
+                zones: vec!["zone-a".into()],
+                nodes: vec!["n1".into()]
+            })
+        );
+        assert!(sp.endpoints.iter().any(|e| e.hints.is_none()));
     }
 
     #[test]
