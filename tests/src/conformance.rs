@@ -21,7 +21,7 @@ pub const FOCUS: &str = r"\[sig-network\].*(Services|Conntrack|Networking|Endpoi
 
 /// Cases that cannot run on this cluster, each with the reason (shown in
 /// docs/conformance.md).
-pub const SKIPS: [(&str, &str); 7] = [
+pub const SKIPS: [(&str, &str); 6] = [
     (
         r"\[Disruptive\]",
         "restarts nodes or components over SSH, which this cluster has no provider for",
@@ -42,10 +42,6 @@ pub const SKIPS: [(&str, &str); 7] = [
     (
         r"\[Feature:",
         "an alpha/optional feature this cluster does not enable",
-    ),
-    (
-        r"\[FeatureGate:PreferSameTrafficDistribution\]",
-        "beta feature gate off by default in v1.34's kube-apiserver here",
     ),
 ];
 

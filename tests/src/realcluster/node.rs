@@ -308,6 +308,9 @@ pub fn start_kubelet(n: u8, pki: &Pki) -> Result<()> {
             format!("--kubeconfig={}", kubeconfig.display()),
             format!("--hostname-override={}", node_name(n)),
             format!("--node-ip={}", node_ip(n)),
+            // A zone per node, so topology hints (trafficDistribution) have
+            // something to choose between.
+            format!("--node-labels=topology.kubernetes.io/zone=zone-{n}"),
             format!("--root-dir={}", d.join("kubelet").display()),
             "--v=1".into(),
         ],
