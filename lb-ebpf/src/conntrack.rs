@@ -202,12 +202,21 @@ pub fn touch(entry: &mut ConnEntry, tcp_flags: u8, now: u64) {
     }
 }
 
-/// A SYN on a flow that was closed is a new connection reusing the same
-/// ports: it must be balanced afresh, not sent to the old (maybe gone) backend.
+/// A SYN on a flow that was closed — by the client (its forward entry saw
+/// FIN or RST) or by the backend (its reply entry did) — is a new
+/// connection reusing the same ports: it must be balanced afresh, not sent
+/// to the old (maybe gone) backend.
 #[inline(always)]
-pub fn is_reopened(entry: &ConnEntry, tcp_flags: u8) -> bool {
-    tcp_flags & (tcp_seen::SYN | tcp_seen::ACK) == tcp_seen::SYN
-        && entry.tcp_flags & (tcp_seen::FIN | tcp_seen::RST) != 0
+pub fn is_reopened(flow: &FlowKey, entry: &ConnEntry, tcp_flags: u8) -> bool {
+    const CLOSED: u8 = tcp_seen::FIN | tcp_seen::RST;
+    if tcp_flags & (tcp_seen::SYN | tcp_seen::ACK) != tcp_seen::SYN {
+        return false;
+    }
+    if entry.tcp_flags & CLOSED != 0 {
+        return true;
+    }
+    // Rare (a SYN on an entry): one more lookup for the backend's side.
+    lookup(&flow.reply_key(entry)).is_some_and(|reply| unsafe { (*reply).tcp_flags } & CLOSED != 0)
 }
 
 /// Records a new external flow `client → frontend` DNATed to a backend on

@@ -154,7 +154,7 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
     if let Some(entry) = conntrack::lookup(&pkt.flow) {
         let entry = unsafe { &mut *entry };
         let kind = entry.kind;
-        if conn_kind::is_forward(kind) && !conntrack::is_reopened(entry, pkt.tcp_flags) {
+        if conn_kind::is_forward(kind) && !conntrack::is_reopened(&pkt.flow, entry, pkt.tcp_flags) {
             conntrack::touch(entry, pkt.tcp_flags, now);
             let service_id = entry.service_id;
             let action = match kind {

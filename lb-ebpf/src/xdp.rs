@@ -238,7 +238,7 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
     if let Some(entry) = conntrack::lookup(&pkt.flow) {
         let entry = unsafe { &mut *entry };
         let kind = entry.kind;
-        if kind == conn_kind::FORWARD && !conntrack::is_reopened(entry, pkt.tcp_flags) {
+        if kind == conn_kind::FORWARD && !conntrack::is_reopened(&pkt.flow, entry, pkt.tcp_flags) {
             conntrack::touch(entry, pkt.tcp_flags, now);
             let (ip, port, service_id) = (entry.nat_ip_be, entry.nat_port_be, entry.service_id);
             let source_port = entry.second_port_be;
@@ -256,7 +256,7 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
         }
         if kind == conn_kind::FORWARD_SNAT
             && xdp_snat_enabled()
-            && !conntrack::is_reopened(entry, pkt.tcp_flags)
+            && !conntrack::is_reopened(&pkt.flow, entry, pkt.tcp_flags)
         {
             let backend = (entry.nat_ip_be, entry.nat_port_be);
             let snat = (entry.second_ip_be, entry.second_port_be);

@@ -1774,3 +1774,27 @@ fn mid_flow_tcp_without_an_entry_is_not_balanced() {
     let (_, out) = f.run_from_pod(&Pkt::tcp(CLIENT, 42003, VIP, 80, ACK).build());
     assert_eq!(parse_checked(&out).dst, backend);
 }
+
+/// The backend resets a connection (its pod is restarting, say) and the
+/// client at once reconnects from the same port, inside the closing window.
+/// Like after a client RST, the new SYN must be balanced afresh — here the
+/// reset backend has meanwhile left the service, so reusing the old entry
+/// would send the connection to a backend that is gone.
+#[test]
+fn a_tuple_reopened_after_a_backend_reset_is_balanced_afresh() {
+    let mut f = fixture();
+    let (_, out) = f.run_from_pod(&Pkt::tcp(CLIENT, 43200, VIP, 80, SYN).build());
+    let first = parse_checked(&out).dst;
+    // SYN-ACK, then RST from the backend, through the client's interface.
+    f.run_to_pod(&Pkt::tcp(first, 8080, CLIENT, 43200, SYN | ACK).build());
+    f.run_to_pod(&Pkt::tcp(first, 8080, CLIENT, 43200, 0x04 /* RST */).build());
+    let survivors: Vec<Ipv4Addr> = BACKENDS.iter().copied().filter(|b| *b != first).collect();
+    let mut sync = MapSync::adopt(PinnedMaps::open(&f.pin_dir).expect("maps")).expect("adopt");
+    assert!(sync.apply(&desired_state(&survivors)).errors.is_empty());
+    let (_, out) = f.run_from_pod(&Pkt::tcp(CLIENT, 43200, VIP, 80, SYN).build());
+    let again = parse_checked(&out).dst;
+    assert!(
+        survivors.contains(&again),
+        "reopened flow went to {again}, the reset backend that left"
+    );
+}
