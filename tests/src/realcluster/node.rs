@@ -26,6 +26,10 @@ pub fn create_mount_ns(n: u8) -> Result<()> {
         run(&["mount", "--bind", d, d])?;
         run(&["mount", "--make-private", d])?;
     }
+    let uts = super::layout::node_uts_ns(n);
+    std::fs::write(&uts, "")?;
+    let u = uts.to_str().context("ns path")?;
+    run(&["unshare", &format!("--uts={u}"), "hostname", &node_name(n)])?;
     let file = node_mount_ns(n);
     std::fs::write(&file, "")?;
     let f = file.to_str().context("ns path")?;
