@@ -254,7 +254,9 @@ pub fn create_snat(
         second_port_be: flow.src_port_be,
         ..forward
     };
-    conntrack.insert(reply_key, reply, BPF_ANY as u64)?;
+    // NOEXIST: the port is claimed only if no other flow took it since it
+    // was found free (EEXIST: the caller picks another).
+    conntrack.insert(reply_key, reply, BPF_NOEXIST as u64)?;
     conntrack.insert(flow, forward, BPF_ANY as u64)
 }
 

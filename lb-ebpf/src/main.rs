@@ -254,24 +254,16 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
 
     // From outside to another node: SNAT, so the reply comes back here.
     let action = if side == Side::World && backend.flags & backend_flags::LOCAL == 0 {
-        let Some(snat) = snat::allocate(&pkt.flow, &backend) else {
-            stats::count(reason::SNAT_PORTS_EXHAUSTED);
-            return TC_ACT_SHOT;
-        };
-        if conntrack::create_snat(
+        let Some(snat) = snat::claim(
             &pkt.flow,
             backend_id,
             &backend,
             service_id,
-            snat,
             pkt.tcp_flags,
             now,
-        )
-        .is_err()
-        {
-            stats::count(reason::CONNTRACK_FULL);
+        ) else {
             return TC_ACT_SHOT;
-        }
+        };
         translate_snat(ctx, pkt, (backend.ip_be, backend.port_be), snat)
     } else {
         let source_port = match conntrack::create(

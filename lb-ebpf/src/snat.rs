@@ -3,36 +3,58 @@
 //! a port is free when no reply entry for (backend, node, port) exists.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use lb_common::{Backend, FlowKey};
+use lb_common::{Backend, BackendId, FlowKey, reason};
 
-use crate::maps::{conntrack, nat_config};
+use crate::maps::nat_config;
+use crate::stats;
 
-/// Tries a few random ports of the range; a busy range fails the flow
-/// rather than sharing a port between two flows to the same backend.
-const ATTEMPTS: u32 = 4;
+/// Ports tried per new flow: consecutive ones from a random offset, so a
+/// nearly full range is still searched (four random probes gave up at 60 %
+/// occupancy). A busy range fails the flow rather than sharing a port
+/// between two flows to the same backend.
+const PROBES: u32 = 32;
 
-/// (SNAT address, source port in network order) for a new flow.
+/// Finds a free SNAT port towards `backend` and records the flow on it:
+/// (SNAT address, port in network order). A port is free when its reply
+/// entry (backend → node:port) can be inserted with `BPF_NOEXIST`, which
+/// also settles a race with another CPU. Counts and returns None when no
+/// port is free or conntrack refuses.
 #[inline(always)]
-pub fn allocate(flow: &FlowKey, backend: &Backend) -> Option<(u32, u16)> {
+pub fn claim(
+    flow: &FlowKey,
+    backend_id: BackendId,
+    backend: &Backend,
+    service_id: u32,
+    tcp_flags: u8,
+    now: u64,
+) -> Option<(u32, u16)> {
+    const EEXIST: i32 = -17;
     let cfg = nat_config.get(0)?;
     if cfg.snat_ip_be == 0 || cfg.port_max < cfg.port_min {
         return None;
     }
+    let (snat_ip, min) = (cfg.snat_ip_be, cfg.port_min as u32);
     let span = (cfg.port_max - cfg.port_min) as u32 + 1;
-    for _ in 0..ATTEMPTS {
-        let port = cfg.port_min as u32 + unsafe { bpf_get_prandom_u32() } % span;
-        let port_be = (port as u16).to_be();
-        let reply_key = FlowKey {
-            src_ip_be: backend.ip_be,
-            dst_ip_be: cfg.snat_ip_be,
-            src_port_be: backend.port_be,
-            dst_port_be: port_be,
-            proto: flow.proto,
-            _pad: [0; 3],
-        };
-        if conntrack.get_ptr(reply_key).is_none() {
-            return Some((cfg.snat_ip_be, port_be));
+    let start = unsafe { bpf_get_prandom_u32() };
+    for i in 0..PROBES {
+        let port_be = ((min + start.wrapping_add(i) % span) as u16).to_be();
+        match crate::conntrack::create_snat(
+            flow,
+            backend_id,
+            backend,
+            service_id,
+            (snat_ip, port_be),
+            tcp_flags,
+            now,
+        ) {
+            Ok(()) => return Some((snat_ip, port_be)),
+            Err(e) if e == EEXIST => continue,
+            Err(_) => {
+                stats::count(reason::CONNTRACK_FULL);
+                return None;
+            }
         }
     }
+    stats::count(reason::SNAT_PORTS_EXHAUSTED);
     None
 }

@@ -314,24 +314,16 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
         // The choice is recorded here even when tc does the forwarding: a
         // second draw in tc would skew the balance (remote backends would
         // get their share of only the flows XDP did not keep).
-        let Some(snat) = snat::allocate(&pkt.flow, &backend) else {
-            stats::count(reason::SNAT_PORTS_EXHAUSTED);
-            return Ok(XDP_DROP);
-        };
-        if conntrack::create_snat(
+        let Some(snat) = snat::claim(
             &pkt.flow,
             backend_id,
             &backend,
             service_id,
-            snat,
             pkt.tcp_flags,
             now,
-        )
-        .is_err()
-        {
-            stats::count(reason::CONNTRACK_FULL);
+        ) else {
             return Ok(XDP_DROP);
-        }
+        };
         stats::count(reason::NEW_FLOW);
         stats::service(service_id, |c| {
             c.packets += 1;

@@ -1798,3 +1798,79 @@ fn a_tuple_reopened_after_a_backend_reset_is_balanced_afresh() {
         "reopened flow went to {again}, the reset backend that left"
     );
 }
+
+/// Many clients from outside to one backend on another node, through a
+/// node port: every flow needs its own SNAT port towards that backend.
+/// Until the range is really full, none may be refused (netfilter's
+/// MASQUERADE finds any free port); when it is full, the next is counted.
+#[test]
+fn snat_ports_are_found_until_the_range_is_full() {
+    let mut f = fixture();
+    let remote = BACKENDS[1];
+    let mut desired = desired_state(&BACKENDS);
+    let mut one = service(Ipv4Addr::new(10, 96, 0, 70), 80, Protocol::Tcp, &[remote]);
+    one.external.node_port = Some(30070);
+    for e in &mut one.endpoints {
+        e.node = Some("elsewhere".into());
+    }
+    desired.services.insert(one.frontend, one);
+    let mut sync = MapSync::adopt(PinnedMaps::open(&f.pin_dir).expect("maps"))
+        .expect("adopt")
+        .with_node(Some("here".into()))
+        .with_node_ips(vec![NODE_IP]);
+    assert!(sync.apply(&desired).errors.is_empty());
+    const PORTS: u16 = 32;
+    f.maps
+        .nat_config
+        .set(
+            0,
+            lb_common::NatConfig {
+                snat_ip_be: ip_be(NODE_IP),
+                port_min: 50000,
+                port_max: 50000 + PORTS - 1,
+                flags: 0,
+            },
+            0,
+        )
+        .expect("nat_config");
+    let world = f
+        .datapath
+        .program_fd(program_names::FROM_WORLD)
+        .expect("fd");
+    // The FIB lookup fails in this namespace: the conntrack entries and the
+    // counters tell what the datapath decided.
+    let snat_ports = |f: &Fixture| -> Vec<u16> {
+        f.maps
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, e)| k.dst_port_be == port_be(30070) && e.kind == conn_kind::FORWARD_SNAT)
+            .map(|(_, e)| u16::from_be(e.second_port_be))
+            .collect()
+    };
+    for i in 0..PORTS {
+        let client = Ipv4Addr::new(10, 10, 1, 1 + i as u8);
+        test_run(world, &Pkt::tcp(client, 40000, NODE_IP, 30070, SYN).build());
+        assert_eq!(
+            f.maps.reason_count(reason::SNAT_PORTS_EXHAUSTED),
+            0,
+            "flow {i} of {PORTS} refused with free SNAT ports left"
+        );
+    }
+    let ports = snat_ports(&f);
+    let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+    assert_eq!(
+        (ports.len(), distinct.len()),
+        (PORTS as usize, PORTS as usize),
+        "one port per flow"
+    );
+    test_run(
+        world,
+        &Pkt::tcp(Ipv4Addr::new(10, 10, 2, 1), 40000, NODE_IP, 30070, SYN).build(),
+    );
+    assert_eq!(
+        f.maps.reason_count(reason::SNAT_PORTS_EXHAUSTED),
+        1,
+        "the range is full"
+    );
+}
