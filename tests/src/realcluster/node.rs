@@ -62,8 +62,15 @@ pub fn create_mount_ns(n: u8) -> Result<()> {
 }
 
 /// Shim sockets and runc state (/run/containerd), the CNI result cache, the
-/// kubelet's container log links: fixed paths, made private per node.
-pub const NODE_PRIVATE_DIRS: [&str; 3] = ["/run/containerd", "/var/lib/cni", "/var/log/containers"];
+/// kubelet's container log links and its device-plugin, plugin-registry
+/// and pod-resources sockets (under /var/lib/kubelet whatever its
+/// --root-dir): fixed paths, made private per node.
+pub const NODE_PRIVATE_DIRS: [&str; 4] = [
+    "/run/containerd",
+    "/var/lib/cni",
+    "/var/log/containers",
+    "/var/lib/kubelet",
+];
 
 fn is_mount_point(path: &Path) -> Result<bool> {
     let p = path.to_str().context("path")?;
