@@ -622,6 +622,7 @@ fn machine_paths() -> BTreeSet<String> {
         "/var/log/containers",
         "/var/log/pods",
         "/opt/containerd",
+        "/var/lib/kubelet",
     ] {
         if let Ok(entries) = std::fs::read_dir(dir) {
             seen.insert(dir.to_string());
