@@ -402,6 +402,21 @@ pub mod conn_kind {
     }
 }
 
+/// A CPU's budget of ICMP rejects: a token bucket, so the datapath cannot be
+/// used as a reflector (spoofed sources to endpoint-less services) — the
+/// kernel rate-limits its own ICMP errors the same way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RejectBudget {
+    pub tokens: u64,
+    pub last_refill_ns: u64,
+}
+
+/// Rejects per second and CPU, and the burst allowed: the kernel's
+/// `icmp_msgs_per_sec` / `icmp_msgs_burst` defaults.
+pub const REJECTS_PER_SEC: u64 = 1000;
+pub const REJECT_BURST: u64 = 50;
+
 /// `ConnEntry::tcp_flags`: TCP flags seen on the flow, ORed together.
 pub mod tcp_seen {
     pub const SYN: u8 = 0x02;
@@ -508,7 +523,9 @@ pub mod reason {
     /// entry (mid-flow after an eviction or reboot, or forged): not a new
     /// flow, like netfilter's INVALID state.
     pub const TCP_NO_ENTRY_DROPPED: u32 = 20;
-    pub const COUNT: u32 = 21;
+    /// Dropped instead of refused: ICMP rejects are over their rate.
+    pub const REJECT_RATE_LIMITED: u32 = 21;
+    pub const COUNT: u32 = 22;
 
     /// Human names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -533,6 +550,7 @@ pub mod reason {
         "source_port_remapped",
         "source_port_clash_dropped",
         "tcp_no_entry_dropped",
+        "reject_rate_limited",
     ];
 }
 

@@ -233,6 +233,10 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
             stats::count(reason::NO_LOCAL_BACKEND_DROPPED);
             return TC_ACT_SHOT;
         }
+        if !reject::within_rate(now) {
+            stats::count(reason::REJECT_RATE_LIMITED);
+            return TC_ACT_SHOT;
+        }
         return match reject::port_unreachable(ctx, pkt) {
             Ok(action) => {
                 stats::count(reason::NO_BACKEND_REJECTED);

@@ -45,6 +45,10 @@ pub static service_names: HashMap<
     { BPF_F_NO_PREALLOC as usize },
 > = HashMap::new();
 
+/// Per-CPU token bucket of ICMP rejects (not pinned: transient).
+#[btf_map]
+pub static reject_budget: PerCpuArray<lb_common::RejectBudget, 1> = PerCpuArray::new();
+
 /// Why packets were translated, refused or passed.
 #[btf_map]
 pub static reason_stats: PerCpuArray<u64, { reason::COUNT as usize }> = PerCpuArray::new();

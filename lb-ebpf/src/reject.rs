@@ -143,3 +143,30 @@ fn emit<const QUOTE: usize, const WORDS: usize>(ctx: &TcContext, pkt: &Packet) -
     }
     Ok(action)
 }
+
+/// Takes one reject from this CPU's token bucket; false when it is empty
+/// (the packet is then dropped rather than answered).
+#[inline(always)]
+pub fn within_rate(now: u64) -> bool {
+    use lb_common::{REJECT_BURST, REJECTS_PER_SEC};
+    let Some(budget) = crate::maps::reject_budget.get_ptr_mut(0) else {
+        return true;
+    };
+    let budget = unsafe { &mut *budget };
+    let per_token_ns = 1_000_000_000 / REJECTS_PER_SEC;
+    let earned = now.wrapping_sub(budget.last_refill_ns) / per_token_ns;
+    if earned > 0 {
+        if budget.tokens + earned >= REJECT_BURST {
+            budget.tokens = REJECT_BURST;
+            budget.last_refill_ns = now;
+        } else {
+            budget.tokens += earned;
+            budget.last_refill_ns = budget.last_refill_ns.wrapping_add(earned * per_token_ns);
+        }
+    }
+    if budget.tokens == 0 {
+        return false;
+    }
+    budget.tokens -= 1;
+    true
+}

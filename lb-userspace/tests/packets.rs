@@ -1579,6 +1579,7 @@ fn datapath_agrees_with_a_reference_model_on_generated_service_sets() {
     let from_pod = f.datapath.program_fd(program_names::FROM_POD).expect("fd");
     let mut rng = Rng(0xd1ff_e7e7_0000_0001);
     let (mut dnat, mut rejected, mut dropped, mut untouched) = (0, 0, 0, 0);
+    let mut limited_seen = 0;
     for set in 0..60 {
         let services = generate(&mut rng, set);
         let report = sync.apply(&translated(&services));
@@ -1618,6 +1619,16 @@ fn datapath_agrees_with_a_reference_model_on_generated_service_sets() {
                     Expect::Drop => {
                         assert_eq!(verdict, 2, "TC_ACT_SHOT: {context}");
                         dropped += 1;
+                    }
+                    // Rejects are rate-limited (burst 50): past the burst a
+                    // refusal may be a counted drop, as with the kernel's
+                    // own ICMP rate limit under kube-proxy.
+                    Expect::Reject
+                        if verdict == 2
+                            && f.maps.reason_count(reason::REJECT_RATE_LIMITED) > limited_seen =>
+                    {
+                        limited_seen = f.maps.reason_count(reason::REJECT_RATE_LIMITED);
+                        rejected += 1;
                     }
                     Expect::Reject => {
                         assert_eq!(verdict, TC_ACT_REDIRECT, "{context}");
@@ -1873,4 +1884,31 @@ fn snat_ports_are_found_until_the_range_is_full() {
         1,
         "the range is full"
     );
+}
+
+/// A flood of SYNs with spoofed sources to a service without endpoints
+/// would turn every node into an ICMP reflector. Rejects are rate-limited
+/// like the kernel's own ICMP errors (burst 50, then 1000/s per CPU); the
+/// rest are dropped and counted. A lone client is still refused at once.
+#[test]
+fn icmp_rejects_are_rate_limited() {
+    let mut f = fixture();
+    let (verdict, _) = f.run_from_pod(&Pkt::tcp(CLIENT, 44000, EMPTY_VIP, 80, SYN).build());
+    assert_ne!(
+        verdict, 2,
+        "the first client is refused with ICMP, not dropped"
+    );
+    for i in 0..300u16 {
+        let spoofed = Ipv4Addr::new(10, 244, 9, (i % 250) as u8 + 1);
+        f.run_from_pod(&Pkt::tcp(spoofed, 44001 + i, EMPTY_VIP, 80, SYN).build());
+    }
+    let rejected = f.maps.reason_count(reason::NO_BACKEND_REJECTED);
+    let limited = f.maps.reason_count(reason::REJECT_RATE_LIMITED);
+    assert_eq!(rejected + limited, 301, "every SYN is refused or dropped");
+    // The burst, plus what the bucket earns while the test runs (1/ms).
+    assert!(
+        rejected <= 50 + 60,
+        "{rejected} rejects sent for 301 SYNs in a burst"
+    );
+    assert!(limited >= 190, "{limited} dropped");
 }
