@@ -45,7 +45,7 @@ apt_install iproute2 util-linux ethtool bpftool build-essential pkg-config ca-ce
 # packages' own services are not started: there is no init here, and the
 # cluster starts its daemons itself.
 if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d; fi
-apt_install containerd runc containernetworking-plugins iptables conntrack debootstrap busybox-static
+apt_install containerd runc containernetworking-plugins iptables nftables conntrack debootstrap busybox-static
 
 # Host Rust toolchain (stable) for the user-space crates.
 if ! command -v cargo >/dev/null; then
