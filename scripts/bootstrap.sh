@@ -40,8 +40,10 @@ apt_install() {
 apt_install iproute2 util-linux ethtool bpftool build-essential pkg-config ca-certificates curl openssl python3
 
 # The real cluster (tests/src/realcluster): a containerd, runc and the CNI
-# plugins per node, iptables for the bridge's FORWARD policy, debootstrap for
-# the agent image's Debian root, busybox-static for small test images. The
+# plugins per node, iptables for the nodes' FORWARD policy, nftables and
+# conntrack for the real kube-proxy in side-by-side conformance runs,
+# debootstrap for the images' Debian roots, busybox-static for small test
+# images. The
 # packages' own services are not started: there is no init here, and the
 # cluster starts its daemons itself.
 if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d; fi
