@@ -113,18 +113,44 @@ impl Drop for HealthServers {
     }
 }
 
-async fn serve(port: u16, answers: Arc<Mutex<BTreeMap<u16, ServiceHealth>>>) {
-    let listener = match TcpListener::bind(("0.0.0.0", port)).await {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(port, "cannot serve health check: {e}");
-            return;
+/// Binds the port, retrying with backoff while it is taken (an old agent
+/// still holding it, another process): a health check must not stay dark
+/// because its first bind failed.
+async fn bind_with_retry(port: u16) -> TcpListener {
+    let mut wait = std::time::Duration::from_millis(500);
+    let mut failures = 0u32;
+    loop {
+        match TcpListener::bind(("0.0.0.0", port)).await {
+            Ok(l) => {
+                if failures > 0 {
+                    info!(port, failures, "health check bound after retrying");
+                }
+                return l;
+            }
+            Err(e) => {
+                if failures == 0 {
+                    warn!(port, "cannot bind health check port yet ({e}); retrying");
+                }
+                failures += 1;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            }
         }
-    };
+    }
+}
+
+async fn serve(port: u16, answers: Arc<Mutex<BTreeMap<u16, ServiceHealth>>>) {
+    let listener = bind_with_retry(port).await;
     info!(port, "health check listening");
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(port, "accept on the health check port: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
         };
         let answers = Arc::clone(&answers);
         tokio::spawn(async move {
@@ -144,6 +170,40 @@ async fn serve(port: u16, answers: Arc<Mutex<BTreeMap<u16, ServiceHealth>>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The port is still held (an old agent during an upgrade, another
+    /// process) when the health check starts: it answers once it is free.
+    #[tokio::test]
+    async fn a_taken_port_is_retried_until_free() {
+        let blocker = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+        let port = blocker.local_addr().expect("addr").port();
+        let mut servers = HealthServers::default();
+        servers.update(BTreeMap::from([(
+            port,
+            ServiceHealth {
+                namespace: "ns".into(),
+                name: "web".into(),
+                local_endpoints: 1,
+            },
+        )]));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        drop(blocker);
+        let mut answer = String::new();
+        for _ in 0..50 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
+                let _ = s.read_to_string(&mut answer).await;
+                if !answer.is_empty() {
+                    break;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK"),
+            "no answer after the port freed: {answer:?}"
+        );
+    }
 
     #[test]
     fn answers_like_kube_proxy() {
