@@ -1,6 +1,7 @@
-//! The agent's HTTP endpoints: `/metrics` (Prometheus), `/healthz` and
-//! `/livez` (the main loop is alive), `/readyz` (the first complete state is
-//! in the maps). Served on each configured address, nowhere else.
+//! The agent's HTTP endpoints: `/metrics` (Prometheus), `/livez` (the main
+//! loop is alive), `/healthz` (kube-proxy's: alive and the node not
+//! draining, with its JSON body), `/readyz` (the first complete state is in
+//! the maps), `/proxyMode`. Served on each configured address, nowhere else.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -45,15 +46,13 @@ pub fn route(metrics: &Metrics, method: &Method, path: &str) -> Response<Full<By
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.render(),
         ),
-        // Load balancers probe /healthz: a node on its way out fails it so
-        // they drain it first, as kube-proxy ≥ 1.28 does. /livez (the
-        // kubelet's liveness probe) stays about the agent alone.
-        "/healthz" if metrics.is_node_draining() => respond(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "node is being deleted\n".into(),
-        ),
-        "/healthz" | "/livez" => {
+        // kube-proxy's /healthz: status for load balancers (503 while the
+        // node is on its way out, so they drain it; 503 when the main loop
+        // is stuck) and its JSON body, which tools and the upstream e2e
+        // suite read. /livez (the kubelet's liveness probe) is about the
+        // agent alone.
+        "/healthz" => healthz(metrics),
+        "/livez" => {
             let silent = metrics.since_heartbeat();
             if silent <= LIVENESS_LIMIT {
                 respond(StatusCode::OK, "text/plain", "ok\n".into())
@@ -65,6 +64,9 @@ pub fn route(metrics: &Metrics, method: &Method, path: &str) -> Response<Full<By
                 )
             }
         }
+        // What kube-proxy answers on its metrics port; scripts ask it to
+        // tell which proxy runs.
+        "/proxyMode" => respond(StatusCode::OK, "text/plain", "switchyard".into()),
         "/readyz" => {
             if metrics.is_ready() {
                 respond(StatusCode::OK, "text/plain", "ok\n".into())
@@ -78,6 +80,29 @@ pub fn route(metrics: &Metrics, method: &Method, path: &str) -> Response<Full<By
         }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+/// kube-proxy's `/healthz` answer: `lastUpdated` (the main loop's last
+/// beat), `currentTime`, `nodeEligible` (false while the node drains).
+fn healthz(metrics: &Metrics) -> Response<Full<Bytes>> {
+    let silent = metrics.since_heartbeat();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let last = now
+        .checked_sub(k8s_openapi::jiff::SignedDuration::try_from(silent).unwrap_or_default())
+        .unwrap_or(now);
+    let eligible = !metrics.is_node_draining();
+    let body = serde_json::json!({
+        "lastUpdated": last.to_string(),
+        "currentTime": now.to_string(),
+        "nodeEligible": eligible,
+    })
+    .to_string();
+    let status = if silent > LIVENESS_LIMIT || !eligible {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    respond(status, "application/json", body)
 }
 
 /// Binds `addr` (so a taken port fails the start, loudly) and serves it in
@@ -154,5 +179,31 @@ mod tests {
         assert_eq!(route(&m, &Method::GET, "/livez").status(), StatusCode::OK);
         m.set_node_draining(false);
         assert_eq!(route(&m, &Method::GET, "/healthz").status(), StatusCode::OK);
+    }
+
+    /// What the upstream e2e case "should check kube-proxy urls" reads:
+    /// /healthz with kube-proxy's JSON (lastUpdated), /proxyMode answering.
+    #[test]
+    fn kube_proxy_urls() {
+        use http_body_util::BodyExt;
+        let m = Metrics::new(PathBuf::from("/nonexistent/switchyard-test"));
+        let body = |r: Response<Full<Bytes>>| -> String {
+            let bytes = futures::executor::block_on(r.into_body().collect())
+                .expect("body")
+                .to_bytes();
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
+        let health: serde_json::Value =
+            serde_json::from_str(&body(route(&m, &Method::GET, "/healthz"))).expect("json");
+        assert!(
+            health["lastUpdated"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z')),
+            "{health}"
+        );
+        assert_eq!(health["nodeEligible"], true);
+        let mode = route(&m, &Method::GET, "/proxyMode");
+        assert_eq!(mode.status(), StatusCode::OK);
+        assert_eq!(body(mode), "switchyard");
     }
 }
