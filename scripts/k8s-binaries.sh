@@ -123,6 +123,8 @@ for component in kube-apiserver kube-controller-manager kube-scheduler kubelet k
   build_go "$component" "k8s.io/kubernetes/cmd/$component"
 done
 build_go agnhost k8s.io/kubernetes/test/images/agnhost
+# The boom server of the upstream conntrack case "invalid conntrack state".
+build_go regression-issue-74839 k8s.io/kubernetes/test/images/regression-issue-74839
 build_coredns
 if [ $with_e2e -eq 1 ]; then
   # ginkgo runs e2e.test in parallel processes, as upstream CI does.

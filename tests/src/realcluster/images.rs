@@ -1,5 +1,6 @@
 //! Container images built on this machine, never pulled: the pause
-//! container, agnhost (the upstream e2e test server), CoreDNS and the
+//! container, agnhost (the upstream e2e test server), the e2e busybox and
+//! conntrack boom server, CoreDNS and the
 //! Switchyard agent (the Dockerfile's runtime stage: a Debian bookworm root
 //! from debootstrap with bpftool and iproute2, plus `cargo xtask
 //! image-root`). Each is written as a docker-archive tarball and imported
@@ -23,6 +24,8 @@ pub const COREDNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:v1.12.1";
 pub const SWITCHYARD_REPOSITORY: &str = "switchyard.local/switchyard";
 pub const SWITCHYARD_TAG: &str = "dev";
 
+/// The boom server of the upstream conntrack case (out-of-window segments).
+pub const BOOM_SERVER_IMAGE: &str = "registry.k8s.io/e2e-test-images/regression-issue-74839:1.2";
 /// The busybox the v1.34 e2e framework expects.
 pub const BUSYBOX_IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1";
 
@@ -52,6 +55,7 @@ pub fn build_all(image_root: &Path) -> Result<Vec<PathBuf>> {
         pause(&work)?,
         agnhost(&work)?,
         busybox(&work)?,
+        boom_server(&work)?,
         coredns(&work)?,
         switchyard(&work, image_root)?,
     ];
@@ -153,6 +157,18 @@ fn busybox(work: &Path) -> Result<ImageSpec> {
         tag: BUSYBOX_IMAGE.into(),
         entrypoint: vec![],
         cmd: vec!["sh".into()],
+        root,
+    })
+}
+
+fn boom_server(work: &Path) -> Result<ImageSpec> {
+    let root = work.join("boom-root");
+    busybox_root(&root)?;
+    std::fs::copy(k8s_bin("regression-issue-74839")?, root.join("regression-issue-74839"))?;
+    Ok(ImageSpec {
+        tag: BOOM_SERVER_IMAGE.into(),
+        entrypoint: vec!["/regression-issue-74839".into()],
+        cmd: vec![],
         root,
     })
 }
