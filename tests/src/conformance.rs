@@ -86,7 +86,11 @@ fn run_e2e(e2e: &Path, proxy: Proxy, focus: &str, procs: u32, docs: &Path) -> Re
     std::fs::create_dir_all(&dir)?;
     let work = realcluster::layout::state_dir().join("e2e");
     std::fs::create_dir_all(&work)?;
-    let log_path = dir.join("e2e.log");
+    let log_path = dir.join(if focus == FOCUS {
+        "e2e.log"
+    } else {
+        "e2e-focused.log"
+    });
     let log = std::fs::File::create(&log_path)?;
     let started = Instant::now();
     eprintln!(
@@ -129,18 +133,40 @@ fn run_e2e(e2e: &Path, proxy: Proxy, focus: &str, procs: u32, docs: &Path) -> Re
     if !work.join("report.json").exists() {
         bail!("e2e.test wrote no report; see {}", log_path.display());
     }
-    keep_cases_that_ran(&work.join("report.json"), &dir)?;
+    keep_cases_that_ran(&work.join("report.json"), &dir, focus != FOCUS)?;
     Ok(dir)
 }
 
 /// ginkgo's report lists all ~7 000 specs of the binary; keep the ones that
 /// ran (report.json) and write them as JUnit too (junit.xml).
-fn keep_cases_that_ran(full: &Path, dir: &Path) -> Result<()> {
+/// A focused run (`merge`) replaces only its cases in the proxy's report.
+fn keep_cases_that_ran(full: &Path, dir: &Path, merge: bool) -> Result<()> {
     let text = std::fs::read_to_string(full)?;
     let mut suites: serde_json::Value = serde_json::from_str(&text)?;
     for suite in suites.as_array_mut().into_iter().flatten() {
         if let Some(specs) = suite["SpecReports"].as_array_mut() {
             specs.retain(|s| s["LeafNodeType"] == "It" && s["State"] != "skipped");
+        }
+    }
+    let previous = dir.join("report.json");
+    if merge && previous.exists() {
+        let old: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&previous)?)?;
+        let id = |s: &serde_json::Value| {
+            format!("{}{}", s["ContainerHierarchyTexts"], s["LeafNodeText"])
+        };
+        if let Some(specs) = suites
+            .get_mut(0)
+            .and_then(|s| s["SpecReports"].as_array_mut())
+        {
+            let rerun: std::collections::BTreeSet<String> = specs.iter().map(id).collect();
+            let kept: Vec<serde_json::Value> = old
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|suite| suite["SpecReports"].as_array().cloned().unwrap_or_default())
+                .filter(|s| !rerun.contains(&id(s)))
+                .collect();
+            specs.extend(kept);
         }
     }
     std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(&suites)?)?;
