@@ -134,6 +134,8 @@ fn run_e2e(e2e: &Path, proxy: Proxy, focus: &str, procs: u32, docs: &Path) -> Re
         bail!("e2e.test wrote no report; see {}", log_path.display());
     }
     keep_cases_that_ran(&work.join("report.json"), &dir, focus != FOCUS)?;
+    // The log is kept, compressed (megabytes of framework output).
+    crate::command::run(&["gzip", "-9", "-f", log_path.to_str().context("log path")?])?;
     Ok(dir)
 }
 
@@ -146,6 +148,33 @@ fn keep_cases_that_ran(full: &Path, dir: &Path, merge: bool) -> Result<()> {
     for suite in suites.as_array_mut().into_iter().flatten() {
         if let Some(specs) = suite["SpecReports"].as_array_mut() {
             specs.retain(|s| s["LeafNodeType"] == "It" && s["State"] != "skipped");
+            // What the table and a reader need; the full output is in the log.
+            for spec in specs.iter_mut() {
+                let mut slim = serde_json::Map::new();
+                for key in [
+                    "ContainerHierarchyTexts",
+                    "LeafNodeType",
+                    "LeafNodeText",
+                    "LeafNodeLocation",
+                    "LeafNodeLabels",
+                    "State",
+                    "StartTime",
+                    "EndTime",
+                    "RunTime",
+                    "NumAttempts",
+                    "ParallelProcess",
+                ] {
+                    slim.insert(key.into(), spec[key].clone());
+                }
+                slim.insert(
+                    "Failure".into(),
+                    serde_json::json!({
+                        "Message": spec["Failure"]["Message"],
+                        "Location": spec["Failure"]["Location"],
+                    }),
+                );
+                *spec = serde_json::Value::Object(slim);
+            }
         }
     }
     let previous = dir.join("report.json");

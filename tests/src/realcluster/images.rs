@@ -164,7 +164,10 @@ fn busybox(work: &Path) -> Result<ImageSpec> {
 fn boom_server(work: &Path) -> Result<ImageSpec> {
     let root = work.join("boom-root");
     busybox_root(&root)?;
-    std::fs::copy(k8s_bin("regression-issue-74839")?, root.join("regression-issue-74839"))?;
+    std::fs::copy(
+        k8s_bin("regression-issue-74839")?,
+        root.join("regression-issue-74839"),
+    )?;
     Ok(ImageSpec {
         tag: BOOM_SERVER_IMAGE.into(),
         entrypoint: vec!["/regression-issue-74839".into()],
