@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 
 use crate::command::run;
-use crate::pki::{base64, issue, openssl};
+use crate::pki::{base64, issue, make_ca, openssl};
 
 pub const SECURE_PORT: u16 = 6443;
 const ETCD_CLIENT_PORT: u16 = 2379;
@@ -121,30 +121,7 @@ impl ApiServer {
 
     fn make_credentials(&self) -> Result<()> {
         let d = &self.dir;
-        openssl(
-            d,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-days",
-                "3",
-                "-subj",
-                "/CN=switchyard-test-ca",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        )?;
+        make_ca(d, "switchyard-test-ca", 3)?;
         let sans = format!(
             "IP:{},IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc",
             self.bind

@@ -44,6 +44,36 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// A self-signed EC P-256 CA (`ca.key`, `ca.crt`) in `dir`.
+pub fn make_ca(dir: &Path, common_name: &str, days: u32) -> Result<()> {
+    let subject = format!("/CN={common_name}");
+    let days = days.to_string();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            &days,
+            "-subj",
+            &subject,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    )
+}
+
 /// Issues an EC P-256 key and a certificate signed by the CA in `dir`.
 pub fn issue(dir: &Path, name: &str, subject: &str, extensions: &str) -> Result<()> {
     let key = format!("{name}.key");

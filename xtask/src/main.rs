@@ -343,55 +343,31 @@ fn image_root(a: &ImageRootArgs) -> Result<()> {
 }
 
 fn cluster(a: &ClusterArgs) -> Result<()> {
-    let root = workspace_root();
-    if a.args.first().map(String::as_str) == Some("up") {
-        // The Kubernetes binaries and the image's tools, then the image tree.
-        run(Command::new("bash")
-            .current_dir(&root)
-            .arg("scripts/k8s-binaries.sh"))?;
-        image_root(&ImageRootArgs {
-            build: a.build.clone(),
-            out: None,
-        })?;
-    }
-    let mut c = Command::new("cargo");
-    c.current_dir(&root).args([
-        "build",
-        "-p",
-        "switchyard-tests",
-        "--bin",
-        "switchyard-cluster",
-    ]);
-    if a.build.release {
-        c.arg("--release");
-    }
-    run(&mut c)?;
-    let bin = root
-        .join("target")
-        .join(profile(a.build.release))
-        .join("switchyard-cluster");
-    run(Command::new(bin).args(&a.args))
+    cluster_tool(a, "switchyard-cluster", "up", &[])
 }
 
 fn conformance(a: &ClusterArgs) -> Result<()> {
+    cluster_tool(a, "switchyard-conformance", "run", &["--with-e2e"])
+}
+
+/// Runs one of the real-cluster tools (a binary of the tests crate) with
+/// `a.args`; before `starting` (the command that brings a cluster up) the
+/// Kubernetes binaries (`k8s_flags`) and the agent's image tree are made.
+fn cluster_tool(a: &ClusterArgs, tool: &str, starting: &str, k8s_flags: &[&str]) -> Result<()> {
     let root = workspace_root();
-    if a.args.first().map(String::as_str) == Some("run") {
+    if a.args.first().map(String::as_str) == Some(starting) {
         run(Command::new("bash")
             .current_dir(&root)
-            .args(["scripts/k8s-binaries.sh", "--with-e2e"]))?;
+            .arg("scripts/k8s-binaries.sh")
+            .args(k8s_flags))?;
         image_root(&ImageRootArgs {
             build: a.build.clone(),
             out: None,
         })?;
     }
     let mut c = Command::new("cargo");
-    c.current_dir(&root).args([
-        "build",
-        "-p",
-        "switchyard-tests",
-        "--bin",
-        "switchyard-conformance",
-    ]);
+    c.current_dir(&root)
+        .args(["build", "-p", "switchyard-tests", "--bin", tool]);
     if a.build.release {
         c.arg("--release");
     }
@@ -399,7 +375,7 @@ fn conformance(a: &ClusterArgs) -> Result<()> {
     let bin = root
         .join("target")
         .join(profile(a.build.release))
-        .join("switchyard-conformance");
+        .join(tool);
     run(Command::new(bin).args(&a.args))
 }
 

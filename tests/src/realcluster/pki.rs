@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use super::layout::{APISERVER_PORT, control_plane_ip, node_name, state_dir};
 use crate::apiserver::kubeconfig_text;
-use crate::pki::{base64, issue, openssl};
+use crate::pki::{base64, issue, make_ca, openssl};
 
 const CLIENT_EXT: &str = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n";
 
@@ -68,30 +68,7 @@ impl Pki {
     }
 
     fn make_ca(&self) -> Result<()> {
-        openssl(
-            &self.dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-days",
-                "30",
-                "-subj",
-                "/CN=switchyard-cluster-ca",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        )
+        make_ca(&self.dir, "switchyard-cluster-ca", 30)
     }
 
     fn make_server_cert(&self) -> Result<()> {
