@@ -198,6 +198,10 @@ pub mod service_flags {
     /// The slots are a Maglev lookup table (`count` entries): a new flow
     /// takes the slot its 5-tuple hashes to instead of a random one.
     pub const MAGLEV: u16 = 8;
+    /// The frontend also has an entry for clients inside the cluster
+    /// (`frontend_scope::IN_CLUSTER`): only then do pods and node
+    /// processes pay a second lookup.
+    pub const HAS_IN_CLUSTER: u16 = 16;
 }
 
 /// The flow hash Maglev frontends use, shared so user space and tests can

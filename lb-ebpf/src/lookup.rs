@@ -11,10 +11,13 @@ use crate::maps::{backends, services, source_ranges};
 
 /// The master entry of the frontend this flow is addressed to, if any, and
 /// its scope: for a client inside the cluster the frontend's in-cluster
-/// entry when it has one.
+/// entry when it has one (flagged on the ordinary entry, so other frontends
+/// cost one lookup).
 #[inline(always)]
 pub fn service_of(flow: &FlowKey, in_cluster: bool) -> Option<(BackendSlot, u8)> {
-    if in_cluster {
+    let key = ServiceKey::new(flow.dst_ip_be, flow.dst_port_be, flow.proto, 0);
+    let master = unsafe { services.get(key) }.copied()?;
+    if in_cluster && master.flags & service_flags::HAS_IN_CLUSTER != 0 {
         let key = ServiceKey::scoped(
             flow.dst_ip_be,
             flow.dst_port_be,
@@ -22,14 +25,11 @@ pub fn service_of(flow: &FlowKey, in_cluster: bool) -> Option<(BackendSlot, u8)>
             frontend_scope::IN_CLUSTER,
             0,
         );
-        if let Some(master) = unsafe { services.get(key) } {
-            return Some((*master, frontend_scope::IN_CLUSTER));
+        if let Some(inside) = unsafe { services.get(key) } {
+            return Some((*inside, frontend_scope::IN_CLUSTER));
         }
     }
-    let key = ServiceKey::new(flow.dst_ip_be, flow.dst_port_be, flow.proto, 0);
-    unsafe { services.get(key) }
-        .copied()
-        .map(|m| (m, frontend_scope::ALL))
+    Some((master, frontend_scope::ALL))
 }
 
 /// Picks a backend for a new flow: uniformly at random among the slots,

@@ -766,6 +766,8 @@ impl<M: ServiceMaps> MapSync<M> {
                     affinity_timeout_s,
                     flags: if in_cluster {
                         service_flags::EXTERNAL
+                    } else if ext.traffic_local {
+                        base_flags | service_flags::HAS_IN_CLUSTER
                     } else {
                         base_flags
                     } | if ranged {
