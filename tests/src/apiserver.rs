@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 
 use crate::command::run;
-use crate::pki::{base64, issue, make_ca, openssl};
+use crate::pki::{base64, issue, make_ca, make_service_account_keys};
 
 pub const SECURE_PORT: u16 = 6443;
 const ETCD_CLIENT_PORT: u16 = 2379;
@@ -140,19 +140,7 @@ impl ApiServer {
             "/O=system:masters/CN=switchyard-test-admin",
             "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
         )?;
-        openssl(
-            d,
-            &[
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-                "sa.key",
-            ],
-        )?;
-        openssl(d, &["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
+        make_service_account_keys(d)?;
         let read = |f: &str| std::fs::read(d.join(f)).with_context(|| format!("reading {f}"));
         let credentials = format!(
             "    client-certificate-data: {}\n    client-key-data: {}\n",

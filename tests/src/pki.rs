@@ -74,6 +74,23 @@ pub fn make_ca(dir: &Path, common_name: &str, days: u32) -> Result<()> {
     )
 }
 
+/// The service-account signing key pair (`sa.key`, `sa.pub`) in `dir`.
+pub fn make_service_account_keys(dir: &Path) -> Result<()> {
+    openssl(
+        dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "sa.key",
+        ],
+    )?;
+    openssl(dir, &["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"])
+}
+
 /// Issues an EC P-256 key and a certificate signed by the CA in `dir`.
 pub fn issue(dir: &Path, name: &str, subject: &str, extensions: &str) -> Result<()> {
     let key = format!("{name}.key");

@@ -82,6 +82,20 @@ fn backends(app: &str) -> Result<BTreeSet<String>> {
     .collect())
 }
 
+/// The names of the agent's pods.
+fn agent_pods() -> Result<String> {
+    kubectl(&[
+        "-n",
+        addons::NAMESPACE,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=switchyard",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])
+}
+
 fn cluster_ip(service: &str) -> Result<std::net::Ipv4Addr> {
     Ok(kubectl(&[
         "-n",
@@ -411,16 +425,7 @@ fn agent_upgrade_keeps_long_lived_connections() -> Result<()> {
         }
         Ok(conns)
     })??;
-    let pods_before = kubectl(&[
-        "-n",
-        addons::NAMESPACE,
-        "get",
-        "pods",
-        "-l",
-        "app.kubernetes.io/name=switchyard",
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ])?;
+    let pods_before = agent_pods()?;
     let chart = switchyard_tests::chart::chart_dir();
     let upgrade = std::thread::spawn(move || {
         realcluster::helm(&[
@@ -472,16 +477,7 @@ fn agent_upgrade_keeps_long_lived_connections() -> Result<()> {
             "connection {i} moved from {backend} to {now}"
         );
     }
-    let pods_after = kubectl(&[
-        "-n",
-        addons::NAMESPACE,
-        "get",
-        "pods",
-        "-l",
-        "app.kubernetes.io/name=switchyard",
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ])?;
+    let pods_after = agent_pods()?;
     ensure!(
         pods_before
             .split_whitespace()

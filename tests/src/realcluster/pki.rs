@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use super::layout::{APISERVER_PORT, control_plane_ip, node_name, state_dir};
 use crate::apiserver::kubeconfig_text;
-use crate::pki::{base64, issue, make_ca, openssl};
+use crate::pki::{base64, issue, make_ca, make_service_account_keys};
 
 const CLIENT_EXT: &str = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n";
 
@@ -48,22 +48,7 @@ impl Pki {
             let node = node_name(n);
             pki.client(&node, &format!("/O=system:nodes/CN=system:node:{node}"))?;
         }
-        openssl(
-            &pki.dir,
-            &[
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-                "sa.key",
-            ],
-        )?;
-        openssl(
-            &pki.dir,
-            &["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"],
-        )?;
+        make_service_account_keys(&pki.dir)?;
         Ok(pki)
     }
 
