@@ -101,6 +101,9 @@ pub const MAX_BACKENDS: u32 = 262_144;
 pub const MAX_CONNTRACK_ENTRIES: u32 = 262_144;
 /// Client IP → backend pins of services with session affinity.
 pub const MAX_AFFINITY_ENTRIES: u32 = 131_072;
+/// Fragmented datagrams in flight whose first fragment was seen (an LRU:
+/// the oldest are forgotten first; netfilter holds at most 4 MiB of them).
+pub const MAX_FRAGMENT_ENTRIES: u32 = 8_192;
 /// Allowed source prefixes of services with `loadBalancerSourceRanges`.
 pub const MAX_SOURCE_RANGES: u32 = 16_384;
 /// Socket-level translations (two entries per translated socket).
@@ -316,6 +319,29 @@ pub struct Backend {
     pub flags: u8,
 }
 
+/// Key of the `fragments` map: an IPv4 datagram among its fragments (RFC 791
+/// identifies it by source, destination, protocol and IP ID), as its
+/// fragments carry it before translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragmentKey {
+    pub src_ip_be: u32,
+    pub dst_ip_be: u32,
+    pub id_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of the `fragments` map: the ports of a fragmented datagram, read
+/// from its first fragment, so that the later ones (which carry no L4
+/// header) are handled as part of the same flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragmentPorts {
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+}
+
 /// Key of the `conntrack` map: a flow as seen in the packet being looked up.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -497,6 +523,9 @@ pub mod reason {
     pub const NO_BACKEND_REJECTED: u32 = 3;
     pub const NO_BACKEND_DROPPED: u32 = 4;
     pub const BACKEND_MISSING: u32 = 5;
+    /// A later fragment (no L4 header) of a datagram whose first fragment
+    /// was not seen here — out of order, or its record evicted: passed
+    /// untouched.
     pub const FRAGMENT_PASSED: u32 = 6;
     pub const CONNTRACK_FULL: u32 = 7;
     pub const NAT_FAILED: u32 = 8;
@@ -529,7 +558,10 @@ pub mod reason {
     pub const TCP_NO_ENTRY_DROPPED: u32 = 20;
     /// Dropped instead of refused: ICMP rejects are over their rate.
     pub const REJECT_RATE_LIMITED: u32 = 21;
-    pub const COUNT: u32 = 22;
+    /// A later fragment given the ports of its datagram's first fragment,
+    /// so it is translated (or not) with its flow.
+    pub const FRAGMENT_TRACKED: u32 = 22;
+    pub const COUNT: u32 = 23;
 
     /// Human names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -555,6 +587,7 @@ pub mod reason {
         "source_port_clash_dropped",
         "tcp_no_entry_dropped",
         "reject_rate_limited",
+        "fragment_tracked",
     ];
 }
 

@@ -17,6 +17,7 @@
 mod affinity;
 mod conntrack;
 mod fib;
+mod fragment;
 mod icmp;
 mod lookup;
 mod maps;
@@ -91,18 +92,11 @@ pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
     sock::to_service(&ctx)
 }
 
+/// Packets entering a pod: replies get their service address back, and so
+/// do ICMP errors about the pod's translated flows (path-MTU discovery).
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
-    match parse::parse(&ctx) {
-        Parsed::Flow(pkt) => reply(&ctx, &pkt),
-        // ICMP errors about the pod's translated flows quote the backend:
-        // give them the service address back (path-MTU discovery).
-        Parsed::Other => {
-            icmp::restore_quoted_service(&ctx);
-        }
-        Parsed::Fragment => {}
-    }
-    TC_ACT_OK
+    egress(&ctx)
 }
 
 #[classifier]
@@ -110,31 +104,35 @@ pub fn to_world(ctx: TcContext) -> i32 {
     egress(&ctx)
 }
 
+/// One call site each for `forward` and `reply`, fragments included: the
+/// programs stay within the verifier's limits.
 #[inline(always)]
 fn ingress(ctx: &TcContext, side: Side) -> i32 {
-    match parse::parse(ctx) {
-        Parsed::Flow(pkt) => forward(ctx, &pkt, side),
-        Parsed::Fragment => {
-            // Only the first fragment carries ports; translating it alone
-            // would split the datagram. Counted so it shows up when it matters.
-            stats::count(reason::FRAGMENT_PASSED);
-            TC_ACT_OK
-        }
-        Parsed::Other => TC_ACT_OK,
+    let Some(pkt) = fragment::flow_packet(parse::parse(ctx)) else {
+        return TC_ACT_OK;
+    };
+    let action = forward(ctx, &pkt, side);
+    if action != TC_ACT_SHOT {
+        fragment::remember(&pkt);
     }
+    action
 }
 
 #[inline(always)]
 fn egress(ctx: &TcContext) -> i32 {
     match parse::parse(ctx) {
-        Parsed::Flow(pkt) => reply(ctx, &pkt),
-        // An ICMP error about an external client's node-port flow (from the
-        // backend, or from this node forwarding to it) quotes the backend:
-        // give it the node port back, as for pods.
+        // An ICMP error about a translated flow (a pod's, or an external
+        // client's node-port flow) quotes the backend: give it the service
+        // address back.
         Parsed::Other => {
             icmp::restore_quoted_service(ctx);
         }
-        Parsed::Fragment => {}
+        parsed => {
+            if let Some(pkt) = fragment::flow_packet(parsed) {
+                reply(ctx, &pkt);
+                fragment::remember(&pkt);
+            }
+        }
     }
     TC_ACT_OK
 }
@@ -208,6 +206,11 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
         }
     }
 
+    if !pkt.has_l4() {
+        // A later fragment of a datagram that was not translated: only a
+        // first fragment (with ports) may open a flow.
+        return TC_ACT_OK;
+    }
     // Pods are inside the cluster: an external frontend's in-cluster entry
     // (all endpoints) applies to them, the outside-world entry to the rest.
     let Some((master, scope)) = lookup::service_of(&pkt.flow, side == Side::Pod) else {

@@ -7,8 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey,
-    InterfaceStatus, MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK_ENTRIES,
+    AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey, FragmentKey,
+    FragmentPorts, InterfaceStatus, MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK_ENTRIES,
+    MAX_FRAGMENT_ENTRIES,
     MAX_SERVICE_ENTRIES, MAX_SERVICES, MAX_SOCK_LB_ENTRIES, MAX_SOURCE_RANGES, NatConfig,
     ServiceCounters, ServiceKey, ServiceName, SockAddr, SockKey, SourceRange, reason,
 };
@@ -34,6 +35,12 @@ pub static backends: HashMap<
 /// Flow → NAT decision, for both directions of every translated connection.
 #[btf_map]
 pub static conntrack: LruHashMap<FlowKey, ConnEntry, { MAX_CONNTRACK_ENTRIES as usize }> =
+    LruHashMap::new();
+
+/// A fragmented datagram → the ports of its first fragment (fragment.rs).
+/// Not pinned: datagrams in flight for milliseconds.
+#[btf_map]
+pub static fragments: LruHashMap<FragmentKey, FragmentPorts, { MAX_FRAGMENT_ENTRIES as usize }> =
     LruHashMap::new();
 
 /// Service ID → "namespace/name:port", for inspection only.

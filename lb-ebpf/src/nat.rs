@@ -49,8 +49,11 @@ pub fn rewrite(
     } else {
         BPF_F_MARK_MANGLED_0 as u64
     };
-    // A UDP datagram without checksum keeps none: skip the L4 update entirely.
-    let update_l4 = !pkt.udp_csum_zero;
+    // A UDP datagram without checksum keeps none: skip the L4 update
+    // entirely. A later fragment has no L4 header: its ports and checksum
+    // are in the first fragment, rewritten there.
+    let has_l4 = pkt.has_l4();
+    let update_l4 = has_l4 && !pkt.udp_csum_zero;
 
     if ip_be != old_ip {
         if update_l4 {
@@ -64,7 +67,7 @@ pub fn rewrite(
         ctx.l3_csum_replace(ipv4_off::CHECK, old_ip as u64, ip_be as u64, 4)?;
         ctx.store(ip_off, &ip_be, 0)?;
     }
-    if port_be != old_port {
+    if has_l4 && port_be != old_port {
         if update_l4 {
             ctx.l4_csum_replace(csum_off, old_port as u64, port_be as u64, mangled | 2)?;
         }

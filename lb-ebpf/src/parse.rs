@@ -1,25 +1,40 @@
 //! Packet parsing: Ethernet → IPv4 → TCP/UDP ports, with every read bounds
 //! checked by the kernel (`bpf_skb_load_bytes`), so truncated or malformed
-//! packets simply fail to parse and are passed on untouched.
+//! packets simply fail to parse and are passed on untouched. A later IPv4
+//! fragment has no L4 header: it is parsed without ports, which
+//! `fragment::with_ports` fills in from its datagram's first fragment.
 
 use aya_ebpf::programs::TcContext;
-use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP};
+use lb_common::{FlowKey, FragmentKey, PROTO_TCP, PROTO_UDP};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 const IPV4_MIN_HLEN: usize = 20;
 /// More-fragments flag and fragment offset bits of `frag_off`.
-const IP_MF_OFFSET_MASK: u16 = 0x3fff;
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET_MASK: u16 = 0x1fff;
 
 /// Offsets of the IPv4 header fields we read or rewrite.
 pub mod ipv4_off {
     use super::ETH_HLEN;
     pub const TOT_LEN: usize = ETH_HLEN + 2;
+    pub const ID: usize = ETH_HLEN + 4;
     pub const FRAG_OFF: usize = ETH_HLEN + 6;
     pub const PROTOCOL: usize = ETH_HLEN + 9;
     pub const CHECK: usize = ETH_HLEN + 10;
     pub const SADDR: usize = ETH_HLEN + 12;
     pub const DADDR: usize = ETH_HLEN + 16;
+}
+
+/// Where a packet stands among the fragments of its datagram.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// A whole datagram.
+    None,
+    /// The first fragment: it has the L4 header, more follow.
+    First,
+    /// A later fragment: payload only, no ports, no L4 checksum.
+    Later,
 }
 
 /// A TCP or UDP packet over IPv4 that the load balancer may translate.
@@ -34,11 +49,29 @@ pub struct Packet {
     pub len: u32,
     /// IPv4 total length (host order), for FIB lookups.
     pub ip_len: u16,
+    pub fragment: Fragment,
+    pub ip_id_be: u16,
 }
 
 impl Packet {
     pub fn is_tcp(&self) -> bool {
         self.flow.proto == PROTO_TCP
+    }
+
+    /// Whether the packet carries the L4 header (ports and checksum).
+    pub fn has_l4(&self) -> bool {
+        self.fragment != Fragment::Later
+    }
+
+    /// The datagram this fragment belongs to.
+    pub fn fragment_key(&self) -> FragmentKey {
+        FragmentKey {
+            src_ip_be: self.flow.src_ip_be,
+            dst_ip_be: self.flow.dst_ip_be,
+            id_be: self.ip_id_be,
+            proto: self.flow.proto,
+            _pad: 0,
+        }
     }
 
     /// Offset of the L4 checksum field.
@@ -54,8 +87,8 @@ impl Packet {
 pub enum Parsed {
     /// Not IPv4 TCP/UDP, or malformed: leave it alone.
     Other,
-    /// An IPv4 fragment: its ports are not (all) in this packet.
-    Fragment,
+    /// A later IPv4 fragment: its ports (zero here) are in the first one.
+    LaterFragment(Packet),
     Flow(Packet),
 }
 
@@ -89,11 +122,34 @@ fn try_parse(ctx: &TcContext) -> Result<Parsed, ()> {
     }
     let src_ip_be: u32 = ctx.load(ipv4_off::SADDR).map_err(|_| ())?;
     let dst_ip_be: u32 = ctx.load(ipv4_off::DADDR).map_err(|_| ())?;
-    let frag_off: u16 = ctx.load(ipv4_off::FRAG_OFF).map_err(|_| ())?;
-    if u16::from_be(frag_off) & IP_MF_OFFSET_MASK != 0 {
-        return Ok(Parsed::Fragment);
-    }
+    let frag_off = u16::from_be(ctx.load(ipv4_off::FRAG_OFF).map_err(|_| ())?);
+    let ip_id_be: u16 = ctx.load(ipv4_off::ID).map_err(|_| ())?;
     let l4_off = ETH_HLEN + ihl;
+    let mut pkt = Packet {
+        l4_off,
+        flow: FlowKey {
+            src_ip_be,
+            dst_ip_be,
+            src_port_be: 0,
+            dst_port_be: 0,
+            proto,
+            _pad: [0; 3],
+        },
+        tcp_flags: 0,
+        udp_csum_zero: false,
+        len,
+        ip_len: tot_len as u16,
+        fragment: Fragment::Later,
+        ip_id_be,
+    };
+    if frag_off & IP_OFFSET_MASK != 0 {
+        return Ok(Parsed::LaterFragment(pkt));
+    }
+    pkt.fragment = if frag_off & IP_MF != 0 {
+        Fragment::First
+    } else {
+        Fragment::None
+    };
     let l4_min = if proto == PROTO_TCP { 20 } else { 8 };
     if tot_len < ihl + l4_min {
         return Ok(Parsed::Other);
@@ -104,19 +160,9 @@ fn try_parse(ctx: &TcContext) -> Result<Parsed, ()> {
     } else {
         (0, ctx.load::<u16>(l4_off + 6).map_err(|_| ())? == 0)
     };
-    Ok(Parsed::Flow(Packet {
-        l4_off,
-        flow: FlowKey {
-            src_ip_be,
-            dst_ip_be,
-            src_port_be: ports[0],
-            dst_port_be: ports[1],
-            proto,
-            _pad: [0; 3],
-        },
-        tcp_flags,
-        udp_csum_zero,
-        len,
-        ip_len: tot_len as u16,
-    }))
+    pkt.flow.src_port_be = ports[0];
+    pkt.flow.dst_port_be = ports[1];
+    pkt.tcp_flags = tcp_flags;
+    pkt.udp_csum_zero = udp_csum_zero;
+    Ok(Parsed::Flow(pkt))
 }

@@ -356,6 +356,68 @@ fn parse_checked(frame: &[u8]) -> Parsed {
     }
 }
 
+/// Splits a whole frame (no IP options) into IPv4 fragments of `chunk`
+/// payload bytes (a multiple of 8) with IP ID `id`, as the sending kernel
+/// does for a datagram bigger than the MTU: only the first carries the L4
+/// header, whose checksum covers the whole datagram.
+fn fragment(frame: &[u8], chunk: usize, id: u16) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0);
+    let (eth, ip) = frame.split_at(14);
+    let payload = &ip[20..];
+    let mut out = Vec::new();
+    for (i, piece) in payload.chunks(chunk).enumerate() {
+        let offset = i * chunk;
+        let more = offset + piece.len() < payload.len();
+        let mut hdr = ip[..20].to_vec();
+        hdr[2..4].copy_from_slice(&((20 + piece.len()) as u16).to_be_bytes());
+        hdr[4..6].copy_from_slice(&id.to_be_bytes());
+        let frag = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+        hdr[6..8].copy_from_slice(&frag.to_be_bytes());
+        hdr[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum(&hdr);
+        hdr[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut f = eth.to_vec();
+        f.extend_from_slice(&hdr);
+        f.extend_from_slice(piece);
+        out.push(f);
+    }
+    out
+}
+
+/// Reassembles fragments as the receiving kernel would (each with a valid
+/// header checksum, all of one datagram) into one whole frame.
+fn reassemble(fragments: &[Vec<u8>]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    let first = &fragments[0][14..34];
+    for f in fragments {
+        let ip = &f[14..34];
+        assert_eq!(fold(sum16(ip)), 0xffff, "fragment header checksum invalid");
+        assert_eq!(
+            (&ip[4..6], ip[9], &ip[12..20]),
+            (&first[4..6], first[9], &first[12..20]),
+            "fragments of one datagram must keep one ID, protocol and address pair"
+        );
+        let offset = (u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff) as usize * 8;
+        assert_eq!(
+            offset,
+            payload.len(),
+            "fragments out of order or overlapping"
+        );
+        let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+        payload.extend_from_slice(&f[34..14 + tot]);
+    }
+    let mut hdr = first.to_vec();
+    hdr[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    hdr[6..8].copy_from_slice(&[0, 0]);
+    hdr[10..12].copy_from_slice(&[0, 0]);
+    let c = checksum(&hdr);
+    hdr[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut whole = fragments[0][..14].to_vec();
+    whole.extend_from_slice(&hdr);
+    whole.extend_from_slice(&payload);
+    whole
+}
+
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const FIN: u8 = 0x01;
@@ -531,12 +593,9 @@ fn non_matching_and_malformed_packets_pass_untouched() {
         ("VIP, other port", Pkt::tcp(CLIENT, 1, VIP, 81, SYN).build()),
         ("VIP, other protocol", Pkt::udp(CLIENT, 1, VIP, 80).build()),
     ];
-    let mut frag = Pkt::udp(CLIENT, 2, VIP, 53);
-    frag.frag_off = 0x2000; // more fragments
-    cases.push(("first fragment", frag.build()));
     let mut later = Pkt::udp(CLIENT, 2, VIP, 53);
     later.frag_off = 0x0010;
-    cases.push(("later fragment", later.build()));
+    cases.push(("later fragment, its first never seen", later.build()));
     let mut bad_ihl = Pkt::tcp(CLIENT, 3, VIP, 80, SYN).build();
     bad_ihl[14] = 0x44;
     cases.push(("IHL below 5", bad_ihl));
@@ -558,6 +617,7 @@ fn non_matching_and_malformed_packets_pass_untouched() {
         assert_eq!((rc, out), (TC_ACT_OK, packet.clone()), "{what} (to_pod)");
     }
     assert_eq!(f.maps.reason_count(reason::FRAGMENT_PASSED), 2);
+    assert_eq!(f.maps.reason_count(reason::FRAGMENT_TRACKED), 0);
 
     // A service packet truncated at every length from a bare IPv4 header
     // (BPF_PROG_TEST_RUN refuses shorter IPv4 frames as input) to one byte
@@ -570,6 +630,68 @@ fn non_matching_and_malformed_packets_pass_untouched() {
         assert_eq!(out, cut, "truncated at {len}: changed");
     }
     assert!(f.maps.conntrack.iter().next().is_none());
+}
+
+/// The upstream "large requests: udp" case, and DNS with EDNS, Kerberos or
+/// SNMP answers: a UDP datagram bigger than the MTU leaves its sender as IP
+/// fragments, and only the first carries the ports. Every fragment of a
+/// request must reach the same backend and every fragment of the answer
+/// must come back from the service address, or the receiver can never
+/// reassemble the datagram.
+#[test]
+fn fragmented_datagrams_are_translated_whole_both_ways() {
+    let mut f = fixture();
+    let mut request = Pkt::udp(CLIENT, 40100, VIP, 53);
+    request.payload = vec![0x5a; 2000];
+    let out: Vec<Vec<u8>> = fragment(&request.build(), 1480, 0x1111)
+        .iter()
+        .map(|frag| {
+            let (rc, out) = f.run_from_pod(frag);
+            assert_eq!(rc, TC_ACT_OK);
+            out
+        })
+        .collect();
+    assert_eq!(out.len(), 2);
+    let whole = parse_checked(&reassemble(&out));
+    assert!(
+        BACKENDS.contains(&whole.dst),
+        "request went to {}",
+        whole.dst
+    );
+    assert_eq!((whole.src, whole.sport, whole.dport), (CLIENT, 40100, 8080));
+    assert_eq!(whole.payload, vec![0x5a; 2000]);
+
+    let mut answer = Pkt::udp(whole.dst, 8080, CLIENT, 40100);
+    answer.payload = vec![0xa5; 3000];
+    let out: Vec<Vec<u8>> = fragment(&answer.build(), 1480, 0x2222)
+        .iter()
+        .map(|frag| f.run_to_pod(frag).1)
+        .collect();
+    assert_eq!(out.len(), 3);
+    let whole = parse_checked(&reassemble(&out));
+    assert_eq!(
+        (whole.src, whole.sport, whole.dst, whole.dport),
+        (VIP, 53, CLIENT, 40100)
+    );
+    assert_eq!(whole.payload, vec![0xa5; 3000]);
+
+    // TCP fragments too (a sender that clears DF), first packet included.
+    let mut syn = Pkt::tcp(CLIENT, 40200, VIP, 80, SYN);
+    syn.payload = vec![7; 1600];
+    let out: Vec<Vec<u8>> = fragment(&syn.build(), 1480, 0x3333)
+        .iter()
+        .map(|frag| f.run_from_pod(frag).1)
+        .collect();
+    let whole = parse_checked(&reassemble(&out));
+    assert!(BACKENDS.contains(&whole.dst));
+    assert_eq!((whole.sport, whole.dport), (40200, 8080));
+    assert_eq!(f.maps.reason_count(reason::FRAGMENT_TRACKED), 1 + 2 + 1);
+
+    // A later fragment of another datagram (another IP ID) whose first
+    // was never seen is not guessed into the flow: it passes untouched.
+    let stray = fragment(&request.build(), 1480, 0x4444).remove(1);
+    assert_eq!(f.run_from_pod(&stray), (TC_ACT_OK, stray.clone()));
+    assert_eq!(f.maps.reason_count(reason::FRAGMENT_PASSED), 1);
 }
 
 #[test]
@@ -907,6 +1029,11 @@ fn fuzz_packet(rng: &mut Rng) -> (String, Vec<u8>) {
 }
 
 /// Whether a frame is a whole IPv4 TCP/UDP packet with valid checksums.
+/// An IPv4 fragment other than the first (non-zero offset).
+fn later_fragment(frame: &[u8]) -> bool {
+    frame.len() >= 34 && u16::from_be_bytes([frame[20], frame[21]]) & 0x1fff != 0
+}
+
 fn valid_frame(frame: &[u8]) -> bool {
     if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
         return false;
@@ -926,6 +1053,10 @@ fn valid_frame(frame: &[u8]) -> bool {
     }
     if fold(sum16(&ip[..ihl])) != 0xffff {
         return false;
+    }
+    if later_fragment(frame) {
+        // No L4 header here: the datagram's checksum is in its first fragment.
+        return true;
     }
     let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
     let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
@@ -1003,6 +1134,16 @@ fn fuzzed_packets_are_passed_untouched_or_translated_with_valid_checksums() {
                 whole,
                 "case {case} ({family}): {program} rewrote a malformed frame (verdict {verdict})"
             );
+            if later_fragment(&frame) {
+                // Only its addresses may change: its bytes belong to a
+                // datagram whose L4 header is in the first fragment.
+                let ihl = ((frame[14] & 0xf) * 4) as usize;
+                assert_eq!(
+                    out[14 + ihl..],
+                    frame[14 + ihl..],
+                    "case {case} ({family}): {program} rewrote a later fragment's payload"
+                );
+            }
             // A valid packet stays valid; one whose checksum was already
             // wrong stays wrong (incremental updates keep the error), which
             // the receiver then drops, as without NAT.

@@ -135,6 +135,29 @@ impl Pod {
         reply.with_context(|| format!("UDP request to {addr}"))
     }
 
+    /// Sends `echo <payload>` in one datagram on a connected socket;
+    /// returns the answer (the backend's name, a space, the payload echoed).
+    /// Payloads beyond the MTU travel as IP fragments both ways.
+    pub fn udp_echo(
+        &self,
+        addr: SocketAddrV4,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        let request = [b"echo ".as_slice(), payload].concat();
+        let reply = self.in_netns(move || -> std::io::Result<Vec<u8>> {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.connect(addr)?;
+            socket.set_read_timeout(Some(timeout))?;
+            socket.send(&request)?;
+            let mut buf = vec![0u8; 65536];
+            let n = socket.recv(&mut buf)?;
+            buf.truncate(n);
+            Ok(buf)
+        })?;
+        reply.with_context(|| format!("UDP echo of {} bytes to {addr}", payload.len()))
+    }
+
     /// Asks the backend behind `addr` who it is and whom it saw: returns
     /// (backend name, client address as the backend saw it).
     pub fn tcp_whoami(&self, addr: SocketAddrV4, timeout: Duration) -> Result<(String, String)> {

@@ -529,6 +529,38 @@ fn a_pod_reaches_itself_through_its_service() -> Result<()> {
     Ok(())
 }
 
+/// The upstream "large requests: udp" case (and DNS answers with EDNS,
+/// Kerberos, SNMP): a request and an answer bigger than the MTU leave their
+/// senders as IP fragments, of which only the first carries the ports.
+/// Every fragment must reach the same backend, and every fragment of the
+/// answer must come back from the VIP, or the datagram is never reassembled.
+#[test]
+fn datagrams_bigger_than_the_mtu_cross_a_service_both_ways() -> Result<()> {
+    let c = Cluster::start(3)?;
+    let payload: Vec<u8> = (0..4000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut seen = BTreeSet::new();
+    for _ in 0..12 {
+        let reply = c.client().udp_echo(udp_vip(), &payload, TIMEOUT)?;
+        let (name, echoed) = reply
+            .split_at_checked(2)
+            .ok_or_else(|| anyhow::anyhow!("short answer {reply:?}"))?;
+        assert!(
+            echoed == [b" ".as_slice(), &payload].concat(),
+            "the answer ({} bytes) is not the payload echoed",
+            reply.len()
+        );
+        seen.insert(String::from_utf8_lossy(name).to_string());
+    }
+    assert_eq!(
+        seen,
+        names(0..=2),
+        "large datagrams are balanced like small ones"
+    );
+    let stats = c.agent.inspect(&["stats"])?;
+    assert!(stats.contains("fragment_tracked"), "{stats}");
+    Ok(())
+}
+
 #[test]
 fn udp_flows_of_a_removed_backend_are_flushed() -> Result<()> {
     // A resolver-like client reuses one socket (one 5-tuple). When its

@@ -1,7 +1,9 @@
 //! A server for test pods: answers every TCP line and every UDP datagram
 //! with its name, so a test sees which backend served it. A request
 //! `whoami` is answered with the name and the peer address the server saw
-//! (to check source NAT and client-address preservation).
+//! (to check source NAT and client-address preservation); a datagram
+//! `echo <bytes>` with the name, a space and the bytes (large requests
+//! and answers, as agnhost's netexec echoes).
 //!
 //! pod-server --name NAME [--tcp PORT]... [--udp PORT]...
 //! Prints "ready" once every listener is bound.
@@ -74,10 +76,13 @@ fn main() {
         });
         let name = name.clone();
         workers.push(thread::spawn(move || {
-            let mut buf = [0u8; 2048];
+            let mut buf = vec![0u8; 65536];
             while let Ok((n, peer)) = socket.recv_from(&mut buf) {
-                let request = String::from_utf8_lossy(&buf[..n]);
-                let _ = socket.send_to(answer(&name, &request, peer).as_bytes(), peer);
+                let reply = match buf[..n].strip_prefix(b"echo ") {
+                    Some(bytes) => [format!("{name} ").as_bytes(), bytes].concat(),
+                    None => answer(&name, &String::from_utf8_lossy(&buf[..n]), peer).into_bytes(),
+                };
+                let _ = socket.send_to(&reply, peer);
             }
         }));
     }
