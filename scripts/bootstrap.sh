@@ -104,5 +104,5 @@ echo "SWITCHYARD_BPF_ROUTE=$route" > "$here/target/bpf-toolchain.env"
 
 # The real kube-apiserver, etcd, kubectl and helm for the controller and chart
 # tests (cached; built from their Go modules on first use).
-"$here/scripts/k8s-binaries.sh"
+"$here/scripts/k8s-binaries.sh" --with-e2e
 say "ready (route=$route, bpf-linker=$(command -v bpf-linker))"

@@ -19,6 +19,10 @@ use crate::realcluster::{self, UpOptions};
 /// What the issue asks to run: every sig-network case about services.
 pub const FOCUS: &str = r"\[sig-network\].*(Services|Conntrack|Networking|EndpointSlice|Service endpoints latency|Traffic Distribution|Topology Hints)";
 
+/// The `[Conformance]` cases of that focus (about 30, a minute or two in
+/// parallel): the real-cluster suite runs them, so CI does.
+pub const CONFORMANCE_FOCUS: &str = r"\[sig-network\].*(Services|Networking|EndpointSlice|Service endpoints latency).*\[Conformance\]";
+
 /// Cases that cannot run on this cluster, each with the reason (shown in
 /// docs/conformance.md).
 pub const SKIPS: [(&str, &str); 6] = [
@@ -58,45 +62,90 @@ pub fn report_dir(docs: &Path, proxy: Proxy) -> PathBuf {
     docs.join("conformance").join(proxy.to_string())
 }
 
-/// Brings the cluster up with `proxy`, runs e2e.test on it (`procs`
+/// Brings the cluster up with `proxy` and `nodes` nodes (each its own
+/// zone: the Traffic Distribution cases need three), runs e2e.test on it (`procs`
 /// parallel ginkgo processes, as upstream CI; [Serial] cases alone at the
 /// end), keeps the reports, brings it down.
 pub fn run(
     proxy: Proxy,
     focus: &str,
     procs: u32,
+    nodes: u8,
     image_root: &Path,
     docs: &Path,
 ) -> Result<PathBuf> {
     let e2e = k8s_bin("e2e.test")?;
     realcluster::up(&UpOptions {
-        nodes: 2,
+        nodes,
         image_root,
         proxy,
     })?;
-    let result = run_e2e(&e2e, proxy, focus, procs, docs);
+    let result = run_e2e(&e2e, proxy, focus, procs, nodes, docs);
     let down = realcluster::down();
     let dir = result?;
     down?;
     Ok(dir)
 }
 
-fn run_e2e(e2e: &Path, proxy: Proxy, focus: &str, procs: u32, docs: &Path) -> Result<PathBuf> {
+fn run_e2e(
+    e2e: &Path,
+    proxy: Proxy,
+    focus: &str,
+    procs: u32,
+    nodes: u8,
+    docs: &Path,
+) -> Result<PathBuf> {
     let dir = report_dir(docs, proxy);
     std::fs::create_dir_all(&dir)?;
     let work = realcluster::layout::state_dir().join("e2e");
-    std::fs::create_dir_all(&work)?;
     let log_path = dir.join(if focus == FOCUS {
         "e2e.log"
     } else {
         "e2e-focused.log"
     });
-    let log = std::fs::File::create(&log_path)?;
-    let started = Instant::now();
     eprintln!(
         "conformance: running e2e.test for {proxy} (log {})",
         log_path.display()
     );
+    let report = ginkgo(e2e, focus, procs, nodes, &work, &log_path)?;
+    keep_cases_that_ran(&report, &dir, focus != FOCUS)?;
+    // The log is kept, compressed (megabytes of framework output).
+    crate::command::run(&["gzip", "-9", "-f", log_path.to_str().context("log path")?])?;
+    Ok(dir)
+}
+
+/// Runs the cases matching `focus` (less [`SKIPS`]) on the cluster that is
+/// up, from the outside client; returns each case that ran with its outcome.
+/// `work` holds the raw report, `log` gets the framework's output.
+pub fn run_on_cluster(
+    focus: &str,
+    procs: u32,
+    nodes: u8,
+    work: &Path,
+    log: &Path,
+) -> Result<BTreeMap<String, Outcome>> {
+    let report = ginkgo(&k8s_bin("e2e.test")?, focus, procs, nodes, work, log)?;
+    Ok(read_report(&report)?
+        .into_iter()
+        .filter(|(_, o)| o.state != "skipped" && o.state != "pending")
+        .collect())
+}
+
+/// ginkgo running `e2e` in `procs` processes against the cluster, as
+/// upstream CI does; returns the path of its JSON report.
+fn ginkgo(
+    e2e: &Path,
+    focus: &str,
+    procs: u32,
+    nodes: u8,
+    work: &Path,
+    log: &Path,
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(work)?;
+    let report = work.join("report.json");
+    let _ = std::fs::remove_file(&report);
+    let out = std::fs::File::create(log)?;
+    let started = Instant::now();
     let status = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{OUTSIDE_NS}"))
         .arg(k8s_bin("ginkgo")?)
@@ -104,39 +153,33 @@ fn run_e2e(e2e: &Path, proxy: Proxy, focus: &str, procs: u32, docs: &Path) -> Re
         .args(["--no-color", "-v", "--timeout=8h"])
         .arg(format!("--focus={focus}"))
         .arg(format!("--skip={}", skip_regex()))
-        .arg(format!(
-            "--json-report={}",
-            work.join("report.json").display()
-        ))
+        .arg(format!("--json-report={}", report.display()))
         .arg(e2e)
         .arg("--")
         .arg(format!("--kubeconfig={}", admin_kubeconfig().display()))
         .arg(format!("--kubectl-path={}", k8s_bin("kubectl")?.display()))
+        .arg(format!("--num-nodes={nodes}"))
         .args([
             "--provider=local",
-            "--num-nodes=2",
             "--allowed-not-ready-nodes=0",
             "--minStartupPods=0",
             "--disable-log-dump",
             "--dump-logs-on-failure=false",
         ])
-        .env("HOME", &work)
+        .env("HOME", work)
         .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
+        .stdout(out.try_clone()?)
+        .stderr(out)
         .status()
         .context("starting e2e.test")?;
     eprintln!(
-        "conformance: e2e.test for {proxy} finished in {:.0} s ({status})",
+        "conformance: e2e.test finished in {:.0} s ({status})",
         started.elapsed().as_secs_f64()
     );
-    if !work.join("report.json").exists() {
-        bail!("e2e.test wrote no report; see {}", log_path.display());
+    if !report.exists() {
+        bail!("e2e.test wrote no report; see {}", log.display());
     }
-    keep_cases_that_ran(&work.join("report.json"), &dir, focus != FOCUS)?;
-    // The log is kept, compressed (megabytes of framework output).
-    crate::command::run(&["gzip", "-9", "-f", log_path.to_str().context("log path")?])?;
-    Ok(dir)
+    Ok(report)
 }
 
 /// ginkgo's report lists all ~7 000 specs of the binary; keep the ones that

@@ -3,7 +3,9 @@
 //! installed with `helm install` (src/realcluster). Checked as a user of the
 //! cluster would: by DNS name from a pod on each node, by node port from
 //! outside, through rolling updates and an agent upgrade under traffic,
-//! and `helm uninstall` must leave the nodes clean.
+//! and `helm uninstall` must leave the nodes clean; and by Kubernetes' own
+//! e2e suite: its `[Conformance]` cases for Services, EndpointSlices and
+//! networking (the full focus is `cargo xtask conformance`).
 //!
 //! One test, one cluster, the checks in order (they share the cluster;
 //! bringing one up takes ~30 s once the images exist).
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use switchyard_tests::agnhost::{ClientPod, http_get, http_hostname, udp_hostname};
 use switchyard_tests::client::in_netns;
+use switchyard_tests::conformance;
 use switchyard_tests::realcluster::proxy::Proxy;
 use switchyard_tests::realcluster::{
     self, UpOptions, addons,
@@ -132,6 +135,7 @@ fn switchyard_in_a_real_cluster() -> Result<()> {
     client_ip_affinity(&echo)?;
     local_traffic_policy_keeps_the_client_ip()?;
     inspect_shows_the_service_by_name()?;
+    upstream_conformance_cases()?;
     rolling_update_under_traffic_loses_nothing()?;
     agent_upgrade_keeps_long_lived_connections()?;
     uninstall_leaves_nothing_behind()?;
@@ -317,6 +321,44 @@ fn inspect_shows_the_service_by_name() -> Result<()> {
 /// Requests on new connections through a node port, one retry each (what an
 /// idempotent client does), while `kubectl rollout restart` replaces every
 /// backend.
+/// Kubernetes' own `[Conformance]` cases for Services, EndpointSlices and
+/// pod networking (`e2e.test` at the cluster's version), on this cluster
+/// with Switchyard as its only service proxy: every one must pass.
+fn upstream_conformance_cases() -> Result<()> {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/real-cluster");
+    let log = dir.join("e2e-conformance.log");
+    let cases = conformance::run_on_cluster(
+        conformance::CONFORMANCE_FOCUS,
+        3,
+        NODES.len() as u8,
+        &dir.join("e2e"),
+        &log,
+    )?;
+    let failed: Vec<String> = cases
+        .iter()
+        .filter(|(_, o)| o.state != "passed")
+        .map(|(name, o)| format!("{name}: {} {}", o.state, o.failure))
+        .collect();
+    eprintln!(
+        "upstream [Conformance] cases: {} of {} passed",
+        cases.len() - failed.len(),
+        cases.len()
+    );
+    ensure!(
+        cases.len() >= 25,
+        "only {} upstream cases ran; see {}",
+        cases.len(),
+        log.display()
+    );
+    ensure!(
+        failed.is_empty(),
+        "upstream cases failed (log {}):\n{}",
+        log.display(),
+        failed.join("\n")
+    );
+    Ok(())
+}
+
 fn rolling_update_under_traffic_loses_nothing() -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new([
