@@ -162,9 +162,13 @@ struct AgentArgs {
     /// Idle timeout of TCP connections that saw only a SYN, seconds.
     #[arg(long, default_value = "60", value_name = "SECONDS")]
     ct_timeout_tcp_syn: f64,
-    /// Time TCP connections are kept after FIN or RST, seconds.
+    /// Time TCP connections are kept after FIN from both sides or RST, seconds.
     #[arg(long, default_value = "10", value_name = "SECONDS")]
     ct_timeout_tcp_closing: f64,
+    /// Idle timeout of half-closed TCP connections (FIN from one side),
+    /// seconds; kube-proxy's --conntrack-tcp-timeout-close-wait.
+    #[arg(long, default_value = "3600", value_name = "SECONDS")]
+    ct_timeout_tcp_close_wait: f64,
     /// Entries of the services map (one per frontend plus one per backend
     /// slot). Map sizes apply when the maps are created; maps pinned by an
     /// earlier run keep their size until `--cleanup`.
@@ -340,6 +344,10 @@ fn main() -> Result<()> {
                     )?,
                     tcp_syn: seconds("--ct-timeout-tcp-syn", args.ct_timeout_tcp_syn)?,
                     tcp_closing: seconds("--ct-timeout-tcp-closing", args.ct_timeout_tcp_closing)?,
+                    tcp_close_wait: seconds(
+                        "--ct-timeout-tcp-close-wait",
+                        args.ct_timeout_tcp_close_wait,
+                    )?,
                     udp: seconds("--ct-timeout-udp", args.ct_timeout_udp)?,
                 },
             };

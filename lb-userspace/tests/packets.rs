@@ -1375,6 +1375,7 @@ fn flows_sharing_a_reply_tuple_are_kept_apart_by_remapping_the_source_port() {
         tcp_established: std::time::Duration::ZERO,
         tcp_syn: std::time::Duration::ZERO,
         tcp_closing: std::time::Duration::ZERO,
+        tcp_close_wait: std::time::Duration::ZERO,
         udp: std::time::Duration::ZERO,
     };
     let now = lb_userspace::datapath::conntrack::monotonic_ns() + 1_000_000_000;

@@ -34,3 +34,7 @@ pub fn host_client_bin() -> Result<PathBuf> {
 pub fn pod_server_bin() -> Result<PathBuf> {
     find("pod-server", "SWITCHYARD_POD_SERVER")
 }
+
+pub fn cluster_bin() -> Result<PathBuf> {
+    find("switchyard-cluster", "SWITCHYARD_CLUSTER_BIN")
+}

@@ -2,6 +2,7 @@
 //! pod namespaces, real TCP and UDP from a client pod. Needs root.
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -646,6 +647,27 @@ fn idle_and_closed_connections_expire_while_established_ones_stay() -> Result<()
         "the open connection stays"
     );
     assert_eq!(ask(&mut kept)?, kept_on);
+    Ok(())
+}
+
+/// A client that sent its whole request and shut down its writes (FIN)
+/// waits for a slow answer: the half-closed connection must keep its
+/// translation well past the closing timeout (kube-proxy: 1 h CLOSE_WAIT),
+/// or the late answer arrives from the backend's own address and is reset.
+#[test]
+fn a_half_closed_connection_gets_its_late_answer() -> Result<()> {
+    let c = Cluster::start_with(
+        1,
+        &["--ct-gc-interval", "0.2", "--ct-timeout-tcp-closing", "1"],
+    )?;
+    let mut stream = c.client().tcp_connect(tcp_vip(), TIMEOUT)?;
+    stream.write_all(b"linger 3\n")?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    stream.set_read_timeout(Some(Duration::from_secs(8)))?;
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer)
+        .map_err(|e| anyhow::anyhow!("reading the late answer: {e}"))?;
+    assert_eq!(answer.trim(), "b0 after 3 s");
     Ok(())
 }
 

@@ -327,13 +327,11 @@ fn inspect_shows_the_service_by_name() -> Result<()> {
 fn upstream_conformance_cases() -> Result<()> {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/real-cluster");
     let log = dir.join("e2e-conformance.log");
-    let cases = conformance::run_on_cluster(
-        conformance::CONFORMANCE_FOCUS,
-        3,
-        NODES.len() as u8,
-        &dir.join("e2e"),
-        &log,
-    )?;
+    let selection = conformance::Selection {
+        nodes: NODES.len() as u8,
+        ..conformance::Selection::new(conformance::CONFORMANCE_FOCUS)
+    };
+    let cases = conformance::run_on_cluster(&selection, &dir.join("e2e"), &log)?;
     let failed: Vec<String> = cases
         .iter()
         .filter(|(_, o)| o.state != "passed")

@@ -22,8 +22,13 @@ pub struct Timeouts {
     pub tcp_established: Duration,
     /// TCP with only a SYN so far.
     pub tcp_syn: Duration,
-    /// TCP after FIN or RST from either side.
+    /// TCP closed: FIN from both sides, or RST from either.
     pub tcp_closing: Duration,
+    /// TCP half-closed: FIN from one side only. The other side may go on
+    /// sending for a long time (a client that shut down its writes and
+    /// waits for a long answer); kube-proxy sets netfilter's CLOSE_WAIT
+    /// timeout to 1 h for this.
+    pub tcp_close_wait: Duration,
     pub udp: Duration,
 }
 
@@ -33,6 +38,7 @@ impl Default for Timeouts {
             tcp_established: Duration::from_secs(24 * 3600),
             tcp_syn: Duration::from_secs(60),
             tcp_closing: Duration::from_secs(10),
+            tcp_close_wait: Duration::from_secs(3600),
             udp: Duration::from_secs(120),
         }
     }
@@ -60,10 +66,13 @@ pub fn expired(
         r.last_seen_ns.max(forward.last_seen_ns)
     });
     let idle = Duration::from_nanos(now_ns.saturating_sub(last));
-    let flags = forward.tcp_flags | reply.map_or(0, |r| r.tcp_flags);
+    let (client, backend) = (forward.tcp_flags, reply.map_or(0, |r| r.tcp_flags));
+    let flags = client | backend;
     let limit = if proto == lb_common::PROTO_TCP {
-        if flags & (tcp_seen::FIN | tcp_seen::RST) != 0 {
+        if flags & tcp_seen::RST != 0 || client & backend & tcp_seen::FIN != 0 {
             t.tcp_closing
+        } else if flags & tcp_seen::FIN != 0 {
+            t.tcp_close_wait
         } else if reply.is_some_and(|r| r.tcp_flags & tcp_seen::ACK != 0) {
             t.tcp_established
         } else {
@@ -321,47 +330,38 @@ mod tests {
     #[test]
     fn tcp_by_state() {
         let t = Timeouts::default();
-        let mut table = Table::default();
+        let (syn, ack) = (tcp_seen::SYN, tcp_seen::SYN | tcp_seen::ACK);
+        let fin = tcp_seen::FIN | tcp_seen::ACK;
+        let rst = tcp_seen::RST | tcp_seen::ACK;
+        // (what, client flags, backend flags (None: no reply yet), idle s, swept)
+        let cases: [(&str, u8, Option<u8>, u64, bool); 10] = [
+            ("SYN only, 90 s", syn, None, 90, true),
+            ("SYN only, 30 s", syn, None, 30, false),
+            ("established, 1 h idle", ack, Some(ack), 3600, false),
+            ("established, 25 h idle", ack, Some(ack), 25 * 3600, true),
+            // Half-closed: the other side may still be sending (a client
+            // that shut down its writes waits for a long answer).
+            ("client FIN only, 10 min idle", fin, Some(ack), 600, false),
+            ("backend FIN only, 10 min idle", ack, Some(fin), 600, false),
+            ("client FIN only, 2 h idle", fin, Some(ack), 7200, true),
+            ("FIN both ways, 30 s", fin, Some(fin), 30, true),
+            ("FIN both ways, 5 s", fin, Some(fin), 5, false),
+            ("RST, 30 s", ack, Some(rst), 30, true),
+        ];
         let now = 100_000 * SEC;
-        let (syn, ack, fin) = (
-            tcp_seen::SYN,
-            tcp_seen::SYN | tcp_seen::ACK,
-            tcp_seen::FIN | tcp_seen::ACK,
-        );
-        add(
-            &mut table,
-            flow(6, 1),
-            21,
-            (now - 30 * SEC, ack),
-            Some((now - 30 * SEC, fin)),
-        );
-        add(&mut table, flow(6, 2), 21, (now - 90 * SEC, syn), None);
-        add(
-            &mut table,
-            flow(6, 3),
-            21,
-            (now - 3600 * SEC, ack),
-            Some((now - 3600 * SEC, ack)),
-        );
-        add(
-            &mut table,
-            flow(6, 4),
-            21,
-            (now - 5 * SEC, fin),
-            Some((now - 5 * SEC, ack)),
-        );
-        collect_garbage(&mut table, now, &t).expect("gc");
-        let left: Vec<u16> = table
-            .0
-            .values()
-            .filter(|(_, e)| e.kind == conn_kind::FORWARD)
-            .map(|(k, _)| u16::from_be(k.src_port_be))
-            .collect();
-        assert_eq!(
-            left,
-            vec![3, 4],
-            "closed >10s and SYN-only >60s go; established and fresh closing stay"
-        );
+        for (what, client, backend, idle, swept) in cases {
+            let mut table = Table::default();
+            let seen = now - idle * SEC;
+            add(
+                &mut table,
+                flow(6, 1),
+                21,
+                (seen, client),
+                backend.map(|b| (seen, b)),
+            );
+            collect_garbage(&mut table, now, &t).expect("gc");
+            assert_eq!(table.0.is_empty(), swept, "{what}");
+        }
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! A server for test pods: answers every TCP line and every UDP datagram
 //! with its name, so a test sees which backend served it. A request
 //! `whoami` is answered with the name and the peer address the server saw
-//! (to check source NAT and client-address preservation); a datagram
+//! (to check source NAT and client-address preservation); a TCP line
+//! `linger N` makes the server answer once more N seconds after the client
+//! half-closed (shut down its writes), as a slow server answering a client
+//! that sent its whole request does; a datagram
 //! `echo <bytes>` with the name, a space and the bytes (large requests
 //! and answers, as agnhost's netexec echoes).
 //!
@@ -30,14 +33,24 @@ fn serve_tcp_conn(stream: TcpStream, name: String) {
         return;
     };
     let reader = BufReader::new(stream);
+    let mut linger = None;
     for line in reader.lines() {
         let Ok(line) = line else { return };
+        if let Some(secs) = line.trim().strip_prefix("linger ") {
+            linger = secs.parse::<u64>().ok();
+            continue;
+        }
         if writer
             .write_all(answer(&name, &line, peer).as_bytes())
             .is_err()
         {
             return;
         }
+    }
+    // The client half-closed; answer late if asked to.
+    if let Some(secs) = linger {
+        thread::sleep(std::time::Duration::from_secs(secs));
+        let _ = writer.write_all(format!("{name} after {secs} s\n").as_bytes());
     }
 }
 

@@ -3,6 +3,7 @@
 //!   switchyard-cluster up [--nodes N] [--image-root DIR] [--proxy switchyard|kube-proxy-nftables|kube-proxy-iptables|none]
 //!   switchyard-cluster down | status | kubeconfig
 //!   switchyard-cluster kubectl ARGS… | helm ARGS…
+//!   switchyard-cluster lb-provider   (the cluster's load-balancer daemon; `up` starts it)
 
 use std::path::PathBuf;
 
@@ -54,6 +55,7 @@ fn run() -> Result<()> {
             );
             Ok(())
         }
+        "lb-provider" => realcluster::loadbalancer::serve(),
         other => bail!("unknown command {other:?}"),
     }
 }

@@ -1,7 +1,7 @@
 //! Kubernetes' sig-network e2e suite on the real cluster
 //! (`cargo xtask conformance` runs it):
 //!
-//!   switchyard-conformance run [--proxy P] [--focus REGEX] [--procs N] [--nodes N] [--image-root DIR]
+//!   switchyard-conformance run [--proxy P] [--focus REGEX] [--procs N] [--nodes N] [--slow] [--image-root DIR]
 //!   switchyard-conformance report
 //!
 //! `run` writes docs/conformance/<proxy>/{report.json,junit.xml,e2e.log};
@@ -30,25 +30,24 @@ fn run() -> Result<()> {
     match command.as_str() {
         "run" => {
             let mut proxy = Proxy::Switchyard;
-            let mut focus = conformance::FOCUS.to_string();
+            let mut selection = conformance::Selection::new(conformance::FOCUS);
             let mut image_root = root.join("target/image-root");
-            let mut procs = 3u32;
-            let mut nodes = 2u8;
             let mut it = rest.iter();
             while let Some(a) = it.next() {
                 match a.as_str() {
                     "--proxy" => proxy = it.next().context("--proxy NAME")?.parse()?,
-                    "--focus" => focus = it.next().context("--focus REGEX")?.clone(),
+                    "--focus" => selection.focus = it.next().context("--focus REGEX")?.clone(),
+                    "--slow" => selection.slow = true,
                     "--image-root" => image_root = it.next().context("--image-root DIR")?.into(),
                     "--nodes" => {
-                        nodes = it
+                        selection.nodes = it
                             .next()
                             .context("--nodes N")?
                             .parse()
                             .context("--nodes N")?
                     }
                     "--procs" => {
-                        procs = it
+                        selection.procs = it
                             .next()
                             .context("--procs N")?
                             .parse()
@@ -57,7 +56,7 @@ fn run() -> Result<()> {
                     other => bail!("unknown argument {other:?}"),
                 }
             }
-            let dir = conformance::run(proxy, &focus, procs, nodes, &image_root, &docs)?;
+            let dir = conformance::run(proxy, &selection, &image_root, &docs)?;
             let cases = conformance::read_report(&dir.join("report.json"))?;
             let passed = cases.values().filter(|o| o.state == "passed").count();
             let failed: Vec<&String> = cases

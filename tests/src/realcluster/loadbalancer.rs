@@ -117,7 +117,10 @@ fn reconcile_service(svc: &Value, taken: &mut BTreeSet<Ipv4Addr>) -> Result<Opti
                 .map(|h| Ipv4Addr::new(POOL[0], POOL[1], POOL[2], h))
                 .find(|ip| !taken.contains(ip))
                 .context("the load-balancer pool is exhausted")?;
-            patch_status(svc, &serde_json::json!([{"ip": ip.to_string(), "ipMode": "VIP"}]))?;
+            patch_status(
+                svc,
+                &serde_json::json!([{"ip": ip.to_string(), "ipMode": "VIP"}]),
+            )?;
             taken.insert(ip);
             ip
         }
@@ -160,7 +163,16 @@ fn healthy(addr: SocketAddrV4) -> bool {
 fn patch(svc: &Value, extra: &[&str], body: &str) -> Result<()> {
     let ns = svc["metadata"]["namespace"].as_str().unwrap_or_default();
     let name = svc["metadata"]["name"].as_str().unwrap_or_default();
-    let mut args = vec!["-n", ns, "patch", "service", name, "--type=merge", "-p", body];
+    let mut args = vec![
+        "-n",
+        ns,
+        "patch",
+        "service",
+        name,
+        "--type=merge",
+        "-p",
+        body,
+    ];
     args.extend_from_slice(extra);
     kubectl(&args).map(|_| ())
 }
@@ -193,7 +205,8 @@ fn sync_routes(
     wanted: BTreeMap<Ipv4Addr, Vec<u8>>,
 ) -> Result<()> {
     for ip in routed.keys().filter(|ip| !wanted.contains_key(ip)) {
-        run(&["ip", "-n", OUTSIDE_NS, "route", "del", &format!("{ip}/32")])?;
+        // Already gone is fine.
+        let _ = run(&["ip", "-n", OUTSIDE_NS, "route", "del", &format!("{ip}/32")]);
     }
     for (ip, nodes) in &wanted {
         if routed.get(ip) == Some(nodes) {

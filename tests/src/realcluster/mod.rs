@@ -6,13 +6,15 @@
 //! `up`; `down` stops and removes everything `up` made.
 //!
 //! `up` = build images → PKI → network → nodes' runtimes → control plane →
-//! kubelets → pod CIDRs and routes → CoreDNS → Switchyard.
+//! kubelets → pod CIDRs and routes → CoreDNS → Switchyard → the
+//! load-balancer provider.
 
 pub mod addons;
 pub mod control_plane;
 pub mod daemon;
 pub mod images;
 pub mod layout;
+pub mod loadbalancer;
 pub mod network;
 pub mod node;
 pub mod pki;
@@ -105,6 +107,13 @@ fn bring_up(opts: &UpOptions) -> Result<()> {
     ));
     opts.proxy.install(&nodes, &pki)?;
     addons::install_coredns()?;
+    step("starting the load-balancer provider");
+    let provider = crate::paths::cluster_bin()?;
+    daemon::start(
+        "lb-provider",
+        daemon::Place::ControlPlane,
+        &[provider.display().to_string(), "lb-provider".into()],
+    )?;
     step("cluster up");
     Ok(())
 }
