@@ -23,7 +23,8 @@ pub mod map_names {
     pub const INTERFACES: &str = "interfaces";
     pub const SOCK_LB: &str = "sock_lb";
     pub const SOCK_CONFIG: &str = "sock_config";
-    pub const ALL: [&str; 12] = [
+    pub const LAYOUT: &str = "layout";
+    pub const ALL: [&str; 13] = [
         SERVICES,
         BACKENDS,
         CONNTRACK,
@@ -36,8 +37,15 @@ pub mod map_names {
         INTERFACES,
         SOCK_LB,
         SOCK_CONFIG,
+        LAYOUT,
     ];
 }
+
+/// The version of the pinned maps' layout, kept in the `layout` map.
+/// Raise it when the meaning of a map's contents changes without its key
+/// or value size changing: an agent that finds another version pinned
+/// re-creates the maps instead of misreading them.
+pub const LAYOUT_VERSION: u32 = 1;
 
 /// A host socket's view of an address, for socket-level load balancing:
 /// (socket cookie, service address) → the backend it was sent to, and

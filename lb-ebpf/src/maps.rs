@@ -95,3 +95,8 @@ pub static sock_lb: LruHashMap<SockKey, SockAddr, { MAX_SOCK_LB_ENTRIES as usize
 /// translate: the node's own. 0 means none (socket LB off).
 #[btf_map]
 pub static sock_config: Array<u64, 1> = Array::new();
+
+/// Index 0: the layout version of these maps (`LAYOUT_VERSION`), written by
+/// user space; read by the next agent before it reuses the pins.
+#[btf_map]
+pub static layout: Array<u32, 1> = Array::new();

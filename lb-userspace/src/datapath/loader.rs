@@ -26,6 +26,7 @@ use lb_common::{InterfaceStatus, interface_role, map_names, program_names, xdp_m
 use tracing::{debug, info, warn};
 
 use crate::datapath::capacity::Capacity;
+use crate::datapath::layout;
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const OBJECT_FILE: &str = "switchyard.bpf.o";
@@ -246,6 +247,7 @@ impl Datapath {
         capacity: &Capacity,
     ) -> Result<Self> {
         ensure_pin_dir(pin_dir)?;
+        layout::unpin_incompatible(pin_dir, &layout::expected_shapes(object)?)?;
         let mut loader = EbpfLoader::new();
         capacity.configure(&mut loader);
         for name in map_names::ALL {
@@ -254,6 +256,7 @@ impl Datapath {
         let mut ebpf = loader
             .load_file(object)
             .with_context(|| format!("loading BPF object {}", object.display()))?;
+        layout::record_version(&mut ebpf)?;
         for name in [
             program_names::FROM_POD,
             program_names::TO_POD,

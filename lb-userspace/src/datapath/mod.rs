@@ -5,6 +5,7 @@ pub mod addr;
 pub mod capacity;
 pub mod conntrack;
 pub mod ifaces;
+pub mod layout;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
