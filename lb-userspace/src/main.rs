@@ -265,6 +265,10 @@ fn init_logging(level: &str, format: LogFormat) -> Result<()> {
     Ok(())
 }
 
+/// Frontends with the largest Maglev table the services map must hold at
+/// least (smaller services take smaller tables, see maglev.rs).
+const MIN_FULL_SIZE_MAGLEV_FRONTENDS: usize = 16;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_level, cli.log_format)?;
@@ -330,6 +334,19 @@ fn main() -> Result<()> {
                         if !maglev::is_prime(size) || size > usize::from(u16::MAX) {
                             bail!(
                                 "--maglev-table-size {size}: must be a prime below 65536 (e.g. 1021, 16381)"
+                            );
+                        }
+                        // Each frontend takes its table plus a master entry.
+                        let fits = capacity.services as usize / (size + 1);
+                        if fits < MIN_FULL_SIZE_MAGLEV_FRONTENDS {
+                            bail!(
+                                "--maglev-table-size {size} with --map-size-services {}: room for only \
+                                 {fits} frontends with {size}-entry tables (those with over {} \
+                                 backends); raise --map-size-services to at least {} or lower \
+                                 --maglev-table-size",
+                                capacity.services,
+                                size / 100,
+                                (size + 1) * MIN_FULL_SIZE_MAGLEV_FRONTENDS
                             );
                         }
                         Selection::Maglev { table_size: size }

@@ -773,6 +773,35 @@ fn client_ip_affinity_pins_new_flows_of_a_client() {
     );
 }
 
+/// An operator who turns on Maglev with the chart's defaults (largest
+/// table 16 381, the services map at its default size) and has a few
+/// hundred small services: every one must be programmed. With one
+/// full-size table per frontend, 64 frontends filled the map.
+#[test]
+fn maglev_with_the_charts_defaults_programs_hundreds_of_services() {
+    const SERVICES: u8 = 250;
+    let mut f = fixture_with(Selection::Maglev { table_size: 16381 });
+    let mut desired = desired_state(&BACKENDS);
+    for i in 0..SERVICES {
+        let s = service(Ipv4Addr::new(10, 97, 0, i), 80, Protocol::Tcp, &BACKENDS);
+        desired.services.insert(s.frontend, s);
+    }
+    let mut sync = MapSync::adopt(PinnedMaps::open(&f.pin_dir).expect("open maps"))
+        .expect("adopt")
+        .with_selection(Selection::Maglev { table_size: 16381 });
+    let report = sync.apply(&desired);
+    assert!(
+        report.errors.is_empty(),
+        "{} of {} frontends not programmed, first: {:?}",
+        report.errors.len(),
+        desired.services.len(),
+        report.errors.first()
+    );
+    let (_, out) =
+        f.run_from_pod(&Pkt::tcp(CLIENT, 40000, Ipv4Addr::new(10, 97, 0, 249), 80, SYN).build());
+    assert!(BACKENDS.contains(&parse_checked(&out).dst));
+}
+
 #[test]
 fn maglev_choice_matches_user_space_and_survives_conntrack_loss() {
     const M: usize = 251;

@@ -175,6 +175,22 @@ fn chart_values_reach_the_agent_and_bad_values_are_refused() -> Result<()> {
         );
     }
     check_agent_accepts(&args)?;
+    // Maglev tables that cannot fit the services map are refused at start,
+    // naming both values, not discovered as "map full" one service at a time.
+    let (_, too_big) = render(&[
+        "algorithm=maglev",
+        "maglevTableSize=65521",
+        "mapSizes.services=100000",
+    ])?;
+    let too_big =
+        strings(&find(&too_big, "DaemonSet")?["spec"]["template"]["spec"]["containers"][0]["args"]);
+    let err = check_agent_accepts(&too_big)
+        .expect_err("a services map too small for the Maglev tables")
+        .to_string();
+    assert!(
+        err.contains("--map-size-services 100000") && err.contains("--maglev-table-size 65521"),
+        "{err}"
+    );
     assert!(pod["initContainers"].is_null(), "no bpffs mount asked for");
     assert!(
         agent["image"]

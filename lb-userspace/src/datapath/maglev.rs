@@ -9,8 +9,30 @@
 
 use crate::model::BackendAddr;
 
-/// Default table size: a prime, ~100 entries per backend up to 10 backends.
+/// Default largest table size: a prime, ~100 entries per backend up to 10
+/// backends.
 pub const DEFAULT_TABLE_SIZE: usize = 1021;
+
+/// The table sizes a frontend may get: primes, each about twice the last.
+/// A frontend's table is the smallest of these with ~100 entries per
+/// backend (the paper's bound for <1 % imbalance), up to the configured
+/// largest: a 3-backend service takes 509 map entries, not the 16 381 a
+/// 160-backend one needs. Every node derives the same size from the same
+/// backend set; a size changes only when the backend count crosses a step.
+pub const TABLE_SIZES: [usize; 9] = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521];
+
+/// Entries per backend a table aims at.
+const ENTRIES_PER_BACKEND: usize = 100;
+
+/// The table size for a frontend with `backends` backends, at most `largest`.
+pub fn table_size_for(backends: usize, largest: usize) -> usize {
+    let want = backends.saturating_mul(ENTRIES_PER_BACKEND);
+    TABLE_SIZES
+        .into_iter()
+        .find(|&size| size >= want)
+        .unwrap_or(largest)
+        .min(largest)
+}
 
 /// Whether `n` is prime (table sizes must be, for the permutations to cover
 /// every entry).
@@ -126,6 +148,31 @@ mod tests {
             moved_total as f64 / size as f64,
             moved_survivors as f64 / size as f64,
         )
+    }
+
+    #[test]
+    fn tables_grow_with_the_backends_up_to_the_largest() {
+        // (backends, largest, size)
+        let cases = [
+            (1, 16381, 251),
+            (3, 16381, 509),
+            (10, 16381, 1021),
+            (11, 16381, 2039),
+            (160, 16381, 16381),
+            (500, 16381, 16381),
+            (500, 65521, 65521),
+            (3, 251, 251),
+            (20, 1021, 1021),
+            (0, 16381, 251),
+        ];
+        for (backends, largest, size) in cases {
+            assert_eq!(
+                table_size_for(backends, largest),
+                size,
+                "{backends} backends, largest {largest}"
+            );
+        }
+        assert!(TABLE_SIZES.iter().all(|s| is_prime(*s)));
     }
 
     #[test]

@@ -109,8 +109,9 @@ pub struct ProgrammedService {
 pub enum Selection {
     /// One slot per backend, picked at random (kube-proxy's behaviour).
     Random,
-    /// A Maglev table of this (prime) size: the same flow maps to the same
-    /// backend on every node, and few flows move when backends change.
+    /// A Maglev table per frontend, sized for its backend count up to this
+    /// (prime) size (`maglev::table_size_for`): the same flow maps to the
+    /// same backend on every node, and few flows move when backends change.
     Maglev { table_size: usize },
 }
 
@@ -517,7 +518,8 @@ impl<M: ServiceMaps> MapSync<M> {
                 Selection::Random => (present.iter().map(|(_, id)| *id).collect(), plan.flags),
                 Selection::Maglev { table_size } => {
                     let addrs: Vec<BackendAddr> = present.iter().map(|(a, _)| *a).collect();
-                    let table = maglev::table(&addrs, table_size);
+                    let size = maglev::table_size_for(addrs.len(), table_size);
+                    let table = maglev::table(&addrs, size);
                     (
                         table.iter().map(|i| present[*i].1).collect(),
                         plan.flags | service_flags::MAGLEV,

@@ -35,6 +35,14 @@ pub fn outside_ip() -> Ipv4Addr {
     Ipv4Addr::new(10, 99, 0, 100)
 }
 
+/// The outside client's address on the Internet side: load-balancer
+/// traffic leaves from it. Upstream e2e cases judge "the client address
+/// was preserved" by it not being in the nodes' /16, as a real client's
+/// would not be.
+pub fn outside_public_ip() -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 100)
+}
+
 pub fn control_plane_ip() -> Ipv4Addr {
     node_ip(1)
 }

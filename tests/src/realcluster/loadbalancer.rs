@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use super::layout::{OUTSIDE_NS, node_ip};
+use super::layout::{OUTSIDE_NS, node_ip, outside_public_ip};
 use super::{kubectl, recorded_nodes};
 use crate::command::run;
 
@@ -196,10 +196,11 @@ fn remove_finalizer(svc: &Value) -> Result<()> {
     )
 }
 
-/// Routes in the outside client's namespace: one per address, over the
-/// target nodes (hashed per source and destination address, so a client's
-/// flows stay on one node, as cloud LBs with client-IP affinity do); an
-/// address without healthy nodes is unreachable.
+/// Routes in the outside client's namespace: one per address, from the
+/// client's public address, over the target nodes (hashed per source and
+/// destination address, so a client's flows stay on one node, as cloud LBs
+/// with client-IP affinity do); an address without healthy nodes is
+/// unreachable.
 fn sync_routes(
     routed: &mut BTreeMap<Ipv4Addr, Vec<u8>>,
     wanted: BTreeMap<Ipv4Addr, Vec<u8>>,
@@ -218,7 +219,12 @@ fn sync_routes(
         if nodes.is_empty() {
             argv.extend(["unreachable".into(), format!("{ip}/32")]);
         } else {
-            argv.push(format!("{ip}/32"));
+            // From the client's public address, as from a real client.
+            argv.extend([
+                format!("{ip}/32"),
+                "src".into(),
+                outside_public_ip().to_string(),
+            ]);
             for n in nodes {
                 argv.extend(["nexthop".into(), "via".into(), node_ip(*n).to_string()]);
             }

@@ -4,7 +4,9 @@
 
 use anyhow::{Context, Result};
 
-use super::layout::{FABRIC_NS, NODE_IFACE, OUTSIDE_NS, node_ip, node_ns, outside_ip};
+use super::layout::{
+    FABRIC_NS, NODE_IFACE, OUTSIDE_NS, node_ip, node_ns, outside_ip, outside_public_ip,
+};
 use crate::command::run;
 
 const FABRIC_BRIDGE: &str = "br0";
@@ -102,8 +104,27 @@ pub fn create_node(n: u8) -> Result<()> {
     Ok(())
 }
 
+/// The outside client: on the fabric like a node, plus an address beyond
+/// the nodes' network (the fabric routes it back), which load-balancer
+/// routes use as their source.
 pub fn create_outside() -> Result<()> {
-    attach(OUTSIDE_NS, "out", outside_ip())
+    attach(OUTSIDE_NS, "out", outside_ip())?;
+    let public = format!("{}/32", outside_public_ip());
+    run(&[
+        "ip", "-n", OUTSIDE_NS, "addr", "add", &public, "dev", NODE_IFACE,
+    ])?;
+    ns_run(FABRIC_NS, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    run(&[
+        "ip",
+        "-n",
+        FABRIC_NS,
+        "route",
+        "add",
+        &public,
+        "via",
+        &outside_ip().to_string(),
+    ])
+    .map(|_| ())
 }
 
 /// Node `n` routes `cidr` (another node's pods) through that node's IP.
