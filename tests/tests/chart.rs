@@ -138,8 +138,13 @@ fn chart_lints_and_renders_a_least_privilege_daemonset() -> Result<()> {
                 vec!["endpointslices".into()],
                 read
             ),
+            (
+                vec!["events.k8s.io".into()],
+                vec!["events".into()],
+                vec!["create".into(), "patch".into()]
+            ),
         ],
-        "exactly read access to services, endpointslices and nodes"
+        "exactly read access to services, endpointslices and nodes, and events to tell why a Service is not programmed"
     );
     Ok(())
 }
@@ -263,6 +268,7 @@ fn rendered_chart_is_accepted_by_the_api_server_and_its_rbac_is_least_privilege(
         ("watch", "services"),
         ("watch", "endpointslices.discovery.k8s.io"),
         ("list", "nodes"),
+        ("create", "events.events.k8s.io"),
     ] {
         assert!(can(verb, resource)?, "{verb} {resource} should be allowed");
     }
@@ -273,6 +279,7 @@ fn rendered_chart_is_accepted_by_the_api_server_and_its_rbac_is_least_privilege(
         ("get", "secrets"),
         ("list", "pods"),
         ("create", "events"),
+        ("delete", "events.events.k8s.io"),
     ] {
         assert!(
             !can(verb, resource)?,

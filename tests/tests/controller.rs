@@ -323,6 +323,40 @@ fn services_follow_the_api_server_through_scale_port_and_type_changes() -> Resul
         c.wait_gone(&frontend)?;
     }
     c.wait_gone(&format!("{}:30080/TCP", node_ip(2)))?;
+
+    // A Service Switchyard cannot program (SCTP): its owner is told on the
+    // Service itself, by every node, naming the field.
+    c.api.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: sctp, namespace: test}\n\
+         spec:\n  clusterIP: 10.96.1.12\n  ports: [{port: 9999, protocol: SCTP}]\n",
+    )?;
+    let mut told = String::new();
+    switchyard_tests::wait::until(
+        "a NotProgrammed event on test/sctp from each node",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            told = c.api.kubectl(&[
+                "-n",
+                "test",
+                "get",
+                "events.events.k8s.io",
+                "--field-selector=regarding.name=sctp,reason=NotProgrammed",
+                "-o",
+                "jsonpath={range .items[*]}{.reportingInstance} {.type} {.note}{\"\\n\"}{end}",
+            ])?;
+            Ok(told.lines().count() == 2)
+        },
+    )?;
+    for n in 1..=2u8 {
+        assert!(
+            told.contains(&format!(
+                "{} Warning spec.ports[0].protocol: SCTP is not supported",
+                node_name(n)
+            )),
+            "{told}"
+        );
+    }
     // The API server's own `kubernetes` service is programmed too.
     let services = c.agents[0].inspect(&["services"])?;
     assert!(services.contains("default/kubernetes"), "{services}");

@@ -31,8 +31,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::events::ProblemReporter;
 use super::translate::{SERVICE_NAME_LABEL, translate};
-use super::{ClusterObjects, Sourced, StateDelta};
+use super::{ClusterObjects, ObjectError, Sourced, StateDelta};
 use crate::metrics::{Metrics, ResourceLabel};
 use crate::model::Frontend;
 
@@ -173,8 +174,11 @@ struct Cache {
     /// changed only removes frontends it still owns (a ClusterIP can pass
     /// from a deleted Service to a new one within a batch, in either order).
     owner_of: HashMap<Frontend, Key>,
-    /// Service → how many problems its last translation reported.
-    invalid: HashMap<Key, usize>,
+    /// Service → the problems its last translation reported.
+    invalid: HashMap<Key, Vec<ObjectError>>,
+    /// Services whose problems changed to a non-empty set since the last
+    /// batch: told to their owners (events.rs).
+    to_report: BTreeSet<Key>,
     dirty: BTreeSet<Key>,
     triggered_at: Vec<SystemTime>,
     node_addresses: Option<Vec<Ipv4Addr>>,
@@ -291,8 +295,9 @@ impl Cache {
             }
             if translation.errors.is_empty() {
                 self.invalid.remove(&key);
-            } else {
-                self.invalid.insert(key.clone(), translation.errors.len());
+            } else if self.invalid.get(&key) != Some(&translation.errors) {
+                self.invalid.insert(key.clone(), translation.errors.clone());
+                self.to_report.insert(key.clone());
             }
             let new_keys: Vec<Frontend> = translation.desired.services.keys().copied().collect();
             for old in self.ports_of.remove(&key).unwrap_or_default() {
@@ -312,6 +317,18 @@ impl Cache {
             }
         }
         delta
+    }
+
+    /// The Services with new problems, and the problems, since last asked.
+    fn take_reports(&mut self) -> Vec<(&Service, &[ObjectError])> {
+        std::mem::take(&mut self.to_report)
+            .into_iter()
+            .filter_map(|key| Some((self.services.get(&key)?, self.invalid.get(&key)?.as_slice())))
+            .collect()
+    }
+
+    fn invalid_count(&self) -> usize {
+        self.invalid.values().map(Vec::len).sum()
     }
 
     fn pending(&self) -> bool {
@@ -383,6 +400,7 @@ impl KubernetesSource {
     /// Runs until the agent stops listening.
     pub async fn run(self, tx: mpsc::Sender<StateDelta>) {
         let mut events = futures::stream::select_all(self.streams());
+        let reporter = ProblemReporter::new(self.client.clone(), self.node_name.as_deref());
         let mut cache = Cache::default();
         let mut listed = Listed {
             node: self.node_name.is_none(),
@@ -422,7 +440,10 @@ impl KubernetesSource {
                         continue;
                     }
                     let mut delta = cache.take_delta();
-                    self.metrics.objects_invalid.set(cache.invalid.values().sum::<usize>() as i64);
+                    self.metrics.objects_invalid.set(cache.invalid_count() as i64);
+                    for (service, problems) in cache.take_reports() {
+                        reporter.report(service, problems);
+                    }
                     if !sent_complete {
                         delta.complete = true;
                         info!(
@@ -785,7 +806,35 @@ mod tests {
         );
         let delta = c.take_delta();
         assert_eq!(delta.ports.len(), 1);
-        assert_eq!(c.invalid.values().sum::<usize>(), 1);
+        assert_eq!(c.invalid_count(), 1);
+        let reported: Vec<String> = c
+            .take_reports()
+            .iter()
+            .map(|(svc, problems)| format!("{:?}: {}", svc.metadata.name, problems[0].field))
+            .collect();
+        assert_eq!(
+            reported,
+            vec![r#"Some("bad"): spec.ports[0].port"#.to_string()]
+        );
+
+        // Retranslated with the same problem (a relist, a slice change): not
+        // told again; a different problem is.
+        c.dirty.insert(("default".into(), "bad".into()));
+        c.take_delta();
+        assert!(c.take_reports().is_empty());
+        let mut worse = service("bad", "10.96.0.9", "2");
+        if let Some(spec) = worse.spec.as_mut() {
+            spec.ports.as_mut().expect("ports")[0].protocol = Some("SCTP".into());
+        }
+        c.set_service(("default".into(), "bad".into()), Some(worse));
+        c.take_delta();
+        let reported = c.take_reports();
+        assert_eq!(reported.len(), 1);
+        assert!(
+            reported[0].1[0].message.contains("SCTP is not supported"),
+            "{:?}",
+            reported[0].1
+        );
     }
 
     #[test]
