@@ -24,7 +24,9 @@ pub mod map_names {
     pub const SOCK_LB: &str = "sock_lb";
     pub const SOCK_CONFIG: &str = "sock_config";
     pub const LAYOUT: &str = "layout";
-    pub const ALL: [&str; 13] = [
+    pub const ADMISSION: &str = "admission";
+    pub const CT_SOURCES: &str = "ct_sources";
+    pub const ALL: [&str; 15] = [
         SERVICES,
         BACKENDS,
         CONNTRACK,
@@ -38,6 +40,8 @@ pub mod map_names {
         SOCK_LB,
         SOCK_CONFIG,
         LAYOUT,
+        ADMISSION,
+        CT_SOURCES,
     ];
 }
 
@@ -240,6 +244,23 @@ pub mod backend_flags {
     /// The backend runs on this node.
     pub const LOCAL: u8 = 1;
 }
+
+/// Value of the single-entry `admission` array: when the datapath refuses
+/// to track a new flow, so that established flows are never pushed out of
+/// the conntrack table (an LRU) by new ones. Written by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Admission {
+    /// Tracked flows one client address may have (`ct_sources` counts
+    /// them); 0: no limit.
+    pub flows_per_source: u32,
+    /// Non-zero while the table is nearly full: new flows are refused
+    /// until the agent's sweeps make room.
+    pub refuse_new: u32,
+}
+
+/// Client addresses whose tracked flows `ct_sources` counts (an LRU).
+pub const MAX_CT_SOURCES: u32 = 65_536;
 
 /// Value of the single-entry `nat_config` array: how this node SNATs.
 #[repr(C)]
@@ -569,7 +590,14 @@ pub mod reason {
     /// A later fragment given the ports of its datagram's first fragment,
     /// so it is translated (or not) with its flow.
     pub const FRAGMENT_TRACKED: u32 = 22;
-    pub const COUNT: u32 = 23;
+    /// Dropped: the client already has its quota of tracked flows (a port
+    /// sweep, a flood from one address); its own flows end or time out
+    /// before it gets more. Established flows of others are untouched.
+    pub const CONNTRACK_SOURCE_QUOTA: u32 = 23;
+    /// Dropped: the conntrack table is nearly full; new flows wait for the
+    /// agent's sweeps to make room rather than push established ones out.
+    pub const CONNTRACK_ADMISSION_CLOSED: u32 = 24;
+    pub const COUNT: u32 = 25;
 
     /// Human names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -596,6 +624,8 @@ pub mod reason {
         "tcp_no_entry_dropped",
         "reject_rate_limited",
         "fragment_tracked",
+        "conntrack_source_quota",
+        "conntrack_admission_closed",
     ];
 }
 
@@ -635,6 +665,7 @@ mod pod_impls {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for Admission {}
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for ServiceCounters {}
     unsafe impl aya::Pod for AffinityKey {}

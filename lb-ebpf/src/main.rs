@@ -14,6 +14,7 @@
 #![no_main]
 #![allow(non_upper_case_globals)]
 
+mod admission;
 mod affinity;
 mod conntrack;
 mod fib;
@@ -250,6 +251,9 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
                 TC_ACT_SHOT
             }
         };
+    }
+    if !admission::admit(pkt.flow.src_ip_be) {
+        return TC_ACT_SHOT;
     }
     let Some((backend_id, backend)) = affinity::choose_backend(&pkt.flow, &master, scope, now)
     else {

@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey, FragmentKey,
+    Admission, MAX_CT_SOURCES, AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey, FragmentKey,
     FragmentPorts, InterfaceStatus, MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK_ENTRIES,
     MAX_FRAGMENT_ENTRIES,
     MAX_SERVICE_ENTRIES, MAX_SERVICES, MAX_SOCK_LB_ENTRIES, MAX_SOURCE_RANGES, NatConfig,
@@ -100,3 +100,12 @@ pub static sock_config: Array<u64, 1> = Array::new();
 /// user space; read by the next agent before it reuses the pins.
 #[btf_map]
 pub static layout: Array<u32, 1> = Array::new();
+
+/// Index 0: when new flows are refused (admission.rs), set by user space.
+#[btf_map]
+pub static admission: Array<Admission, 1> = Array::new();
+
+/// Client address → its tracked flows: counted up here as flows are
+/// created, recounted exactly by the agent's conntrack sweeps.
+#[btf_map]
+pub static ct_sources: LruHashMap<u32, u32, { MAX_CT_SOURCES as usize }> = LruHashMap::new();

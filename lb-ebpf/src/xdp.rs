@@ -27,7 +27,7 @@ use lb_common::{
     service_flags, tcp_seen,
 };
 
-use crate::{affinity, conntrack, lookup, maps::nat_config, snat, stats};
+use crate::{admission, affinity, conntrack, lookup, maps::nat_config, snat, stats};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
@@ -303,6 +303,9 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
         }
         // Refusing needs a new packet: tc builds the ICMP error.
         return Ok(XDP_PASS);
+    }
+    if !admission::admit(pkt.flow.src_ip_be) {
+        return Ok(XDP_DROP);
     }
     let Some((backend_id, backend)) = affinity::choose_backend(&pkt.flow, &master, scope, now)
     else {

@@ -13,6 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use crate::datapath::admission;
 use crate::datapath::capacity::Capacity;
 use crate::datapath::conntrack::{self, Timeouts};
 use crate::datapath::ifaces::{self, IfaceGlobs};
@@ -51,6 +52,9 @@ pub struct AgentConfig {
     /// How often conntrack is swept for expired connections.
     pub conntrack_gc_interval: Duration,
     pub conntrack_timeouts: Timeouts,
+    /// Tracked flows per client address (admission.rs); `None`: the default
+    /// share of the table, 0: no quota.
+    pub conntrack_flows_per_source: Option<u32>,
     /// The node's external interfaces (NodePort, load-balancer traffic).
     pub external_ifaces: Option<IfaceGlobs>,
     /// Node addresses to serve node ports on; empty: those of the external
@@ -221,6 +225,16 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         &cfg.sysctl_dir,
         cfg.xdp_snat,
     )?;
+    let mut gate = admission::Gate::new(
+        cfg.conntrack_flows_per_source
+            .unwrap_or_else(|| admission::Gate::default_quota(capacity.conntrack)),
+        capacity.conntrack,
+    );
+    gate.install(&mut maps)?;
+    info!(
+        flows_per_source = gate.flows_per_source,
+        "conntrack admission: flows per client address (0: no quota)"
+    );
     let mut sync = MapSync::adopt(maps)
         .context("adopting the pinned maps")?
         .with_node(cfg.node_name.clone())
@@ -415,6 +429,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 let now = conntrack::monotonic_ns();
                 match conntrack::collect_garbage(sync.maps_mut(), now, &cfg.conntrack_timeouts) {
                     Ok(sweep) => {
+                        if let Err(e) = gate.after_sweep(sync.maps_mut(), sweep.remaining, &sweep.flows_by_source) {
+                            warn!("conntrack admission: {e:#}");
+                        }
                         metrics.set_map_entries("conntrack", sweep.remaining);
                         near_full(&metrics, map_names::CONNTRACK, sweep.remaining, capacity.conntrack);
                         if sweep.connections + sweep.orphans + sweep.reused > 0 {

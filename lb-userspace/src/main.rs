@@ -169,6 +169,12 @@ struct AgentArgs {
     /// seconds; kube-proxy's --conntrack-tcp-timeout-close-wait.
     #[arg(long, default_value = "3600", value_name = "SECONDS")]
     ct_timeout_tcp_close_wait: f64,
+    /// Tracked flows one client address may have through services on this
+    /// node; more are refused (dropped) until some end, so one client
+    /// cannot crowd others' connections out of the table. Default: 1/16 of
+    /// the table's flows; 0: no quota.
+    #[arg(long, value_name = "N")]
+    ct_flows_per_source: Option<u32>,
     /// Entries of the services map (one per frontend plus one per backend
     /// slot). Map sizes apply when the maps are created; maps pinned by an
     /// earlier run keep their size until `--cleanup`.
@@ -353,6 +359,7 @@ fn main() -> Result<()> {
                     }
                 },
                 conntrack_gc_interval: seconds("--ct-gc-interval", args.ct_gc_interval)?,
+                conntrack_flows_per_source: args.ct_flows_per_source,
                 capacity,
                 conntrack_timeouts: Timeouts {
                     tcp_established: seconds(

@@ -24,6 +24,7 @@ use lb_userspace::model::{
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
+const TC_ACT_SHOT: u32 = 2;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -1962,6 +1963,66 @@ fn mid_flow_tcp_without_an_entry_is_not_balanced() {
 /// Like after a client RST, the new SYN must be balanced afresh — here the
 /// reset backend has meanwhile left the service, so reusing the old entry
 /// would send the connection to a backend that is gone.
+/// A tenant's port sweep through a service (no privilege needed) must not
+/// crowd other tenants' connections out of the conntrack LRU: its new flows
+/// stop at its quota, everyone else's are admitted, and established flows
+/// (its own included) keep being translated. While the agent says the table
+/// is nearly full, every new flow waits and established ones go on.
+#[test]
+fn conntrack_admission_stops_one_client_at_its_quota_and_keeps_established_flows() {
+    let mut f = fixture();
+    f.maps
+        .admission
+        .set(
+            0,
+            lb_common::Admission {
+                flows_per_source: 5,
+                refuse_new: 0,
+            },
+            0,
+        )
+        .expect("admission");
+    let mut admitted = 0;
+    for port in 41000..41008 {
+        let (rc, out) = f.run_from_pod(&Pkt::tcp(CLIENT, port, VIP, 80, SYN).build());
+        if rc == TC_ACT_OK {
+            assert!(BACKENDS.contains(&parse_checked(&out).dst));
+            admitted += 1;
+        } else {
+            assert_eq!(rc, TC_ACT_SHOT, "port {port}");
+        }
+    }
+    assert_eq!(admitted, 5, "the sweeping client stops at its quota");
+    assert_eq!(f.maps.reason_count(reason::CONNTRACK_SOURCE_QUOTA), 3);
+    // Its established flows, and another client's new ones, go on.
+    let (rc, out) = f.run_from_pod(&Pkt::tcp(CLIENT, 41000, VIP, 80, ACK).build());
+    assert_eq!(rc, TC_ACT_OK);
+    assert!(BACKENDS.contains(&parse_checked(&out).dst));
+    let other = Ipv4Addr::new(10, 244, 0, 11);
+    let (rc, _) = f.run_from_pod(&Pkt::tcp(other, 41000, VIP, 80, SYN).build());
+    assert_eq!(rc, TC_ACT_OK, "another client is admitted");
+
+    // Nearly full: new flows wait, established ones are translated.
+    f.maps
+        .admission
+        .set(
+            0,
+            lb_common::Admission {
+                flows_per_source: 0,
+                refuse_new: 1,
+            },
+            0,
+        )
+        .expect("admission");
+    let newcomer = Ipv4Addr::new(10, 244, 0, 12);
+    let (rc, _) = f.run_from_pod(&Pkt::tcp(newcomer, 41000, VIP, 80, SYN).build());
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(f.maps.reason_count(reason::CONNTRACK_ADMISSION_CLOSED), 1);
+    let (rc, out) = f.run_from_pod(&Pkt::tcp(other, 41000, VIP, 80, ACK).build());
+    assert_eq!(rc, TC_ACT_OK);
+    assert!(BACKENDS.contains(&parse_checked(&out).dst));
+}
+
 #[test]
 fn a_tuple_reopened_after_a_backend_reset_is_balanced_afresh() {
     let mut f = fixture();

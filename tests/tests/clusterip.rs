@@ -562,6 +562,43 @@ fn datagrams_bigger_than_the_mtu_cross_a_service_both_ways() -> Result<()> {
     Ok(())
 }
 
+/// A hostile tenant sweeps source ports against a service's UDP port (no
+/// privilege needed: one datagram per port) while another pod's TCP
+/// connection through the same node is idle. The sweep must not push the
+/// victim's connection out of the conntrack table: it stops at its quota.
+#[test]
+fn a_port_sweep_from_one_pod_leaves_another_pods_connection_alone() -> Result<()> {
+    let c = Cluster::start_with(3, &["--map-size-conntrack", "4096"])?;
+    let mut victim = c.client().tcp_connect(tcp_vip(), TIMEOUT)?;
+    let backend = ask(&mut victim)?;
+    let attacker = c.topo.pod("b2");
+    let sent = attacker.in_netns(move || -> std::io::Result<usize> {
+        let mut sent = 0;
+        for port in 20000..26000u16 {
+            let socket = std::net::UdpSocket::bind(("0.0.0.0", port))?;
+            if socket.send_to(b"x", udp_vip()).is_ok() {
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    })??;
+    assert_eq!(sent, 6000);
+    victim.set_read_timeout(Some(TIMEOUT))?;
+    assert_eq!(
+        ask(&mut victim).map_err(|e| anyhow::anyhow!("the victim's connection: {e:#}"))?,
+        backend,
+        "the victim keeps its backend"
+    );
+    let stats = c.agent.inspect(&["stats"])?;
+    let refused = stats
+        .lines()
+        .find(|l| l.contains("conntrack_source_quota"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(!refused.ends_with(" 0") && !refused.is_empty(), "{stats}");
+    Ok(())
+}
+
 #[test]
 fn udp_flows_of_a_removed_backend_are_flushed() -> Result<()> {
     // A resolver-like client reuses one socket (one 5-tuple). When its

@@ -94,6 +94,9 @@ pub struct Sweep {
     pub reused: usize,
     /// Entries left in the table after the sweep.
     pub remaining: usize,
+    /// Client address → its flows left in the table (forward entries),
+    /// for the admission quota.
+    pub flows_by_source: std::collections::HashMap<u32, u32>,
 }
 
 /// Entry access the sweeps need; the pinned conntrack map in the agent.
@@ -116,6 +119,7 @@ pub fn collect_garbage(
     let mut sweep = Sweep::default();
     let mut removed = 0;
     let mut partnered = BTreeSet::new();
+    let mut gone = BTreeSet::new();
     for (key, entry) in entries.iter().filter(|(_, e)| is_forward(e)) {
         let rkey = reply_key(key, entry);
         let reply = index.get(&rkey);
@@ -142,11 +146,17 @@ pub fn collect_garbage(
         }
         table.remove(key)?;
         removed += 1;
+        gone.insert(flow_tuple(key));
         if now_reply.is_some() {
             table.remove(&rkey)?;
             removed += 1;
         }
         sweep.connections += 1;
+    }
+    for (key, _) in entries.iter().filter(|(_, e)| is_forward(e)) {
+        if !gone.contains(&flow_tuple(key)) {
+            *sweep.flows_by_source.entry(key.src_ip_be).or_default() += 1;
+        }
     }
     // A reply entry alone (its forward entry evicted by the LRU) can never be
     // refreshed by its own flow's forward path; expire it on its own clock.
@@ -322,6 +332,7 @@ mod tests {
                 orphans: 0,
                 reused: 0,
                 remaining: 2,
+                flows_by_source: [(ip_be(Ipv4Addr::new(10, 244, 0, 10)), 1)].into(),
             }
         );
         assert_eq!(table.0.len(), 2, "the busy connection keeps both entries");

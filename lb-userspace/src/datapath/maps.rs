@@ -21,6 +21,8 @@ pub struct PinnedMaps {
     pub nat_config: Array<MapData, NatConfig>,
     pub source_ranges: LpmTrie<MapData, SourceRange, u8>,
     pub interfaces: HashMap<MapData, u32, InterfaceStatus>,
+    pub admission: Array<MapData, lb_common::Admission>,
+    pub ct_sources: HashMap<MapData, u32, u32>,
 }
 
 fn open(pin_dir: &Path, name: &str) -> Result<Map> {
@@ -50,6 +52,8 @@ impl PinnedMaps {
             nat_config: Array::try_from(open(pin_dir, map_names::NAT_CONFIG)?)?,
             source_ranges: LpmTrie::try_from(open(pin_dir, map_names::SOURCE_RANGES)?)?,
             interfaces: HashMap::try_from(open(pin_dir, map_names::INTERFACES)?)?,
+            admission: Array::try_from(open(pin_dir, map_names::ADMISSION)?)?,
+            ct_sources: HashMap::try_from(open(pin_dir, map_names::CT_SOURCES)?)?,
         })
     }
 

@@ -2,6 +2,7 @@
 //! maps, the interfaces it is attached to, and the map synchronisation.
 
 pub mod addr;
+pub mod admission;
 pub mod capacity;
 pub mod conntrack;
 pub mod ifaces;

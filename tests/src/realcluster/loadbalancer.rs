@@ -36,6 +36,15 @@ struct Balancer {
 
 /// Runs until killed.
 pub fn serve() -> Result<()> {
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        OUTSIDE_NS,
+        "sysctl",
+        "-qw",
+        "net.ipv4.fib_multipath_hash_policy=1",
+    ])?;
     let mut routed: BTreeMap<Ipv4Addr, Vec<u8>> = BTreeMap::new();
     loop {
         if let Err(e) = reconcile(&mut routed) {
@@ -133,19 +142,21 @@ fn reconcile_service(svc: &Value, taken: &mut BTreeSet<Ipv4Addr>) -> Result<Opti
 
 /// Every node, or for `externalTrafficPolicy: Local` those whose
 /// health-check node port says they have a local endpoint (as a cloud
-/// load balancer's health checks do).
+/// load balancer's health checks do). A cloud balancer spreads connections
+/// over them (5-tuple hash), except for `sessionAffinity: ClientIP`, where
+/// it keeps a client on one node (GCE's CLIENT_IP target-pool affinity):
+/// here, with one client, the first healthy node.
 fn target_nodes(svc: &Value) -> Vec<u8> {
-    let nodes = recorded_nodes();
-    if svc["spec"]["externalTrafficPolicy"] != "Local" {
-        return nodes;
+    let mut nodes = recorded_nodes();
+    if svc["spec"]["externalTrafficPolicy"] == "Local"
+        && let Some(port) = svc["spec"]["healthCheckNodePort"].as_u64()
+    {
+        nodes.retain(|&n| healthy(SocketAddrV4::new(node_ip(n), port as u16)));
     }
-    let Some(port) = svc["spec"]["healthCheckNodePort"].as_u64() else {
-        return nodes;
-    };
+    if svc["spec"]["sessionAffinity"] == "ClientIP" {
+        nodes.truncate(1);
+    }
     nodes
-        .into_iter()
-        .filter(|&n| healthy(SocketAddrV4::new(node_ip(n), port as u16)))
-        .collect()
 }
 
 fn healthy(addr: SocketAddrV4) -> bool {
@@ -197,10 +208,9 @@ fn remove_finalizer(svc: &Value) -> Result<()> {
 }
 
 /// Routes in the outside client's namespace: one per address, from the
-/// client's public address, over the target nodes (hashed per source and
-/// destination address, so a client's flows stay on one node, as cloud LBs
-/// with client-IP affinity do); an address without healthy nodes is
-/// unreachable.
+/// client's public address, over the target nodes (each connection hashed
+/// on its 5-tuple, `fib_multipath_hash_policy` 1); an address without
+/// healthy nodes is unreachable.
 fn sync_routes(
     routed: &mut BTreeMap<Ipv4Addr, Vec<u8>>,
     wanted: BTreeMap<Ipv4Addr, Vec<u8>>,
