@@ -17,6 +17,7 @@ use crate::datapath::admission;
 use crate::datapath::capacity::Capacity;
 use crate::datapath::conntrack::{self, Timeouts};
 use crate::datapath::ifaces::{self, IfaceGlobs};
+use crate::datapath::link_events::LinkEvents;
 use crate::datapath::loader::{self, Datapath, XdpChoice};
 use crate::datapath::maps::PinnedMaps;
 use crate::datapath::sync::{MapSync, Scope, Selection, SyncReport};
@@ -47,8 +48,10 @@ pub struct AgentConfig {
     pub pod_ifaces: IfaceGlobs,
     pub bpf_object: Option<PathBuf>,
     pub node_name: Option<String>,
-    /// How often the manifest directory and the interface list are polled.
+    /// How often the manifest directory is polled.
     pub poll_interval: Duration,
+    /// How often the interface list is re-read besides link notifications.
+    pub iface_poll_interval: Duration,
     /// How often conntrack is swept for expired connections.
     pub conntrack_gc_interval: Duration,
     pub conntrack_timeouts: Timeouts,
@@ -212,9 +215,22 @@ fn publish_programmed(metrics: &Metrics, sync: &MapSync<PinnedMaps>) {
     );
 }
 
+/// The next link change, or never without a subscription.
+async fn links_changed(events: Option<&LinkEvents>) -> Result<()> {
+    match events {
+        Some(events) => events.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     let object = loader::find_object(cfg.bpf_object.as_deref())?;
     let mut datapath = Datapath::load(&object, &cfg.pin_dir, cfg.xdp, &cfg.capacity)?;
+    // Subscribed before the first attachment pass, so no new interface
+    // falls between it and the first notification.
+    let link_events = LinkEvents::subscribe()
+        .inspect_err(|e| warn!("no link notifications, interfaces are found by polling: {e:#}"))
+        .ok();
     let capacity = Capacity::of_pinned(&cfg.pin_dir, &cfg.capacity)?;
     let mut maps = PinnedMaps::open(&cfg.pin_dir)?;
     let node_ips = node_addresses(&cfg)?;
@@ -409,7 +425,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         "initial sync complete"
     );
 
-    let mut iface_tick = tokio::time::interval(cfg.poll_interval);
+    let mut iface_tick = tokio::time::interval(cfg.iface_poll_interval);
     let mut gc_tick = tokio::time::interval(cfg.conntrack_gc_interval);
     let outcome = loop {
         metrics.beat();
@@ -419,6 +435,14 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     break Err(anyhow::anyhow!("the source stopped"));
                 };
                 apply(&mut sync, &mut desired, delta);
+            }
+            changed = links_changed(link_events.as_ref()) => {
+                if let Err(e) = changed {
+                    warn!("link notifications: {e:#}");
+                }
+                if let Err(e) = ifaces::reconcile(&mut datapath, &cfg.pod_ifaces, cfg.external_ifaces.as_ref()) {
+                    warn!("listing interfaces: {e:#}");
+                }
             }
             _ = iface_tick.tick() => {
                 if let Err(e) = ifaces::reconcile(&mut datapath, &cfg.pod_ifaces, cfg.external_ifaces.as_ref()) {

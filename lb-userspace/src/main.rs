@@ -118,9 +118,13 @@ struct AgentArgs {
     /// This node's name, for node-local endpoint decisions.
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
-    /// Poll interval for the manifest directory and the interface list.
+    /// Poll interval for the manifest directory (standalone source).
     #[arg(long, default_value = "200", value_name = "MS")]
     poll_ms: u64,
+    /// How often the interface list is re-read as a safety net: new
+    /// interfaces are attached as the kernel announces them (netlink).
+    #[arg(long, default_value = "2000", value_name = "MS")]
+    iface_poll_ms: u64,
     /// Comma-separated name globs of the node's external interfaces, where
     /// NodePort and load-balancer traffic arrives (none by default).
     #[arg(long, value_name = "GLOBS")]
@@ -320,6 +324,7 @@ fn main() -> Result<()> {
                 bpf_object: args.bpf_object,
                 node_name: args.node_name,
                 poll_interval: Duration::from_millis(args.poll_ms.max(10)),
+                iface_poll_interval: Duration::from_millis(args.iface_poll_ms.max(10)),
                 external_ifaces: args
                     .external_ifaces
                     .as_deref()

@@ -345,6 +345,35 @@ fn pods_that_appear_later_are_served_and_vanished_ones_detached() -> Result<()> 
     Ok(())
 }
 
+/// A pod's first packet — its first DNS query, sent as soon as the
+/// container starts — must already be translated: the agent attaches to a
+/// new interface when the kernel announces it, not at its next poll (here
+/// set to 10 s, so only the announcement can be in time).
+#[test]
+fn a_new_pods_first_datagram_is_translated() -> Result<()> {
+    let mut c = Cluster::start_with(2, &["--iface-poll-ms", "10000"])?;
+    let created = Instant::now();
+    c.topo.add_pod("newborn", Ipv4Addr::new(10, 244, 0, 98))?;
+    let pod = c.topo.pod("newborn");
+    let iface = pod.host_iface().to_string();
+    let who = pod
+        .udp_request(udp_vip(), TIMEOUT)
+        .map_err(|e| anyhow::anyhow!("the new pod's first datagram: {e:#}"))?;
+    assert!(who == "b0" || who == "b1", "{who}");
+    assert!(
+        c.agent
+            .log_text()
+            .contains(&format!("attached iface=\"{iface}\"")),
+        "{}",
+        c.agent.log_tail()
+    );
+    eprintln!(
+        "first datagram answered {:?} after the pod's interface was created",
+        created.elapsed()
+    );
+    Ok(())
+}
+
 #[test]
 fn invalid_objects_are_reported_and_the_rest_still_applies() -> Result<()> {
     let c = Cluster::start(2)?;

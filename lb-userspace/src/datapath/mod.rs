@@ -7,6 +7,7 @@ pub mod capacity;
 pub mod conntrack;
 pub mod ifaces;
 pub mod layout;
+pub mod link_events;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
