@@ -54,6 +54,8 @@ pub struct AgentConfig {
     pub iface_poll_interval: Duration,
     /// How often conntrack is swept for expired connections.
     pub conntrack_gc_interval: Duration,
+    /// How often the maps are re-read and the whole state rewritten.
+    pub resync_interval: Duration,
     pub conntrack_timeouts: Timeouts,
     /// Tracked flows per client address (admission.rs); `None`: the default
     /// share of the table, 0: no quota.
@@ -215,6 +217,60 @@ fn publish_programmed(metrics: &Metrics, sync: &MapSync<PinnedMaps>) {
     );
 }
 
+/// When a sync that left errors is tried again: after 1 s, doubling up to
+/// 30 s while errors remain, as kube-proxy retries a failed sync.
+#[derive(Default)]
+struct Retry {
+    at: Option<tokio::time::Instant>,
+    backoff: Duration,
+}
+
+impl Retry {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(30);
+
+    /// Notes how a sync went: errors schedule (or push back) a retry.
+    fn after(&mut self, errors: usize) {
+        if errors == 0 {
+            *self = Self::default();
+            return;
+        }
+        self.backoff = if self.backoff.is_zero() {
+            Self::FIRST
+        } else {
+            (self.backoff * 2).min(Self::MAX)
+        };
+        self.at = Some(tokio::time::Instant::now() + self.backoff);
+        warn!(
+            errors,
+            retry_in_s = self.backoff.as_secs(),
+            "sync left errors: retrying with a full resync"
+        );
+    }
+
+    /// Resolves when a retry is due; never without one.
+    async fn due(&self) {
+        match self.at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Re-reads the maps, so that the full sync of the batch returned repairs
+/// what a failed write left half-done and whatever changed behind the
+/// agent's back.
+fn resync(sync: &mut MapSync<PinnedMaps>, why: &str) -> StateDelta {
+    if let Err(e) = sync.readopt() {
+        warn!("re-reading the maps for a {why} resync: {e:#}");
+    }
+    debug!(why, "full resync");
+    StateDelta {
+        complete: true,
+        ..StateDelta::default()
+    }
+}
+
 /// The next link change, or never without a subscription.
 async fn links_changed(events: Option<&LinkEvents>) -> Result<()> {
     match events {
@@ -351,7 +407,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 full = true;
             }
             if !full && changed.is_empty() {
-                return;
+                return 0;
             }
             health.update(crate::health::wanted(desired, node_name.as_deref()));
             let started = Instant::now();
@@ -399,8 +455,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 Ok(n) => info!(pins = n, "dropped affinity pins to removed backends"),
                 Err(e) => warn!("dropping affinity pins to removed backends: {e:#}"),
             }
+            report.errors.len()
         };
-    apply(&mut sync, &mut desired, first);
+    let mut retry = Retry::default();
+    retry.after(apply(&mut sync, &mut desired, first));
     if let Some(cgroup) = &cfg.socket_lb_cgroup {
         datapath
             .attach_socket_lb(cgroup)
@@ -427,6 +485,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
 
     let mut iface_tick = tokio::time::interval(cfg.iface_poll_interval);
     let mut gc_tick = tokio::time::interval(cfg.conntrack_gc_interval);
+    let mut resync_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + cfg.resync_interval,
+        cfg.resync_interval,
+    );
     let outcome = loop {
         metrics.beat();
         tokio::select! {
@@ -434,7 +496,15 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 let Some(delta) = delta else {
                     break Err(anyhow::anyhow!("the source stopped"));
                 };
-                apply(&mut sync, &mut desired, delta);
+                retry.after(apply(&mut sync, &mut desired, delta));
+            }
+            _ = resync_tick.tick() => {
+                let full = resync(&mut sync, "periodic");
+                retry.after(apply(&mut sync, &mut desired, full));
+            }
+            () = retry.due() => {
+                let full = resync(&mut sync, "retry");
+                retry.after(apply(&mut sync, &mut desired, full));
             }
             changed = links_changed(link_events.as_ref()) => {
                 if let Err(e) = changed {
@@ -508,4 +578,28 @@ fn resident_mib() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
     pages * page / (1024 * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_syncs_are_retried_with_backoff_until_clean() {
+        let mut retry = Retry::default();
+        retry.after(0);
+        assert!(retry.at.is_none(), "a clean sync schedules nothing");
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            retry.after(2);
+            assert!(retry.at.is_some());
+            waits.push(retry.backoff.as_secs());
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
+        retry.after(0);
+        assert!(
+            retry.at.is_none() && retry.backoff.is_zero(),
+            "a clean sync resets"
+        );
+    }
 }

@@ -154,6 +154,11 @@ struct AgentArgs {
     /// ~100 × the largest backend count for even spreading.
     #[arg(long, default_value_t = maglev::DEFAULT_TABLE_SIZE)]
     maglev_table_size: usize,
+    /// Seconds between full resyncs: the maps are re-read and the whole
+    /// desired state written again, repairing any drift (failed syncs are
+    /// retried sooner, from 1 s with backoff).
+    #[arg(long, default_value = "60", value_name = "SECONDS")]
+    resync_interval: f64,
     /// Seconds between conntrack sweeps.
     #[arg(long, default_value = "10", value_name = "SECONDS")]
     ct_gc_interval: f64,
@@ -364,6 +369,7 @@ fn main() -> Result<()> {
                     }
                 },
                 conntrack_gc_interval: seconds("--ct-gc-interval", args.ct_gc_interval)?,
+                resync_interval: seconds("--resync-interval", args.resync_interval)?,
                 conntrack_flows_per_source: args.ct_flows_per_source,
                 capacity,
                 conntrack_timeouts: Timeouts {

@@ -374,6 +374,39 @@ fn a_new_pods_first_datagram_is_translated() -> Result<()> {
     Ok(())
 }
 
+/// Whatever happens to the maps behind the agent's back — a write that
+/// failed half-way, an operator's `bpftool map delete`, a map re-created —
+/// the periodic full resync re-reads them and writes back what the cluster
+/// wants.
+#[test]
+fn a_frontend_removed_behind_the_agents_back_is_restored() -> Result<()> {
+    let c = Cluster::start_with(2, &["--resync-interval", "1"])?;
+    c.client().tcp_request(tcp_vip(), TIMEOUT)?;
+    // The master entry of 10.96.0.10:80/TCP (ServiceKey: VIP, port, proto,
+    // scope, slot 0, padding).
+    let services = c.agent.pin_dir().join("services");
+    let services = services.to_string_lossy();
+    let mut argv = vec![
+        "bpftool", "map", "delete", "pinned", &services, "key", "hex",
+    ];
+    argv.extend("0a 60 00 0a 00 50 06 00 00 00 00 00".split(' '));
+    switchyard_tests::command::run(&argv)?;
+    assert!(
+        !c.agent.inspect(&["services"])?.contains(TCP_FRONTEND),
+        "the entry was not deleted"
+    );
+    let took = wait::until(
+        "the frontend restored by a resync",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || Ok(c.agent.inspect(&["services"])?.contains(TCP_FRONTEND)),
+    )?;
+    eprintln!("restored after {took:?}");
+    let who = c.client().tcp_request(tcp_vip(), TIMEOUT)?;
+    assert!(who == "b0" || who == "b1", "{who}");
+    Ok(())
+}
+
 #[test]
 fn invalid_objects_are_reported_and_the_rest_still_applies() -> Result<()> {
     let c = Cluster::start(2)?;
