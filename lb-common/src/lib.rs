@@ -26,7 +26,8 @@ pub mod map_names {
     pub const LAYOUT: &str = "layout";
     pub const ADMISSION: &str = "admission";
     pub const CT_SOURCES: &str = "ct_sources";
-    pub const ALL: [&str; 15] = [
+    pub const POD_SOURCES: &str = "pod_sources";
+    pub const ALL: [&str; 16] = [
         SERVICES,
         BACKENDS,
         CONNTRACK,
@@ -42,6 +43,7 @@ pub mod map_names {
         LAYOUT,
         ADMISSION,
         CT_SOURCES,
+        POD_SOURCES,
     ];
 }
 
@@ -258,6 +260,18 @@ pub struct Admission {
     /// until the agent's sweeps make room.
     pub refuse_new: u32,
 }
+
+/// Key of the `pod_sources` map: an address a pod interface's pod may send
+/// from. `ip_be` 0 marks the interface as checked (its addresses known).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PodSource {
+    pub ifindex: u32,
+    pub ip_be: u32,
+}
+
+/// Pod interfaces × their addresses in `pod_sources`.
+pub const MAX_POD_SOURCES: u32 = 65_536;
 
 /// Client addresses whose tracked flows `ct_sources` counts (an LRU).
 pub const MAX_CT_SOURCES: u32 = 65_536;
@@ -597,7 +611,11 @@ pub mod reason {
     /// Dropped: the conntrack table is nearly full; new flows wait for the
     /// agent's sweeps to make room rather than push established ones out.
     pub const CONNTRACK_ADMISSION_CLOSED: u32 = 24;
-    pub const COUNT: u32 = 25;
+    /// Dropped: a pod sent a segment that opens or closes a connection
+    /// (SYN, FIN, RST) or a new flow from an address that is not its own —
+    /// a forged packet meant to reset or hijack another pod's connection.
+    pub const SPOOFED_SOURCE_DROPPED: u32 = 25;
+    pub const COUNT: u32 = 26;
 
     /// Human names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -626,6 +644,7 @@ pub mod reason {
         "fragment_tracked",
         "conntrack_source_quota",
         "conntrack_admission_closed",
+        "spoofed_source_dropped",
     ];
 }
 
@@ -666,6 +685,7 @@ mod pod_impls {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for ConnEntry {}
     unsafe impl aya::Pod for Admission {}
+    unsafe impl aya::Pod for PodSource {}
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for ServiceCounters {}
     unsafe impl aya::Pod for AffinityKey {}

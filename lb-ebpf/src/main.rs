@@ -27,6 +27,7 @@ mod parse;
 mod reject;
 mod snat;
 mod sock;
+mod spoof;
 mod stats;
 mod xdp;
 
@@ -144,9 +145,22 @@ fn is_mid_flow_tcp(pkt: &Packet) -> bool {
     pkt.flow.proto == lb_common::PROTO_TCP && pkt.tcp_flags & tcp_seen::SYN == 0
 }
 
+/// A TCP segment that opens or closes a connection.
+#[inline(always)]
+fn is_tcp_control(pkt: &Packet) -> bool {
+    pkt.flow.proto == lb_common::PROTO_TCP
+        && pkt.tcp_flags & (tcp_seen::SYN | tcp_seen::FIN | tcp_seen::RST) != 0
+}
+
 #[inline(always)]
 fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
+
+    // A pod's segments that change connection state must be its own.
+    if side == Side::Pod && is_tcp_control(pkt) && !spoof::source_allowed(ctx, pkt.flow.src_ip_be)
+    {
+        return TC_ACT_SHOT;
+    }
 
     // Established flows first: they keep their backend even if the service
     // changed or disappeared since, as with kube-proxy's conntrack.
@@ -251,6 +265,10 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
                 TC_ACT_SHOT
             }
         };
+    }
+    // A new flow, too (UDP has no SYN), before it spends a quota.
+    if side == Side::Pod && !spoof::source_allowed(ctx, pkt.flow.src_ip_be) {
+        return TC_ACT_SHOT;
     }
     if !admission::admit(pkt.flow.src_ip_be) {
         return TC_ACT_SHOT;

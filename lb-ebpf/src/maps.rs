@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Admission, MAX_CT_SOURCES, AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey, FragmentKey,
+    Admission, MAX_CT_SOURCES, MAX_POD_SOURCES, PodSource, AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey, FragmentKey,
     FragmentPorts, InterfaceStatus, MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK_ENTRIES,
     MAX_FRAGMENT_ENTRIES,
     MAX_SERVICE_ENTRIES, MAX_SERVICES, MAX_SOCK_LB_ENTRIES, MAX_SOURCE_RANGES, NatConfig,
@@ -109,3 +109,13 @@ pub static admission: Array<Admission, 1> = Array::new();
 /// created, recounted exactly by the agent's conntrack sweeps.
 #[btf_map]
 pub static ct_sources: LruHashMap<u32, u32, { MAX_CT_SOURCES as usize }> = LruHashMap::new();
+
+/// (pod interface, address) → 1: the addresses each pod may send from, from
+/// the node's host routes to it; (interface, 0) marks it as checked.
+#[btf_map]
+pub static pod_sources: HashMap<
+    PodSource,
+    u8,
+    { MAX_POD_SOURCES as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();

@@ -48,6 +48,9 @@ pub struct AgentConfig {
     pub pod_ifaces: IfaceGlobs,
     pub bpf_object: Option<PathBuf>,
     pub node_name: Option<String>,
+    /// Whether pods' connection-changing packets must come from their own
+    /// addresses (lb-ebpf spoof.rs).
+    pub pod_source_check: bool,
     /// How often the manifest directory is polled.
     pub poll_interval: Duration,
     /// How often the interface list is re-read besides link notifications.
@@ -284,6 +287,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let mut datapath = Datapath::load(&object, &cfg.pin_dir, cfg.xdp, &cfg.capacity)?;
     // Subscribed before the first attachment pass, so no new interface
     // falls between it and the first notification.
+    if !cfg.pod_source_check {
+        datapath.disable_source_checks()?;
+        info!("pod source-address checks off (--pod-source-check off)");
+    }
     let link_events = LinkEvents::subscribe()
         .inspect_err(|e| warn!("no link notifications, interfaces are found by polling: {e:#}"))
         .ok();

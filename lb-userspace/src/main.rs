@@ -224,6 +224,11 @@ struct AgentArgs {
     /// connect/sendmsg/recvmsg/getpeername hooks to --cgroup.
     #[arg(long, value_enum, default_value = "off")]
     socket_lb: OnOff,
+    /// Drop pods' connection-changing packets (SYN, FIN, RST, a new flow)
+    /// from addresses that are not theirs (per the node's host routes), so
+    /// a pod cannot reset or hijack another pod's connection.
+    #[arg(long, value_enum, default_value = "on")]
+    pod_source_check: OnOff,
     /// The cgroup (v2) the socket hooks attach to: normally the root of the
     /// hierarchy, so every process is covered.
     #[arg(long, default_value = "/sys/fs/cgroup", value_name = "DIR")]
@@ -343,6 +348,7 @@ fn main() -> Result<()> {
                 owner_daemonset: args.owner_daemonset.clone(),
                 xdp_snat: args.xdp_snat,
                 socket_lb_cgroup: (args.socket_lb == OnOff::On).then(|| args.cgroup.clone()),
+                pod_source_check: args.pod_source_check == OnOff::On,
                 selection: match args.algorithm {
                     Algorithm::Random => Selection::Random,
                     Algorithm::Maglev => {

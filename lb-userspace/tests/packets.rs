@@ -2023,6 +2023,52 @@ fn conntrack_admission_stops_one_client_at_its_quota_and_keeps_established_flows
     assert!(BACKENDS.contains(&parse_checked(&out).dst));
 }
 
+/// Marks the interface test runs arrive on (loopback, ifindex 1) as a pod
+/// interface whose pod is CLIENT.
+fn pod_on_test_interface(f: &Fixture, ip: Ipv4Addr) {
+    let map = aya::maps::MapData::from_pin(f.pin_dir.join("pod_sources")).expect("pod_sources");
+    let mut map: aya::maps::HashMap<_, lb_common::PodSource, u8> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).expect("hash map");
+    for ip_be in [ip_be(ip), 0] {
+        map.insert(lb_common::PodSource { ifindex: 1, ip_be }, 1, 0)
+            .expect("pod source");
+    }
+}
+
+/// A pod (CAP_NET_RAW is in the default container set) forging another
+/// pod's address: its RST must not close the victim's tracked connection,
+/// its SYN must not re-balance it, its new flows must not be tracked (nor
+/// spend the victim's quota). Its own packets go through as ever.
+#[test]
+fn pods_cannot_reset_or_hijack_flows_with_a_forged_source() {
+    let mut f = fixture();
+    pod_on_test_interface(&f, CLIENT);
+    let (rc, out) = f.run_from_pod(&Pkt::tcp(CLIENT, 42000, VIP, 80, SYN).build());
+    assert_eq!(rc, TC_ACT_OK);
+    let backend = parse_checked(&out).dst;
+    let victim = Ipv4Addr::new(10, 244, 0, 11);
+    for (what, forged) in [
+        ("RST", Pkt::tcp(victim, 42000, VIP, 80, 0x04)),
+        ("FIN", Pkt::tcp(victim, 42000, VIP, 80, FIN | ACK)),
+        ("SYN", Pkt::tcp(victim, 42000, VIP, 80, SYN)),
+        ("new UDP flow", Pkt::udp(victim, 42000, VIP, 53)),
+        (
+            "RST as the backend",
+            Pkt::tcp(backend, 8080, victim, 42000, 0x04),
+        ),
+    ] {
+        let (rc, _) = f.run_from_pod(&forged.build());
+        assert_eq!(rc, TC_ACT_SHOT, "forged {what} from another pod's address");
+    }
+    assert_eq!(f.maps.reason_count(reason::SPOOFED_SOURCE_DROPPED), 5);
+    // The pod's own connection is untouched and keeps its backend.
+    let (rc, out) = f.run_from_pod(&Pkt::tcp(CLIENT, 42000, VIP, 80, ACK).build());
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(parse_checked(&out).dst, backend);
+    let (rc, _) = f.run_from_pod(&Pkt::tcp(CLIENT, 42000, VIP, 80, FIN | ACK).build());
+    assert_eq!(rc, TC_ACT_OK, "its own FIN");
+}
+
 #[test]
 fn a_tuple_reopened_after_a_backend_reset_is_balanced_afresh() {
     let mut f = fixture();

@@ -661,6 +661,119 @@ fn a_port_sweep_from_one_pod_leaves_another_pods_connection_alone() -> Result<()
     Ok(())
 }
 
+/// An IPv4 TCP segment `from → to` with `flags` (checksums filled), as a
+/// raw socket with IP_HDRINCL sends it.
+fn forged_segment(from: SocketAddrV4, to: SocketAddrV4, flags: u8, seq: u32) -> Vec<u8> {
+    fn sum(bytes: &[u8]) -> u16 {
+        let mut s: u32 = bytes
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum();
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        !(s as u16)
+    }
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&from.port().to_be_bytes());
+    tcp.extend_from_slice(&to.port().to_be_bytes());
+    tcp.extend_from_slice(&seq.to_be_bytes());
+    tcp.extend_from_slice(&0u32.to_be_bytes());
+    tcp.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&from.ip().octets());
+    pseudo.extend_from_slice(&to.ip().octets());
+    pseudo.extend_from_slice(&[0, 6, 0, tcp.len() as u8]);
+    pseudo.extend_from_slice(&tcp);
+    let c = sum(&pseudo);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, (20 + tcp.len()) as u8, 0, 1, 0, 0, 64, 6, 0, 0];
+    ip.extend_from_slice(&from.ip().octets());
+    ip.extend_from_slice(&to.ip().octets());
+    let c = sum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend_from_slice(&tcp);
+    ip
+}
+
+/// Sends raw IPv4 packets (IP_HDRINCL) from the calling thread's netns.
+fn send_raw(packets: &[Vec<u8>], to: Ipv4Addr) -> std::io::Result<()> {
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(to).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let mut result = Ok(());
+    for p in packets {
+        let n = unsafe {
+            libc::sendto(
+                fd,
+                p.as_ptr().cast(),
+                p.len(),
+                0,
+                &addr as *const libc::sockaddr_in as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            result = Err(std::io::Error::last_os_error());
+            break;
+        }
+    }
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// Another pod, with the CAP_NET_RAW every container has by default,
+/// forges the victim's address: a RST, then a SYN, on the victim's
+/// connection to the VIP, again and again. The victim's connection must
+/// keep its backend: the forgeries are dropped where they leave the
+/// attacker's pod.
+#[test]
+fn a_pod_forging_another_pods_address_cannot_reset_or_hijack_its_connection() -> Result<()> {
+    let c = Cluster::start(3)?;
+    let mut victim = c.client().tcp_connect(tcp_vip(), TIMEOUT)?;
+    let backend = ask(&mut victim)?;
+    let victim_end = match victim.local_addr()? {
+        SocketAddr::V4(a) => a,
+        other => anyhow::bail!("unexpected address {other}"),
+    };
+    let forged: Vec<Vec<u8>> = (0..10u32)
+        .flat_map(|i| {
+            [
+                forged_segment(victim_end, tcp_vip(), 0x04, 1000 + i),
+                forged_segment(victim_end, tcp_vip(), 0x02, 5000 + i),
+            ]
+        })
+        .collect();
+    c.topo
+        .pod("b2")
+        .in_netns(move || send_raw(&forged, VIP))??;
+    victim.set_read_timeout(Some(TIMEOUT))?;
+    for _ in 0..3 {
+        assert_eq!(
+            ask(&mut victim).map_err(|e| anyhow::anyhow!("the victim's connection: {e:#}"))?,
+            backend,
+            "the victim keeps its backend"
+        );
+    }
+    let stats = c.agent.inspect(&["stats"])?;
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.contains("spoofed_source_dropped") && !l.trim_end().ends_with(" 0")),
+        "{stats}"
+    );
+    Ok(())
+}
+
 #[test]
 fn udp_flows_of_a_removed_backend_are_flushed() -> Result<()> {
     // A resolver-like client reuses one socket (one 5-tuple). When its

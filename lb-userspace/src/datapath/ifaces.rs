@@ -110,7 +110,10 @@ pub fn reconcile(
             warn!(iface = %name, "cannot attach: {e:#}");
         }
     }
-    Ok(())
+    // The CNI adds a pod's host route just after its interface: this runs
+    // again on that route's notification.
+    let table = std::fs::read_to_string("/proc/net/route")?;
+    datapath.update_pod_sources(&super::pod_sources::host_routes(&table))
 }
 
 /// IPv4 addresses of the interfaces matching `globs`, in interface order.

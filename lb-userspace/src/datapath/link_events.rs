@@ -1,7 +1,8 @@
 //! New interfaces are attached when the kernel announces them (RTM_NEWLINK
-//! on an rtnetlink socket subscribed to link changes), not at the next poll
-//! of the interface list: a pod's first packet — typically its first DNS
-//! query — must already meet the programs. The poll stays as a safety net
+//! on an rtnetlink socket subscribed to link and IPv4 route changes), not
+//! at the next poll of the interface list: a pod's first packet — typically
+//! its first DNS query — must already meet the programs. Route changes
+//! tell when a pod's host route (its address, for the source checks) is in. The poll stays as a safety net
 //! (a notification lost to a full socket buffer is only a wake-up missed:
 //! what matters is re-read from the interface list either way).
 
@@ -30,7 +31,7 @@ impl LinkEvents {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        addr.nl_groups = libc::RTMGRP_LINK as u32;
+        addr.nl_groups = (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_ROUTE) as u32;
         let rc = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
@@ -40,7 +41,7 @@ impl LinkEvents {
         };
         if rc != 0 {
             return Err(std::io::Error::last_os_error())
-                .context("subscribing to link changes (RTMGRP_LINK)");
+                .context("subscribing to link and route changes (RTMGRP_LINK, RTMGRP_IPV4_ROUTE)");
         }
         // SAFETY: the OwnedFd is a valid socket, owned by the AsyncFd from
         // here on and never replaced or closed behind its back.

@@ -7,7 +7,8 @@
 //! upgrade.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
@@ -22,11 +23,12 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use lb_common::{InterfaceStatus, interface_role, map_names, program_names, xdp_mode};
+use lb_common::{InterfaceStatus, PodSource, interface_role, map_names, program_names, xdp_mode};
 use tracing::{debug, info, warn};
 
 use crate::datapath::capacity::Capacity;
 use crate::datapath::layout;
+use crate::datapath::pod_sources::PodSources;
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const OBJECT_FILE: &str = "switchyard.bpf.o";
@@ -169,6 +171,8 @@ pub struct Datapath {
     links_dir: PathBuf,
     /// The socket hooks' links, when socket LB is on.
     socket_links: Vec<HeldLink>,
+    /// Pods' own addresses for the source checks; `None`: checks off.
+    pod_sources: Option<PodSources>,
 }
 
 /// `<links dir>/<iface>_<ifindex>_<hook>`: the ifindex tells a recreated
@@ -285,6 +289,7 @@ impl Datapath {
             xdp,
             links_dir,
             socket_links: Vec::new(),
+            pod_sources: Some(PodSources::default()),
         })
     }
 
@@ -365,6 +370,48 @@ impl Datapath {
                 let _ = status.remove(&k);
             }
         }
+    }
+
+    /// Turns the pods' source-address checks off (`--pod-source-check off`):
+    /// the addresses are removed, so no interface is checked.
+    pub fn disable_source_checks(&mut self) -> Result<()> {
+        if self.pod_sources.take().is_some() {
+            let map = self
+                .ebpf
+                .map_mut(map_names::POD_SOURCES)
+                .context("pod_sources map missing from the BPF object")?;
+            let mut map: BpfHashMap<_, PodSource, u8> = BpfHashMap::try_from(map)?;
+            let keys: Vec<PodSource> = map.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                let _ = map.remove(&k);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records, for each attached pod interface, the addresses the node's
+    /// host routes send through it: its pod may send from those only.
+    pub fn update_pod_sources(
+        &mut self,
+        routes: &BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    ) -> Result<()> {
+        let Some(mut known) = self.pod_sources.take() else {
+            return Ok(());
+        };
+        let wanted: BTreeMap<u32, BTreeSet<Ipv4Addr>> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| a.role == Role::Pod)
+            .filter_map(|(name, a)| Some((a.ifindex, routes.get(name)?.clone())))
+            .collect();
+        let result = self
+            .ebpf
+            .map_mut(map_names::POD_SOURCES)
+            .context("pod_sources map missing from the BPF object")
+            .and_then(|map| Ok(BpfHashMap::try_from(map)?))
+            .and_then(|mut map| known.sync(&mut map, wanted));
+        self.pod_sources = Some(known);
+        result
     }
 
     fn status_map(&mut self) -> Result<BpfHashMap<&mut aya::maps::MapData, u32, InterfaceStatus>> {

@@ -11,6 +11,7 @@ pub mod link_events;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
+pub mod pod_sources;
 pub mod sync;
 
 /// Where the maps are pinned unless `--pin-dir` says otherwise.
