@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use lb_common::map_names;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
@@ -27,6 +26,7 @@ use crate::model::DesiredState;
 use crate::source::kubernetes::{self, KubernetesSource};
 use crate::source::owner::OwnerWatch;
 use crate::source::{StateDelta, standalone};
+use crate::sweeper::{SweepConfig, Sweeper};
 
 /// Where the cluster's Services and EndpointSlices come from.
 pub enum SourceConfig {
@@ -158,7 +158,7 @@ fn configure_snat(
 /// least recently used (for conntrack: idle connections lose their
 /// backend). The kernel's per-CPU free lists make that start before the map
 /// is quite full, so warn and count from 80 %.
-fn near_full(metrics: &Metrics, map: &'static str, entries: usize, size: u32) {
+pub(crate) fn near_full(metrics: &Metrics, map: &'static str, entries: usize, size: u32) {
     if size > 0 && entries as u64 * 5 >= u64::from(size) * 4 {
         metrics.count_map_full(map);
         warn!(
@@ -304,7 +304,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         &cfg.sysctl_dir,
         cfg.xdp_snat,
     )?;
-    let mut gate = admission::Gate::new(
+    let gate = admission::Gate::new(
         cfg.conntrack_flows_per_source
             .unwrap_or_else(|| admission::Gate::default_quota(capacity.conntrack)),
         capacity.conntrack,
@@ -335,6 +335,16 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     );
 
     let metrics = Arc::new(Metrics::new(cfg.pin_dir.clone()));
+    let sweeper = Sweeper::start(
+        &cfg.pin_dir,
+        SweepConfig {
+            interval: cfg.conntrack_gc_interval,
+            timeouts: cfg.conntrack_timeouts,
+            gate,
+            capacity,
+            metrics: metrics.clone(),
+        },
+    )?;
     metrics.set_capacity(&capacity);
     let mut http_servers = Vec::new();
     for addr in &cfg.http_addrs {
@@ -491,7 +501,6 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     );
 
     let mut iface_tick = tokio::time::interval(cfg.iface_poll_interval);
-    let mut gc_tick = tokio::time::interval(cfg.conntrack_gc_interval);
     let mut resync_tick = tokio::time::interval_at(
         tokio::time::Instant::now() + cfg.resync_interval,
         cfg.resync_interval,
@@ -526,30 +535,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     warn!("listing interfaces: {e:#}");
                 }
             }
-            _ = gc_tick.tick() => {
-                let now = conntrack::monotonic_ns();
-                match conntrack::collect_garbage(sync.maps_mut(), now, &cfg.conntrack_timeouts) {
-                    Ok(sweep) => {
-                        if let Err(e) = gate.after_sweep(sync.maps_mut(), sweep.remaining, &sweep.flows_by_source) {
-                            warn!("conntrack admission: {e:#}");
-                        }
-                        metrics.set_map_entries("conntrack", sweep.remaining);
-                        near_full(&metrics, map_names::CONNTRACK, sweep.remaining, capacity.conntrack);
-                        if sweep.connections + sweep.orphans + sweep.reused > 0 {
-                            debug!(connections = sweep.connections, orphans = sweep.orphans, reused = sweep.reused, "conntrack sweep");
-                        }
-                    }
-                    Err(e) => warn!("conntrack sweep: {e:#}"),
-                }
-                if let Ok(n) = sync.maps().affinity_entries() {
-                    metrics.set_map_entries("affinity", n);
-                    near_full(&metrics, map_names::AFFINITY, n, capacity.affinity);
-                }
-            }
             _ = sigterm.recv() => break Ok(()),
             _ = sigint.recv() => break Ok(()),
         }
     };
+    drop(sweeper);
     source.abort();
     for server in http_servers {
         server.abort();

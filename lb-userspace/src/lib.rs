@@ -9,3 +9,4 @@ pub mod inspect;
 pub mod metrics;
 pub mod model;
 pub mod source;
+pub mod sweeper;

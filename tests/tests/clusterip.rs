@@ -462,6 +462,9 @@ fn full_maps_are_reported_by_name_and_what_fits_keeps_working() -> Result<()> {
             "16",
             "--ct-gc-interval",
             "1",
+            // The quota would stop the client first (1/16 of 8 flows).
+            "--ct-flows-per-source",
+            "0",
         ],
     )?;
     c.manifests.write(
@@ -503,22 +506,32 @@ fn full_maps_are_reported_by_name_and_what_fits_keeps_working() -> Result<()> {
     assert_eq!(c.agent.backends_of("10.96.0.90:80/TCP")?.len(), 1);
     assert!(c.client().tcp_request(tcp_vip(), TIMEOUT).is_ok());
 
-    // 30 UDP flows need 60 conntrack entries: the LRU map keeps 16, the
-    // sweep reports it full, and new flows still work.
-    for _ in 0..30 {
+    // A connection that is established before the table fills.
+    let mut kept = c.client().tcp_connect(tcp_vip(), TIMEOUT)?;
+    let kept_on = ask(&mut kept)?;
+    // UDP flows until the table is nearly full: the sweep reports it, says
+    // which flag sizes it, and closes admission to new flows; the
+    // established connection keeps its entries.
+    for _ in 0..6 {
         c.client().udp_request(udp_vip(), TIMEOUT)?;
     }
     wait::until(
-        "the full conntrack map reported",
+        "the full conntrack map reported and admission closed",
         Duration::from_secs(5),
         Duration::from_millis(50),
         || {
-            Ok(c.agent.log_text().contains("map conntrack is")
+            let log = c.agent.log_text();
+            Ok(log.contains("map conntrack is")
+                && log.contains("new flows are refused until sweeps make room")
                 && map_full_count(&c, "conntrack")? >= 1)
         },
     )?;
     assert!(c.agent.log_text().contains("raise --map-size-conntrack"));
-    assert!(c.client().udp_request(udp_vip(), TIMEOUT).is_ok());
+    assert!(
+        c.client().udp_request(udp_vip(), TIMEOUT).is_err(),
+        "a new flow is refused while the table is nearly full"
+    );
+    assert_eq!(ask(&mut kept)?, kept_on, "the established connection stays");
     Ok(())
 }
 

@@ -203,13 +203,16 @@ mod service_maps_impl {
             &mut self,
             departed: &[crate::datapath::sync::Departure],
         ) -> Result<usize> {
-            if departed.is_empty() {
-                return Ok(0);
-            }
+            // Only frontends with affinity have pins: no walk of the map
+            // for the rest (a rollout of a service without affinity).
             let gone: std::collections::BTreeSet<(u32, u32)> = departed
                 .iter()
+                .filter(|d| d.affinity)
                 .map(|d| (d.service_id, d.backend_id))
                 .collect();
+            if gone.is_empty() {
+                return Ok(0);
+            }
             let stale: Vec<lb_common::AffinityKey> = self
                 .affinity
                 .iter()

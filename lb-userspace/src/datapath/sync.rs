@@ -162,6 +162,8 @@ pub struct Departure {
     pub service_id: u32,
     pub backend_id: BackendId,
     pub backend: BackendAddr,
+    /// The frontend had ClientIP affinity: pins to the backend may exist.
+    pub affinity: bool,
 }
 
 impl SyncReport {
@@ -613,6 +615,7 @@ impl<M: ServiceMaps> MapSync<M> {
                                 service_id: current.service_id,
                                 backend_id: *id,
                                 backend: *backend,
+                                affinity: current.affinity_timeout_s > 0,
                             })
                         })
                         .collect();
@@ -665,6 +668,7 @@ impl<M: ServiceMaps> MapSync<M> {
                                 service_id: current.service_id,
                                 backend_id: *id,
                                 backend: *backend,
+                                affinity: current.affinity_timeout_s > 0,
                             })
                         })
                         .collect()
