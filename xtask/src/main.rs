@@ -282,13 +282,13 @@ fn bench(a: &BenchArgs) -> Result<()> {
                 .args(["install", "-y", "nftables", "iptables", "conntrack"]))?;
         }
     }
-    if a.which == "datapath" {
+    if a.which == "datapath" || a.which == "sweep" {
         return run(Command::new("cargo").current_dir(workspace_root()).args([
             "bench",
             "-p",
             "lb-userspace",
             "--bench",
-            "datapath",
+            &a.which,
         ]));
     }
     let bin = workspace_root()
