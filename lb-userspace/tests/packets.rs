@@ -2069,6 +2069,41 @@ fn pods_cannot_reset_or_hijack_flows_with_a_forged_source() {
     assert_eq!(rc, TC_ACT_OK, "its own FIN");
 }
 
+/// The sweep's delete on the real map: it takes an entry out only if it is
+/// still the one the sweep judged (created at the same instant); a newer
+/// one (the tuple reused meanwhile) is put back untouched.
+#[test]
+fn sweep_deletes_only_the_entry_it_judged() {
+    use lb_userspace::datapath::conntrack::ConntrackTable;
+    let mut f = fixture();
+    f.run_from_pod(&Pkt::udp(CLIENT, 43000, VIP, 53).build());
+    let (key, entry) = f
+        .maps
+        .conntrack
+        .iter()
+        .filter_map(Result::ok)
+        .find(|(k, _)| k.src_port_be == port_be(43000))
+        .expect("the flow is tracked");
+    let older = entry.created_ns - 1;
+    assert!(!f.maps.remove_if_created(&key, older).expect("remove"));
+    assert_eq!(
+        f.maps.get(&key).expect("get").map(|e| e.created_ns),
+        Some(entry.created_ns),
+        "a newer entry than the one judged stays"
+    );
+    assert!(
+        f.maps
+            .remove_if_created(&key, entry.created_ns)
+            .expect("remove")
+    );
+    assert!(f.maps.get(&key).expect("get").is_none());
+    assert!(
+        !f.maps
+            .remove_if_created(&key, entry.created_ns)
+            .expect("remove gone")
+    );
+}
+
 #[test]
 fn a_tuple_reopened_after_a_backend_reset_is_balanced_afresh() {
     let mut f = fixture();

@@ -64,6 +64,8 @@ pub struct Selection {
     pub nodes: u8,
     /// Run `[Slow]` cases too (skipped by default).
     pub slow: bool,
+    /// Run `[Disruptive]` cases too (skipped by default).
+    pub disruptive: bool,
 }
 
 impl Selection {
@@ -73,6 +75,7 @@ impl Selection {
             procs: 3,
             nodes: 2,
             slow: false,
+            disruptive: false,
         }
     }
 
@@ -81,12 +84,13 @@ impl Selection {
             .iter()
             .map(|(re, _)| *re)
             .filter(|re| !(self.slow && *re == r"\[Slow\]"))
+            .filter(|re| !(self.disruptive && *re == r"\[Disruptive\]"))
             .collect::<Vec<_>>()
             .join("|")
     }
 
     fn is_full_run(&self) -> bool {
-        self.focus == FOCUS && !self.slow
+        self.focus == FOCUS && !self.slow && !self.disruptive
     }
 }
 

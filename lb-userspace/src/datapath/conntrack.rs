@@ -106,6 +106,11 @@ pub trait ConntrackTable {
     /// runs).
     fn get(&self, key: &FlowKey) -> Result<Option<ConnEntry>>;
     fn remove(&mut self, key: &FlowKey) -> Result<()>;
+    /// Removes the entry only if it is still the one created at
+    /// `created_ns`, in one step with the check (a client may reuse the
+    /// tuple between the sweep's last look and its delete). Returns whether
+    /// it was removed.
+    fn remove_if_created(&mut self, key: &FlowKey, created_ns: u64) -> Result<bool>;
 }
 
 /// Removes expired connections and reply entries whose forward entry is gone.
@@ -144,11 +149,15 @@ pub fn collect_garbage(
             sweep.reused += 1;
             continue;
         }
-        table.remove(key)?;
+        if !table.remove_if_created(key, now_fwd.created_ns)? {
+            sweep.reused += 1;
+            continue;
+        }
         removed += 1;
         gone.insert(flow_tuple(key));
-        if now_reply.is_some() {
-            table.remove(&rkey)?;
+        if let Some(r) = now_reply
+            && table.remove_if_created(&rkey, r.created_ns)?
+        {
             removed += 1;
         }
         sweep.connections += 1;
@@ -163,14 +172,10 @@ pub fn collect_garbage(
     for (key, entry) in entries.iter().filter(|(_, e)| !is_forward(e)) {
         if !partnered.contains(&flow_tuple(key)) && expired(key.proto, entry, None, now_ns, t) {
             // Re-created by a new connection since the snapshot: not ours.
-            match table.get(key)? {
-                Some(now) if now.created_ns == entry.created_ns => {}
-                _ => {
-                    sweep.reused += 1;
-                    continue;
-                }
+            if !table.remove_if_created(key, entry.created_ns)? {
+                sweep.reused += 1;
+                continue;
             }
-            table.remove(key)?;
             removed += 1;
             sweep.orphans += 1;
         }
@@ -263,6 +268,18 @@ mod tests {
         fn remove(&mut self, key: &FlowKey) -> Result<()> {
             self.0.remove(&flow_tuple(key));
             Ok(())
+        }
+        fn remove_if_created(&mut self, key: &FlowKey, created_ns: u64) -> Result<bool> {
+            let t = flow_tuple(key);
+            if self
+                .0
+                .get(&t)
+                .is_some_and(|(_, e)| e.created_ns == created_ns)
+            {
+                self.0.remove(&t);
+                return Ok(true);
+            }
+            Ok(false)
         }
     }
 
@@ -431,6 +448,66 @@ mod tests {
         fn remove(&mut self, key: &FlowKey) -> Result<()> {
             self.live.remove(key)
         }
+        fn remove_if_created(&mut self, key: &FlowKey, created_ns: u64) -> Result<bool> {
+            self.live.remove_if_created(key, created_ns)
+        }
+    }
+
+    /// The datapath re-creates the entry right after the sweep's last look
+    /// (a client reusing its port that instant): the new connection's entry
+    /// must survive the delete that was meant for the old one.
+    struct ReusedAtDelete {
+        inner: Table,
+        reuse: Option<(FlowKey, ConnEntry)>,
+    }
+
+    impl ConntrackTable for ReusedAtDelete {
+        fn entries(&self) -> Result<Vec<(FlowKey, ConnEntry)>> {
+            self.inner.entries()
+        }
+        fn get(&self, key: &FlowKey) -> Result<Option<ConnEntry>> {
+            self.inner.get(key)
+        }
+        fn remove(&mut self, key: &FlowKey) -> Result<()> {
+            self.reuse_now();
+            self.inner.remove(key)
+        }
+        fn remove_if_created(&mut self, key: &FlowKey, created_ns: u64) -> Result<bool> {
+            self.reuse_now();
+            self.inner.remove_if_created(key, created_ns)
+        }
+    }
+
+    impl ReusedAtDelete {
+        fn reuse_now(&mut self) {
+            if let Some((key, entry)) = self.reuse.take() {
+                self.inner.0.insert(flow_tuple(&key), (key, entry));
+            }
+        }
+    }
+
+    #[test]
+    fn a_tuple_reused_between_the_last_look_and_the_delete_keeps_its_entry() {
+        let t = Timeouts::default();
+        let now = 100_000 * SEC;
+        let key = flow(lb_common::PROTO_UDP, 40000);
+        let mut inner = Table::default();
+        add(&mut inner, key, 21, (now - 500 * SEC, 0), None);
+        let fresh = ConnEntry {
+            created_ns: now,
+            last_seen_ns: now,
+            ..inner.get(&key).expect("get").expect("entry")
+        };
+        let mut table = ReusedAtDelete {
+            inner,
+            reuse: Some((key, fresh)),
+        };
+        collect_garbage(&mut table, now, &t).expect("sweep");
+        assert_eq!(
+            table.inner.get(&key).expect("get").map(|e| e.created_ns),
+            Some(now),
+            "the reused tuple's new entry was swept"
+        );
     }
 
     #[test]

@@ -244,6 +244,77 @@ mod service_maps_impl {
         fn remove(&mut self, key: &lb_common::FlowKey) -> Result<()> {
             ignore_missing(self.conntrack.remove(key)).context("removing conntrack entry")
         }
+
+        /// BPF_MAP_LOOKUP_AND_DELETE_ELEM takes the entry out and returns it
+        /// in one step; one that turns out to be newer (its tuple reused
+        /// since the sweep looked) is put back at once, unless the datapath
+        /// has already made an even newer one.
+        fn remove_if_created(&mut self, key: &lb_common::FlowKey, created_ns: u64) -> Result<bool> {
+            use aya::maps::IterableMap;
+            use std::os::fd::{AsFd, AsRawFd};
+            let fd = IterableMap::<lb_common::FlowKey, lb_common::ConnEntry>::map(&self.conntrack)
+                .fd()
+                .as_fd()
+                .as_raw_fd();
+            let Some(taken) = lookup_and_delete(fd, key)? else {
+                return Ok(false);
+            };
+            if taken.created_ns == created_ns {
+                return Ok(true);
+            }
+            match self.conntrack.insert(key, taken, BPF_NOEXIST) {
+                Ok(()) => {}
+                // The datapath made a newer one meanwhile: that one stays.
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(e).context("putting back a reused conntrack entry"),
+            }
+            Ok(false)
+        }
+    }
+
+    /// `bpf_map_update_elem` flag: only if no entry exists.
+    const BPF_NOEXIST: u64 = 1;
+
+    /// The raw BPF_MAP_LOOKUP_AND_DELETE_ELEM (aya has no wrapper for
+    /// hash maps): the entry removed, or None if there was none.
+    fn lookup_and_delete(
+        fd: std::os::fd::RawFd,
+        key: &lb_common::FlowKey,
+    ) -> Result<Option<lb_common::ConnEntry>> {
+        #[repr(C)]
+        struct Attr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+        let mut value = lb_common::ConnEntry::default();
+        let attr = Attr {
+            map_fd: fd as u32,
+            _pad: 0,
+            key: key as *const lb_common::FlowKey as u64,
+            value: &mut value as *mut lb_common::ConnEntry as u64,
+            flags: 0,
+        };
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+                &attr as *const Attr,
+                std::mem::size_of::<Attr>(),
+            )
+        };
+        if rc == 0 {
+            return Ok(Some(value));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(None);
+        }
+        Err(err).context("taking a conntrack entry out (BPF_MAP_LOOKUP_AND_DELETE_ELEM)")
     }
 
     impl ServiceMaps for PinnedMaps {

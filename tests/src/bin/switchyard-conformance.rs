@@ -1,7 +1,7 @@
 //! Kubernetes' sig-network e2e suite on the real cluster
 //! (`cargo xtask conformance` runs it):
 //!
-//!   switchyard-conformance run [--proxy P] [--focus REGEX] [--procs N] [--nodes N] [--slow] [--image-root DIR]
+//!   switchyard-conformance run [--proxy P] [--focus REGEX] [--procs N] [--nodes N] [--slow] [--disruptive] [--image-root DIR]
 //!   switchyard-conformance report
 //!
 //! `run` writes docs/conformance/<proxy>/{report.json,junit.xml,e2e.log};
@@ -38,6 +38,7 @@ fn run() -> Result<()> {
                     "--proxy" => proxy = it.next().context("--proxy NAME")?.parse()?,
                     "--focus" => selection.focus = it.next().context("--focus REGEX")?.clone(),
                     "--slow" => selection.slow = true,
+                    "--disruptive" => selection.disruptive = true,
                     "--image-root" => image_root = it.next().context("--image-root DIR")?.into(),
                     "--nodes" => {
                         selection.nodes = it

@@ -18,8 +18,11 @@ pub const NAMESPACE: &str = "kube-system";
 /// the node interface, where cgroup2 is, and the API server's address (no
 /// kube-proxy: the agent cannot reach the `kubernetes` Service's ClusterIP
 /// before it runs).
+/// `SWITCHYARD_HELM_SET` adds values, comma-separated `key=value` as for
+/// `helm --set` (e.g. the label the upstream "restarting kube-proxy" case
+/// restarts the service proxy by).
 pub fn switchyard_values() -> Vec<String> {
-    vec![
+    let mut values = vec![
         format!("image.repository={SWITCHYARD_REPOSITORY}"),
         format!("image.tag={SWITCHYARD_TAG}"),
         "image.pullPolicy=Never".into(),
@@ -27,7 +30,11 @@ pub fn switchyard_values() -> Vec<String> {
         format!("socketLB.hostCgroupRoot={NODE_CGROUP2_MOUNT}"),
         format!("apiServer.host={}", control_plane_ip()),
         format!("apiServer.port={APISERVER_PORT}"),
-    ]
+    ];
+    if let Ok(extra) = std::env::var("SWITCHYARD_HELM_SET") {
+        values.extend(extra.split(',').filter(|v| !v.is_empty()).map(String::from));
+    }
+    values
 }
 
 pub fn helm_install() -> Result<String> {
