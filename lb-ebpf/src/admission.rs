@@ -25,7 +25,7 @@ pub fn admit(src_ip_be: u32) -> bool {
     if cfg.flows_per_source == 0 {
         return true;
     }
-    match ct_sources.get_ptr_mut(&src_ip_be) {
+    match ct_sources.get_ptr_mut(src_ip_be) {
         Some(flows) => {
             // Not atomic: two CPUs may both take the last place; the sweep's
             // recount corrects the drift.
@@ -37,7 +37,7 @@ pub fn admit(src_ip_be: u32) -> bool {
             *flows += 1;
         }
         None => {
-            let _ = ct_sources.insert(&src_ip_be, &1, 0);
+            let _ = ct_sources.insert(src_ip_be, 1, 0);
         }
     }
     true

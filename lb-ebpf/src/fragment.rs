@@ -29,7 +29,7 @@ pub fn flow_packet(parsed: Parsed) -> Option<Packet> {
 
 #[inline(always)]
 fn with_ports(mut pkt: Packet) -> Option<Packet> {
-    let Some(ports) = (unsafe { fragments.get(&pkt.fragment_key()) }) else {
+    let Some(ports) = (unsafe { fragments.get(pkt.fragment_key()) }) else {
         stats::count(reason::FRAGMENT_PASSED);
         return None;
     };
@@ -52,5 +52,5 @@ pub fn remember(pkt: &Packet) {
     };
     // An LRU: if it is full the oldest datagram is forgotten, whose later
     // fragments then pass untranslated (counted as `fragment_passed`).
-    let _ = fragments.insert(&pkt.fragment_key(), &ports, BPF_ANY as u64);
+    let _ = fragments.insert(pkt.fragment_key(), ports, BPF_ANY as u64);
 }

@@ -157,8 +157,7 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
 
     // A pod's segments that change connection state must be its own.
-    if side == Side::Pod && is_tcp_control(pkt) && !spoof::source_allowed(ctx, pkt.flow.src_ip_be)
-    {
+    if side == Side::Pod && is_tcp_control(pkt) && !spoof::source_allowed(ctx, pkt.flow.src_ip_be) {
         return TC_ACT_SHOT;
     }
 

@@ -7,11 +7,11 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Admission, MAX_CT_SOURCES, MAX_POD_SOURCES, PodSource, AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey, FragmentKey,
-    FragmentPorts, InterfaceStatus, MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK_ENTRIES,
-    MAX_FRAGMENT_ENTRIES,
+    Admission, AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey,
+    FragmentKey, FragmentPorts, InterfaceStatus, MAX_AFFINITY_ENTRIES, MAX_BACKENDS,
+    MAX_CONNTRACK_ENTRIES, MAX_CT_SOURCES, MAX_FRAGMENT_ENTRIES, MAX_POD_SOURCES,
     MAX_SERVICE_ENTRIES, MAX_SERVICES, MAX_SOCK_LB_ENTRIES, MAX_SOURCE_RANGES, NatConfig,
-    ServiceCounters, ServiceKey, ServiceName, SockAddr, SockKey, SourceRange, reason,
+    PodSource, ServiceCounters, ServiceKey, ServiceName, SockAddr, SockKey, SourceRange, reason,
 };
 
 /// Frontend (VIP, port, proto, slot) → master entry or backend slot.

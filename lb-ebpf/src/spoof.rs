@@ -24,11 +24,11 @@ pub fn source_allowed(ctx: &TcContext, src_ip_be: u32) -> bool {
         ifindex,
         ip_be: src_ip_be,
     };
-    if unsafe { pod_sources.get(&own) }.is_some() {
+    if unsafe { pod_sources.get(own) }.is_some() {
         return true;
     }
     let checked = PodSource { ifindex, ip_be: 0 };
-    if unsafe { pod_sources.get(&checked) }.is_none() {
+    if unsafe { pod_sources.get(checked) }.is_none() {
         return true;
     }
     stats::count(reason::SPOOFED_SOURCE_DROPPED);
