@@ -148,6 +148,26 @@ fn conntrack_pinned_with_another_value_layout_is_recreated() {
     }
 }
 
+/// An older agent's counters had fewer reasons: the array must grow, or the
+/// new reasons would never be counted.
+#[test]
+fn a_counter_array_with_fewer_reasons_is_recreated() {
+    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+    let dir = PinDir::new("stats");
+    pin_raw_map(
+        &dir.0.join(map_names::REASON_STATS),
+        BPF_MAP_TYPE_PERCPU_ARRAY,
+        4,
+        8,
+        lb_common::reason::COUNT - 3,
+    );
+    drop(load(&dir.0).expect("start on older counters"));
+    let shape = pinned_shape(&dir.0.join(map_names::REASON_STATS))
+        .expect("shape")
+        .expect("pinned");
+    assert_eq!(shape.array_entries, Some(lb_common::reason::COUNT));
+}
+
 #[test]
 fn maps_of_the_same_layout_keep_their_contents_and_another_version_is_recreated() {
     let dir = PinDir::new("ver");

@@ -9,8 +9,9 @@
 //! What is lost is said: re-creating `conntrack` re-balances established
 //! connections through services on this node.
 //!
-//! Sizes (max entries) are not part of the layout: they are the operator's
-//! (capacity.rs reads them back).
+//! Sizes (max entries) of hash maps are not part of the layout: they are
+//! the operator's (capacity.rs reads them back). An array's size is: it is
+//! the index space (the `reason_stats` counters grow with new reasons).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,6 +28,15 @@ pub struct Shape {
     pub key_size: u32,
     pub value_size: u32,
     pub flags: u32,
+    /// Entries, for arrays only (see the module comment).
+    pub array_entries: Option<u32>,
+}
+
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+
+fn array_entries(map_type: u32, max_entries: u32) -> Option<u32> {
+    matches!(map_type, BPF_MAP_TYPE_ARRAY | BPF_MAP_TYPE_PERCPU_ARRAY).then_some(max_entries)
 }
 
 impl std::fmt::Display for Shape {
@@ -35,7 +45,11 @@ impl std::fmt::Display for Shape {
             f,
             "type {}, key {} B, value {} B, flags {:#x}",
             self.map_type, self.key_size, self.value_size, self.flags
-        )
+        )?;
+        match self.array_entries {
+            Some(n) => write!(f, ", {n} entries"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -62,6 +76,7 @@ pub fn expected_shapes(object: &Path) -> Result<BTreeMap<String, Shape>> {
                     key_size: m.key_size(),
                     value_size: m.value_size(),
                     flags: m.map_flags(),
+                    array_entries: array_entries(m.map_type(), m.max_entries()),
                 },
             ))
         })
@@ -78,14 +93,15 @@ pub fn pinned_shape(path: &Path) -> Result<Option<Shape>> {
     let info = map
         .info()
         .with_context(|| format!("reading {}", path.display()))?;
+    let map_type =
+        info.map_type()
+            .with_context(|| format!("reading the type of {}", path.display()))? as u32;
     Ok(Some(Shape {
-        map_type: info
-            .map_type()
-            .with_context(|| format!("reading the type of {}", path.display()))?
-            as u32,
+        map_type,
         key_size: info.key_size(),
         value_size: info.value_size(),
         flags: info.map_flags(),
+        array_entries: array_entries(map_type, info.max_entries()),
     }))
 }
 
