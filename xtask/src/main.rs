@@ -282,7 +282,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
                 .args(["install", "-y", "nftables", "iptables", "conntrack"]))?;
         }
     }
-    if a.which == "datapath" || a.which == "sweep" {
+    if ["datapath", "sweep", "snat"].contains(&a.which.as_str()) {
         return run(Command::new("cargo").current_dir(workspace_root()).args([
             "bench",
             "-p",
