@@ -509,11 +509,16 @@ fn full_maps_are_reported_by_name_and_what_fits_keeps_working() -> Result<()> {
     // A connection that is established before the table fills.
     let mut kept = c.client().tcp_connect(tcp_vip(), TIMEOUT)?;
     let kept_on = ask(&mut kept)?;
-    // UDP flows until the table is nearly full: the sweep reports it, says
-    // which flag sizes it, and closes admission to new flows; the
-    // established connection keeps its entries.
-    for _ in 0..6 {
-        c.client().udp_request(udp_vip(), TIMEOUT)?;
+    // UDP flows until the table is nearly full, one per sweep interval so
+    // that a sweep sees each step: the sweep reports it, says which flag
+    // sizes it, and closes admission to new flows before the LRU has to
+    // evict; the established connection keeps its entries.
+    for _ in 0..8 {
+        if c.agent.log_text().contains("new flows are refused") {
+            break;
+        }
+        let _ = c.client().udp_request(udp_vip(), TIMEOUT);
+        std::thread::sleep(Duration::from_millis(1200));
     }
     wait::until(
         "the full conntrack map reported and admission closed",
