@@ -165,7 +165,7 @@ pub(crate) fn near_full(metrics: &Metrics, map: &'static str, entries: usize, si
             map,
             entries,
             capacity = size,
-            "map {map} is {}% full ({entries} of {size}): the oldest entries are being evicted; raise {}",
+            "map {map} is {}% full ({entries} of {size}): new entries will soon be refused (conntrack) or evict the oldest (affinity); raise {}",
             entries as u64 * 100 / u64::from(size),
             Capacity::flag_of(map)
         );
