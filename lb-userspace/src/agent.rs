@@ -426,7 +426,6 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             if !full && changed.is_empty() {
                 return 0;
             }
-            health.update(crate::health::wanted(desired, node_name.as_deref()));
             let started = Instant::now();
             let report = if full {
                 sync.apply(desired)
@@ -434,6 +433,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 sync.apply_scoped(desired, Scope::Only(&changed))
             };
             let elapsed = started.elapsed();
+            // After the maps, as kube-proxy after its rules: a load balancer
+            // that sees 503 finds the node already dropping, one that sees
+            // 200 finds it already serving.
+            health.update(crate::health::wanted(desired, node_name.as_deref()));
             metrics
                 .sync_duration
                 .get_or_create(&SyncLabel {
