@@ -180,7 +180,7 @@ struct AgentArgs {
     ct_timeout_tcp_close_wait: f64,
     /// Tracked flows one client address may have through services on this
     /// node; more are refused (dropped) until some end, so one client
-    /// cannot crowd others' connections out of the table. Default: 1/16 of
+    /// cannot crowd others' connections out of the table. Default: 1/4 of
     /// the table's flows; 0: no quota.
     #[arg(long, value_name = "N")]
     ct_flows_per_source: Option<u32>,

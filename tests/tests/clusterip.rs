@@ -464,7 +464,7 @@ fn full_maps_are_reported_by_name_and_what_fits_keeps_working() -> Result<()> {
             "4096",
             "--ct-gc-interval",
             "0.2",
-            // The quota would stop the client first (1/16 of the flows).
+            // The quota would stop the client first (1/4 of the flows).
             "--ct-flows-per-source",
             "0",
         ],
