@@ -19,7 +19,6 @@ pub mod ipv4_off {
     use super::ETH_HLEN;
     pub const TOT_LEN: usize = ETH_HLEN + 2;
     pub const ID: usize = ETH_HLEN + 4;
-    pub const FRAG_OFF: usize = ETH_HLEN + 6;
     pub const PROTOCOL: usize = ETH_HLEN + 9;
     pub const CHECK: usize = ETH_HLEN + 10;
     pub const SADDR: usize = ETH_HLEN + 12;
@@ -122,8 +121,9 @@ fn try_parse(ctx: &TcContext) -> Result<Parsed, ()> {
     }
     let src_ip_be: u32 = ctx.load(ipv4_off::SADDR).map_err(|_| ())?;
     let dst_ip_be: u32 = ctx.load(ipv4_off::DADDR).map_err(|_| ())?;
-    let frag_off = u16::from_be(ctx.load(ipv4_off::FRAG_OFF).map_err(|_| ())?);
-    let ip_id_be: u16 = ctx.load(ipv4_off::ID).map_err(|_| ())?;
+    // ID and fragment field are adjacent: one load for both.
+    let [ip_id_be, frag_off]: [u16; 2] = ctx.load(ipv4_off::ID).map_err(|_| ())?;
+    let frag_off = u16::from_be(frag_off);
     let l4_off = ETH_HLEN + ihl;
     let mut pkt = Packet {
         l4_off,

@@ -7,6 +7,9 @@
 //! the floor. The kernel times the program runs itself (`duration`), so the
 //! syscall is not counted. Prints a Markdown table (median of 3 runs).
 
+mod common;
+
+use common::test_run;
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -98,54 +101,6 @@ fn tcp_packet(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -
     p
 }
 
-/// BPF_PROG_TEST_RUN `repeat` times; the kernel's mean ns per run.
-fn test_run(prog_fd: RawFd, packet: &[u8], repeat: u32) -> Result<u32> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestRunAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: [u32; 5],
-    }
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    let mut out = vec![0u8; packet.len() + 256];
-    let mut attr = TestRunAttr {
-        prog_fd: prog_fd as u32,
-        data_size_in: packet.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: packet.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat,
-        ..Default::default()
-    };
-    // SAFETY: attr and both buffers outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
-    }
-    Ok(attr.duration)
-}
-
 /// An empty program (`r0 = verdict; exit`) of `prog_type`: the floor.
 fn empty_program(prog_type: u32, verdict: i32) -> Result<RawFd> {
     #[repr(C)]
@@ -213,9 +168,7 @@ fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("needs root (BPF_PROG_TEST_RUN)");
     }
-    let object =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/switchyard.bpf.o");
-    let object = loader::find_object(object.is_file().then_some(object.as_path()))?;
+    let object = common::object()?;
     const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
     const BPF_PROG_TYPE_XDP: u32 = 6;
     let empty_tc = empty_program(BPF_PROG_TYPE_SCHED_CLS, 0)?;

@@ -5,6 +5,8 @@
 //! BPF_PROG_TEST_RUN. Counts the flows that got a port and those dropped
 //! for want of one (`snat_ports_exhausted`). Prints Markdown.
 
+mod common;
+
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -70,54 +72,12 @@ fn syn(client: Ipv4Addr) -> Vec<u8> {
     f
 }
 
-fn test_run(fd: std::os::fd::RawFd, packet: &[u8]) -> Result<()> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct Attr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        _rest: [u32; 14],
-    }
-    let attr = Attr {
-        prog_fd: fd as u32,
-        data_size_in: packet.len() as u32,
-        data_in: packet.as_ptr() as u64,
-        repeat: 1,
-        ..Default::default()
-    };
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            10, // BPF_PROG_TEST_RUN
-            &attr as *const Attr,
-            std::mem::size_of::<Attr>(),
-        )
-    };
-    anyhow::ensure!(
-        rc == 0,
-        "BPF_PROG_TEST_RUN: {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
-}
-
 fn run(flows: u32) -> Result<(usize, u64)> {
     let pin_dir = PathBuf::from(format!(
         "/sys/fs/bpf/sy-snat-bench-{}-{flows}",
         std::process::id()
     ));
-    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
-    let built = ["release", "debug"]
-        .map(|p| target.join(p).join("switchyard.bpf.o"))
-        .into_iter()
-        .find(|p| p.is_file());
-    let object = loader::find_object(built.as_deref())?;
+    let object = common::object()?;
     let result = (|| -> Result<(usize, u64)> {
         let mut datapath = Datapath::load(&object, &pin_dir, XdpChoice::Off, &Default::default())?;
         let mut sync = MapSync::adopt(PinnedMaps::open(&pin_dir)?)?
@@ -139,7 +99,7 @@ fn run(flows: u32) -> Result<(usize, u64)> {
         for n in 0..flows {
             // Distinct outside clients, one connection each.
             let client = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + n + 1);
-            test_run(fd, &syn(client))?;
+            common::test_run(fd, &syn(client), 1)?;
         }
         let snat = maps
             .conntrack

@@ -7,6 +7,8 @@
 //! thread, a change that arrived during a sweep waited for the rest of it:
 //! up to a whole sweep. Prints Markdown.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -142,13 +144,7 @@ fn summary(mut v: Vec<Duration>) -> String {
 
 fn main() -> Result<()> {
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sy-sweep-bench-{}", std::process::id()));
-    // `cargo xtask bench sweep` builds the release object; a dev build's does too.
-    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
-    let built = ["release", "debug"]
-        .map(|p| target.join(p).join("switchyard.bpf.o"))
-        .into_iter()
-        .find(|p| p.is_file());
-    let object = loader::find_object(built.as_deref())?;
+    let object = common::object()?;
     let capacity = Capacity {
         conntrack: 524_288,
         ..Capacity::default()

@@ -574,18 +574,7 @@ fn uninstall_leaves_nothing_behind() -> Result<()> {
         "120s",
     ])?;
     realcluster::wait_until("agent pods gone", Duration::from_secs(90), || {
-        Ok(kubectl(&[
-            "-n",
-            addons::NAMESPACE,
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/name=switchyard",
-            "-o",
-            "name",
-        ])?
-        .trim()
-        .is_empty())
+        Ok(agent_pods()?.trim().is_empty())
     })?;
     for node in NODES {
         let pins = on_node(

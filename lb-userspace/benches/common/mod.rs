@@ -1,0 +1,67 @@
+//! What the benches share: the BPF object they load and BPF_PROG_TEST_RUN.
+//! Each bench compiles its own copy and uses part of it.
+#![allow(dead_code)]
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use lb_userspace::datapath::loader;
+
+/// The object `cargo xtask bench` built (release), else a dev build's.
+pub fn object() -> Result<PathBuf> {
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let built = ["release", "debug"]
+        .map(|p| target.join(p).join("switchyard.bpf.o"))
+        .into_iter()
+        .find(|p| p.is_file());
+    loader::find_object(built.as_deref())
+}
+
+/// BPF_PROG_TEST_RUN `repeat` times; the kernel's mean ns per run.
+pub fn test_run(prog_fd: RawFd, packet: &[u8], repeat: u32) -> Result<u32> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRunAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: [u32; 5],
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut out = vec![0u8; packet.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: prog_fd as u32,
+        data_size_in: packet.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: packet.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat,
+        ..Default::default()
+    };
+    // SAFETY: attr and both buffers outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
+    }
+    Ok(attr.duration)
+}
