@@ -162,10 +162,12 @@ fn a_counter_array_with_fewer_reasons_is_recreated() {
         lb_common::reason::COUNT - 3,
     );
     drop(load(&dir.0).expect("start on older counters"));
-    let shape = pinned_shape(&dir.0.join(map_names::REASON_STATS))
-        .expect("shape")
-        .expect("pinned");
-    assert_eq!(shape.array_entries, Some(lb_common::reason::COUNT));
+    let pinned = MapData::from_pin(dir.0.join(map_names::REASON_STATS)).expect("pinned");
+    assert_eq!(
+        pinned.info().expect("info").max_entries(),
+        lb_common::reason::COUNT,
+        "the older, smaller counters array was reused"
+    );
 }
 
 #[test]
