@@ -498,6 +498,18 @@ pub mod tcp_seen {
     pub const ACK: u8 = 0x10;
 }
 
+/// How far behind a direction's latest segment its `seq_mark` may lag
+/// before it is moved up (bytes): it is written once per this much data,
+/// not per packet.
+pub const SEQ_MARK_STEP: u32 = 16 * 1024;
+/// A RST or FIN is believed when its sequence number lies within this
+/// distance (bytes) of its direction's mark — behind it (a RST answering
+/// an old acknowledgment) or ahead of it (data not yet seen, a 64 KiB
+/// coalesced packet). A blind attacker who knows the addresses and ports
+/// hits it once in about 2 000 guesses; netfilter's window is the peers'
+/// (scaled) receive window, usually larger.
+pub const SEQ_WINDOW: u32 = 1024 * 1024;
+
 /// Value of the `conntrack` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -520,6 +532,12 @@ pub struct ConnEntry {
     pub second_ip_be: u32,
     pub second_port_be: u16,
     pub _pad: u16,
+    /// TCP: a sequence number (host order) this direction's sender has
+    /// really sent, kept within [`SEQ_MARK_STEP`] of its latest segments,
+    /// so that a RST or FIN claimed in this direction can be checked
+    /// against it ([`SEQ_WINDOW`]); 0 until the first segment is seen.
+    pub seq_mark: u32,
+    pub _pad2: u32,
     /// CLOCK_MONOTONIC (bpf_ktime_get_ns) at creation.
     pub created_ns: u64,
     /// CLOCK_MONOTONIC of the last packet, refreshed at most once a second.
@@ -559,93 +577,96 @@ pub struct ServiceCounters {
 }
 
 /// Indices of `reason_stats`: why the datapath did what it did with a packet.
+/// Each reason is listed once, with its index and its name in `inspect`
+/// and the metrics; a compile-time check keeps indices in order.
 pub mod reason {
-    pub const NEW_FLOW: u32 = 0;
-    pub const ESTABLISHED: u32 = 1;
-    pub const REPLY_REV_NAT: u32 = 2;
-    pub const NO_BACKEND_REJECTED: u32 = 3;
-    pub const NO_BACKEND_DROPPED: u32 = 4;
-    pub const BACKEND_MISSING: u32 = 5;
-    /// A later fragment (no L4 header) of a datagram whose first fragment
-    /// was not seen here — out of order, or its record evicted: passed
-    /// untouched.
-    pub const FRAGMENT_PASSED: u32 = 6;
-    pub const CONNTRACK_FULL: u32 = 7;
-    pub const NAT_FAILED: u32 = 8;
-    /// New flow sent to the backend its client is pinned to by affinity.
-    pub const AFFINITY_HIT: u32 = 9;
-    /// Dropped: the source is outside the service's loadBalancerSourceRanges.
-    pub const SOURCE_RANGE_DENIED: u32 = 10;
-    /// Dropped: externalTrafficPolicy Local and no local endpoint here.
-    pub const NO_LOCAL_BACKEND_DROPPED: u32 = 11;
-    /// Dropped: no free SNAT port for a flow to a remote backend.
-    pub const SNAT_PORTS_EXHAUSTED: u32 = 12;
-    /// Dropped: no route to forward a translated packet.
-    pub const FIB_LOOKUP_FAILED: u32 = 13;
-    /// Translated by XDP (flows to local backends) before any skb existed.
-    pub const XDP_TRANSLATED: u32 = 14;
-    /// A host process's socket connected (or sent) straight to a backend.
-    pub const SOCK_TRANSLATED: u32 = 15;
-    /// A host process's connect() refused: the service has no backend.
-    pub const SOCK_NO_BACKEND: u32 = 16;
-    /// An ICMP error quoting a DNATed flow, given back its service address.
-    pub const ICMP_ERROR_TRANSLATED: u32 = 17;
-    /// New flow whose reply tuple clashed with another open flow's (same
-    /// client port, frontends sharing a backend): given another source port.
-    pub const SOURCE_PORT_REMAPPED: u32 = 18;
-    /// Dropped: the reply tuple clashed and no free source port was found.
-    pub const SOURCE_PORT_CLASH_DROPPED: u32 = 19;
-    /// Dropped: a TCP segment without SYN to a service, with no conntrack
-    /// entry (mid-flow after an eviction or reboot, or forged): not a new
-    /// flow, like netfilter's INVALID state.
-    pub const TCP_NO_ENTRY_DROPPED: u32 = 20;
-    /// Dropped instead of refused: ICMP rejects are over their rate.
-    pub const REJECT_RATE_LIMITED: u32 = 21;
-    /// A later fragment given the ports of its datagram's first fragment,
-    /// so it is translated (or not) with its flow.
-    pub const FRAGMENT_TRACKED: u32 = 22;
-    /// Dropped: the client already has its quota of tracked flows (a port
-    /// sweep, a flood from one address); its own flows end or time out
-    /// before it gets more. Established flows of others are untouched.
-    pub const CONNTRACK_SOURCE_QUOTA: u32 = 23;
-    /// Dropped: the conntrack table is nearly full; new flows wait for the
-    /// agent's sweeps to make room rather than push established ones out.
-    pub const CONNTRACK_ADMISSION_CLOSED: u32 = 24;
-    /// Dropped: a pod sent a segment that opens or closes a connection
-    /// (SYN, FIN, RST) or a new flow from an address that is not its own —
-    /// a forged packet meant to reset or hijack another pod's connection.
-    pub const SPOOFED_SOURCE_DROPPED: u32 = 25;
-    pub const COUNT: u32 = 26;
+    macro_rules! reasons {
+        ($($(#[doc = $doc:expr])* $name:ident = $value:literal, $text:literal;)*) => {
+            $($(#[doc = $doc])* pub const $name: u32 = $value;)*
+            pub const COUNT: u32 = [$($value),*].len() as u32;
+            /// Human names, indexed by reason.
+            pub const NAMES: [&str; COUNT as usize] = [$($text),*];
+            const _: () = {
+                let values = [$($value),*];
+                let mut i = 0;
+                while i < values.len() {
+                    assert!(values[i] == i as u32, "reason indices must be 0, 1, 2, … in order");
+                    i += 1;
+                }
+            };
+        };
+    }
 
-    /// Human names, indexed by reason.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "new_flow",
-        "established",
-        "reply_rev_nat",
-        "no_backend_rejected",
-        "no_backend_dropped",
-        "backend_missing",
-        "fragment_passed",
-        "conntrack_full",
-        "nat_failed",
-        "affinity_hit",
-        "source_range_denied",
-        "no_local_backend_dropped",
-        "snat_ports_exhausted",
-        "fib_lookup_failed",
-        "xdp_translated",
-        "sock_translated",
-        "sock_no_backend",
-        "icmp_error_translated",
-        "source_port_remapped",
-        "source_port_clash_dropped",
-        "tcp_no_entry_dropped",
-        "reject_rate_limited",
-        "fragment_tracked",
-        "conntrack_source_quota",
-        "conntrack_admission_closed",
-        "spoofed_source_dropped",
-    ];
+    reasons! {
+        NEW_FLOW = 0, "new_flow";
+        ESTABLISHED = 1, "established";
+        REPLY_REV_NAT = 2, "reply_rev_nat";
+        NO_BACKEND_REJECTED = 3, "no_backend_rejected";
+        NO_BACKEND_DROPPED = 4, "no_backend_dropped";
+        BACKEND_MISSING = 5, "backend_missing";
+        /// A later fragment (no L4 header) of a datagram whose first fragment
+        /// was not seen here — out of order, or its record evicted: passed
+        /// untouched.
+        FRAGMENT_PASSED = 6, "fragment_passed";
+        CONNTRACK_FULL = 7, "conntrack_full";
+        NAT_FAILED = 8, "nat_failed";
+        /// New flow sent to the backend its client is pinned to by affinity.
+        AFFINITY_HIT = 9, "affinity_hit";
+        /// Dropped: the source is outside the service's loadBalancerSourceRanges.
+        SOURCE_RANGE_DENIED = 10, "source_range_denied";
+        /// Dropped: externalTrafficPolicy Local and no local endpoint here.
+        NO_LOCAL_BACKEND_DROPPED = 11, "no_local_backend_dropped";
+        /// Dropped: no free SNAT port for a flow to a remote backend.
+        SNAT_PORTS_EXHAUSTED = 12, "snat_ports_exhausted";
+        /// Dropped: no route to forward a translated packet.
+        FIB_LOOKUP_FAILED = 13, "fib_lookup_failed";
+        /// Translated by XDP (flows to local backends) before any skb existed.
+        XDP_TRANSLATED = 14, "xdp_translated";
+        /// A host process's socket connected (or sent) straight to a backend.
+        SOCK_TRANSLATED = 15, "sock_translated";
+        /// A host process's connect() refused: the service has no backend.
+        SOCK_NO_BACKEND = 16, "sock_no_backend";
+        /// An ICMP error quoting a DNATed flow, given back its service address.
+        ICMP_ERROR_TRANSLATED = 17, "icmp_error_translated";
+        /// New flow whose reply tuple clashed with another open flow's (same
+        /// client port, frontends sharing a backend): given another source port.
+        SOURCE_PORT_REMAPPED = 18, "source_port_remapped";
+        /// Dropped: the reply tuple clashed and no free source port was found.
+        SOURCE_PORT_CLASH_DROPPED = 19, "source_port_clash_dropped";
+        /// Dropped: a TCP segment without SYN to a service, with no conntrack
+        /// entry (mid-flow after an eviction or reboot, or forged): not a new
+        /// flow, like netfilter's INVALID state.
+        TCP_NO_ENTRY_DROPPED = 20, "tcp_no_entry_dropped";
+        /// Dropped instead of refused: ICMP rejects are over their rate.
+        REJECT_RATE_LIMITED = 21, "reject_rate_limited";
+        /// A later fragment given the ports of its datagram's first fragment,
+        /// so it is translated (or not) with its flow.
+        FRAGMENT_TRACKED = 22, "fragment_tracked";
+        /// Dropped: the client already has its quota of tracked flows (a port
+        /// sweep, a flood from one address); its own flows end or time out
+        /// before it gets more. Established flows of others are untouched.
+        CONNTRACK_SOURCE_QUOTA = 23, "conntrack_source_quota";
+        /// Dropped: the conntrack table is nearly full; new flows wait for the
+        /// agent's sweeps to make room rather than push established ones out.
+        CONNTRACK_ADMISSION_CLOSED = 24, "conntrack_admission_closed";
+        /// Dropped: a pod sent a segment that opens or closes a connection
+        /// (SYN, FIN, RST) or a new flow from an address that is not its own —
+        /// a forged packet meant to reset or hijack another pod's connection.
+        SPOOFED_SOURCE_DROPPED = 25, "spoofed_source_dropped";
+        /// A packet too big for the route onward to a backend (or back to a
+        /// client), with DF set: answered with ICMP "fragmentation needed" and
+        /// the next hop's MTU, so the sender's path MTU discovery works.
+        FRAGMENTATION_NEEDED_SENT = 26, "fragmentation_needed_sent";
+        /// Dropped: too big for the route onward, and DF clear (the datapath
+        /// cannot fragment), the ICMP answer over its rate, or a coalesced
+        /// packet whose segments do not fit.
+        TOO_BIG_DROPPED = 27, "too_big_dropped";
+        /// Dropped: a RST or FIN whose sequence number is outside what its
+        /// sender has sent on the tracked connection — forged by someone
+        /// guessing the connection's addresses, as netfilter's window check
+        /// refuses; the connection's entry is left as it was.
+        TCP_OUT_OF_WINDOW_DROPPED = 28, "tcp_out_of_window_dropped";
+    }
 }
 
 /// Incremental Internet checksum updates (RFC 1624, eqn. 3) on values as

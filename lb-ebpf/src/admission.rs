@@ -2,10 +2,11 @@
 //! to fill, each new flow would push out the least recently used entry —
 //! someone's established connection, which would then lose its backend or
 //! its reverse NAT. So a new flow is refused (dropped: TCP retries its SYN)
-//! when its client already has its quota of tracked flows, or while the
-//! agent says the table is nearly full; established flows never are. The
-//! agent recounts every client's flows and the table's fill at each sweep
-//! (user space `datapath/admission.rs`).
+//! when its client already has its quota of open flows, or while the
+//! agent says the table is nearly full; established flows never are. A
+//! flow stops counting against its client once the client closes it (FIN
+//! or RST). The agent recounts every client's open flows and the table's
+//! fill at each sweep (user space `datapath/admission.rs`).
 
 use lb_common::reason;
 
@@ -41,4 +42,15 @@ pub fn admit(src_ip_be: u32) -> bool {
         }
     }
     true
+}
+
+/// Gives back the quota place of a flow its client has closed (its first
+/// FIN or RST): a client making many short connections holds places only
+/// for its open ones, not for the closed ones waiting to expire.
+#[inline(always)]
+pub fn release(src_ip_be: u32) {
+    if let Some(flows) = ct_sources.get_ptr_mut(src_ip_be) {
+        let flows = unsafe { &mut *flows };
+        *flows = flows.saturating_sub(1);
+    }
 }

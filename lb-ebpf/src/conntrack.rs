@@ -5,7 +5,9 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::bpf_get_prandom_u32,
 };
-use lb_common::{Backend, BackendId, ConnEntry, FlowKey, conn_kind, reason, tcp_seen};
+use lb_common::{
+    Backend, BackendId, ConnEntry, FlowKey, SEQ_MARK_STEP, SEQ_WINDOW, conn_kind, reason, tcp_seen,
+};
 
 use crate::{maps::conntrack, stats};
 
@@ -75,6 +77,7 @@ pub fn create(
     backend: &Backend,
     service_id: u32,
     tcp_flags: u8,
+    seq: u32,
     now: u64,
 ) -> Result<u16, CreateError> {
     let hairpin = is_hairpin(flow, backend);
@@ -92,6 +95,8 @@ pub fn create(
         second_ip_be: 0,
         second_port_be: 0,
         _pad: 0,
+        seq_mark: seq,
+        _pad2: 0,
         created_ns: now,
         last_seen_ns: now,
     };
@@ -108,6 +113,8 @@ pub fn create(
             conn_kind::REPLY
         },
         tcp_flags: 0,
+        // The backend's sequence numbers are its own.
+        seq_mark: 0,
         ..forward
     };
     // Reply first: once the forward entry exists the backend may answer.
@@ -189,16 +196,61 @@ fn claim_client_port(reply_key: &FlowKey, reply: &ConnEntry) -> Option<u16> {
 }
 
 const TRACKED_FLAGS: u8 = tcp_seen::SYN | tcp_seen::FIN | tcp_seen::RST | tcp_seen::ACK;
+const CLOSING: u8 = tcp_seen::FIN | tcp_seen::RST;
 
-/// Notes activity on an existing entry.
+/// What a packet did to its direction's entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Touch {
+    /// Noted; the flow stays as it was.
+    Seen,
+    /// This packet is the sender's first FIN or RST on the flow.
+    Closed,
+    /// A RST or FIN whose sequence number its sender cannot have sent:
+    /// forged by someone guessing the flow. The entry is left alone and the
+    /// caller drops the packet.
+    OutOfWindow,
+}
+
+/// Notes activity on an existing entry: TCP flags, the sender's sequence
+/// mark, the time.
 #[inline(always)]
-pub fn touch(entry: &mut ConnEntry, tcp_flags: u8, now: u64) {
-    let flags = entry.tcp_flags | (tcp_flags & TRACKED_FLAGS);
-    if flags != entry.tcp_flags {
+pub fn touch(entry: &mut ConnEntry, tcp_flags: u8, seq: u32, now: u64) -> Touch {
+    if tcp_flags & CLOSING != 0 && !within_window(entry.seq_mark, seq) {
+        stats::count(reason::TCP_OUT_OF_WINDOW_DROPPED);
+        return Touch::OutOfWindow;
+    }
+    advance_mark(entry, seq);
+    let before = entry.tcp_flags;
+    let flags = before | (tcp_flags & TRACKED_FLAGS);
+    if flags != before {
         entry.tcp_flags = flags;
     }
     if now.wrapping_sub(entry.last_seen_ns) > TOUCH_INTERVAL_NS {
         entry.last_seen_ns = now;
+    }
+    if before & CLOSING == 0 && flags & CLOSING != 0 {
+        Touch::Closed
+    } else {
+        Touch::Seen
+    }
+}
+
+/// Whether `seq` is near what the direction's sender has sent (an unknown
+/// mark believes anything: the first answer of a backend may be a RST).
+#[inline(always)]
+fn within_window(mark: u32, seq: u32) -> bool {
+    let ahead = seq.wrapping_sub(mark) as i32;
+    mark == 0 || (-(SEQ_WINDOW as i32)..=(SEQ_WINDOW + SEQ_MARK_STEP) as i32).contains(&ahead)
+}
+
+/// Moves the mark up to `seq` once the sender is a step past it — but only
+/// by a plausible distance, so a forged segment far ahead cannot drag it to
+/// where a forged RST would then fit. UDP (seq 0) leaves it at 0.
+#[inline(always)]
+fn advance_mark(entry: &mut ConnEntry, seq: u32) {
+    let ahead = seq.wrapping_sub(entry.seq_mark);
+    if entry.seq_mark == 0 || (ahead > SEQ_MARK_STEP && ahead <= SEQ_WINDOW) {
+        entry.seq_mark = seq;
     }
 }
 
@@ -208,7 +260,7 @@ pub fn touch(entry: &mut ConnEntry, tcp_flags: u8, now: u64) {
 /// to the old (maybe gone) backend.
 #[inline(always)]
 pub fn is_reopened(flow: &FlowKey, entry: &ConnEntry, tcp_flags: u8) -> bool {
-    const CLOSED: u8 = tcp_seen::FIN | tcp_seen::RST;
+    const CLOSED: u8 = CLOSING;
     if tcp_flags & (tcp_seen::SYN | tcp_seen::ACK) != tcp_seen::SYN {
         return false;
     }
@@ -229,6 +281,7 @@ pub fn create_snat(
     service_id: u32,
     snat: (u32, u16),
     tcp_flags: u8,
+    seq: u32,
     now: u64,
 ) -> Result<(), i32> {
     let forward = ConnEntry {
@@ -241,6 +294,8 @@ pub fn create_snat(
         second_ip_be: snat.0,
         second_port_be: snat.1,
         _pad: 0,
+        seq_mark: seq,
+        _pad2: 0,
         created_ns: now,
         last_seen_ns: now,
     };
@@ -250,6 +305,7 @@ pub fn create_snat(
         nat_port_be: flow.dst_port_be,
         kind: conn_kind::REPLY_SNAT,
         tcp_flags: 0,
+        seq_mark: 0,
         second_ip_be: flow.src_ip_be,
         second_port_be: flow.src_port_be,
         ..forward

@@ -40,6 +40,7 @@ use aya_ebpf::{
 use lb_common::{backend_flags, conn_kind, reason, service_flags, tcp_seen};
 
 use crate::{
+    conntrack::Touch,
     nat::End,
     parse::{Packet, Parsed},
 };
@@ -131,7 +132,9 @@ fn egress(ctx: &TcContext) -> i32 {
         }
         parsed => {
             if let Some(pkt) = fragment::flow_packet(parsed) {
-                reply(ctx, &pkt);
+                if !reply(ctx, &pkt) {
+                    return TC_ACT_SHOT;
+                }
                 fragment::remember(&pkt);
             }
         }
@@ -167,7 +170,12 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
         let entry = unsafe { &mut *entry };
         let kind = entry.kind;
         if conn_kind::is_forward(kind) && !conntrack::is_reopened(&pkt.flow, entry, pkt.tcp_flags) {
-            conntrack::touch(entry, pkt.tcp_flags, now);
+            match conntrack::touch(entry, pkt.tcp_flags, pkt.tcp_seq, now) {
+                Touch::OutOfWindow => return TC_ACT_SHOT,
+                // The client is done: its quota place is free again.
+                Touch::Closed => admission::release(pkt.flow.src_ip_be),
+                Touch::Seen => {}
+            }
             let service_id = entry.service_id;
             let action = match kind {
                 conn_kind::FORWARD_SNAT => translate_snat(
@@ -175,6 +183,7 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
                     pkt,
                     (entry.nat_ip_be, entry.nat_port_be),
                     (entry.second_ip_be, entry.second_port_be),
+                    now,
                 ),
                 _ => translate(
                     ctx,
@@ -194,7 +203,9 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
             return action;
         }
         if kind == conn_kind::HAIRPIN_REPLY {
-            conntrack::touch(entry, pkt.tcp_flags, now);
+            if conntrack::touch(entry, pkt.tcp_flags, pkt.tcp_seq, now) == Touch::OutOfWindow {
+                return TC_ACT_SHOT;
+            }
             let (vip, vport) = (entry.nat_ip_be, entry.nat_port_be);
             // Pod:backend-port → VIP:client-port becomes VIP:port → pod:client-port.
             let rewritten = nat::rewrite(ctx, pkt, End::Source, vip, vport).and_then(|()| {
@@ -209,13 +220,19 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
             return finish_reply(rewritten.and_then(|()| nat::bounce(ctx)));
         }
         if kind == conn_kind::REPLY_SNAT {
-            conntrack::touch(entry, pkt.tcp_flags, now);
+            if conntrack::touch(entry, pkt.tcp_flags, pkt.tcp_seq, now) == Touch::OutOfWindow {
+                return TC_ACT_SHOT;
+            }
             let (front_ip, front_port) = (entry.nat_ip_be, entry.nat_port_be);
             let (client_ip, client_port) = (entry.second_ip_be, entry.second_port_be);
             // Backend → node:snat-port becomes frontend → client.
+            let hop = match fib::lookup(ctx, pkt, front_ip, client_ip) {
+                Ok(hop) => hop,
+                Err(e) => return unsendable(ctx, pkt, e, now),
+            };
             let rewritten = nat::rewrite(ctx, pkt, End::Source, front_ip, front_port)
                 .and_then(|()| nat::rewrite(ctx, pkt, End::Destination, client_ip, client_port))
-                .and_then(|()| fib::redirect(ctx, pkt.flow.proto, front_ip, client_ip, pkt.ip_len));
+                .and_then(|()| hop.send(ctx));
             return finish_reply(rewritten);
         }
     }
@@ -287,12 +304,12 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
             backend_id,
             &backend,
             service_id,
-            pkt.tcp_flags,
+            (pkt.tcp_flags, pkt.tcp_seq),
             now,
         ) else {
             return TC_ACT_SHOT;
         };
-        translate_snat(ctx, pkt, (backend.ip_be, backend.port_be), snat)
+        translate_snat(ctx, pkt, (backend.ip_be, backend.port_be), snat, now)
     } else {
         let source_port = match conntrack::create(
             &pkt.flow,
@@ -300,6 +317,7 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
             &backend,
             service_id,
             pkt.tcp_flags,
+            pkt.tcp_seq,
             now,
         ) {
             Ok(port) => port,
@@ -371,17 +389,46 @@ fn translate(
 
 /// DNATs to `backend`, SNATs to `snat` and forwards the packet ourselves.
 #[inline(always)]
-fn translate_snat(ctx: &TcContext, pkt: &Packet, backend: (u32, u16), snat: (u32, u16)) -> i32 {
+fn translate_snat(
+    ctx: &TcContext,
+    pkt: &Packet,
+    backend: (u32, u16),
+    snat: (u32, u16),
+    now: u64,
+) -> i32 {
+    let hop = match fib::lookup(ctx, pkt, snat.0, backend.0) {
+        Ok(hop) => hop,
+        Err(e) => return unsendable(ctx, pkt, e, now),
+    };
     let result = nat::rewrite(ctx, pkt, End::Destination, backend.0, backend.1)
         .and_then(|()| nat::rewrite(ctx, pkt, End::Source, snat.0, snat.1))
-        .and_then(|()| fib::redirect(ctx, pkt.flow.proto, snat.0, backend.0, pkt.ip_len));
+        .and_then(|()| hop.send(ctx));
     match result {
         Ok(action) => action,
         Err(_) => {
-            stats::count(reason::FIB_LOOKUP_FAILED);
+            stats::count(reason::NAT_FAILED);
             TC_ACT_SHOT
         }
     }
+}
+
+/// A packet we must forward but cannot: too big for the route onward is
+/// answered with "fragmentation needed" when its sender set DF (at the
+/// rejects' rate), as a router does; anything else is dropped and counted.
+#[inline(always)]
+fn unsendable(ctx: &TcContext, pkt: &Packet, why: fib::Unsendable, now: u64) -> i32 {
+    let fib::Unsendable::TooBig { mtu } = why else {
+        stats::count(reason::FIB_LOOKUP_FAILED);
+        return TC_ACT_SHOT;
+    };
+    if pkt.dont_fragment && reject::within_rate(now) {
+        if let Ok(action) = reject::fragmentation_needed(ctx, pkt, mtu) {
+            stats::count(reason::FRAGMENTATION_NEEDED_SENT);
+            return action;
+        }
+    }
+    stats::count(reason::TOO_BIG_DROPPED);
+    TC_ACT_SHOT
 }
 
 #[inline(always)]
@@ -399,16 +446,21 @@ fn finish_reply(result: Result<i32, i64>) -> i32 {
 }
 
 /// Egress towards a client: a reply gets its frontend back as source.
+/// False when the packet must be dropped: a RST or FIN outside what the
+/// backend has sent, forged in its name.
 #[inline(always)]
-fn reply(ctx: &TcContext, pkt: &Packet) {
+fn reply(ctx: &TcContext, pkt: &Packet) -> bool {
     let Some(entry) = conntrack::lookup(&pkt.flow) else {
-        return;
+        return true;
     };
     let entry = unsafe { &mut *entry };
     if entry.kind != conn_kind::REPLY {
-        return;
+        return true;
     }
-    conntrack::touch(entry, pkt.tcp_flags, unsafe { bpf_ktime_get_ns() });
+    let now = unsafe { bpf_ktime_get_ns() };
+    if conntrack::touch(entry, pkt.tcp_flags, pkt.tcp_seq, now) == Touch::OutOfWindow {
+        return false;
+    }
     let (ip, port) = (entry.nat_ip_be, entry.nat_port_be);
     let client_port = entry.second_port_be;
     let mut result = nat::rewrite(ctx, pkt, End::Source, ip, port);
@@ -423,6 +475,7 @@ fn reply(ctx: &TcContext, pkt: &Packet) {
     } else {
         stats::count(reason::NAT_FAILED);
     }
+    true
 }
 
 /// The kernel lets only GPL-compatible programs call helpers such as

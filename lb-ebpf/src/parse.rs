@@ -10,7 +10,9 @@ use lb_common::{FlowKey, FragmentKey, PROTO_TCP, PROTO_UDP};
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 const IPV4_MIN_HLEN: usize = 20;
-/// More-fragments flag and fragment offset bits of `frag_off`.
+/// Don't-fragment and more-fragments flags, fragment offset bits of
+/// `frag_off`.
+const IP_DF: u16 = 0x4000;
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
 
@@ -43,11 +45,17 @@ pub struct Packet {
     pub flow: FlowKey,
     /// TCP flags byte (0 for UDP).
     pub tcp_flags: u8,
+    /// TCP sequence number, host order (0 for UDP).
+    pub tcp_seq: u32,
     /// Whether the UDP checksum is zero ("no checksum").
     pub udp_csum_zero: bool,
     pub len: u32,
-    /// IPv4 total length (host order), for FIB lookups.
+    /// IPv4 total length (host order), for FIB lookups; 0 for a coalesced
+    /// packet beyond 64 KiB (BIG TCP), which is only checked by segments.
     pub ip_len: u16,
+    /// Whether the sender forbade fragmentation (DF): a packet too big for
+    /// the route onward is then answered with "fragmentation needed".
+    pub dont_fragment: bool,
     pub fragment: Fragment,
     pub ip_id_be: u16,
 }
@@ -83,6 +91,17 @@ impl Packet {
     }
 }
 
+/// The first 14 bytes of a TCP header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TcpHead {
+    ports: [u16; 2],
+    seq_be: u32,
+    _ack: u32,
+    /// Data offset, then the flags byte.
+    offset_flags: [u8; 2],
+}
+
 pub enum Parsed {
     /// Not IPv4 TCP/UDP, or malformed: leave it alone.
     Other,
@@ -110,8 +129,13 @@ fn try_parse(ctx: &TcContext) -> Result<Parsed, ()> {
     if ver_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
         return Ok(Parsed::Other);
     }
-    let tot_len = u16::from_be(ctx.load(ipv4_off::TOT_LEN).map_err(|_| ())?) as usize;
+    let mut tot_len = u16::from_be(ctx.load(ipv4_off::TOT_LEN).map_err(|_| ())?) as usize;
     let len = ctx.len();
+    if tot_len == 0 && crate::fib::is_gso(ctx) {
+        // BIG TCP: GRO made a packet beyond 64 KiB and left its total
+        // length 0; the skb's length stands in for it.
+        tot_len = (len as usize).saturating_sub(ETH_HLEN);
+    }
     if tot_len < ihl || ETH_HLEN + tot_len > len as usize {
         return Ok(Parsed::Other);
     }
@@ -136,9 +160,15 @@ fn try_parse(ctx: &TcContext) -> Result<Parsed, ()> {
             _pad: [0; 3],
         },
         tcp_flags: 0,
+        tcp_seq: 0,
         udp_csum_zero: false,
         len,
-        ip_len: tot_len as u16,
+        ip_len: if tot_len > u16::MAX as usize {
+            0
+        } else {
+            tot_len as u16
+        },
+        dont_fragment: frag_off & IP_DF != 0,
         fragment: Fragment::Later,
         ip_id_be,
     };
@@ -154,15 +184,18 @@ fn try_parse(ctx: &TcContext) -> Result<Parsed, ()> {
     if tot_len < ihl + l4_min {
         return Ok(Parsed::Other);
     }
-    let ports: [u16; 2] = ctx.load(l4_off).map_err(|_| ())?;
-    let (tcp_flags, udp_csum_zero) = if proto == PROTO_TCP {
-        (ctx.load::<u8>(l4_off + 13).map_err(|_| ())?, false)
+    if proto == PROTO_TCP {
+        // Ports, sequence number and flags in one read.
+        let h: TcpHead = ctx.load(l4_off).map_err(|_| ())?;
+        pkt.flow.src_port_be = h.ports[0];
+        pkt.flow.dst_port_be = h.ports[1];
+        pkt.tcp_seq = u32::from_be(h.seq_be);
+        pkt.tcp_flags = h.offset_flags[1];
     } else {
-        (0, ctx.load::<u16>(l4_off + 6).map_err(|_| ())? == 0)
-    };
-    pkt.flow.src_port_be = ports[0];
-    pkt.flow.dst_port_be = ports[1];
-    pkt.tcp_flags = tcp_flags;
-    pkt.udp_csum_zero = udp_csum_zero;
+        let h: [u16; 4] = ctx.load(l4_off).map_err(|_| ())?;
+        pkt.flow.src_port_be = h[0];
+        pkt.flow.dst_port_be = h[1];
+        pkt.udp_csum_zero = h[3] == 0;
+    }
     Ok(Parsed::Flow(pkt))
 }

@@ -1,7 +1,11 @@
-//! Refusing traffic to a service with no ready backend, as kube-proxy does:
-//! the client gets ICMP "port unreachable" from the VIP, quoting its own
-//! packet, so `connect()` fails at once with ECONNREFUSED (TCP) and a
-//! connected UDP socket sees ECONNREFUSED, instead of waiting for a timeout.
+//! ICMP errors the datapath answers with, built from the offending packet:
+//! - "port unreachable" from the VIP when a service has no ready backend,
+//!   as kube-proxy refuses: `connect()` fails at once with ECONNREFUSED
+//!   (TCP) and a connected UDP socket sees ECONNREFUSED, instead of waiting
+//!   for a timeout;
+//! - "fragmentation needed" when a packet with DF set is too big for the
+//!   route onward to a backend (or back to a client), as a router answers,
+//!   so the sender's path MTU discovery works instead of black-holing.
 //!
 //! The packet is turned into the ICMP error in place and sent back out of the
 //! interface it came in on.
@@ -19,6 +23,7 @@ const IPV4_HLEN: usize = 20;
 const ICMP_HLEN: usize = 8;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
 
 // How much of the original packet the error quotes (RFC 792 asks for the IP
 // header and 8 bytes; more is allowed). The error must end exactly where the
@@ -74,22 +79,46 @@ fn load_exact<const N: usize>(
 /// answered (the caller drops it then).
 #[inline(always)]
 pub fn port_unreachable(ctx: &TcContext, pkt: &Packet) -> Result<i32, i64> {
+    answer(ctx, pkt, ICMP_PORT_UNREACH, 0)
+}
+
+/// Rewrites `pkt` into an ICMP fragmentation-needed naming `mtu` (the
+/// next-hop MTU, RFC 1191) and redirects it back to its sender. Coalesced
+/// (GSO) packets are not answered: their segments were sent at a size that
+/// fit the way in, and the sender learns from its retransmissions.
+#[inline(always)]
+pub fn fragmentation_needed(ctx: &TcContext, pkt: &Packet, mtu: u16) -> Result<i32, i64> {
+    if crate::fib::is_gso(ctx) {
+        return Err(-1);
+    }
+    answer(ctx, pkt, ICMP_FRAG_NEEDED, mtu)
+}
+
+/// A destination-unreachable error with `code`; `mtu` fills the last two
+/// bytes of the ICMP header (zero but for fragmentation needed).
+#[inline(always)]
+fn answer(ctx: &TcContext, pkt: &Packet, code: u8, mtu: u16) -> Result<i32, i64> {
     // Packets with IP options would need a longer quote; they are dropped.
     if pkt.l4_off != ETH_HLEN + IPV4_HLEN {
         return Err(-1);
     }
     if pkt.is_tcp() {
         // ICMP header + quote, rounded up to whole words for bpf_csum_diff.
-        emit::<TCP_QUOTE, 48>(ctx, pkt)
+        emit::<TCP_QUOTE, 48>(ctx, pkt, code, mtu)
     } else {
-        emit::<UDP_QUOTE, 36>(ctx, pkt)
+        emit::<UDP_QUOTE, 36>(ctx, pkt, code, mtu)
     }
 }
 
 /// `QUOTE`: bytes of the original packet quoted; `WORDS`: ICMP header plus
 /// quote rounded up to a multiple of 4 (zero padding leaves the sum alone).
 #[inline(always)]
-fn emit<const QUOTE: usize, const WORDS: usize>(ctx: &TcContext, pkt: &Packet) -> Result<i32, i64> {
+fn emit<const QUOTE: usize, const WORDS: usize>(
+    ctx: &TcContext,
+    pkt: &Packet,
+    code: u8,
+    mtu: u16,
+) -> Result<i32, i64> {
     let mut eth = [0u8; ETH_HLEN];
     load_exact(ctx, 0, &mut eth)?;
 
@@ -109,7 +138,8 @@ fn emit<const QUOTE: usize, const WORDS: usize>(ctx: &TcContext, pkt: &Packet) -
     new_eth[12..14].copy_from_slice(&eth[12..14]);
     ctx.store(0, &new_eth, 0)?;
 
-    // IPv4: from the VIP the client addressed, to the client.
+    // IPv4: from the address the sender addressed (the VIP, the node), to
+    // the sender.
     let mut ip = Words([0u8; IPV4_HLEN]);
     ip.0[0] = 0x45;
     ip.0[1] = 0xc0; // precedence "internetwork control", as the kernel sends
@@ -123,16 +153,16 @@ fn emit<const QUOTE: usize, const WORDS: usize>(ctx: &TcContext, pkt: &Packet) -
     ctx.store(ETH_HLEN, &ip.0, 0)?;
 
     // ICMP header + quote, checksummed together.
+    let mut icmp_hdr = [0u8; ICMP_HLEN];
+    icmp_hdr[0] = ICMP_DEST_UNREACH;
+    icmp_hdr[1] = code;
+    icmp_hdr[6..8].copy_from_slice(&mtu.to_be_bytes());
     let mut icmp = Words([0u8; WORDS]);
-    icmp.0[0] = ICMP_DEST_UNREACH;
-    icmp.0[1] = ICMP_PORT_UNREACH;
+    icmp.0[..ICMP_HLEN].copy_from_slice(&icmp_hdr);
     let mut quote = [0u8; QUOTE];
     load_exact(ctx, ETH_HLEN + IPV4_HLEN + ICMP_HLEN, &mut quote)?;
     icmp.0[ICMP_HLEN..ICMP_HLEN + QUOTE].copy_from_slice(&quote);
     let icmp_csum = checksum(&mut icmp);
-    let mut icmp_hdr = [0u8; ICMP_HLEN];
-    icmp_hdr[0] = ICMP_DEST_UNREACH;
-    icmp_hdr[1] = ICMP_PORT_UNREACH;
     icmp_hdr[2..4].copy_from_slice(&icmp_csum.to_ne_bytes());
     ctx.store(ETH_HLEN + IPV4_HLEN, &icmp_hdr, 0)?;
 

@@ -25,7 +25,7 @@ pub fn claim(
     backend_id: BackendId,
     backend: &Backend,
     service_id: u32,
-    tcp_flags: u8,
+    (tcp_flags, seq): (u8, u32),
     now: u64,
 ) -> Option<(u32, u16)> {
     const EEXIST: i32 = -17;
@@ -45,6 +45,7 @@ pub fn claim(
             service_id,
             (snat_ip, port_be),
             tcp_flags,
+            seq,
             now,
         ) {
             Ok(()) => return Some((snat_ip, port_be)),

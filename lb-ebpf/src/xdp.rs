@@ -27,7 +27,13 @@ use lb_common::{
     service_flags, tcp_seen,
 };
 
-use crate::{admission, affinity, conntrack, lookup, maps::nat_config, snat, stats};
+use crate::{
+    admission, affinity,
+    conntrack::{self, Touch},
+    lookup,
+    maps::nat_config,
+    snat, stats,
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
@@ -62,6 +68,8 @@ fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> Result<(), ()> {
 struct XdpPacket {
     flow: FlowKey,
     tcp_flags: u8,
+    /// Sequence number, host order (0 for UDP).
+    tcp_seq: u32,
     /// Offset of the L4 checksum field.
     l4_check: usize,
     udp_no_checksum: bool,
@@ -93,10 +101,13 @@ fn parse(ctx: &XdpContext) -> Result<XdpPacket, ()> {
     // Bounds for everything the rewrite touches.
     ptr_at::<[u8; 20]>(ctx, L4)?;
     let ports: [u16; 2] = read(ctx, L4)?;
-    let tcp_flags = if proto == PROTO_TCP {
-        read::<u8>(ctx, L4 + 13)?
+    let (tcp_flags, tcp_seq) = if proto == PROTO_TCP {
+        (
+            read::<u8>(ctx, L4 + 13)?,
+            u32::from_be(read::<u32>(ctx, L4 + 4)?),
+        )
     } else {
-        0
+        (0, 0)
     };
     Ok(XdpPacket {
         flow: FlowKey {
@@ -108,6 +119,7 @@ fn parse(ctx: &XdpContext) -> Result<XdpPacket, ()> {
             _pad: [0; 3],
         },
         tcp_flags,
+        tcp_seq,
         l4_check,
         udp_no_checksum: proto == PROTO_UDP && read::<u16>(ctx, l4_check)? == 0,
         len,
@@ -239,7 +251,11 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
         let entry = unsafe { &mut *entry };
         let kind = entry.kind;
         if kind == conn_kind::FORWARD && !conntrack::is_reopened(&pkt.flow, entry, pkt.tcp_flags) {
-            conntrack::touch(entry, pkt.tcp_flags, now);
+            match conntrack::touch(entry, pkt.tcp_flags, pkt.tcp_seq, now) {
+                Touch::OutOfWindow => return Ok(XDP_DROP),
+                Touch::Closed => admission::release(pkt.flow.src_ip_be),
+                Touch::Seen => {}
+            }
             let (ip, port, service_id) = (entry.nat_ip_be, entry.nat_port_be, entry.service_id);
             let source_port = entry.second_port_be;
             rewrite(ctx, pkt, true, ip, port)?;
@@ -261,8 +277,12 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
             let backend = (entry.nat_ip_be, entry.nat_port_be);
             let snat = (entry.second_ip_be, entry.second_port_be);
             let service_id = entry.service_id;
+            if pkt.tcp_flags & (tcp_seen::FIN | tcp_seen::RST) != 0 {
+                // Closing segments are judged (window, quota) by tc.
+                return Ok(XDP_PASS);
+            }
             if let Some(action) = forward_snat(ctx, pkt, backend, snat)? {
-                conntrack::touch(entry, pkt.tcp_flags, now);
+                conntrack::touch(entry, pkt.tcp_flags, pkt.tcp_seq, now);
                 stats::count(reason::ESTABLISHED);
                 stats::count(reason::XDP_TRANSLATED);
                 stats::service(service_id, |c| {
@@ -322,7 +342,7 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
             backend_id,
             &backend,
             service_id,
-            pkt.tcp_flags,
+            (pkt.tcp_flags, pkt.tcp_seq),
             now,
         ) else {
             return Ok(XDP_DROP);
@@ -352,6 +372,7 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
         &backend,
         service_id,
         pkt.tcp_flags,
+        pkt.tcp_seq,
         now,
     ) {
         Ok(port) => port,

@@ -241,6 +241,7 @@ struct Pkt {
     dport: u16,
     proto: u8,
     tcp_flags: u8,
+    seq: u32,
     ip_options: Vec<u8>,
     frag_off: u16,
     udp_zero_csum: bool,
@@ -256,6 +257,7 @@ impl Pkt {
             dport,
             proto: 6,
             tcp_flags: flags,
+            seq: 0x1234_5678,
             ip_options: vec![],
             frag_off: 0,
             udp_zero_csum: false,
@@ -275,7 +277,7 @@ impl Pkt {
         l4.extend_from_slice(&self.sport.to_be_bytes());
         l4.extend_from_slice(&self.dport.to_be_bytes());
         if self.proto == 6 {
-            l4.extend_from_slice(&0x1234_5678u32.to_be_bytes()); // seq
+            l4.extend_from_slice(&self.seq.to_be_bytes());
             l4.extend_from_slice(&0u32.to_be_bytes()); // ack
             l4.extend_from_slice(&[0x50, self.tcp_flags]);
             l4.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]); // window, csum, urg
@@ -2224,4 +2226,170 @@ fn icmp_rejects_are_rate_limited() {
         "{rejected} rejects sent for 301 SYNs in a burst"
     );
     assert!(limited >= 190, "{limited} dropped");
+}
+
+fn tcp_seq(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8, seq: u32) -> Vec<u8> {
+    Pkt {
+        seq,
+        ..Pkt::tcp(src, sport, dst, dport, flags)
+    }
+    .build()
+}
+
+/// The conntrack entry of `flow` (client side) and of its reply.
+fn tracked_flags(f: &Fixture, client: Ipv4Addr, sport: u16) -> Vec<u8> {
+    f.maps
+        .conntrack
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|(k, _)| {
+            (k.src_ip_be == ip_be(client) && k.src_port_be == sport.to_be())
+                || (k.dst_ip_be == ip_be(client) && k.dst_port_be == sport.to_be())
+        })
+        .map(|(_, e)| e.tcp_flags)
+        .collect()
+}
+
+/// Someone outside the cluster who knows (or guesses) an external client's
+/// connection to a node port — addresses and ports, not its sequence
+/// numbers — forges the client's RST or FIN, or the backend's, to close it
+/// in the node's conntrack, then a SYN to move it to another backend. Like
+/// netfilter's window check, the node must believe only segments near what
+/// each side has really sent: the forgeries are dropped and counted, the
+/// connection keeps its entry and its backend, a forged data segment far
+/// ahead cannot drag the window along, and the real RST still closes it.
+#[test]
+fn outside_attackers_cannot_reset_a_node_port_flow_without_its_sequence_numbers() {
+    let mut f = fixture();
+    program_node_ports(&f, NODE_IP);
+    let world = f
+        .datapath
+        .program_fd(program_names::FROM_WORLD)
+        .expect("fd");
+    let to_world = f.datapath.program_fd(program_names::TO_WORLD).expect("fd");
+    let xdp = f
+        .datapath
+        .program_fd(program_names::XDP_WORLD)
+        .expect("xdp fd");
+    const XDP_DROP: u32 = 1;
+    const RST: u8 = 0x04;
+    let (client, port) = (EXTERNAL_CLIENT, 45000);
+    let (isn, backend_isn) = (1_000u32, 900_000u32);
+    // Policy Local: the node port's one backend here, BACKENDS[0].
+    let (rc, out) = test_run(world, &tcp_seq(client, port, NODE_IP, 30080, SYN, isn));
+    assert_eq!(rc, TC_ACT_OK);
+    let backend = parse_checked(&out).dst;
+    let (rc, _) = test_run(
+        to_world,
+        &tcp_seq(backend, 8080, client, port, SYN | ACK, backend_isn),
+    );
+    assert_eq!(rc, TC_ACT_OK);
+    let (rc, _) = test_run(world, &tcp_seq(client, port, NODE_IP, 30080, ACK, isn + 1));
+    assert_eq!(rc, TC_ACT_OK);
+
+    let far = isn.wrapping_add(0x8000_0000);
+    let forgeries: [(&str, RawFd, Vec<u8>, u32); 5] = [
+        (
+            "client RST (tc)",
+            world,
+            tcp_seq(client, port, NODE_IP, 30080, RST, far),
+            TC_ACT_SHOT,
+        ),
+        (
+            "client RST (XDP)",
+            xdp,
+            tcp_seq(client, port, NODE_IP, 30080, RST | ACK, far),
+            XDP_DROP,
+        ),
+        (
+            "client FIN",
+            world,
+            tcp_seq(client, port, NODE_IP, 30080, FIN | ACK, far),
+            TC_ACT_SHOT,
+        ),
+        (
+            "backend RST",
+            to_world,
+            tcp_seq(
+                backend,
+                8080,
+                client,
+                port,
+                RST,
+                backend_isn.wrapping_add(0x4000_0000),
+            ),
+            TC_ACT_SHOT,
+        ),
+        (
+            "client RST behind a window-dragging data segment",
+            world,
+            tcp_seq(client, port, NODE_IP, 30080, RST, isn + 3 * (1 << 20)),
+            TC_ACT_SHOT,
+        ),
+    ];
+    for (what, prog, packet, dropped) in forgeries {
+        if what.contains("window-dragging") {
+            // The data segment itself passes (the endpoints judge it) but
+            // must not move the window 3 MiB ahead.
+            let data = tcp_seq(
+                client,
+                port,
+                NODE_IP,
+                30080,
+                ACK,
+                isn + 3 * (1 << 20) - 1000,
+            );
+            assert_eq!(test_run(world, &data).0, TC_ACT_OK);
+        }
+        let (rc, _) = test_run(prog, &packet);
+        assert_eq!(rc, dropped, "forged {what}: dropped");
+    }
+    assert_eq!(f.maps.reason_count(reason::TCP_OUT_OF_WINDOW_DROPPED), 5);
+    assert!(
+        tracked_flags(&f, client, port)
+            .iter()
+            .all(|flags| flags & (RST | FIN) == 0),
+        "the connection is still open in conntrack"
+    );
+    // A forged SYN cannot re-balance the open connection.
+    let (rc, out) = test_run(world, &tcp_seq(client, port, NODE_IP, 30080, SYN, 77));
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(parse_checked(&out).dst, backend);
+
+    // The client's real RST (its next sequence number) closes it.
+    let (rc, _) = test_run(world, &tcp_seq(client, port, NODE_IP, 30080, RST, isn + 1));
+    assert_eq!(rc, TC_ACT_OK, "the client's own RST");
+    assert!(
+        tracked_flags(&f, client, port)
+            .iter()
+            .any(|flags| flags & RST != 0),
+        "the real RST closes the flow"
+    );
+}
+
+/// A client making short connections one after another (a load generator,
+/// a NAT gateway in front of many users) holds quota places only for its
+/// open flows: the closed ones, waiting in the table to expire, must not
+/// refuse its next connection.
+#[test]
+fn flows_a_client_closed_give_their_quota_place_back() {
+    let mut f = fixture();
+    f.maps
+        .admission
+        .set(
+            0,
+            lb_common::Admission {
+                flows_per_source: 5,
+                refuse_new: 0,
+            },
+            0,
+        )
+        .expect("admission");
+    for port in 46000..46020 {
+        let (rc, _) = f.run_from_pod(&Pkt::tcp(CLIENT, port, VIP, 80, SYN).build());
+        assert_eq!(rc, TC_ACT_OK, "connection from port {port} admitted");
+        let (rc, _) = f.run_from_pod(&Pkt::tcp(CLIENT, port, VIP, 80, FIN | ACK).build());
+        assert_eq!(rc, TC_ACT_OK);
+    }
+    assert_eq!(f.maps.reason_count(reason::CONNTRACK_SOURCE_QUOTA), 0);
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use switchyard_tests::cluster::{external_client_ip, node_ip};
 use switchyard_tests::wait;
 
@@ -417,5 +417,139 @@ fn an_external_client_of_a_node_port_hears_the_backends_icmp_errors() -> Result<
         after["icmp_error_translated"].as_u64() > before["icmp_error_translated"].as_u64(),
         "{after}"
     );
+    Ok(())
+}
+
+/// A service on node port 30085 whose one backend (n2b1) is on node 2:
+/// every flow through node 1 is SNATed and forwarded by the datapath.
+fn remote_only_service(c: &TwoNodes) -> Result<SocketAddrV4> {
+    use switchyard_tests::{EndpointSpec, cluster::node_name, endpoint_slice_yaml};
+    c.manifests.write(
+        "far.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: far, namespace: test}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.1.15\n  ports:\n  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP, nodePort: 30085}}\n---\n{}",
+            endpoint_slice_yaml(
+                "test",
+                "far-1",
+                "far",
+                &[("tcp", 8080, "TCP")],
+                &[EndpointSpec {
+                    node: node_name(2),
+                    ..EndpointSpec::ready(c.cluster.node(2).pod_ip(21))
+                }],
+            )
+        ),
+    )?;
+    let to = SocketAddrV4::new(node_ip(1), 30085);
+    wait::until(
+        "the remote-only node port programmed",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || {
+            Ok(c.agents[0]
+                .backends_of(&format!("{to}/TCP"))
+                .is_ok_and(|b| b.len() == 1))
+        },
+    )?;
+    Ok(to)
+}
+
+/// From the external client through `to`: uploads `bytes` (one line, the
+/// backend answers its name), then downloads `bytes`. Returns the backend.
+fn upload_and_download(c: &TwoNodes, to: SocketAddrV4, bytes: usize) -> Result<String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let stream = c.cluster.external().tcp_connect(to, TIMEOUT)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(20)))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = vec![b'x'; bytes];
+    line.push(b'\n');
+    writer.write_all(&line).context("uploading")?;
+    let mut name = String::new();
+    reader
+        .read_line(&mut name)
+        .context("reading the answer to the upload")?;
+    writer.write_all(format!("bulk {bytes}\n").as_bytes())?;
+    let mut body = vec![0u8; bytes + 1];
+    reader.read_exact(&mut body).context("downloading")?;
+    anyhow::ensure!(
+        body[..bytes].iter().all(|b| *b == b'y'),
+        "download corrupted"
+    );
+    Ok(name.trim().to_string())
+}
+
+fn reason(agent: &switchyard_tests::AgentProcess, name: &str) -> Result<u64> {
+    let stats: serde_json::Value = serde_json::from_str(&agent.inspect(&["-o", "json", "stats"])?)?;
+    Ok(stats[name].as_u64().unwrap_or(0))
+}
+
+/// Real NICs coalesce a TCP stream's segments (GRO) before tc sees them:
+/// the packet the datapath forwards to a backend on another node is then
+/// up to 64 KiB, and only its segments have to fit the link. A 4 MiB
+/// upload and download through a node port, with GRO on node 1's
+/// interface, must go through without a drop.
+#[test]
+fn coalesced_packets_are_forwarded_to_and_from_remote_backends() -> Result<()> {
+    let c = start("")?;
+    let to = remote_only_service(&c)?;
+    switchyard_tests::command::run(&[
+        "ip",
+        "netns",
+        "exec",
+        c.cluster.node(1).topo.node_ns(),
+        "ethtool",
+        "-K",
+        "ext0",
+        "gro",
+        "on",
+    ])?;
+    assert_eq!(upload_and_download(&c, to, 4 << 20)?, "n2b1");
+    for counter in ["fib_lookup_failed", "too_big_dropped", "nat_failed"] {
+        assert_eq!(reason(&c.agents[0], counter)?, 0, "{counter}");
+    }
+    Ok(())
+}
+
+/// The way from node 1 to the backend's node, and back to the client, has
+/// a smaller MTU (a tunnel, say) than the client's link (routes with a
+/// locked MTU, which forwarding obeys as it does a device's). Like any router,
+/// the node must answer a too-big packet with DF set with ICMP
+/// "fragmentation needed", so both ends' path MTU discovery shrinks their
+/// segments; a silent drop black-holes the connection.
+#[test]
+fn packets_too_big_for_the_way_onward_get_fragmentation_needed() -> Result<()> {
+    let c = start("")?;
+    let to = remote_only_service(&c)?;
+    let node1 = c.cluster.node(1).topo.node_ns();
+    let (node2, client) = (
+        node_ip(2).to_string(),
+        format!("{}/32", external_client_ip()),
+    );
+    switchyard_tests::command::run(&[
+        "ip",
+        "-n",
+        node1,
+        "route",
+        "replace",
+        "10.244.2.0/24",
+        "via",
+        &node2,
+        "mtu",
+        "lock",
+        "1200",
+    ])?;
+    switchyard_tests::command::run(&[
+        "ip", "-n", node1, "route", "replace", &client, "dev", "ext0", "mtu", "lock", "1200",
+    ])?;
+    assert_eq!(upload_and_download(&c, to, 1 << 20)?, "n2b1");
+    let sent = reason(&c.agents[0], "fragmentation_needed_sent")?;
+    assert!(
+        sent >= 2,
+        "one each way: {sent}; {}",
+        c.agents[0].inspect(&["stats"])?
+    );
+    assert_eq!(reason(&c.agents[0], "fib_lookup_failed")?, 0);
     Ok(())
 }

@@ -37,8 +37,11 @@ enum Task {
     /// `compare` (Switchyard against the real kube-proxy, nftables and
     /// iptables: ClusterIP, NodePort, control plane at 1 to 10 000
     /// services), `datapath` (per-packet cost with BPF_PROG_TEST_RUN at 1 to
-    /// 100 000 services), `nodeport` (XDP vs tc), `controlplane` (10 000
-    /// services, 100 000 endpoints), `clusterip` (vs the pod IP).
+    /// 100 000 services), `nodeport` (XDP vs tc), `nodeport-soak` (10
+    /// million NodePort connections through native XDP, failures counted),
+    /// `controlplane` (10 000 services, 100 000 endpoints), `clusterip`
+    /// (vs the pod IP), `sweep` (conntrack sweeps vs endpoint changes),
+    /// `snat` (SNAT port allocation under load).
     Bench(BenchArgs),
     /// The churn soak with faults (tests/tests/soak.rs) for five minutes,
     /// or `--seconds N`.
@@ -73,7 +76,16 @@ struct ClusterArgs {
 struct BenchArgs {
     #[command(flatten)]
     ebpf: EbpfArgs,
-    #[arg(value_parser = ["compare", "nodeport", "datapath", "controlplane", "clusterip"])]
+    #[arg(value_parser = [
+        "compare",
+        "nodeport",
+        "nodeport-soak",
+        "datapath",
+        "controlplane",
+        "clusterip",
+        "sweep",
+        "snat",
+    ])]
     which: String,
 }
 

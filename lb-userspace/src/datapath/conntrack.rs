@@ -94,8 +94,8 @@ pub struct Sweep {
     pub reused: usize,
     /// Entries left in the table after the sweep.
     pub remaining: usize,
-    /// Client address → its flows left in the table (forward entries),
-    /// for the admission quota.
+    /// Client address → its open flows left in the table (forward entries
+    /// without FIN or RST from the client), for the admission quota.
     pub flows_by_source: std::collections::HashMap<u32, u32>,
 }
 
@@ -162,7 +162,12 @@ pub fn collect_garbage(
         }
         sweep.connections += 1;
     }
-    for (key, _) in entries.iter().filter(|(_, e)| is_forward(e)) {
+    // The quota counts open flows: one its client has closed (FIN or RST)
+    // no longer holds a place while it waits to expire.
+    for (key, _) in entries
+        .iter()
+        .filter(|(_, e)| is_forward(e) && e.tcp_flags & (tcp_seen::FIN | tcp_seen::RST) == 0)
+    {
         if !gone.contains(&flow_tuple(key)) {
             *sweep.flows_by_source.entry(key.src_ip_be).or_default() += 1;
         }
@@ -353,6 +358,31 @@ mod tests {
             }
         );
         assert_eq!(table.0.len(), 2, "the busy connection keeps both entries");
+    }
+
+    /// The admission quota counts a client's open flows: those it closed
+    /// (FIN or RST), still waiting to expire, hold no place.
+    #[test]
+    fn quota_recount_leaves_out_flows_the_client_closed() {
+        let t = Timeouts::default();
+        let mut table = Table::default();
+        let now = 1000 * SEC;
+        let (open, fin, rst) = (tcp_seen::ACK, tcp_seen::FIN | tcp_seen::ACK, tcp_seen::RST);
+        for (port, flags) in [(1, open), (2, fin), (3, rst), (4, open)] {
+            add(
+                &mut table,
+                flow(6, port),
+                21,
+                (now - SEC, flags),
+                Some((now - SEC, open)),
+            );
+        }
+        let sweep = collect_garbage(&mut table, now, &t).expect("gc");
+        assert_eq!(sweep.remaining, 8, "nothing expired");
+        assert_eq!(
+            sweep.flows_by_source,
+            [(ip_be(Ipv4Addr::new(10, 244, 0, 10)), 2)].into()
+        );
     }
 
     #[test]

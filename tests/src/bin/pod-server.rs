@@ -4,7 +4,8 @@
 //! (to check source NAT and client-address preservation); a TCP line
 //! `linger N` makes the server answer once more N seconds after the client
 //! half-closed (shut down its writes), as a slow server answering a client
-//! that sent its whole request does; a datagram
+//! that sent its whole request does; a TCP line `bulk N` is answered with
+//! N bytes of `y` and a newline (a download); a datagram
 //! `echo <bytes>` with the name, a space and the bytes (large requests
 //! and answers, as agnhost's netexec echoes).
 //!
@@ -38,6 +39,14 @@ fn serve_tcp_conn(stream: TcpStream, name: String) {
         let Ok(line) = line else { return };
         if let Some(secs) = line.trim().strip_prefix("linger ") {
             linger = secs.parse::<u64>().ok();
+            continue;
+        }
+        if let Some(bytes) = line.trim().strip_prefix("bulk ") {
+            let mut body = vec![b'y'; bytes.parse::<usize>().unwrap_or(0)];
+            body.push(b'\n');
+            if writer.write_all(&body).is_err() {
+                return;
+            }
             continue;
         }
         if writer
