@@ -396,6 +396,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         "complete state received from the source"
     );
     let node_name = cfg.node_name.clone();
+    let socket_lb = cfg.socket_lb_cgroup.is_some();
     let static_node_ips = !cfg.node_ips.is_empty();
     let interface_ips = node_ips.clone();
     let mut apply =
@@ -465,16 +466,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             }
             log_report(&report, elapsed, desired.services.len(), slowest);
             publish_programmed(&metrics, sync);
-            match conntrack::flush_backends(sync.maps_mut(), &report.udp_backends_gone()) {
-                Ok(0) => {}
-                Ok(n) => info!(flows = n, "flushed UDP flows of removed backends"),
-                Err(e) => warn!("flushing UDP flows of removed backends: {e:#}"),
-            }
-            match sync.maps_mut().flush_affinity(&report.departed) {
-                Ok(0) => {}
-                Ok(n) => info!(pins = n, "dropped affinity pins to removed backends"),
-                Err(e) => warn!("dropping affinity pins to removed backends: {e:#}"),
-            }
+            forget_departed(sync.maps_mut(), &report, socket_lb, &metrics);
             report.errors.len()
         };
     let mut retry = Retry::default();
@@ -578,6 +570,38 @@ fn resident_mib() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
     pages * page / (1024 * 1024)
+}
+
+/// State pinned to backends that left their frontends goes with them, as
+/// kube-proxy flushes conntrack: UDP flows, affinity pins and, with socket
+/// LB, host sockets' cached choices and connected UDP sockets.
+fn forget_departed(maps: &mut PinnedMaps, report: &SyncReport, socket_lb: bool, metrics: &Metrics) {
+    let udp_gone = report.udp_backends_gone();
+    match conntrack::flush_backends(maps, &udp_gone) {
+        Ok(0) => {}
+        Ok(n) => info!(flows = n, "flushed UDP flows of removed backends"),
+        Err(e) => warn!("flushing UDP flows of removed backends: {e:#}"),
+    }
+    match maps.flush_affinity(&report.departed) {
+        Ok(0) => {}
+        Ok(n) => info!(pins = n, "dropped affinity pins to removed backends"),
+        Err(e) => warn!("dropping affinity pins to removed backends: {e:#}"),
+    }
+    if !socket_lb {
+        return;
+    }
+    match crate::datapath::socket_lb::forget_departed(maps, &udp_gone) {
+        Ok(f) if f == Default::default() => {}
+        Ok(f) => {
+            metrics.socket_lb_aborted.inc_by(f.aborted as u64);
+            info!(
+                choices = f.choices,
+                sockets_aborted = f.aborted,
+                "host sockets no longer aimed at removed UDP backends"
+            );
+        }
+        Err(e) => warn!("host sockets of removed UDP backends: {e:#}"),
+    }
 }
 
 #[cfg(test)]

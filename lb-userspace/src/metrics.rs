@@ -57,6 +57,8 @@ pub struct Metrics {
     pub map_entries: Family<MapLabel, Gauge>,
     pub map_capacity: Family<MapLabel, Gauge>,
     pub map_full: Family<MapLabel, Counter>,
+    /// Host UDP sockets aborted because their backend left the service.
+    pub socket_lb_aborted: Counter,
     registry: Mutex<Registry>,
     ready: AtomicBool,
     /// The Node is being deleted or marked for removal: `/healthz` says so.
@@ -164,6 +166,7 @@ impl Metrics {
             objects_invalid: Gauge::default(),
             sync_duration,
             sync_errors: Counter::default(),
+            socket_lb_aborted: Counter::default(),
             propagation_delay,
             watch_events: Family::default(),
             watch_errors: Family::default(),
@@ -201,6 +204,11 @@ impl Metrics {
             "switchyard_sync_errors",
             "Frontends or backends that could not be written",
             metrics.sync_errors.clone(),
+        );
+        registry.register(
+            "switchyard_socket_lb_sockets_aborted",
+            "Host processes' connected UDP sockets aborted because their backend left the service (socket LB)",
+            metrics.socket_lb_aborted.clone(),
         );
         registry.register(
             "switchyard_propagation_delay_seconds",

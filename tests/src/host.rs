@@ -68,6 +68,61 @@ impl NodeCgroup {
     }
 }
 
+/// A host-client in a `-hold` mode: one socket, asked again on demand.
+pub struct HeldClient {
+    child: std::process::Child,
+    answers: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl HeldClient {
+    /// The answer to the request made at start, or to the last `again`.
+    pub fn answer(&mut self) -> Result<String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.answers
+            .read_line(&mut line)
+            .context("reading host-client")?;
+        Ok(line.trim().to_string())
+    }
+
+    /// Asks again on the same socket; returns the answer line.
+    pub fn again(&mut self) -> Result<String> {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().context("host-client stdin")?;
+        stdin.write_all(b"again\n")?;
+        stdin.flush()?;
+        self.answer()
+    }
+}
+
+impl Drop for HeldClient {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NodeCgroup {
+    /// Starts `host-client MODE-hold ADDR` in `netns`, inside this cgroup.
+    pub fn held_client(&self, netns: &str, mode: &str, addr: SocketAddrV4) -> Result<HeldClient> {
+        use std::process::Stdio;
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .arg(host_client_bin()?)
+            .arg("--cgroup")
+            .arg(&self.path)
+            .arg(format!("{mode}-hold"))
+            .arg(addr.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting host-client")?;
+        let answers = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+        Ok(HeldClient { child, answers })
+    }
+}
+
 impl Drop for NodeCgroup {
     fn drop(&mut self) {
         // Empty once the clients exited.

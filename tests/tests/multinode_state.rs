@@ -356,3 +356,80 @@ fn node_processes_reach_cluster_ips_and_node_ports_through_socket_hooks() -> Res
     }
     Ok(())
 }
+
+/// A node's long-lived UDP clients (a DNS forwarder, a metrics agent) keep
+/// one socket. Through the socket hooks, a connected socket is connected
+/// to the backend itself and an unconnected one reuses its first choice:
+/// when that backend leaves the service (a rollout deletes the pod), the
+/// connected socket must be told (ECONNABORTED, as Cilium does with
+/// sock_destroy, so the client reopens) and the unconnected one must be
+/// balanced afresh — as kube-proxy's UDP conntrack flush does for packets.
+#[test]
+fn host_udp_sockets_aimed_at_a_removed_backend_are_aborted_or_rebalanced() -> Result<()> {
+    let c = TwoNodes::start_with_socket_lb(&["--external-ifaces", "ext0"])?;
+    c.apply("", &endpoints(&c, &["n2b1", "n2b2"]))?;
+    wait_backends(&c, &["n2b1", "n2b2"])?;
+    let node1 = c.cluster.node(1).topo.node_ns().to_string();
+    let cgroup = &c.cgroups[0];
+    let name_of = |line: &str| parse_host_reply(line).0;
+    let mut connected = cgroup.held_client(&node1, "udp", udp_vip())?;
+    let mut unconnected = cgroup.held_client(&node1, "udp-sendto", udp_vip())?;
+    let first = name_of(&connected.answer()?);
+    let first_unconnected = name_of(&unconnected.answer()?);
+    assert_eq!(
+        name_of(&connected.again()?),
+        first,
+        "a connected socket keeps its backend"
+    );
+    let gone = first.clone();
+    let survivor = if gone == "n2b1" { "n2b2" } else { "n2b1" };
+    c.apply("", &endpoints(&c, &[survivor]))?;
+    wait_backends(&c, &[survivor])?;
+    // The agent acts right after its map sync; give it a moment.
+    let mut aborted = false;
+    for _ in 0..20 {
+        let answer = connected.again()?;
+        if let Some(errno) = answer.strip_prefix("error=") {
+            // Aborted: a receive fails with ECONNABORTED, a send on the
+            // now disconnected socket with EDESTADDRREQ.
+            let errno: i32 = errno.parse()?;
+            assert!(
+                [libc::ECONNABORTED, libc::EDESTADDRREQ].contains(&errno),
+                "the socket is aborted: {}",
+                std::io::Error::from_raw_os_error(errno)
+            );
+            aborted = true;
+            break;
+        }
+        assert_eq!(
+            name_of(&answer),
+            gone,
+            "until aborted, still the old backend"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(aborted, "the connected socket to {gone} was never aborted");
+    // The unconnected socket's next datagram goes to the survivor.
+    let mut now_unconnected = String::new();
+    for _ in 0..20 {
+        now_unconnected = name_of(&unconnected.again()?);
+        if now_unconnected == survivor {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        now_unconnected, survivor,
+        "the unconnected socket (first {first_unconnected}) is balanced afresh"
+    );
+    let (_, metrics) = c.cluster.node(1).host().http_get_path(
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10249),
+        "/metrics",
+        TIMEOUT,
+    )?;
+    assert!(
+        metrics.contains("switchyard_socket_lb_sockets_aborted_total 1"),
+        "counted: {metrics}"
+    );
+    Ok(())
+}

@@ -23,6 +23,7 @@ pub struct PinnedMaps {
     pub interfaces: HashMap<MapData, u32, InterfaceStatus>,
     pub admission: Array<MapData, lb_common::Admission>,
     pub ct_sources: HashMap<MapData, u32, u32>,
+    pub sock_lb: HashMap<MapData, lb_common::SockKey, lb_common::SockAddr>,
 }
 
 fn open(pin_dir: &Path, name: &str) -> Result<Map> {
@@ -54,6 +55,7 @@ impl PinnedMaps {
             interfaces: HashMap::try_from(open(pin_dir, map_names::INTERFACES)?)?,
             admission: Array::try_from(open(pin_dir, map_names::ADMISSION)?)?,
             ct_sources: HashMap::try_from(open(pin_dir, map_names::CT_SOURCES)?)?,
+            sock_lb: HashMap::try_from(open(pin_dir, map_names::SOCK_LB)?)?,
         })
     }
 

@@ -12,6 +12,8 @@ pub mod loader;
 pub mod maglev;
 pub mod maps;
 pub mod pod_sources;
+pub mod sock_diag;
+pub mod socket_lb;
 pub mod sync;
 
 /// Where the maps are pinned unless `--pin-dir` says otherwise.

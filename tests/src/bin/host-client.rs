@@ -1,12 +1,17 @@
 //! A client run as a process of a node (in its network namespace and in a
 //! cgroup the agent's socket hooks watch), for the socket-LB tests:
 //!
-//! host-client --cgroup DIR tcp|udp|udp-sendto IP:PORT
+//! host-client --cgroup DIR tcp|udp|udp-sendto|udp-hold|udp-sendto-hold IP:PORT
 //!
 //! Joins the cgroup first, then sends `whoami` and prints
 //! `reply=<answer> peer=<address the socket reports>`: for tcp and udp the
 //! connected peer (getpeername), for udp-sendto the reply's source
 //! (recvfrom). A refused connection prints `refused`.
+//!
+//! The `-hold` modes keep their one socket (connected, or sending with
+//! sendto) and ask again on it for each line read from stdin, printing
+//! `reply=… peer=…` or `error=<errno>` each time, until stdin ends:
+//! a long-lived client, such as a node's DNS forwarder.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -34,6 +39,9 @@ fn main() {
         std::process::exit(1);
     }
     let timeout = Some(Duration::from_secs(2));
+    if let Some(mode) = mode.strip_suffix("-hold") {
+        hold(mode, addr, timeout)
+    }
     let outcome: std::io::Result<(String, SocketAddr)> = (|| match mode.as_str() {
         "tcp" => {
             let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -70,6 +78,43 @@ fn main() {
         Err(e) => {
             eprintln!("{mode} {addr}: {e}");
             std::process::exit(1);
+        }
+    }
+}
+
+/// One socket, asked again for each line on stdin.
+fn hold(mode: &str, addr: SocketAddr, timeout: Option<Duration>) -> ! {
+    let socket = UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.set_read_timeout(timeout).map(|()| s))
+        .unwrap_or_else(|e| {
+            eprintln!("binding a UDP socket: {e}");
+            std::process::exit(1)
+        });
+    let connected = mode == "udp";
+    if connected && let Err(e) = socket.connect(addr) {
+        eprintln!("connecting to {addr}: {e}");
+        std::process::exit(1)
+    }
+    let ask = || -> std::io::Result<(String, SocketAddr)> {
+        if connected {
+            socket.send(b"whoami\n")?;
+        } else {
+            socket.send_to(b"whoami\n", addr)?;
+        }
+        let mut buf = [0u8; 512];
+        let (n, from) = socket.recv_from(&mut buf)?;
+        let peer = if connected { socket.peer_addr()? } else { from };
+        Ok((String::from_utf8_lossy(&buf[..n]).trim().to_string(), peer))
+    };
+    let mut stdin = std::io::stdin().lock();
+    loop {
+        match ask() {
+            Ok((reply, peer)) => println!("reply={reply} peer={peer}"),
+            Err(e) => println!("error={}", e.raw_os_error().unwrap_or(0)),
+        }
+        let mut line = String::new();
+        if stdin.read_line(&mut line).map_or(true, |n| n == 0) {
+            std::process::exit(0)
         }
     }
 }
