@@ -323,6 +323,9 @@ pub struct InterfaceStatus {
 pub mod interface_role {
     pub const POD: u8 = 1;
     pub const EXTERNAL: u8 = 2;
+    /// An overlay's tunnel device (flannel.1, vxlan.calico, tunl0): the
+    /// external programs in tc, no XDP.
+    pub const TUNNEL: u8 = 3;
 }
 
 pub mod xdp_mode {

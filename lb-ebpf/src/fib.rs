@@ -9,8 +9,7 @@
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        BPF_FIB_LOOKUP_OUTPUT, bpf_check_mtu_flags::BPF_MTU_CHK_SEGS, bpf_fib_lookup,
-        bpf_redir_neigh,
+        bpf_check_mtu_flags::BPF_MTU_CHK_SEGS, bpf_fib_lookup, bpf_redir_neigh,
     },
     helpers::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
@@ -62,13 +61,16 @@ pub fn lookup(
     params.__bindgen_anon_1.tot_len = if gso { 0 } else { pkt.ip_len };
     params.__bindgen_anon_3.ipv4_src = src_ip_be;
     params.__bindgen_anon_4.ipv4_dst = dst_ip_be;
+    // Looked up as the kernel forwards a packet that came in here: an
+    // output lookup would be bound to this interface and miss routes
+    // through any other (a tunnel device, a second NIC).
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let rc = unsafe {
         fib_lookup(
             ctx.skb.skb as *mut _,
             &mut params,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_OUTPUT,
+            0,
         )
     };
     let resolved = match rc as u32 {

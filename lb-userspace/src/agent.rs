@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn};
 use crate::datapath::admission;
 use crate::datapath::capacity::Capacity;
 use crate::datapath::conntrack::{self, Timeouts};
-use crate::datapath::ifaces::{self, IfaceGlobs};
+use crate::datapath::ifaces::{self, IfaceGlobs, IfaceRoles};
 use crate::datapath::link_events::LinkEvents;
 use crate::datapath::loader::{self, Datapath, XdpChoice};
 use crate::datapath::maps::PinnedMaps;
@@ -65,6 +65,9 @@ pub struct AgentConfig {
     pub conntrack_flows_per_source: Option<u32>,
     /// The node's external interfaces (NodePort, load-balancer traffic).
     pub external_ifaces: Option<IfaceGlobs>,
+    /// Overlay tunnel devices: node-port requests and replies arrive and
+    /// leave through them decapsulated.
+    pub tunnel_ifaces: Option<IfaceGlobs>,
     /// Node addresses to serve node ports on; empty: those of the external
     /// interfaces.
     pub node_ips: Vec<Ipv4Addr>,
@@ -476,7 +479,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             .attach_socket_lb(cgroup)
             .context("attaching the socket hooks (--socket-lb)")?;
     }
-    match ifaces::reconcile(&mut datapath, &cfg.pod_ifaces, cfg.external_ifaces.as_ref()) {
+    let roles = IfaceRoles {
+        pods: cfg.pod_ifaces.clone(),
+        external: cfg.external_ifaces.clone(),
+        tunnels: cfg.tunnel_ifaces.clone(),
+    };
+    match ifaces::reconcile(&mut datapath, &roles) {
         // Links an earlier run left on interfaces that are gone go now.
         Ok(()) => datapath.release_stale(),
         Err(e) => warn!("listing interfaces: {e:#}"),
@@ -521,12 +529,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 if let Err(e) = changed {
                     warn!("link notifications: {e:#}");
                 }
-                if let Err(e) = ifaces::reconcile(&mut datapath, &cfg.pod_ifaces, cfg.external_ifaces.as_ref()) {
+                if let Err(e) = ifaces::reconcile(&mut datapath, &roles) {
                     warn!("listing interfaces: {e:#}");
                 }
             }
             _ = iface_tick.tick() => {
-                if let Err(e) = ifaces::reconcile(&mut datapath, &cfg.pod_ifaces, cfg.external_ifaces.as_ref()) {
+                if let Err(e) = ifaces::reconcile(&mut datapath, &roles) {
                     warn!("listing interfaces: {e:#}");
                 }
             }

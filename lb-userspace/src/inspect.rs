@@ -352,6 +352,7 @@ pub fn interfaces(maps: &PinnedMaps) -> Vec<InterfaceRow> {
                 role: match st.role {
                     interface_role::POD => "pod",
                     interface_role::EXTERNAL => "external",
+                    interface_role::TUNNEL => "tunnel",
                     _ => "unknown",
                 }
                 .to_string(),

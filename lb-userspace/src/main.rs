@@ -129,6 +129,17 @@ struct AgentArgs {
     /// NodePort and load-balancer traffic arrives (none by default).
     #[arg(long, value_name = "GLOBS")]
     external_ifaces: Option<String>,
+    /// Comma-separated name globs of overlay tunnel devices, which get the
+    /// external interfaces' tc programs: other nodes' pods reach node ports
+    /// through them, and replies to those pods leave through them
+    /// (flannel, Calico VXLAN and IP-in-IP, Cilium and OVS tunnels by
+    /// default; "" for none).
+    #[arg(
+        long,
+        value_name = "GLOBS",
+        default_value = "flannel.*,vxlan.calico,tunl0,cilium_vxlan,cilium_geneve,vxlan_sys_*,genev_sys_*"
+    )]
+    tunnel_ifaces: String,
     /// Node addresses to serve node ports on (default: the addresses of the
     /// external interfaces). The first is the SNAT address.
     #[arg(long, value_delimiter = ',', value_name = "IP,...")]
@@ -338,6 +349,10 @@ fn main() -> Result<()> {
                 external_ifaces: args
                     .external_ifaces
                     .as_deref()
+                    .map(IfaceGlobs::parse)
+                    .transpose()?,
+                tunnel_ifaces: Some(args.tunnel_ifaces.as_str())
+                    .filter(|g| !g.is_empty())
                     .map(IfaceGlobs::parse)
                     .transpose()?,
                 node_ips: args.node_ips,

@@ -237,6 +237,76 @@ impl MultiNode {
         Ok(())
     }
 
+    /// An overlay as flannel's VXLAN backend builds it: on every node a
+    /// VXLAN device `flannel.1` (VNI 1, over `ext0`) with address
+    /// 10.245.0.<node>/24, and the other nodes' pod CIDRs routed through
+    /// it — pod-to-pod traffic between nodes then leaves and arrives
+    /// encapsulated, decapsulated on `flannel.1`, while node addresses stay
+    /// on the underlay. Removed with the nodes' namespaces.
+    pub fn add_vxlan_overlay(&self) -> Result<()> {
+        for node in &self.nodes {
+            let ns = node.topo.node_ns();
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "link",
+                "add",
+                "flannel.1",
+                "type",
+                "vxlan",
+                "id",
+                "1",
+                "dstport",
+                "8472",
+                "dev",
+                NODE_EXTERNAL_IFACE,
+                "local",
+                &node.ip().to_string(),
+            ])?;
+            let tunnel_ip = format!("10.245.0.{}/24", node.number);
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &tunnel_ip,
+                "dev",
+                "flannel.1",
+            ])?;
+            run(&["ip", "-n", ns, "link", "set", "flannel.1", "up"])?;
+            for other in self.nodes.iter().filter(|o| o.number != node.number) {
+                // Flood (ARP included) to every other node's VTEP.
+                run(&[
+                    "bridge",
+                    "-n",
+                    ns,
+                    "fdb",
+                    "append",
+                    "00:00:00:00:00:00",
+                    "dev",
+                    "flannel.1",
+                    "dst",
+                    &other.ip().to_string(),
+                ])?;
+                run(&[
+                    "ip",
+                    "-n",
+                    ns,
+                    "route",
+                    "replace",
+                    &format!("10.244.{}.0/24", other.number),
+                    "via",
+                    &format!("10.245.0.{}", other.number),
+                    "dev",
+                    "flannel.1",
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
     /// The client outside the cluster, on the underlay.
     pub fn external(&self) -> &Pod {
         &self.external

@@ -553,3 +553,70 @@ fn packets_too_big_for_the_way_onward_get_fragmentation_needed() -> Result<()> {
     assert_eq!(reason(&c.agents[0], "fib_lookup_failed")?, 0);
     Ok(())
 }
+
+/// On an overlay (flannel's VXLAN backend), node addresses are on the
+/// underlay but pod CIDRs of other nodes are routed through the tunnel
+/// device. A pod on node 2 reaching node 1's node port with a backend on
+/// node 1: the request arrives on the underlay, the backend's reply to
+/// that pod leaves through `flannel.1` — it must still carry the node port
+/// as its source (before: it left with the backend's address and the pod's
+/// socket rejected it). External clients keep reaching backends on other
+/// nodes through the tunnel.
+#[test]
+fn node_ports_work_over_a_vxlan_overlay() -> Result<()> {
+    use switchyard_tests::{EndpointSpec, cluster::node_name, endpoint_slice_yaml};
+    let c = start("")?;
+    // The tunnel appears after the agents started, as when a CNI comes up.
+    c.cluster.add_vxlan_overlay()?;
+    c.manifests.write(
+        "near.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: near, namespace: test}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.1.16\n  ports:\n  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP, nodePort: 30086}}\n---\n{}",
+            endpoint_slice_yaml(
+                "test",
+                "near-1",
+                "near",
+                &[("tcp", 8080, "TCP")],
+                &[EndpointSpec {
+                    node: node_name(1),
+                    ..EndpointSpec::ready(c.cluster.node(1).pod_ip(21))
+                }],
+            )
+        ),
+    )?;
+    let near = SocketAddrV4::new(node_ip(1), 30086);
+    let far = remote_only_service(&c)?;
+    wait::until(
+        "flannel.1 attached as a tunnel and the near node port programmed",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let ifaces = c.agents[0].inspect(&["interfaces"])?;
+            Ok(ifaces
+                .lines()
+                .any(|l| l.contains("flannel.1") && l.contains("tunnel"))
+                && c.agents[0].backends_of(&format!("{near}/TCP")).is_ok())
+        },
+    )?;
+    let pod = c.pod(2, "client2");
+    let (name, seen) = pod.tcp_whoami(near, TIMEOUT)?;
+    assert_eq!(name, "n1b1");
+    assert!(
+        seen.starts_with(&format!("{}:", c.cluster.node(2).pod_ip(10))),
+        "the backend saw the pod itself: {seen}"
+    );
+    let answer = c
+        .cluster
+        .external()
+        .tcp_request(far, TIMEOUT)
+        .with_context(|| {
+            format!(
+                "node 1: {}\nnode 2: {}",
+                c.agents[0].inspect(&["stats"]).unwrap_or_default(),
+                c.agents[1].inspect(&["stats"]).unwrap_or_default()
+            )
+        })?;
+    assert_eq!(answer, "n2b1");
+    assert_eq!(upload_and_download(&c, far, 1 << 20)?, "n2b1");
+    Ok(())
+}

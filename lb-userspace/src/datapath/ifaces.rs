@@ -72,25 +72,36 @@ pub fn list_interfaces() -> Result<BTreeMap<String, u32>> {
     Ok(out)
 }
 
+/// Which interfaces get which programs, by name.
+#[derive(Clone, Debug)]
+pub struct IfaceRoles {
+    pub pods: IfaceGlobs,
+    pub external: Option<IfaceGlobs>,
+    pub tunnels: Option<IfaceGlobs>,
+}
+
+impl IfaceRoles {
+    /// Pod globs win over external ones, external over tunnel ones, for an
+    /// interface matching several.
+    pub fn role_of(&self, name: &str) -> Option<Role> {
+        if self.pods.matches(name) {
+            Some(Role::Pod)
+        } else if self.external.as_ref().is_some_and(|g| g.matches(name)) {
+            Some(Role::External)
+        } else if self.tunnels.as_ref().is_some_and(|g| g.matches(name)) {
+            Some(Role::Tunnel)
+        } else {
+            None
+        }
+    }
+}
+
 /// Attaches to matching interfaces that appeared (or were re-created with a
-/// new index) and forgets the ones that went away. Pod globs win over
-/// external globs for an interface matching both.
-pub fn reconcile(
-    datapath: &mut Datapath,
-    pods: &IfaceGlobs,
-    external: Option<&IfaceGlobs>,
-) -> Result<()> {
+/// new index) and forgets the ones that went away.
+pub fn reconcile(datapath: &mut Datapath, roles: &IfaceRoles) -> Result<()> {
     let present: BTreeMap<String, (u32, Role)> = list_interfaces()?
         .into_iter()
-        .filter_map(|(name, index)| {
-            if pods.matches(&name) {
-                Some((name, (index, Role::Pod)))
-            } else if external.is_some_and(|g| g.matches(&name)) {
-                Some((name, (index, Role::External)))
-            } else {
-                None
-            }
-        })
+        .filter_map(|(name, index)| Some((name.clone(), (index, roles.role_of(&name)?))))
         .collect();
     let attached: Vec<(String, u32, Role)> = datapath
         .attached()

@@ -117,6 +117,11 @@ pub enum Role {
     Pod,
     /// The node's interface to the outside (node IPs, NodePort traffic).
     External,
+    /// An overlay's tunnel device: other nodes' pods reach node ports and
+    /// get replies through it, decapsulated, so it runs the external
+    /// interface's tc programs (not XDP: no driver, and the outer packet
+    /// is not ours).
+    Tunnel,
 }
 
 impl Role {
@@ -124,7 +129,7 @@ impl Role {
     fn programs(self) -> (&'static str, &'static str) {
         match self {
             Role::Pod => (program_names::FROM_POD, program_names::TO_POD),
-            Role::External => (program_names::FROM_WORLD, program_names::TO_WORLD),
+            Role::External | Role::Tunnel => (program_names::FROM_WORLD, program_names::TO_WORLD),
         }
     }
 }
@@ -427,6 +432,7 @@ impl Datapath {
             role: match role {
                 Role::Pod => interface_role::POD,
                 Role::External => interface_role::EXTERNAL,
+                Role::Tunnel => interface_role::TUNNEL,
             },
             xdp_mode: mode,
             ..Default::default()
