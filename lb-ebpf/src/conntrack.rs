@@ -280,8 +280,7 @@ pub fn create_snat(
     backend: &Backend,
     service_id: u32,
     snat: (u32, u16),
-    tcp_flags: u8,
-    seq: u32,
+    (tcp_flags, seq): (u8, u32),
     now: u64,
 ) -> Result<(), i32> {
     let forward = ConnEntry {

@@ -421,11 +421,12 @@ fn unsendable(ctx: &TcContext, pkt: &Packet, why: fib::Unsendable, now: u64) -> 
         stats::count(reason::FIB_LOOKUP_FAILED);
         return TC_ACT_SHOT;
     };
-    if pkt.dont_fragment && reject::within_rate(now) {
-        if let Ok(action) = reject::fragmentation_needed(ctx, pkt, mtu) {
-            stats::count(reason::FRAGMENTATION_NEEDED_SENT);
-            return action;
-        }
+    if pkt.dont_fragment
+        && reject::within_rate(now)
+        && let Ok(action) = reject::fragmentation_needed(ctx, pkt, mtu)
+    {
+        stats::count(reason::FRAGMENTATION_NEEDED_SENT);
+        return action;
     }
     stats::count(reason::TOO_BIG_DROPPED);
     TC_ACT_SHOT

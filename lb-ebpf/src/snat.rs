@@ -44,8 +44,7 @@ pub fn claim(
             backend,
             service_id,
             (snat_ip, port_be),
-            tcp_flags,
-            seq,
+            (tcp_flags, seq),
             now,
         ) {
             Ok(()) => return Some((snat_ip, port_be)),
