@@ -37,7 +37,10 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use lb_common::{backend_flags, conn_kind, reason, service_flags, tcp_seen};
+use lb_common::{
+    Backend, BackendId, BackendSlot, ConnEntry, backend_flags, conn_kind, reason, service_flags,
+    tcp_seen,
+};
 
 use crate::{
     conntrack::Touch,
@@ -163,80 +166,115 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
     if side == Side::Pod && is_tcp_control(pkt) && !spoof::source_allowed(ctx, pkt.flow.src_ip_be) {
         return TC_ACT_SHOT;
     }
-
     // Established flows first: they keep their backend even if the service
     // changed or disappeared since, as with kube-proxy's conntrack.
-    if let Some(entry) = conntrack::lookup(&pkt.flow) {
-        let entry = unsafe { &mut *entry };
-        let kind = entry.kind;
-        if conn_kind::is_forward(kind) && !conntrack::is_reopened(&pkt.flow, entry, pkt.tcp_flags) {
-            match conntrack::touch(entry, pkt.tcp_flags, pkt.tcp_seq, now) {
-                Touch::OutOfWindow => return TC_ACT_SHOT,
-                // The client is done: its quota place is free again.
-                Touch::Closed => admission::release(pkt.flow.src_ip_be),
-                Touch::Seen => {}
-            }
-            let service_id = entry.service_id;
-            let action = match kind {
-                conn_kind::FORWARD_SNAT => translate_snat(
-                    ctx,
-                    pkt,
-                    (entry.nat_ip_be, entry.nat_port_be),
-                    (entry.second_ip_be, entry.second_port_be),
-                    now,
-                ),
-                _ => translate(
-                    ctx,
-                    pkt,
-                    (entry.nat_ip_be, entry.nat_port_be),
-                    entry.second_port_be,
-                    kind == conn_kind::HAIRPIN_FORWARD,
-                ),
-            };
-            if action != TC_ACT_SHOT {
-                stats::count(reason::ESTABLISHED);
-                stats::service(service_id, |c| {
-                    c.packets += 1;
-                    c.bytes += pkt.len as u64;
-                });
-            }
-            return action;
-        }
-        if kind == conn_kind::HAIRPIN_REPLY {
-            if conntrack::touch(entry, pkt.tcp_flags, pkt.tcp_seq, now) == Touch::OutOfWindow {
-                return TC_ACT_SHOT;
-            }
-            let (vip, vport) = (entry.nat_ip_be, entry.nat_port_be);
-            // Pod:backend-port → VIP:client-port becomes VIP:port → pod:client-port.
-            let rewritten = nat::rewrite(ctx, pkt, End::Source, vip, vport).and_then(|()| {
-                nat::rewrite(
-                    ctx,
-                    pkt,
-                    End::Destination,
-                    pkt.flow.src_ip_be,
-                    pkt.flow.dst_port_be,
-                )
-            });
-            return finish_reply(rewritten.and_then(|()| nat::bounce(ctx)));
-        }
-        if kind == conn_kind::REPLY_SNAT {
-            if conntrack::touch(entry, pkt.tcp_flags, pkt.tcp_seq, now) == Touch::OutOfWindow {
-                return TC_ACT_SHOT;
-            }
-            let (front_ip, front_port) = (entry.nat_ip_be, entry.nat_port_be);
-            let (client_ip, client_port) = (entry.second_ip_be, entry.second_port_be);
-            // Backend → node:snat-port becomes frontend → client.
-            let hop = match fib::lookup(ctx, pkt, front_ip, client_ip) {
-                Ok(hop) => hop,
-                Err(e) => return unsendable(ctx, pkt, e, now),
-            };
-            let rewritten = nat::rewrite(ctx, pkt, End::Source, front_ip, front_port)
-                .and_then(|()| nat::rewrite(ctx, pkt, End::Destination, client_ip, client_port))
-                .and_then(|()| hop.send(ctx));
-            return finish_reply(rewritten);
-        }
+    if let Some(entry) = conntrack::lookup(&pkt.flow)
+        && let Some(action) = tracked(ctx, pkt, unsafe { &mut *entry }, now)
+    {
+        return action;
     }
+    new_flow(ctx, pkt, side, now)
+}
 
+/// A packet whose tuple has an entry: the client side of a flow, or a reply
+/// this program finishes itself (hairpin, SNAT). `None` when the entry does
+/// not decide: a closed flow's tuple reopened by a SYN, or a reply that
+/// the egress program translates.
+#[inline(always)]
+fn tracked(ctx: &TcContext, pkt: &Packet, entry: &mut ConnEntry, now: u64) -> Option<i32> {
+    let kind = entry.kind;
+    if conn_kind::is_forward(kind) {
+        if conntrack::is_reopened(&pkt.flow, entry, pkt.tcp_flags) {
+            return None;
+        }
+        return Some(established(ctx, pkt, entry, now));
+    }
+    if kind != conn_kind::HAIRPIN_REPLY && kind != conn_kind::REPLY_SNAT {
+        return None;
+    }
+    if conntrack::touch(entry, pkt.tcp_flags, pkt.tcp_seq, now) == Touch::OutOfWindow {
+        return Some(TC_ACT_SHOT);
+    }
+    let front = (entry.nat_ip_be, entry.nat_port_be);
+    Some(if kind == conn_kind::HAIRPIN_REPLY {
+        hairpin_reply(ctx, pkt, front)
+    } else {
+        snat_reply(
+            ctx,
+            pkt,
+            front,
+            (entry.second_ip_be, entry.second_port_be),
+            now,
+        )
+    })
+}
+
+/// The client's packet of an established flow, sent where its entry says.
+#[inline(always)]
+fn established(ctx: &TcContext, pkt: &Packet, entry: &mut ConnEntry, now: u64) -> i32 {
+    match conntrack::touch(entry, pkt.tcp_flags, pkt.tcp_seq, now) {
+        Touch::OutOfWindow => return TC_ACT_SHOT,
+        // The client is done: its quota place is free again.
+        Touch::Closed => admission::release(pkt.flow.src_ip_be),
+        Touch::Seen => {}
+    }
+    let backend = (entry.nat_ip_be, entry.nat_port_be);
+    let action = if entry.kind == conn_kind::FORWARD_SNAT {
+        translate_snat(
+            ctx,
+            pkt,
+            backend,
+            (entry.second_ip_be, entry.second_port_be),
+            now,
+        )
+    } else {
+        let hairpin = entry.kind == conn_kind::HAIRPIN_FORWARD;
+        translate(ctx, pkt, backend, entry.second_port_be, hairpin)
+    };
+    if action != TC_ACT_SHOT {
+        stats::established(entry.service_id, pkt.len as u64);
+    }
+    action
+}
+
+/// Pod:backend-port → VIP:client-port becomes VIP:port → pod:client-port,
+/// bounced straight back into the pod.
+#[inline(always)]
+fn hairpin_reply(ctx: &TcContext, pkt: &Packet, (vip, vport): (u32, u16)) -> i32 {
+    let rewritten = nat::rewrite(ctx, pkt, End::Source, vip, vport).and_then(|()| {
+        nat::rewrite(
+            ctx,
+            pkt,
+            End::Destination,
+            pkt.flow.src_ip_be,
+            pkt.flow.dst_port_be,
+        )
+    });
+    finish_reply(rewritten.and_then(|()| nat::bounce(ctx)))
+}
+
+/// Backend → node:snat-port becomes frontend → client, forwarded by us.
+#[inline(always)]
+fn snat_reply(
+    ctx: &TcContext,
+    pkt: &Packet,
+    (front_ip, front_port): (u32, u16),
+    (client_ip, client_port): (u32, u16),
+    now: u64,
+) -> i32 {
+    let hop = match fib::lookup(ctx, pkt, front_ip, client_ip) {
+        Ok(hop) => hop,
+        Err(e) => return unsendable(ctx, pkt, e, now),
+    };
+    let rewritten = nat::rewrite(ctx, pkt, End::Source, front_ip, front_port)
+        .and_then(|()| nat::rewrite(ctx, pkt, End::Destination, client_ip, client_port))
+        .and_then(|()| hop.send(ctx));
+    finish_reply(rewritten)
+}
+
+/// A packet without an entry: to a frontend, it may open a flow.
+#[inline(always)]
+fn new_flow(ctx: &TcContext, pkt: &Packet, side: Side, now: u64) -> i32 {
     if !pkt.has_l4() {
         // A later fragment of a datagram that was not translated: only a
         // first fragment (with ports) may open a flow.
@@ -254,33 +292,14 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
         stats::count(reason::TCP_NO_ENTRY_DROPPED);
         return TC_ACT_SHOT;
     }
-    let service_id = master.service_id;
     if master.flags & service_flags::SOURCE_RANGES != 0
-        && !lookup::source_allowed(&pkt.flow, service_id)
+        && !lookup::source_allowed(&pkt.flow, master.service_id)
     {
         stats::count(reason::SOURCE_RANGE_DENIED);
         return TC_ACT_SHOT;
     }
     if master.count == 0 {
-        stats::service(service_id, |c| c.no_backend += 1);
-        if master.flags & service_flags::DROP_IF_EMPTY != 0 {
-            stats::count(reason::NO_LOCAL_BACKEND_DROPPED);
-            return TC_ACT_SHOT;
-        }
-        if !reject::within_rate(now) {
-            stats::count(reason::REJECT_RATE_LIMITED);
-            return TC_ACT_SHOT;
-        }
-        return match reject::port_unreachable(ctx, pkt) {
-            Ok(action) => {
-                stats::count(reason::NO_BACKEND_REJECTED);
-                action
-            }
-            Err(_) => {
-                stats::count(reason::NO_BACKEND_DROPPED);
-                TC_ACT_SHOT
-            }
-        };
+        return refuse(ctx, pkt, &master, now);
     }
     // A new flow, too (UDP has no SYN), before it spends a quota.
     if side == Side::Pod && !spoof::source_allowed(ctx, pkt.flow.src_ip_be) {
@@ -296,54 +315,82 @@ fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
         stats::count(reason::BACKEND_MISSING);
         return TC_ACT_SHOT;
     };
-
-    // From outside to another node: SNAT, so the reply comes back here.
-    let action = if side == Side::World && backend.flags & backend_flags::LOCAL == 0 {
-        let Some(snat) = snat::claim(
-            &pkt.flow,
-            backend_id,
-            &backend,
-            service_id,
-            (pkt.tcp_flags, pkt.tcp_seq),
-            now,
-        ) else {
-            return TC_ACT_SHOT;
-        };
-        translate_snat(ctx, pkt, (backend.ip_be, backend.port_be), snat, now)
-    } else {
-        let source_port = match conntrack::create(
-            &pkt.flow,
-            backend_id,
-            &backend,
-            service_id,
-            pkt.tcp_flags,
-            pkt.tcp_seq,
-            now,
-        ) {
-            Ok(port) => port,
-            Err(e) => match e.fallback() {
-                Some(port) => port,
-                None => return TC_ACT_SHOT,
-            },
-        };
-        let hairpin = conntrack::is_hairpin(&pkt.flow, &backend);
-        translate(
-            ctx,
-            pkt,
-            (backend.ip_be, backend.port_be),
-            source_port,
-            hairpin,
-        )
-    };
+    let action = open(
+        ctx,
+        pkt,
+        side,
+        (backend_id, &backend),
+        master.service_id,
+        now,
+    );
     if action != TC_ACT_SHOT {
-        stats::count(reason::NEW_FLOW);
-        stats::service(service_id, |c| {
-            c.packets += 1;
-            c.bytes += pkt.len as u64;
-            c.new_flows += 1;
-        });
+        stats::new_flow(master.service_id, pkt.len as u64);
     }
     action
+}
+
+/// A service without endpoints: refused with ICMP (at the rejects' rate),
+/// or dropped where `externalTrafficPolicy: Local` says so.
+#[inline(always)]
+fn refuse(ctx: &TcContext, pkt: &Packet, master: &BackendSlot, now: u64) -> i32 {
+    stats::service(master.service_id, |c| c.no_backend += 1);
+    if master.flags & service_flags::DROP_IF_EMPTY != 0 {
+        stats::count(reason::NO_LOCAL_BACKEND_DROPPED);
+        return TC_ACT_SHOT;
+    }
+    if !reject::within_rate(now) {
+        stats::count(reason::REJECT_RATE_LIMITED);
+        return TC_ACT_SHOT;
+    }
+    match reject::port_unreachable(ctx, pkt) {
+        Ok(action) => {
+            stats::count(reason::NO_BACKEND_REJECTED);
+            action
+        }
+        Err(_) => {
+            stats::count(reason::NO_BACKEND_DROPPED);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// Records the new flow to `backend` and translates its first packet:
+/// from outside to another node also SNATed, so the reply comes back here.
+#[inline(always)]
+fn open(
+    ctx: &TcContext,
+    pkt: &Packet,
+    side: Side,
+    (backend_id, backend): (BackendId, &Backend),
+    service_id: u32,
+    now: u64,
+) -> i32 {
+    let to = (backend.ip_be, backend.port_be);
+    if side == Side::World && backend.flags & backend_flags::LOCAL == 0 {
+        let seen = (pkt.tcp_flags, pkt.tcp_seq);
+        let Some(snat) = snat::claim(&pkt.flow, backend_id, backend, service_id, seen, now) else {
+            return TC_ACT_SHOT;
+        };
+        return translate_snat(ctx, pkt, to, snat, now);
+    }
+    let created = conntrack::create(
+        &pkt.flow,
+        backend_id,
+        backend,
+        service_id,
+        pkt.tcp_flags,
+        pkt.tcp_seq,
+        now,
+    );
+    let source_port = match created {
+        Ok(port) => port,
+        Err(e) => match e.fallback() {
+            Some(port) => port,
+            None => return TC_ACT_SHOT,
+        },
+    };
+    let hairpin = conntrack::is_hairpin(&pkt.flow, backend);
+    translate(ctx, pkt, to, source_port, hairpin)
 }
 
 /// DNATs a client → frontend packet to its backend, and moves it to

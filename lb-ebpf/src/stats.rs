@@ -1,6 +1,6 @@
 //! Per-CPU counters: no atomics needed, user space sums the CPUs.
 
-use lb_common::ServiceCounters;
+use lb_common::{ServiceCounters, reason};
 
 use crate::maps::{reason_stats, service_stats};
 
@@ -18,4 +18,25 @@ pub fn service(service_id: u32, f: impl FnOnce(&mut ServiceCounters)) {
     if let Some(c) = service_stats.get_ptr_mut(service_id) {
         f(unsafe { &mut *c });
     }
+}
+
+/// A packet of an established flow of `service_id` was translated.
+#[inline(always)]
+pub fn established(service_id: u32, bytes: u64) {
+    count(reason::ESTABLISHED);
+    service(service_id, |c| {
+        c.packets += 1;
+        c.bytes += bytes;
+    });
+}
+
+/// The first packet of a new flow of `service_id` was translated.
+#[inline(always)]
+pub fn new_flow(service_id: u32, bytes: u64) {
+    count(reason::NEW_FLOW);
+    service(service_id, |c| {
+        c.packets += 1;
+        c.bytes += bytes;
+        c.new_flows += 1;
+    });
 }

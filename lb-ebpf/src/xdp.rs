@@ -32,10 +32,11 @@ use crate::{
     conntrack::{self, Touch},
     lookup,
     maps::nat_config,
+    nat::End,
+    parse::ETH_HLEN,
     snat, stats,
 };
 
-const ETH_HLEN: usize = 14;
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 
 /// Offsets within the IPv4 header (no options: packets with options go to tc).
@@ -131,11 +132,11 @@ fn parse(ctx: &XdpContext) -> Result<XdpPacket, ()> {
 fn rewrite(
     ctx: &XdpContext,
     pkt: &XdpPacket,
-    destination: bool,
+    end: End,
     ip_be: u32,
     port_be: u16,
 ) -> Result<(), ()> {
-    let (ip_off, port_off, old_ip, old_port) = if destination {
+    let (ip_off, port_off, old_ip, old_port) = if let End::Destination = end {
         (
             ETH_HLEN + IP_DADDR,
             L4 + 2,
@@ -221,8 +222,8 @@ fn forward_snat(
     let Some((ifindex, macs)) = next_hop(ctx, pkt, snat.0, backend.0) else {
         return Ok(None);
     };
-    rewrite(ctx, pkt, true, backend.0, backend.1)?;
-    rewrite(ctx, pkt, false, snat.0, snat.1)?;
+    rewrite(ctx, pkt, End::Destination, backend.0, backend.1)?;
+    rewrite(ctx, pkt, End::Source, snat.0, snat.1)?;
     transmit(ctx, ifindex, macs).map(Some)
 }
 
@@ -258,16 +259,12 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
             }
             let (ip, port, service_id) = (entry.nat_ip_be, entry.nat_port_be, entry.service_id);
             let source_port = entry.second_port_be;
-            rewrite(ctx, pkt, true, ip, port)?;
+            rewrite(ctx, pkt, End::Destination, ip, port)?;
             if source_port != 0 {
-                rewrite(ctx, pkt, false, pkt.flow.src_ip_be, source_port)?;
+                rewrite(ctx, pkt, End::Source, pkt.flow.src_ip_be, source_port)?;
             }
-            stats::count(reason::ESTABLISHED);
+            stats::established(service_id, pkt.len);
             stats::count(reason::XDP_TRANSLATED);
-            stats::service(service_id, |c| {
-                c.packets += 1;
-                c.bytes += pkt.len;
-            });
             return Ok(XDP_PASS);
         }
         if kind == conn_kind::FORWARD_SNAT
@@ -283,12 +280,8 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
             }
             if let Some(action) = forward_snat(ctx, pkt, backend, snat)? {
                 conntrack::touch(entry, pkt.tcp_flags, pkt.tcp_seq, now);
-                stats::count(reason::ESTABLISHED);
+                stats::established(service_id, pkt.len);
                 stats::count(reason::XDP_TRANSLATED);
-                stats::service(service_id, |c| {
-                    c.packets += 1;
-                    c.bytes += pkt.len;
-                });
                 return Ok(action);
             }
             return Ok(XDP_PASS);
@@ -347,12 +340,7 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
         ) else {
             return Ok(XDP_DROP);
         };
-        stats::count(reason::NEW_FLOW);
-        stats::service(service_id, |c| {
-            c.packets += 1;
-            c.bytes += pkt.len;
-            c.new_flows += 1;
-        });
+        stats::new_flow(service_id, pkt.len);
         if !xdp_snat_enabled() {
             // tc finds the entry and forwards the packet.
             return Ok(XDP_PASS);
@@ -381,16 +369,11 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
             None => return Ok(XDP_DROP),
         },
     };
-    rewrite(ctx, pkt, true, backend.ip_be, backend.port_be)?;
+    rewrite(ctx, pkt, End::Destination, backend.ip_be, backend.port_be)?;
     if source_port != 0 {
-        rewrite(ctx, pkt, false, pkt.flow.src_ip_be, source_port)?;
+        rewrite(ctx, pkt, End::Source, pkt.flow.src_ip_be, source_port)?;
     }
-    stats::count(reason::NEW_FLOW);
+    stats::new_flow(service_id, pkt.len);
     stats::count(reason::XDP_TRANSLATED);
-    stats::service(service_id, |c| {
-        c.packets += 1;
-        c.bytes += pkt.len;
-        c.new_flows += 1;
-    });
     Ok(XDP_PASS)
 }
