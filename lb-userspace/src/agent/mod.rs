@@ -1,32 +1,34 @@
 //! `switchyard agent`: keeps the datapath in line with a source of cluster
 //! state and attached to the pod interfaces that come and go.
 
-use std::collections::BTreeSet;
+mod applier;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{info, warn};
 
 use crate::datapath::admission;
 use crate::datapath::capacity::Capacity;
-use crate::datapath::conntrack::{self, Timeouts};
+use crate::datapath::conntrack::Timeouts;
 use crate::datapath::ifaces::{self, IfaceGlobs, IfaceRoles};
 use crate::datapath::link_events::LinkEvents;
 use crate::datapath::loader::{self, Datapath, XdpChoice};
 use crate::datapath::maps::PinnedMaps;
-use crate::datapath::sync::{MapSync, Scope, Selection, SyncReport};
+use crate::datapath::sync::{MapSync, Selection};
 use crate::health::HealthServers;
-use crate::metrics::{FrontendCounterSource, Metrics, SyncLabel};
+use crate::metrics::Metrics;
 use crate::model::DesiredState;
 use crate::source::kubernetes::{self, KubernetesSource};
 use crate::source::owner::OwnerWatch;
 use crate::source::{StateDelta, standalone};
 use crate::sweeper::{SweepConfig, Sweeper};
+use applier::Applier;
 
 /// Where the cluster's Services and EndpointSlices come from.
 pub enum SourceConfig {
@@ -175,54 +177,6 @@ pub(crate) fn near_full(metrics: &Metrics, map: &'static str, entries: usize, si
     }
 }
 
-fn log_report(
-    report: &SyncReport,
-    elapsed: Duration,
-    services: usize,
-    propagation: Option<Duration>,
-) {
-    for e in &report.errors {
-        error!("sync: {e}");
-    }
-    if report.changed() || !report.errors.is_empty() {
-        info!(
-            services,
-            propagation_ms = propagation.map(|d| d.as_secs_f64() * 1000.0),
-            created = report.services_created,
-            updated = report.services_updated,
-            deleted = report.services_deleted,
-            backends_created = report.backends_created,
-            backends_deleted = report.backends_deleted,
-            errors = report.errors.len(),
-            elapsed_us = elapsed.as_micros() as u64,
-            "maps synced"
-        );
-    }
-}
-
-/// Exports what the maps hold: counts and the frontends whose per-service
-/// counters `/metrics` reads.
-fn publish_programmed(metrics: &Metrics, sync: &MapSync<PinnedMaps>) {
-    let programmed = sync.programmed();
-    metrics.frontends_programmed.set(programmed.len() as i64);
-    metrics.backends_programmed.set(sync.backend_count() as i64);
-    metrics.set_map_entries(
-        "services",
-        programmed.values().map(|p| 1 + p.slots.len()).sum(),
-    );
-    metrics.set_map_entries("backends", sync.backend_count());
-    metrics.set_frontends(
-        programmed
-            .iter()
-            .map(|(frontend, p)| FrontendCounterSource {
-                service_id: p.service_id,
-                service: p.name.clone(),
-                frontend: frontend.to_string(),
-            })
-            .collect(),
-    );
-}
-
 /// When a sync that left errors is tried again: after 1 s, doubling up to
 /// 30 s while errors remain, as kube-proxy retries a failed sync.
 #[derive(Default)]
@@ -263,20 +217,6 @@ impl Retry {
     }
 }
 
-/// Re-reads the maps, so that the full sync of the batch returned repairs
-/// what a failed write left half-done and whatever changed behind the
-/// agent's back.
-fn resync(sync: &mut MapSync<PinnedMaps>, why: &str) -> StateDelta {
-    if let Err(e) = sync.readopt() {
-        warn!("re-reading the maps for a {why} resync: {e:#}");
-    }
-    debug!(why, "full resync");
-    StateDelta {
-        complete: true,
-        ..StateDelta::default()
-    }
-}
-
 /// The next link change, or never without a subscription.
 async fn links_changed(events: Option<&LinkEvents>) -> Result<()> {
     match events {
@@ -286,57 +226,9 @@ async fn links_changed(events: Option<&LinkEvents>) -> Result<()> {
 }
 
 pub async fn run(cfg: AgentConfig) -> Result<()> {
-    let object = loader::find_object(cfg.bpf_object.as_deref())?;
-    let mut datapath = Datapath::load(&object, &cfg.pin_dir, cfg.xdp, &cfg.capacity)?;
-    // Subscribed before the first attachment pass, so no new interface
-    // falls between it and the first notification.
-    if !cfg.pod_source_check {
-        datapath.disable_source_checks()?;
-        info!("pod source-address checks off (--pod-source-check off)");
-    }
-    let link_events = LinkEvents::subscribe()
-        .inspect_err(|e| warn!("no link notifications, interfaces are found by polling: {e:#}"))
-        .ok();
+    let (mut datapath, link_events) = load(&cfg)?;
     let capacity = Capacity::of_pinned(&cfg.pin_dir, &cfg.capacity)?;
-    let mut maps = PinnedMaps::open(&cfg.pin_dir)?;
-    let node_ips = node_addresses(&cfg)?;
-    configure_snat(
-        &mut maps,
-        node_ips.first().copied(),
-        cfg.snat_ports,
-        &cfg.sysctl_dir,
-        cfg.xdp_snat,
-    )?;
-    let gate = admission::Gate::new(
-        cfg.conntrack_flows_per_source
-            .unwrap_or_else(|| admission::Gate::default_quota(capacity.conntrack)),
-        capacity.conntrack,
-    );
-    gate.install(&mut maps)?;
-    info!(
-        flows_per_source = gate.flows_per_source,
-        "conntrack admission: flows per client address (0: no quota)"
-    );
-    let mut sync = MapSync::adopt(maps)
-        .context("adopting the pinned maps")?
-        .with_node(cfg.node_name.clone())
-        .with_backend_capacity(capacity.backends)
-        .with_node_ips(node_ips.clone())
-        .with_selection(cfg.selection);
-    info!(node_ips = ?node_ips, "node addresses for node ports");
-    let mut health = HealthServers::default();
-    if cfg.node_name.is_none() {
-        warn!(
-            "no --node-name (or NODE_NAME): services with internalTrafficPolicy Local get no backends"
-        );
-    }
-    info!(
-        node = cfg.node_name.as_deref().unwrap_or("(unset)"),
-        adopted_services = sync.programmed().len(),
-        rss_mib = resident_mib(),
-        "agent starting"
-    );
-
+    let (sync, gate, node_ips) = prepare_maps(&cfg, &capacity)?;
     let metrics = Arc::new(Metrics::new(cfg.pin_dir.clone()));
     let sweeper = Sweeper::start(
         &cfg.pin_dir,
@@ -353,8 +245,120 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     for addr in &cfg.http_addrs {
         http_servers.push(crate::http::serve(*addr, metrics.clone()).await?);
     }
-
     let (tx, mut deltas) = mpsc::channel::<StateDelta>(16);
+    let (source, owner_watch) = start_source(&cfg, &metrics, tx).await?;
+    let mut signals = Signals::install()?;
+
+    // The first complete state from the source is applied before attaching,
+    // so the programs never see half-filled maps on a fresh node; a restarted
+    // agent keeps serving from the pinned maps meanwhile.
+    let mut desired = DesiredState::default();
+    let Some(first) = first_complete_state(&mut deltas, &mut desired, &mut signals).await? else {
+        return Ok(());
+    };
+    let mut applier = Applier {
+        sync,
+        desired,
+        health: HealthServers::default(),
+        metrics: metrics.clone(),
+        capacity,
+        node_name: cfg.node_name.clone(),
+        interface_ips: node_ips,
+        static_node_ips: !cfg.node_ips.is_empty(),
+        socket_lb: cfg.socket_lb_cgroup.is_some(),
+    };
+    let mut retry = Retry::default();
+    retry.after(applier.apply(first));
+    let roles = attach(&mut datapath, &cfg)?;
+    metrics.set_ready();
+    trim_memory(&applier, &datapath);
+
+    let outcome = event_loop(
+        &cfg,
+        (&mut applier, &mut retry),
+        (&mut datapath, &roles, link_events.as_ref()),
+        &mut deltas,
+        &mut signals,
+        &metrics,
+    )
+    .await;
+    drop(sweeper);
+    source.abort();
+    for server in http_servers {
+        server.abort();
+    }
+    shutdown(&cfg, datapath, applier, owner_watch.as_ref()).await?;
+    outcome
+}
+
+/// Loads (or takes over) the BPF object and subscribes to link changes —
+/// before the first attachment pass, so no new interface falls between it
+/// and the first notification.
+fn load(cfg: &AgentConfig) -> Result<(Datapath, Option<LinkEvents>)> {
+    let object = loader::find_object(cfg.bpf_object.as_deref())?;
+    let mut datapath = Datapath::load(&object, &cfg.pin_dir, cfg.xdp, &cfg.capacity)?;
+    if !cfg.pod_source_check {
+        datapath.disable_source_checks()?;
+        info!("pod source-address checks off (--pod-source-check off)");
+    }
+    let link_events = LinkEvents::subscribe()
+        .inspect_err(|e| warn!("no link notifications, interfaces are found by polling: {e:#}"))
+        .ok();
+    Ok((datapath, link_events))
+}
+
+/// SNAT and admission settings written, the pinned maps adopted.
+fn prepare_maps(
+    cfg: &AgentConfig,
+    capacity: &Capacity,
+) -> Result<(MapSync<PinnedMaps>, admission::Gate, Vec<Ipv4Addr>)> {
+    let mut maps = PinnedMaps::open(&cfg.pin_dir)?;
+    let node_ips = node_addresses(cfg)?;
+    configure_snat(
+        &mut maps,
+        node_ips.first().copied(),
+        cfg.snat_ports,
+        &cfg.sysctl_dir,
+        cfg.xdp_snat,
+    )?;
+    let gate = admission::Gate::new(
+        cfg.conntrack_flows_per_source
+            .unwrap_or_else(|| admission::Gate::default_quota(capacity.conntrack)),
+        capacity.conntrack,
+    );
+    gate.install(&mut maps)?;
+    info!(
+        flows_per_source = gate.flows_per_source,
+        "conntrack admission: open flows per client address (0: no quota)"
+    );
+    let sync = MapSync::adopt(maps)
+        .context("adopting the pinned maps")?
+        .with_node(cfg.node_name.clone())
+        .with_backend_capacity(capacity.backends)
+        .with_node_ips(node_ips.clone())
+        .with_selection(cfg.selection);
+    info!(node_ips = ?node_ips, "node addresses for node ports");
+    if cfg.node_name.is_none() {
+        warn!(
+            "no --node-name (or NODE_NAME): services with internalTrafficPolicy Local get no backends"
+        );
+    }
+    info!(
+        node = cfg.node_name.as_deref().unwrap_or("(unset)"),
+        adopted_services = sync.programmed().len(),
+        rss_mib = resident_mib(),
+        "agent starting"
+    );
+    Ok((sync, gate, node_ips))
+}
+
+/// Starts the source of cluster state (and, in a cluster, the watch on the
+/// agent's own DaemonSet that tells an uninstall from an upgrade).
+async fn start_source(
+    cfg: &AgentConfig,
+    metrics: &Arc<Metrics>,
+    tx: mpsc::Sender<StateDelta>,
+) -> Result<(tokio::task::JoinHandle<()>, Option<OwnerWatch>)> {
     let mut owner_watch = None;
     let source = match &cfg.source {
         SourceConfig::Standalone(dir) => {
@@ -374,14 +378,38 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             tokio::spawn(source.run(tx))
         }
     };
+    Ok((source, owner_watch))
+}
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+/// SIGTERM and SIGINT, either of which stops the agent.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
 
-    // The first complete state from the source is applied before attaching,
-    // so the programs never see half-filled maps on a fresh node; a restarted
-    // agent keeps serving from the pinned maps meanwhile.
-    let mut desired = DesiredState::default();
+impl Signals {
+    fn install() -> Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+        })
+    }
+
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Waits for the source's first complete state, taking the partial deltas
+/// before it into `desired`; `None` when the agent is stopped meanwhile.
+async fn first_complete_state(
+    deltas: &mut mpsc::Receiver<StateDelta>,
+    desired: &mut DesiredState,
+    signals: &mut Signals,
+) -> Result<Option<StateDelta>> {
     let first = loop {
         tokio::select! {
             delta = deltas.recv() => match delta {
@@ -389,8 +417,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 Some(delta) => { desired.apply_delta(&delta); }
                 None => bail!("the source stopped before delivering a complete state"),
             },
-            _ = sigterm.recv() => return Ok(()),
-            _ = sigint.recv() => return Ok(()),
+            () = signals.stop() => return Ok(None),
         }
     };
     info!(
@@ -398,82 +425,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         rss_mib = resident_mib(),
         "complete state received from the source"
     );
-    let node_name = cfg.node_name.clone();
-    let socket_lb = cfg.socket_lb_cgroup.is_some();
-    let static_node_ips = !cfg.node_ips.is_empty();
-    let interface_ips = node_ips.clone();
-    let mut apply =
-        |sync: &mut MapSync<PinnedMaps>, desired: &mut DesiredState, delta: StateDelta| {
-            let changed = desired.apply_delta(&delta);
-            let mut full = delta.complete;
-            if let Some(from_node) = &delta.node_addresses
-                && !static_node_ips
-            {
-                let ips: Vec<Ipv4Addr> = interface_ips
-                    .iter()
-                    .chain(from_node)
-                    .copied()
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect();
-                if ips != sync.node_ips() {
-                    info!(node_ips = ?ips, "node addresses for node ports changed");
-                    sync.set_node_ips(ips);
-                    full = true;
-                }
-            }
-            if let Some(zone) = &delta.node_zone {
-                info!(zone = ?zone, "node zone for topology hints changed");
-                sync.set_zone(zone.clone());
-                full = true;
-            }
-            if !full && changed.is_empty() {
-                return 0;
-            }
-            let started = Instant::now();
-            let report = if full {
-                sync.apply(desired)
-            } else {
-                sync.apply_scoped(desired, Scope::Only(&changed))
-            };
-            let elapsed = started.elapsed();
-            // After the maps, as kube-proxy after its rules: a load balancer
-            // that sees 503 finds the node already dropping, one that sees
-            // 200 finds it already serving.
-            health.update(crate::health::wanted(desired, node_name.as_deref()));
-            metrics
-                .sync_duration
-                .get_or_create(&SyncLabel {
-                    kind: if full { "full" } else { "incremental" },
-                })
-                .observe(elapsed.as_secs_f64());
-            metrics.sync_errors.inc_by(report.errors.len() as u64);
-            for map in &report.full_maps {
-                metrics.count_map_full(map);
-                let size = capacity.size_of(map);
-                warn!(
-                    map,
-                    capacity = size,
-                    "map {map} is full ({size} entries): what did not fit is in the sync errors \
-                     and not programmed; raise {}",
-                    Capacity::flag_of(map)
-                );
-            }
-            let now = SystemTime::now();
-            let mut slowest: Option<Duration> = None;
-            for at in &delta.triggered_at {
-                if let Ok(delay) = now.duration_since(*at) {
-                    metrics.propagation_delay.observe(delay.as_secs_f64());
-                    slowest = slowest.max(Some(delay));
-                }
-            }
-            log_report(&report, elapsed, desired.services.len(), slowest);
-            publish_programmed(&metrics, sync);
-            forget_departed(sync.maps_mut(), &report, socket_lb, &metrics);
-            report.errors.len()
-        };
-    let mut retry = Retry::default();
-    retry.after(apply(&mut sync, &mut desired, first));
+    Ok(Some(first))
+}
+
+/// Attaches the socket hooks and the interface programs; links an earlier
+/// run left on interfaces that are gone are released.
+fn attach(datapath: &mut Datapath, cfg: &AgentConfig) -> Result<IfaceRoles> {
     if let Some(cgroup) = &cfg.socket_lb_cgroup {
         datapath
             .attach_socket_lb(cgroup)
@@ -484,70 +441,88 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         external: cfg.external_ifaces.clone(),
         tunnels: cfg.tunnel_ifaces.clone(),
     };
-    match ifaces::reconcile(&mut datapath, &roles) {
-        // Links an earlier run left on interfaces that are gone go now.
+    match ifaces::reconcile(datapath, &roles) {
         Ok(()) => datapath.release_stale(),
         Err(e) => warn!("listing interfaces: {e:#}"),
     }
-    metrics.set_ready();
+    Ok(roles)
+}
+
+/// The initial lists were parsed into short-lived buffers; the freed heap
+/// goes back to the system rather than staying as the peak.
+fn trim_memory(applier: &Applier, datapath: &Datapath) {
     let rss_before_trim = resident_mib();
-    // The initial lists were parsed into short-lived buffers; hand the freed
-    // heap back to the system rather than keeping it as the peak.
     // SAFETY: malloc_trim only releases free memory.
     unsafe { libc::malloc_trim(0) };
     info!(
-        services = sync.programmed().len(),
+        services = applier.sync.programmed().len(),
         interfaces = datapath.attached().count(),
         rss_mib = resident_mib(),
         rss_before_trim_mib = rss_before_trim,
         "initial sync complete"
     );
+}
 
+/// Deltas, resyncs, retries and interface changes until a signal or the
+/// source's end.
+async fn event_loop(
+    cfg: &AgentConfig,
+    (applier, retry): (&mut Applier, &mut Retry),
+    (datapath, roles, link_events): (&mut Datapath, &IfaceRoles, Option<&LinkEvents>),
+    deltas: &mut mpsc::Receiver<StateDelta>,
+    signals: &mut Signals,
+    metrics: &Metrics,
+) -> Result<()> {
     let mut iface_tick = tokio::time::interval(cfg.iface_poll_interval);
     let mut resync_tick = tokio::time::interval_at(
         tokio::time::Instant::now() + cfg.resync_interval,
         cfg.resync_interval,
     );
-    let outcome = loop {
+    loop {
         metrics.beat();
         tokio::select! {
             delta = deltas.recv() => {
                 let Some(delta) = delta else {
-                    break Err(anyhow::anyhow!("the source stopped"));
+                    return Err(anyhow::anyhow!("the source stopped"));
                 };
-                retry.after(apply(&mut sync, &mut desired, delta));
+                retry.after(applier.apply(delta));
             }
             _ = resync_tick.tick() => {
-                let full = resync(&mut sync, "periodic");
-                retry.after(apply(&mut sync, &mut desired, full));
+                let full = applier.resync("periodic");
+                retry.after(applier.apply(full));
             }
             () = retry.due() => {
-                let full = resync(&mut sync, "retry");
-                retry.after(apply(&mut sync, &mut desired, full));
+                let full = applier.resync("retry");
+                retry.after(applier.apply(full));
             }
-            changed = links_changed(link_events.as_ref()) => {
+            changed = links_changed(link_events) => {
                 if let Err(e) = changed {
                     warn!("link notifications: {e:#}");
                 }
-                if let Err(e) = ifaces::reconcile(&mut datapath, &roles) {
+                if let Err(e) = ifaces::reconcile(datapath, roles) {
                     warn!("listing interfaces: {e:#}");
                 }
             }
             _ = iface_tick.tick() => {
-                if let Err(e) = ifaces::reconcile(&mut datapath, &roles) {
+                if let Err(e) = ifaces::reconcile(datapath, roles) {
                     warn!("listing interfaces: {e:#}");
                 }
             }
-            _ = sigterm.recv() => break Ok(()),
-            _ = sigint.recv() => break Ok(()),
+            () = signals.stop() => return Ok(()),
         }
-    };
-    drop(sweeper);
-    source.abort();
-    for server in http_servers {
-        server.abort();
     }
-    let uninstalled = match &owner_watch {
+}
+
+/// Leaves the programs attached for the next agent (an upgrade), or — when
+/// the DaemonSet is gone (an uninstall) or `--keep-datapath-on-exit` is off —
+/// detaches them; after an uninstall the pins go too.
+async fn shutdown(
+    cfg: &AgentConfig,
+    mut datapath: Datapath,
+    applier: Applier,
+    owner_watch: Option<&OwnerWatch>,
+) -> Result<()> {
+    let uninstalled = match owner_watch {
         Some(watch) => watch.uninstalled().await,
         None => false,
     };
@@ -556,16 +531,15 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     } else {
         datapath.detach_all();
     }
-    if uninstalled {
-        drop(sync);
-        drop(datapath);
-        crate::datapath::loader::cleanup(&cfg.pin_dir)
-            .context("removing the pins after uninstall")?;
-        info!(pin_dir = %cfg.pin_dir.display(), "agent uninstalled: programs detached, pins removed");
-    } else {
+    if !uninstalled {
         info!(pin_dir = %cfg.pin_dir.display(), "agent stopped; maps stay pinned for the next start");
+        return Ok(());
     }
-    outcome
+    drop(applier);
+    drop(datapath);
+    crate::datapath::loader::cleanup(&cfg.pin_dir).context("removing the pins after uninstall")?;
+    info!(pin_dir = %cfg.pin_dir.display(), "agent uninstalled: programs detached, pins removed");
+    Ok(())
 }
 
 /// This process's resident memory in MiB (0 if /proc cannot tell), for the
@@ -578,38 +552,6 @@ fn resident_mib() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
     pages * page / (1024 * 1024)
-}
-
-/// State pinned to backends that left their frontends goes with them, as
-/// kube-proxy flushes conntrack: UDP flows, affinity pins and, with socket
-/// LB, host sockets' cached choices and connected UDP sockets.
-fn forget_departed(maps: &mut PinnedMaps, report: &SyncReport, socket_lb: bool, metrics: &Metrics) {
-    let udp_gone = report.udp_backends_gone();
-    match conntrack::flush_backends(maps, &udp_gone) {
-        Ok(0) => {}
-        Ok(n) => info!(flows = n, "flushed UDP flows of removed backends"),
-        Err(e) => warn!("flushing UDP flows of removed backends: {e:#}"),
-    }
-    match maps.flush_affinity(&report.departed) {
-        Ok(0) => {}
-        Ok(n) => info!(pins = n, "dropped affinity pins to removed backends"),
-        Err(e) => warn!("dropping affinity pins to removed backends: {e:#}"),
-    }
-    if !socket_lb {
-        return;
-    }
-    match crate::datapath::socket_lb::forget_departed(maps, &udp_gone) {
-        Ok(f) if f == Default::default() => {}
-        Ok(f) => {
-            metrics.socket_lb_aborted.inc_by(f.aborted as u64);
-            info!(
-                choices = f.choices,
-                sockets_aborted = f.aborted,
-                "host sockets no longer aimed at removed UDP backends"
-            );
-        }
-        Err(e) => warn!("host sockets of removed UDP backends: {e:#}"),
-    }
 }
 
 #[cfg(test)]
