@@ -31,6 +31,12 @@ pub struct SyncLabel {
     pub kind: &'static str,
 }
 
+/// What a sync error was about.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncErrorLabel {
+    pub kind: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabel {
     pub map: &'static str,
@@ -49,7 +55,7 @@ pub struct Metrics {
     pub backends_programmed: Gauge,
     pub objects_invalid: Gauge,
     pub sync_duration: Family<SyncLabel, Histogram>,
-    pub sync_errors: Counter,
+    pub sync_errors: Family<SyncErrorLabel, Counter>,
     pub propagation_delay: Histogram,
     pub watch_events: Family<ResourceLabel, Counter>,
     pub watch_errors: Family<ResourceLabel, Counter>,
@@ -165,7 +171,7 @@ impl Metrics {
             backends_programmed: Gauge::default(),
             objects_invalid: Gauge::default(),
             sync_duration,
-            sync_errors: Counter::default(),
+            sync_errors: Family::default(),
             socket_lb_aborted: Counter::default(),
             propagation_delay,
             watch_events: Family::default(),
@@ -202,7 +208,7 @@ impl Metrics {
         );
         registry.register(
             "switchyard_sync_errors",
-            "Frontends or backends that could not be written",
+            "Frontends or backends that could not be written, by kind (backend, frontend, already_served)",
             metrics.sync_errors.clone(),
         );
         registry.register(

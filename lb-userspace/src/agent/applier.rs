@@ -15,7 +15,7 @@ use crate::datapath::conntrack;
 use crate::datapath::maps::PinnedMaps;
 use crate::datapath::sync::{MapSync, Scope, SyncReport};
 use crate::health::HealthServers;
-use crate::metrics::{FrontendCounterSource, Metrics, SyncLabel};
+use crate::metrics::{FrontendCounterSource, Metrics, SyncErrorLabel, SyncLabel};
 use crate::model::{DesiredState, Frontend};
 use crate::source::StateDelta;
 
@@ -108,7 +108,12 @@ impl Applier {
                 kind: if full { "full" } else { "incremental" },
             })
             .observe(elapsed.as_secs_f64());
-        metrics.sync_errors.inc_by(report.errors.len() as u64);
+        for error in &report.errors {
+            metrics
+                .sync_errors
+                .get_or_create(&SyncErrorLabel { kind: error.kind() })
+                .inc();
+        }
         for map in &report.full_maps {
             metrics.count_map_full(map);
             let size = self.capacity.size_of(map);

@@ -141,7 +141,7 @@ mod tests {
 mod service_maps_impl {
     use anyhow::{Context, Result};
     use aya::maps::PerCpuValues;
-    use lb_common::{Backend, BackendId, BackendSlot, ServiceCounters, ServiceKey};
+    use lb_common::{Backend, BackendId, BackendSlot, ServiceCounters, ServiceKey, map_names};
 
     use std::net::Ipv4Addr;
 
@@ -161,7 +161,7 @@ mod service_maps_impl {
             },
         )
     }
-    use crate::datapath::sync::ServiceMaps;
+    use crate::datapath::sync::{MapError, ServiceMaps};
 
     /// Runs a map insert, retrying while the kernel reports ENOMEM.
     ///
@@ -319,44 +319,99 @@ mod service_maps_impl {
         Err(err).context("taking a conntrack entry out (BPF_MAP_LOOKUP_AND_DELETE_ELEM)")
     }
 
+    /// A write to `map` that failed: full (E2BIG), or anything else.
+    fn written(
+        map: &'static str,
+        what: impl FnOnce() -> String,
+        r: Result<(), aya::maps::MapError>,
+    ) -> Result<(), MapError> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+            {
+                Err(MapError::Full { map })
+            }
+            Err(e) => Err(MapError::Os {
+                what: what(),
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// A removal that failed; an absent key is fine.
+    fn removed(
+        what: impl FnOnce() -> String,
+        r: Result<(), aya::maps::MapError>,
+    ) -> Result<(), MapError> {
+        ignore_missing(r).map_err(|source| MapError::Os {
+            what: what(),
+            source,
+        })
+    }
+
     impl ServiceMaps for PinnedMaps {
-        fn put_backend(&mut self, id: BackendId, backend: Backend) -> Result<()> {
-            with_alloc_retry(|| self.backends.insert(id, backend, 0))
-                .with_context(|| format!("writing backend {id}"))
+        fn put_backend(&mut self, id: BackendId, backend: Backend) -> Result<(), MapError> {
+            let r = with_alloc_retry(|| self.backends.insert(id, backend, 0));
+            written(map_names::BACKENDS, || format!("writing backend {id}"), r)
         }
 
-        fn delete_backend(&mut self, id: BackendId) -> Result<()> {
-            ignore_missing(self.backends.remove(&id))
-                .with_context(|| format!("removing backend {id}"))
+        fn delete_backend(&mut self, id: BackendId) -> Result<(), MapError> {
+            removed(
+                || format!("removing backend {id}"),
+                self.backends.remove(&id),
+            )
         }
 
-        fn put_service(&mut self, key: ServiceKey, value: BackendSlot) -> Result<()> {
-            with_alloc_retry(|| self.services.insert(key, value, 0))
-                .with_context(|| format!("writing services entry, slot {}", key.slot))
+        fn put_service(&mut self, key: ServiceKey, value: BackendSlot) -> Result<(), MapError> {
+            let r = with_alloc_retry(|| self.services.insert(key, value, 0));
+            written(
+                map_names::SERVICES,
+                || format!("writing services entry, slot {}", key.slot),
+                r,
+            )
         }
 
-        fn delete_service(&mut self, key: ServiceKey) -> Result<()> {
-            ignore_missing(self.services.remove(&key))
-                .with_context(|| format!("removing services entry, slot {}", key.slot))
+        fn delete_service(&mut self, key: ServiceKey) -> Result<(), MapError> {
+            removed(
+                || format!("removing services entry, slot {}", key.slot),
+                self.services.remove(&key),
+            )
         }
 
-        fn assign_service_id(&mut self, service_id: u32, name: &str) -> Result<()> {
-            with_alloc_retry(|| self.service_names.insert(service_id, encode_name(name), 0))
-                .with_context(|| format!("naming service ID {service_id}"))?;
-            let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-            with_alloc_retry(|| {
+        fn assign_service_id(&mut self, service_id: u32, name: &str) -> Result<(), MapError> {
+            let r =
+                with_alloc_retry(|| self.service_names.insert(service_id, encode_name(name), 0));
+            written(
+                map_names::SERVICE_NAMES,
+                || format!("naming service ID {service_id}"),
+                r,
+            )?;
+            let cpus = aya::util::nr_cpus().map_err(|(what, e)| MapError::Os {
+                what: what.to_string(),
+                source: e.into(),
+            })?;
+            let r = with_alloc_retry(|| {
                 let zero = PerCpuValues::try_from(vec![ServiceCounters::default(); cpus])
                     .map_err(aya::maps::MapError::from)?;
                 self.service_stats.insert(service_id, zero, 0)
-            })
-            .with_context(|| format!("zeroing counters of service ID {service_id}"))
+            });
+            written(
+                map_names::SERVICE_STATS,
+                || format!("zeroing counters of service ID {service_id}"),
+                r,
+            )
         }
 
-        fn release_service_id(&mut self, service_id: u32) -> Result<()> {
-            ignore_missing(self.service_names.remove(&service_id))
-                .with_context(|| format!("removing the name of service ID {service_id}"))?;
-            ignore_missing(self.service_stats.remove(&service_id))
-                .with_context(|| format!("removing the counters of service ID {service_id}"))
+        fn release_service_id(&mut self, service_id: u32) -> Result<(), MapError> {
+            removed(
+                || format!("removing the name of service ID {service_id}"),
+                self.service_names.remove(&service_id),
+            )?;
+            removed(
+                || format!("removing the counters of service ID {service_id}"),
+                self.service_stats.remove(&service_id),
+            )
         }
 
         fn read_services(&self) -> Result<Vec<(ServiceKey, BackendSlot)>> {
@@ -378,12 +433,15 @@ mod service_maps_impl {
             service_id: u32,
             ip: Ipv4Addr,
             prefix_len: u8,
-        ) -> Result<()> {
-            self.source_ranges
-                .insert(&range_key(service_id, ip, prefix_len), 1, 0)
-                .with_context(|| {
-                    format!("writing source range {ip}/{prefix_len} of service ID {service_id}")
-                })
+        ) -> Result<(), MapError> {
+            let r = self
+                .source_ranges
+                .insert(&range_key(service_id, ip, prefix_len), 1, 0);
+            written(
+                map_names::SOURCE_RANGES,
+                || format!("writing source range {ip}/{prefix_len} of service ID {service_id}"),
+                r,
+            )
         }
 
         fn delete_source_range(
@@ -391,12 +449,12 @@ mod service_maps_impl {
             service_id: u32,
             ip: Ipv4Addr,
             prefix_len: u8,
-        ) -> Result<()> {
-            ignore_missing(
+        ) -> Result<(), MapError> {
+            removed(
+                || format!("removing source range {ip}/{prefix_len}"),
                 self.source_ranges
                     .remove(&range_key(service_id, ip, prefix_len)),
             )
-            .with_context(|| format!("removing source range {ip}/{prefix_len}"))
         }
 
         fn read_source_ranges(&self, service_id: u32) -> Vec<(Ipv4Addr, u8)> {

@@ -15,6 +15,7 @@
 //! the maps hold at start and on resyncs; `ids.rs` allocates IDs.
 
 mod adopt;
+mod errors;
 mod ids;
 mod plan;
 mod write;
@@ -30,23 +31,34 @@ use lb_common::{
 
 use crate::datapath::addr::{ip_be, port_be};
 use crate::model::{BackendAddr, DesiredState, Frontend, FrontendScope, Protocol};
+pub use errors::{MapError, SyncError};
 use ids::IdAllocator;
 
 /// The map operations sync needs; implemented by the pinned maps and by an
 /// in-memory fake in tests.
 pub trait ServiceMaps {
-    fn put_backend(&mut self, id: BackendId, backend: Backend) -> Result<()>;
-    fn delete_backend(&mut self, id: BackendId) -> Result<()>;
-    fn put_service(&mut self, key: ServiceKey, value: BackendSlot) -> Result<()>;
-    fn delete_service(&mut self, key: ServiceKey) -> Result<()>;
+    fn put_backend(&mut self, id: BackendId, backend: Backend) -> Result<(), MapError>;
+    fn delete_backend(&mut self, id: BackendId) -> Result<(), MapError>;
+    fn put_service(&mut self, key: ServiceKey, value: BackendSlot) -> Result<(), MapError>;
+    fn delete_service(&mut self, key: ServiceKey) -> Result<(), MapError>;
     /// Stores the name and zeroes the counters of a newly assigned service ID.
-    fn assign_service_id(&mut self, service_id: u32, name: &str) -> Result<()>;
-    fn release_service_id(&mut self, service_id: u32) -> Result<()>;
+    fn assign_service_id(&mut self, service_id: u32, name: &str) -> Result<(), MapError>;
+    fn release_service_id(&mut self, service_id: u32) -> Result<(), MapError>;
     fn read_services(&self) -> Result<Vec<(ServiceKey, BackendSlot)>>;
     fn read_backends(&self) -> Result<Vec<(BackendId, Backend)>>;
     fn read_service_name(&self, service_id: u32) -> Option<String>;
-    fn put_source_range(&mut self, service_id: u32, ip: Ipv4Addr, prefix_len: u8) -> Result<()>;
-    fn delete_source_range(&mut self, service_id: u32, ip: Ipv4Addr, prefix_len: u8) -> Result<()>;
+    fn put_source_range(
+        &mut self,
+        service_id: u32,
+        ip: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), MapError>;
+    fn delete_source_range(
+        &mut self,
+        service_id: u32,
+        ip: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), MapError>;
     fn read_source_ranges(&self, service_id: u32) -> Vec<(Ipv4Addr, u8)>;
 }
 
@@ -88,7 +100,7 @@ pub enum Scope<'a> {
 }
 
 /// Counts of one sync pass, for logs and metrics.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct SyncReport {
     pub services_created: usize,
     pub services_updated: usize,
@@ -97,7 +109,7 @@ pub struct SyncReport {
     pub backends_deleted: usize,
     /// One line per frontend or backend that could not be written; the rest
     /// of the state was still applied.
-    pub errors: Vec<String>,
+    pub errors: Vec<SyncError>,
     /// Backends that stopped serving a frontend (or whose frontend went
     /// away): state pinned to them (UDP flows, affinity) must be flushed.
     pub departed: Vec<Departure>,
@@ -128,6 +140,14 @@ impl SyncReport {
 }
 
 impl SyncReport {
+    /// Notes what failed, and the map that was full if that was why.
+    pub(super) fn fail(&mut self, error: SyncError) {
+        if let Some(map) = error.full_map() {
+            self.full_maps.insert(map);
+        }
+        self.errors.push(error);
+    }
+
     pub fn changed(&self) -> bool {
         self.services_created
             + self.services_updated

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use lb_common::service_flags;
 
-use super::{MapSync, Scope, ServiceMaps, SyncReport};
+use super::{MapSync, Scope, ServiceMaps, SyncError, SyncReport};
 use crate::model::{BackendAddr, DesiredState, Frontend, FrontendScope, ServicePort};
 
 /// What one frontend should look like, before backend IDs are known.
@@ -174,9 +174,11 @@ impl<M: ServiceMaps> MapSync<M> {
                     .map(|p| p.name.clone())
                     .or_else(|| held_elsewhere(&frontend))
                 {
-                    report.errors.push(format!(
-                        "service {name}: {frontend} is already served by {existing}; not programmed twice",
-                    ));
+                    report.fail(SyncError::AlreadyServed {
+                        name: name.clone(),
+                        frontend,
+                        existing,
+                    });
                     continue;
                 }
                 wanted.insert(frontend, plan);

@@ -41,35 +41,35 @@ impl FakeMaps {
 }
 
 impl ServiceMaps for FakeMaps {
-    fn put_backend(&mut self, id: BackendId, backend: Backend) -> Result<()> {
+    fn put_backend(&mut self, id: BackendId, backend: Backend) -> Result<(), MapError> {
         self.backends.insert(id, backend);
         self.writes += 1;
         self.check();
         Ok(())
     }
-    fn delete_backend(&mut self, id: BackendId) -> Result<()> {
+    fn delete_backend(&mut self, id: BackendId) -> Result<(), MapError> {
         self.backends.remove(&id);
         self.writes += 1;
         self.check();
         Ok(())
     }
-    fn put_service(&mut self, key: ServiceKey, value: BackendSlot) -> Result<()> {
+    fn put_service(&mut self, key: ServiceKey, value: BackendSlot) -> Result<(), MapError> {
         self.services.insert(key, value);
         self.writes += 1;
         self.check();
         Ok(())
     }
-    fn delete_service(&mut self, key: ServiceKey) -> Result<()> {
+    fn delete_service(&mut self, key: ServiceKey) -> Result<(), MapError> {
         self.services.remove(&key);
         self.writes += 1;
         self.check();
         Ok(())
     }
-    fn assign_service_id(&mut self, service_id: u32, name: &str) -> Result<()> {
+    fn assign_service_id(&mut self, service_id: u32, name: &str) -> Result<(), MapError> {
         self.names.insert(service_id, name.to_string());
         Ok(())
     }
-    fn release_service_id(&mut self, service_id: u32) -> Result<()> {
+    fn release_service_id(&mut self, service_id: u32) -> Result<(), MapError> {
         self.names.remove(&service_id);
         Ok(())
     }
@@ -82,11 +82,16 @@ impl ServiceMaps for FakeMaps {
     fn read_service_name(&self, service_id: u32) -> Option<String> {
         self.names.get(&service_id).cloned()
     }
-    fn put_source_range(&mut self, service_id: u32, ip: Ipv4Addr, len: u8) -> Result<()> {
+    fn put_source_range(&mut self, service_id: u32, ip: Ipv4Addr, len: u8) -> Result<(), MapError> {
         self.ranges.insert((service_id, ip, len));
         Ok(())
     }
-    fn delete_source_range(&mut self, service_id: u32, ip: Ipv4Addr, len: u8) -> Result<()> {
+    fn delete_source_range(
+        &mut self,
+        service_id: u32,
+        ip: Ipv4Addr,
+        len: u8,
+    ) -> Result<(), MapError> {
         self.ranges.remove(&(service_id, ip, len));
         Ok(())
     }

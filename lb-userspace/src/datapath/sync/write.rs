@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::{Result, anyhow};
+use super::errors::{MapError, SyncError};
 use lb_common::{BackendId, BackendSlot, MAX_SERVICES, map_names, service_flags};
 use tracing::warn;
 
@@ -13,7 +13,6 @@ use super::{
     Departure, MapSync, ProgrammedService, Scope, Selection, ServiceMaps, SyncReport,
     backend_value, count_users, frontend_key,
 };
-use crate::datapath::capacity::is_map_full;
 use crate::datapath::maglev;
 use crate::model::{BackendAddr, Frontend};
 
@@ -50,17 +49,22 @@ impl<M: ServiceMaps> MapSync<M> {
             Ok(()) => {
                 self.backend_local.insert(id, is_local);
             }
-            Err(e) => report.errors.push(format!("backend {addr}: {e:#}")),
+            Err(source) => report.fail(SyncError::Backend {
+                addr: *addr,
+                source,
+            }),
         }
     }
 
     fn create_backend(&mut self, addr: &BackendAddr, is_local: bool, report: &mut SyncReport) {
         let Some(id) = self.backend_id_alloc.allocate() else {
-            report.errors.push(format!(
-                "backend {addr}: backends map full ({} entries in use)",
-                self.backend_id_alloc.max
-            ));
-            report.full_maps.insert(map_names::BACKENDS);
+            report.fail(SyncError::Backend {
+                addr: *addr,
+                source: MapError::NoFreeId {
+                    map: map_names::BACKENDS,
+                    in_use: self.backend_id_alloc.max,
+                },
+            });
             return;
         };
         match self.maps.put_backend(id, backend_value(addr, is_local)) {
@@ -70,12 +74,12 @@ impl<M: ServiceMaps> MapSync<M> {
                 self.backend_local.insert(id, is_local);
                 report.backends_created += 1;
             }
-            Err(e) => {
+            Err(source) => {
                 self.backend_id_alloc.release(id);
-                if is_map_full(&e) {
-                    report.full_maps.insert(map_names::BACKENDS);
-                }
-                report.errors.push(format!("backend {addr}: {e:#}"));
+                report.fail(SyncError::Backend {
+                    addr: *addr,
+                    source,
+                });
             }
         }
     }
@@ -91,13 +95,12 @@ impl<M: ServiceMaps> MapSync<M> {
         for (frontend, plan) in wanted {
             let target = self.target_of(plan);
             self.record_owner(frontend, plan.owner);
-            if let Err(e) = self.write_frontend(frontend, target, maybe_unused, report) {
-                if is_map_full(&e) {
-                    report.full_maps.insert(map_names::SERVICES);
-                }
-                report
-                    .errors
-                    .push(format!("service {} ({frontend}): {e:#}", plan.name));
+            if let Err(source) = self.write_frontend(frontend, target, maybe_unused, report) {
+                report.fail(SyncError::Frontend {
+                    name: plan.name.clone(),
+                    frontend: *frontend,
+                    source,
+                });
             }
         }
     }
@@ -147,7 +150,7 @@ impl<M: ServiceMaps> MapSync<M> {
         target: ProgrammedService,
         maybe_unused: &mut BTreeSet<BackendId>,
         report: &mut SyncReport,
-    ) -> Result<()> {
+    ) -> Result<(), MapError> {
         let Some(current) = self.services.get(frontend).cloned() else {
             self.create_service(frontend, target)?;
             report.services_created += 1;
@@ -230,7 +233,7 @@ impl<M: ServiceMaps> MapSync<M> {
                     report.services_deleted += 1;
                     report.departed.extend(departed);
                 }
-                Err(e) => report.errors.push(format!("deleting {frontend}: {e:#}")),
+                Err(source) => report.fail(SyncError::FrontendRemoval { frontend, source }),
             }
         }
     }
@@ -264,9 +267,7 @@ impl<M: ServiceMaps> MapSync<M> {
                     self.backend_id_alloc.release(id);
                     report.backends_deleted += 1;
                 }
-                Err(e) => report
-                    .errors
-                    .push(format!("deleting backend {addr}: {e:#}")),
+                Err(source) => report.fail(SyncError::BackendRemoval { addr, source }),
             }
         }
     }
@@ -276,10 +277,11 @@ impl<M: ServiceMaps> MapSync<M> {
         frontend: &Frontend,
         old: &[BackendId],
         new: &[BackendId],
-    ) -> Result<()> {
+    ) -> Result<(), MapError> {
         for (i, id) in new.iter().enumerate() {
             if old.get(i) != Some(id) {
-                let slot = u16::try_from(i + 1).map_err(|_| anyhow!("too many backends"))?;
+                let slot = u16::try_from(i + 1)
+                    .map_err(|_| MapError::TooManySlots { count: new.len() })?;
                 self.maps.put_service(
                     frontend_key(frontend, slot),
                     BackendSlot {
@@ -292,25 +294,28 @@ impl<M: ServiceMaps> MapSync<M> {
         Ok(())
     }
 
-    fn master_value(service_id: u32, target: &ProgrammedService) -> Result<BackendSlot> {
+    fn master_value(service_id: u32, target: &ProgrammedService) -> Result<BackendSlot, MapError> {
         let count = target.slots.len();
         Ok(BackendSlot {
             backend_id: 0,
             service_id,
-            count: u16::try_from(count)
-                .map_err(|_| anyhow!("{count} backends exceed the {} slot limit", u16::MAX))?,
+            count: u16::try_from(count).map_err(|_| MapError::TooManySlots { count })?,
             flags: target.flags,
             affinity_timeout_s: target.affinity_timeout_s,
         })
     }
 
-    fn create_service(&mut self, frontend: &Frontend, target: ProgrammedService) -> Result<()> {
+    fn create_service(
+        &mut self,
+        frontend: &Frontend,
+        target: ProgrammedService,
+    ) -> Result<(), MapError> {
         // Validated before an ID is taken.
         Self::master_value(0, &target)?;
-        let service_id = self
-            .service_ids
-            .allocate()
-            .ok_or_else(|| anyhow!("no free service ID ({} in use)", MAX_SERVICES - 1))?;
+        let service_id = self.service_ids.allocate().ok_or(MapError::NoFreeId {
+            map: map_names::SERVICES,
+            in_use: MAX_SERVICES - 1,
+        })?;
         let written = (|| {
             self.maps.assign_service_id(service_id, &target.name)?;
             for (ip, len) in &target.source_ranges {
@@ -344,7 +349,7 @@ impl<M: ServiceMaps> MapSync<M> {
         frontend: &Frontend,
         current: ProgrammedService,
         target: ProgrammedService,
-    ) -> Result<()> {
+    ) -> Result<(), MapError> {
         let service_id = current.service_id;
         if current.name != target.name {
             self.maps.assign_service_id(service_id, &target.name)?;
@@ -390,7 +395,7 @@ impl<M: ServiceMaps> MapSync<M> {
         Ok(())
     }
 
-    fn delete_service(&mut self, frontend: &Frontend) -> Result<()> {
+    fn delete_service(&mut self, frontend: &Frontend) -> Result<(), MapError> {
         let Some(current) = self.services.get(frontend).cloned() else {
             return Ok(());
         };
