@@ -145,6 +145,46 @@ fn state(services: &[(Frontend, &[u8])]) -> DesiredState {
     d
 }
 
+impl FakeMaps {
+    /// The maps as one canonical line: each frontend (by key order) as
+    /// `address:port#service-id[name]` with its slots' backends in slot
+    /// order (`-` for a hole), then the backends map by ID.
+    pub fn dump(&self) -> String {
+        let mut frontends = Vec::new();
+        for (key, master) in self.services.iter().filter(|(k, _)| k.slot == 0) {
+            let slots: Vec<String> = (1..=master.count)
+                .map(|slot| {
+                    let id = self
+                        .services
+                        .get(&ServiceKey { slot, ..*key })
+                        .map(|s| s.backend_id);
+                    id.map_or("-".into(), |id| format!("b{id}"))
+                })
+                .collect();
+            frontends.push(format!(
+                "{}:{}#{}[{}] {}",
+                ip_from_be(key.vip_be),
+                u16::from_be(key.port_be),
+                master.service_id,
+                self.names
+                    .get(&master.service_id)
+                    .map_or("?", |n| n.as_str()),
+                if slots.is_empty() {
+                    "(no slots)".to_string()
+                } else {
+                    slots.join(",")
+                }
+            ));
+        }
+        let backends: Vec<String> = self
+            .backends
+            .iter()
+            .map(|(id, b)| format!("b{id}={}:{}", ip_from_be(b.ip_be), u16::from_be(b.port_be)))
+            .collect();
+        format!("{} | {}", frontends.join("; "), backends.join(" "))
+    }
+}
+
 fn backend_ips(sync: &MapSync<FakeMaps>, f: &Frontend) -> Vec<u8> {
     let m = sync.maps();
     let master = m.services[&frontend_key(f, 0)];
@@ -180,6 +220,35 @@ fn creates_updates_and_deletes_without_windows() {
     assert!(!sync.maps().services.contains_key(&frontend_key(&a, 0)));
     assert_eq!(sync.maps().services.len(), 3, "b master + 2 slots");
     assert_eq!(sync.maps().names.len(), 1);
+}
+
+/// The same steps as above, the whole maps read back as text after each:
+/// what is written, and what is not (IDs kept, slots in place).
+#[test]
+fn map_contents_after_each_step_match_the_golden_text() {
+    let (a, b) = (frontend(1, 80), frontend(2, 53));
+    let mut sync = MapSync::adopt(FakeMaps::default()).expect("adopt");
+    let steps: [(&str, DesiredState, &str); 3] = [
+        (
+            "create",
+            state(&[(a, &[1, 2, 3]), (b, &[])]),
+            "10.96.0.1:80#1[default/svc1] b1,b2,b3; 10.96.0.2:53#2[default/svc2] (no slots) | b1=10.244.0.1:8080 b2=10.244.0.2:8080 b3=10.244.0.3:8080",
+        ),
+        (
+            "shrink, grow and replace",
+            state(&[(a, &[2]), (b, &[4])]),
+            "10.96.0.1:80#1[default/svc1] b2; 10.96.0.2:53#2[default/svc2] b4 | b2=10.244.0.2:8080 b4=10.244.0.4:8080",
+        ),
+        (
+            "delete a, grow b",
+            state(&[(b, &[4, 5])]),
+            "10.96.0.2:53#2[default/svc2] b4,b5 | b4=10.244.0.4:8080 b5=10.244.0.5:8080",
+        ),
+    ];
+    for (step, desired, golden) in steps {
+        assert!(sync.apply(&desired).errors.is_empty(), "{step}");
+        assert_eq!(sync.maps().dump(), golden, "after {step}");
+    }
 }
 
 #[test]
