@@ -1,24 +1,40 @@
-//! Services + EndpointSlices → desired state, as kube-proxy reads them.
+//! Services + EndpointSlices → the desired state ([`DesiredState`]), with
+//! kube-proxy's semantics.
 //!
 //! - Programmed: ClusterIP, NodePort and LoadBalancer services with an IPv4
-//!   cluster IP: their ClusterIP, node-port, load-balancer-IP and external-IP
-//!   frontends. Not programmed, by design: headless services, ExternalName,
-//!   services another proxy owns (`service.kubernetes.io/service-proxy-name`)
-//!   or labelled headless (`service.kubernetes.io/headless`).
-//! - A service port's endpoints come from the slices labelled
+//!   cluster IP (the first IPv4 of `clusterIPs`, else `clusterIP`; IPv6
+//!   entries are listed as skipped). Each `spec.ports` entry becomes one
+//!   service port: its cluster-IP frontend with the service's session
+//!   affinity and traffic policies, and its external access: node port,
+//!   load-balancer ingress IPs (not those with `ipMode: Proxy`), external
+//!   IPs, source ranges and health-check node port.
+//! - Not programmed, by design (listed as skipped): headless services,
+//!   ExternalName, services another proxy owns
+//!   (`service.kubernetes.io/service-proxy-name`) or labelled headless
+//!   (`service.kubernetes.io/headless`).
+//! - A service port's endpoints come from the IPv4 slices labelled
 //!   `kubernetes.io/service-name` in its namespace, through the slice port of
 //!   the same name and protocol (so named target ports resolve per slice).
+//!   An endpoint in several slices counts once, its most ready copy; its
+//!   topology hints (written for `trafficDistribution`) are carried along.
 //! - Conditions: `ready` unset means ready; `serving` unset means `ready`;
 //!   `terminating` unset means not terminating.
+//! - Services are read in namespace/name order: a frontend belongs to the
+//!   first service that claims it, and a later claim is an error.
 //!
-//! Bad fields are reported per object and field; the rest still applies.
+//! Problems are reported per object and field ([`ObjectError`]). A service
+//! without a usable name, spec, type or cluster IP is left out; any other bad
+//! entry (a port, an address, a range, a policy value, an endpoint) is left
+//! out or defaulted, and the rest of the object still applies.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use crate::source::slice::EndpointSlice;
-use k8s_openapi::api::core::v1::Service;
+use crate::source::slice::{Endpoint as SliceEndpoint, EndpointSlice};
+use k8s_openapi::api::core::v1::{Service, ServicePort as PortSpec, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tracing::debug;
 
 use super::{ClusterObjects, ObjectError, Sourced};
@@ -36,11 +52,12 @@ pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 pub struct Translation {
     pub desired: DesiredState,
     pub errors: Vec<ObjectError>,
-    /// Services deliberately not programmed, and why.
+    /// Objects, or parts of them, deliberately not programmed, and why:
+    /// `Service ns/name: reason`.
     pub skipped: Vec<String>,
 }
 
-fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+fn namespace_of(meta: &ObjectMeta) -> String {
     meta.namespace
         .clone()
         .unwrap_or_else(|| "default".to_string())
@@ -75,6 +92,39 @@ fn valid_port(port: i32) -> Option<u16> {
     u16::try_from(port).ok().filter(|p| *p != 0)
 }
 
+/// `a.b.c.d/len` (a bare address is a /32).
+fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, len) = text.trim().split_once('/').unwrap_or((text.trim(), "32"));
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+    Some((ip, len))
+}
+
+/// The object a message is about. Built once per object, so that all its
+/// errors and skips name it the same way: `origin: Kind namespace/name`.
+struct ObjectRef<'a> {
+    /// Where the object came from, e.g. `web.yaml (document 2)`.
+    origin: &'a str,
+    /// `Service default/web`, `EndpointSlice default/web-abc`; a missing
+    /// name shows as `?`.
+    object: String,
+}
+
+impl<'a> ObjectRef<'a> {
+    fn new(kind: &str, origin: &'a str, namespace: &str, name: Option<&str>) -> Self {
+        Self {
+            origin,
+            object: format!("{kind} {namespace}/{}", name.unwrap_or("?")),
+        }
+    }
+}
+
+/// A slice with the name its errors carry.
+struct NamedSlice<'a> {
+    obj: ObjectRef<'a>,
+    slice: &'a EndpointSlice,
+}
+
 /// A service port before endpoints are attached.
 struct PortFrontend {
     port_name: String,
@@ -82,12 +132,19 @@ struct PortFrontend {
     node_port: Option<u16>,
 }
 
-struct ServiceFrontends {
+/// How a service's traffic is steered, the same for all its ports.
+struct Policies {
+    affinity: Option<Duration>,
+    internal_traffic_local: bool,
+    external_traffic_local: bool,
+}
+
+struct ServiceFrontends<'a> {
+    obj: ObjectRef<'a>,
     namespace: String,
     name: String,
     service_type: ServiceType,
-    affinity: Option<Duration>,
-    internal_traffic_local: bool,
+    policies: Policies,
     /// Everything but the per-port node port.
     external: ExternalAccess,
     ports: Vec<PortFrontend>,
@@ -102,98 +159,121 @@ struct Translator {
     skipped: Vec<String>,
 }
 
+/// Reporting, always through the object's [`ObjectRef`].
 impl Translator {
-    fn error(
-        &mut self,
-        origin: &str,
-        object: &str,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) {
+    /// A bad `field` of `obj`, e.g. `spec.ports[1].nodePort`.
+    fn error(&mut self, obj: &ObjectRef, field: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ObjectError {
-            origin: origin.to_string(),
-            object: object.to_string(),
+            origin: obj.origin.to_string(),
+            object: obj.object.clone(),
             field: field.into(),
             message: message.into(),
         });
     }
 
-    fn service(&mut self, sourced: &Sourced<Service>) -> Option<ServiceFrontends> {
+    /// `obj`, or a part of it, deliberately not programmed.
+    fn skip(&mut self, obj: &ObjectRef, why: impl fmt::Display) {
+        self.skipped.push(format!("{}: {why}", obj.object));
+    }
+}
+
+/// Reading one Service: [`Translator::service`] and its steps.
+impl Translator {
+    /// A Service's frontends, or `None` when it is not programmed (reported
+    /// as an error or listed as skipped).
+    fn service<'a>(&mut self, sourced: &'a Sourced<Service>) -> Option<ServiceFrontends<'a>> {
         let svc = &sourced.object;
-        let origin = &sourced.origin;
         let namespace = namespace_of(&svc.metadata);
-        let Some(name) = svc.metadata.name.clone().filter(|n| !n.is_empty()) else {
-            self.error(
-                origin,
-                &format!("Service {namespace}/?"),
-                "metadata.name",
-                "missing",
-            );
+        let name = svc.metadata.name.as_deref().filter(|n| !n.is_empty());
+        let obj = ObjectRef::new("Service", &sourced.origin, &namespace, name);
+        let Some(name) = name else {
+            self.error(&obj, "metadata.name", "missing");
             return None;
         };
-        let object = format!("Service {namespace}/{name}");
-        if let Some(labels) = &svc.metadata.labels
-            && let Some(proxy) = labels.get(SERVICE_PROXY_NAME_LABEL)
-        {
-            self.skipped.push(format!(
-                "{object}: handled by proxy {proxy:?} ({SERVICE_PROXY_NAME_LABEL})"
-            ));
+        let spec = self.proxied_spec(&obj, svc)?;
+        let service_type = self.service_type(&obj, spec)?;
+        let vip = self.cluster_ip(&obj, spec)?;
+        let ports = self.ports(&obj, spec, vip, service_type);
+        let policies = self.policies(&obj, spec);
+        let external = self.external_access(&obj, svc, spec, service_type, &policies);
+        Some(ServiceFrontends {
+            obj,
+            namespace,
+            name: name.to_string(),
+            service_type,
+            policies,
+            external,
+            ports,
+        })
+    }
+
+    /// The spec, unless the service is not this proxy's to program: another
+    /// proxy's, or labelled headless.
+    fn proxied_spec<'s>(&mut self, obj: &ObjectRef, svc: &'s Service) -> Option<&'s ServiceSpec> {
+        let labels = svc.metadata.labels.as_ref();
+        if let Some(proxy) = labels.and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL)) {
+            let why = format_args!("handled by proxy {proxy:?} ({SERVICE_PROXY_NAME_LABEL})");
+            self.skip(obj, why);
             return None;
         }
-        if svc
-            .metadata
-            .labels
-            .as_ref()
-            .is_some_and(|l| l.contains_key(HEADLESS_LABEL))
-        {
-            self.skipped
-                .push(format!("{object}: labelled {HEADLESS_LABEL}, not proxied"));
+        if labels.is_some_and(|l| l.contains_key(HEADLESS_LABEL)) {
+            self.skip(obj, format_args!("labelled {HEADLESS_LABEL}, not proxied"));
             return None;
         }
-        let Some(spec) = &svc.spec else {
-            self.error(origin, &object, "spec", "missing");
-            return None;
-        };
-        let service_type = match spec.type_.as_deref().unwrap_or("ClusterIP") {
-            "ClusterIP" => ServiceType::ClusterIP,
-            "NodePort" => ServiceType::NodePort,
-            "LoadBalancer" => ServiceType::LoadBalancer,
+        if svc.spec.is_none() {
+            self.error(obj, "spec", "missing");
+        }
+        svc.spec.as_ref()
+    }
+
+    /// `spec.type`; `None` for ExternalName (DNS answers those) and unknown
+    /// types.
+    fn service_type(&mut self, obj: &ObjectRef, spec: &ServiceSpec) -> Option<ServiceType> {
+        match spec.type_.as_deref().unwrap_or("ClusterIP") {
+            "ClusterIP" => Some(ServiceType::ClusterIP),
+            "NodePort" => Some(ServiceType::NodePort),
+            "LoadBalancer" => Some(ServiceType::LoadBalancer),
             "ExternalName" => {
-                self.skipped.push(format!(
-                    "{object}: ExternalName services are answered by DNS, not proxied"
-                ));
-                return None;
+                self.skip(
+                    obj,
+                    "ExternalName services are answered by DNS, not proxied",
+                );
+                None
             }
             other => {
-                self.error(
-                    origin,
-                    &object,
-                    "spec.type",
-                    format!("unknown service type {other:?}"),
-                );
-                return None;
+                let message = format!("unknown service type {other:?}");
+                self.error(obj, "spec.type", message);
+                None
             }
+        }
+    }
+
+    /// The IPv4 cluster IP; `None` when not allocated, headless or IPv6 only
+    /// (skipped), or not a usable address (reported).
+    fn cluster_ip(&mut self, obj: &ObjectRef, spec: &ServiceSpec) -> Option<Ipv4Addr> {
+        // clusterIPs (dual-stack) wins over clusterIP when set.
+        let (field, candidates): (&str, &[String]) = match &spec.cluster_ips {
+            Some(ips) if !ips.is_empty() => ("spec.clusterIPs", ips),
+            _ => ("spec.clusterIP", spec.cluster_ip.as_slice()),
         };
-        // clusterIPs (dual-stack) wins over clusterIP when set; take IPv4.
-        let (field, candidates): (&str, Vec<String>) = match &spec.cluster_ips {
-            Some(ips) if !ips.is_empty() => ("spec.clusterIPs", ips.clone()),
-            _ => (
-                "spec.clusterIP",
-                spec.cluster_ip.clone().into_iter().collect(),
-            ),
-        };
-        if candidates.is_empty() || candidates.iter().all(|ip| ip.is_empty()) {
-            self.skipped
-                .push(format!("{object}: no cluster IP allocated"));
+        if candidates.iter().all(|ip| ip.is_empty()) {
+            self.skip(obj, "no cluster IP allocated");
             return None;
         }
         if candidates.iter().any(|ip| ip == "None") {
-            self.skipped
-                .push(format!("{object}: headless (clusterIP: None)"));
+            self.skip(obj, "headless (clusterIP: None)");
             return None;
         }
+        self.first_ipv4(obj, field, candidates)
+    }
+
+    /// The first IPv4 of the cluster IPs in `field`. IPv6 entries are listed
+    /// as skipped; a bad entry, or a first IPv4 that is no usable address,
+    /// is reported and leaves the service out. Later IPv4 entries are not
+    /// looked at: the first is the one programmed.
+    fn first_ipv4(&mut self, obj: &ObjectRef, field: &str, ips: &[String]) -> Option<Ipv4Addr> {
         let mut vip = None;
-        for (i, ip) in candidates.iter().enumerate() {
+        for (i, ip) in ips.iter().enumerate() {
             let at = if field == "spec.clusterIPs" {
                 format!("{field}[{i}]")
             } else {
@@ -202,233 +282,97 @@ impl Translator {
             match ip.parse::<IpAddr>() {
                 Ok(IpAddr::V4(v4)) if vip.is_none() => {
                     if let Some(why) = unusable(v4) {
-                        self.error(origin, &object, at, format!("{ip} is {why}"));
+                        self.error(obj, at, format!("{ip} is {why}"));
                         return None;
                     }
                     vip = Some(v4);
                 }
                 Ok(IpAddr::V4(_)) => {}
-                Ok(IpAddr::V6(_)) => self
-                    .skipped
-                    .push(format!("{object}: {at} {ip} is IPv6, not supported yet")),
+                Ok(IpAddr::V6(_)) => {
+                    self.skip(obj, format_args!("{at} {ip} is IPv6, not supported yet"))
+                }
                 Err(_) => {
-                    self.error(origin, &object, at, format!("{ip:?} is not an IP address"));
+                    self.error(obj, at, format!("{ip:?} is not an IP address"));
                     return None;
                 }
             }
         }
-        let vip: Ipv4Addr = vip?;
+        vip
+    }
 
+    /// One frontend per `spec.ports` entry, at the cluster IP.
+    fn ports(
+        &mut self,
+        obj: &ObjectRef,
+        spec: &ServiceSpec,
+        vip: Ipv4Addr,
+        service_type: ServiceType,
+    ) -> Vec<PortFrontend> {
         let mut ports = Vec::new();
         let mut seen = BTreeSet::new();
         for (i, sp) in spec.ports.iter().flatten().enumerate() {
-            let protocol = match parse_protocol(sp.protocol.as_deref()) {
-                Ok(p) => p,
-                Err(m) => {
-                    self.error(origin, &object, format!("spec.ports[{i}].protocol"), m);
-                    continue;
-                }
-            };
-            let Some(port) = valid_port(sp.port) else {
-                self.error(
-                    origin,
-                    &object,
-                    format!("spec.ports[{i}].port"),
-                    format!("{} is not in 1..=65535", sp.port),
-                );
-                continue;
-            };
-            if !seen.insert((port, protocol)) {
-                self.error(
-                    origin,
-                    &object,
-                    format!("spec.ports[{i}]"),
-                    format!("duplicate port {port}/{protocol}"),
-                );
-                continue;
-            }
-            let node_port = match (service_type, sp.node_port) {
-                (ServiceType::ClusterIP, _) | (_, None) => None,
-                (_, Some(np)) => match valid_port(np) {
-                    Some(np) => Some(np),
-                    None => {
-                        self.error(
-                            origin,
-                            &object,
-                            format!("spec.ports[{i}].nodePort"),
-                            format!("{np} is not in 1..=65535"),
-                        );
-                        None
-                    }
-                },
-            };
-            ports.push(PortFrontend {
-                node_port,
-                port_name: sp.name.clone().unwrap_or_default(),
-                frontend: Frontend::new(vip, port, protocol),
-            });
+            ports.extend(self.port(obj, i, sp, vip, service_type, &mut seen));
         }
-        if ports.is_empty() && spec.ports.as_ref().is_none_or(|p| p.is_empty()) {
-            self.skipped.push(format!("{object}: no ports"));
+        if spec.ports.as_ref().is_none_or(|p| p.is_empty()) {
+            self.skip(obj, "no ports");
         }
-        let affinity = self.affinity(origin, &object, spec);
-        let internal_traffic_local = match spec.internal_traffic_policy.as_deref() {
-            None | Some("Cluster") => false,
-            Some("Local") => true,
-            Some(other) => {
-                self.error(
-                    origin,
-                    &object,
-                    "spec.internalTrafficPolicy",
-                    format!("unknown value {other:?}; using Cluster"),
-                );
-                false
+        ports
+    }
+
+    /// `spec.ports[i]`; a bad or duplicate (`seen`) entry is reported and left
+    /// out, the service's other ports are still served.
+    fn port(
+        &mut self,
+        obj: &ObjectRef,
+        i: usize,
+        sp: &PortSpec,
+        vip: Ipv4Addr,
+        service_type: ServiceType,
+        seen: &mut BTreeSet<(u16, Protocol)>,
+    ) -> Option<PortFrontend> {
+        let protocol = match parse_protocol(sp.protocol.as_deref()) {
+            Ok(p) => p,
+            Err(m) => {
+                self.error(obj, format!("spec.ports[{i}].protocol"), m);
+                return None;
             }
         };
-        let external = self.external_access(origin, &object, svc, service_type);
-        Some(ServiceFrontends {
-            namespace,
-            name,
-            service_type,
-            affinity,
-            internal_traffic_local,
-            external,
-            ports,
+        let port = self.port_number(obj, format!("spec.ports[{i}].port"), sp.port)?;
+        if !seen.insert((port, protocol)) {
+            let message = format!("duplicate port {port}/{protocol}");
+            self.error(obj, format!("spec.ports[{i}]"), message);
+            return None;
+        }
+        Some(PortFrontend {
+            port_name: sp.name.clone().unwrap_or_default(),
+            frontend: Frontend::new(vip, port, protocol),
+            node_port: self.node_port(obj, i, sp, service_type),
         })
     }
 
-    /// LB ingress IPs, external IPs and the external policies. Bad entries are
-    /// reported and left out; the rest of the service is still served.
-    fn external_access(
-        &mut self,
-        origin: &str,
-        object: &str,
-        svc: &Service,
-        service_type: ServiceType,
-    ) -> ExternalAccess {
-        let Some(spec) = &svc.spec else {
-            return ExternalAccess::default();
-        };
-        let mut access = ExternalAccess::default();
-        let ipv4 = |this: &mut Self, field: String, text: &str| -> Option<Ipv4Addr> {
-            match text.parse::<IpAddr>() {
-                Ok(IpAddr::V4(ip)) => match unusable(ip) {
-                    None => Some(ip),
-                    Some(why) => {
-                        this.error(origin, object, field, format!("{text} is {why}"));
-                        None
-                    }
-                },
-                Ok(IpAddr::V6(_)) => {
-                    this.skipped.push(format!(
-                        "{object}: {field} {text} is IPv6, not supported yet"
-                    ));
-                    None
-                }
-                Err(_) => {
-                    this.error(
-                        origin,
-                        object,
-                        field,
-                        format!("{text:?} is not an IP address"),
-                    );
-                    None
-                }
-            }
-        };
-        if service_type == ServiceType::LoadBalancer {
-            let ingress = svc
-                .status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|lb| lb.ingress.as_ref());
-            for (i, entry) in ingress.into_iter().flatten().enumerate() {
-                // ipMode Proxy: the load balancer terminates or rewrites the
-                // traffic (TLS, PROXY protocol); in-cluster clients must go
-                // through it, so the IP is not ours to translate (kube-proxy
-                // ≥ 1.32 leaves it alone too).
-                if entry.ip_mode.as_deref() == Some("Proxy") {
-                    continue;
-                }
-                if let Some(ip) = entry.ip.as_deref() {
-                    access.load_balancer_ips.extend(ipv4(
-                        self,
-                        format!("status.loadBalancer.ingress[{i}].ip"),
-                        ip,
-                    ));
-                }
-            }
-            for (i, range) in spec
-                .load_balancer_source_ranges
-                .iter()
-                .flatten()
-                .enumerate()
-            {
-                let field = format!("spec.loadBalancerSourceRanges[{i}]");
-                match parse_cidr(range) {
-                    Some(cidr) => access.source_ranges.push(cidr),
-                    None => self.error(
-                        origin,
-                        object,
-                        field,
-                        format!("{range:?} is not an IPv4 CIDR"),
-                    ),
-                }
-            }
-            // A load balancer that hairpins sends with its own VIP as the
-            // source: admitted like kube-proxy does.
-            if !access.source_ranges.is_empty() {
-                let own: Vec<(Ipv4Addr, u8)> = access
-                    .load_balancer_ips
-                    .iter()
-                    .map(|ip| (*ip, 32))
-                    .collect();
-                access.source_ranges.extend(own);
-            }
+    /// A port number field; one not in 1..=65535 is reported.
+    fn port_number(&mut self, obj: &ObjectRef, field: String, value: i32) -> Option<u16> {
+        let port = valid_port(value);
+        if port.is_none() {
+            self.error(obj, field, format!("{value} is not in 1..=65535"));
         }
-        for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
-            access
-                .external_ips
-                .extend(ipv4(self, format!("spec.externalIPs[{i}]"), ip));
+        port
+    }
+
+    /// Session affinity and the traffic policies.
+    fn policies(&mut self, obj: &ObjectRef, spec: &ServiceSpec) -> Policies {
+        let internal = spec.internal_traffic_policy.as_deref();
+        let external = spec.external_traffic_policy.as_deref();
+        Policies {
+            affinity: self.affinity(obj, spec),
+            internal_traffic_local: self.traffic_local(obj, "spec.internalTrafficPolicy", internal),
+            external_traffic_local: self.traffic_local(obj, "spec.externalTrafficPolicy", external),
         }
-        access.traffic_local = match spec.external_traffic_policy.as_deref() {
-            None | Some("Cluster") => false,
-            Some("Local") => true,
-            Some(other) => {
-                self.error(
-                    origin,
-                    object,
-                    "spec.externalTrafficPolicy",
-                    format!("unknown value {other:?}; using Cluster"),
-                );
-                false
-            }
-        };
-        if access.traffic_local
-            && service_type == ServiceType::LoadBalancer
-            && let Some(port) = spec.health_check_node_port
-        {
-            match valid_port(port) {
-                Some(p) => access.health_check_node_port = Some(p),
-                None => self.error(
-                    origin,
-                    object,
-                    "spec.healthCheckNodePort",
-                    format!("{port} is not in 1..=65535"),
-                ),
-            }
-        }
-        access
     }
 
     /// `sessionAffinity`; a bad value is reported and the service is served
     /// without affinity rather than not at all.
-    fn affinity(
-        &mut self,
-        origin: &str,
-        object: &str,
-        spec: &k8s_openapi::api::core::v1::ServiceSpec,
-    ) -> Option<Duration> {
+    fn affinity(&mut self, obj: &ObjectRef, spec: &ServiceSpec) -> Option<Duration> {
         match spec.session_affinity.as_deref().unwrap_or("None") {
             "None" => None,
             "ClientIP" => {
@@ -437,47 +381,228 @@ impl Translator {
                     .as_ref()
                     .and_then(|c| c.client_ip.as_ref())
                     .and_then(|c| c.timeout_seconds);
-                let seconds = match configured {
-                    None => DEFAULT_AFFINITY_TIMEOUT_S,
-                    Some(t) if (1..=MAX_AFFINITY_TIMEOUT_S).contains(&t) => t,
-                    Some(t) => {
-                        self.error(
-                            origin,
-                            object,
-                            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-                            format!("{t} is not in 1..={MAX_AFFINITY_TIMEOUT_S}; using {DEFAULT_AFFINITY_TIMEOUT_S}"),
-                        );
-                        DEFAULT_AFFINITY_TIMEOUT_S
-                    }
-                };
+                let seconds = self.affinity_timeout(obj, configured);
                 Some(Duration::from_secs(seconds as u64))
             }
             other => {
-                self.error(
-                    origin,
-                    object,
-                    "spec.sessionAffinity",
-                    format!("unknown value {other:?}; served without affinity"),
-                );
+                let message = format!("unknown value {other:?}; served without affinity");
+                self.error(obj, "spec.sessionAffinity", message);
                 None
             }
         }
     }
 
+    /// ClientIP affinity's timeout in seconds; a bad one is reported and
+    /// kube-proxy's default used.
+    fn affinity_timeout(&mut self, obj: &ObjectRef, configured: Option<i32>) -> i32 {
+        match configured {
+            None => DEFAULT_AFFINITY_TIMEOUT_S,
+            Some(t) if (1..=MAX_AFFINITY_TIMEOUT_S).contains(&t) => t,
+            Some(t) => {
+                self.error(
+                    obj,
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                    format!("{t} is not in 1..={MAX_AFFINITY_TIMEOUT_S}; using {DEFAULT_AFFINITY_TIMEOUT_S}"),
+                );
+                DEFAULT_AFFINITY_TIMEOUT_S
+            }
+        }
+    }
+
+    /// An internal or external traffic policy: whether it is `Local`. An
+    /// unknown value is reported and read as `Cluster`, the default.
+    fn traffic_local(&mut self, obj: &ObjectRef, field: &str, policy: Option<&str>) -> bool {
+        match policy {
+            None | Some("Cluster") => false,
+            Some("Local") => true,
+            Some(other) => {
+                let message = format!("unknown value {other:?}; using Cluster");
+                self.error(obj, field, message);
+                false
+            }
+        }
+    }
+}
+
+/// A Service's external access: node ports, load-balancer ingress IPs,
+/// external IPs, source ranges and the health-check node port. Bad entries
+/// are reported and left out; the rest of the service is still served.
+impl Translator {
+    /// Everything but the per-port node ports ([`Translator::node_port`]).
+    fn external_access(
+        &mut self,
+        obj: &ObjectRef,
+        svc: &Service,
+        spec: &ServiceSpec,
+        service_type: ServiceType,
+        policies: &Policies,
+    ) -> ExternalAccess {
+        let mut access = ExternalAccess {
+            traffic_local: policies.external_traffic_local,
+            ..ExternalAccess::default()
+        };
+        if service_type == ServiceType::LoadBalancer {
+            access.load_balancer_ips = self.load_balancer_ips(obj, svc);
+            access.source_ranges = self.source_ranges(obj, spec, &access.load_balancer_ips);
+            access.health_check_node_port = self.health_check_node_port(obj, spec, policies);
+        }
+        for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+            let field = format!("spec.externalIPs[{i}]");
+            access
+                .external_ips
+                .extend(self.external_ipv4(obj, field, ip));
+        }
+        access
+    }
+
+    /// `spec.ports[i].nodePort`, for NodePort and LoadBalancer services only.
+    fn node_port(
+        &mut self,
+        obj: &ObjectRef,
+        i: usize,
+        sp: &PortSpec,
+        service_type: ServiceType,
+    ) -> Option<u16> {
+        if service_type == ServiceType::ClusterIP {
+            return None;
+        }
+        self.port_number(obj, format!("spec.ports[{i}].nodePort"), sp.node_port?)
+    }
+
+    /// `status.loadBalancer.ingress[].ip`.
+    fn load_balancer_ips(&mut self, obj: &ObjectRef, svc: &Service) -> Vec<Ipv4Addr> {
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref());
+        let mut ips = Vec::new();
+        for (i, entry) in ingress.into_iter().flatten().enumerate() {
+            // ipMode Proxy: the load balancer terminates or rewrites the
+            // traffic (TLS, PROXY protocol); in-cluster clients must go
+            // through it, so the IP is not ours to translate (kube-proxy
+            // ≥ 1.32 leaves it alone too).
+            if entry.ip_mode.as_deref() == Some("Proxy") {
+                continue;
+            }
+            if let Some(ip) = entry.ip.as_deref() {
+                let field = format!("status.loadBalancer.ingress[{i}].ip");
+                ips.extend(self.external_ipv4(obj, field, ip));
+            }
+        }
+        ips
+    }
+
+    /// `spec.loadBalancerSourceRanges`, and when there are any, the load
+    /// balancer's own IPs: one that hairpins sends with its own VIP as the
+    /// source, and kube-proxy admits it too.
+    fn source_ranges(
+        &mut self,
+        obj: &ObjectRef,
+        spec: &ServiceSpec,
+        load_balancer_ips: &[Ipv4Addr],
+    ) -> Vec<(Ipv4Addr, u8)> {
+        let mut ranges = Vec::new();
+        let configured = spec.load_balancer_source_ranges.iter().flatten();
+        for (i, range) in configured.enumerate() {
+            match parse_cidr(range) {
+                Some(cidr) => ranges.push(cidr),
+                None => self.error(
+                    obj,
+                    format!("spec.loadBalancerSourceRanges[{i}]"),
+                    format!("{range:?} is not an IPv4 CIDR"),
+                ),
+            }
+        }
+        if !ranges.is_empty() {
+            ranges.extend(load_balancer_ips.iter().map(|ip| (*ip, 32)));
+        }
+        ranges
+    }
+
+    /// `spec.healthCheckNodePort`: answered only under policy Local.
+    fn health_check_node_port(
+        &mut self,
+        obj: &ObjectRef,
+        spec: &ServiceSpec,
+        policies: &Policies,
+    ) -> Option<u16> {
+        let port = spec.health_check_node_port?;
+        if !policies.external_traffic_local {
+            return None;
+        }
+        self.port_number(obj, "spec.healthCheckNodePort".into(), port)
+    }
+
+    /// An external address in `field`; IPv6 is listed as skipped, anything
+    /// else unusable is reported.
+    fn external_ipv4(&mut self, obj: &ObjectRef, field: String, text: &str) -> Option<Ipv4Addr> {
+        match text.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => match unusable(ip) {
+                None => Some(ip),
+                Some(why) => {
+                    self.error(obj, field, format!("{text} is {why}"));
+                    None
+                }
+            },
+            Ok(IpAddr::V6(_)) => {
+                self.skip(
+                    obj,
+                    format_args!("{field} {text} is IPv6, not supported yet"),
+                );
+                None
+            }
+            Err(_) => {
+                self.error(obj, field, format!("{text:?} is not an IP address"));
+                None
+            }
+        }
+    }
+}
+
+/// Reading EndpointSlices.
+impl Translator {
+    /// IPv4 slices by the `(namespace, service)` they belong to, each list in
+    /// name order. Other address types are listed as skipped.
+    fn slices_by_service<'a>(
+        &mut self,
+        objects: &'a ClusterObjects,
+    ) -> BTreeMap<(String, String), Vec<NamedSlice<'a>>> {
+        let mut slices: BTreeMap<_, Vec<NamedSlice>> = BTreeMap::new();
+        for s in &objects.slices {
+            let (slice, meta) = (&s.object, &s.object.metadata);
+            let namespace = namespace_of(meta);
+            let obj = ObjectRef::new("EndpointSlice", &s.origin, &namespace, meta.name.as_deref());
+            if slice.address_type != "IPv4" {
+                let why = format_args!("addressType {} is not supported", slice.address_type);
+                self.skip(&obj, why);
+                continue;
+            }
+            let Some(service) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+                debug!("{}: no {SERVICE_NAME_LABEL} label, ignored", obj.object);
+                continue;
+            };
+            let key = (namespace, service.clone());
+            slices
+                .entry(key)
+                .or_default()
+                .push(NamedSlice { obj, slice });
+        }
+        for list in slices.values_mut() {
+            list.sort_by_key(|s| (s.slice.metadata.name.clone(), s.obj.origin));
+        }
+        slices
+    }
+
     /// Endpoints of one slice for the service port `(port_name, protocol)`.
     fn slice_endpoints(
         &mut self,
-        sourced: &Sourced<EndpointSlice>,
+        named: &NamedSlice,
         port_name: &str,
         protocol: Protocol,
         out: &mut BTreeMap<BackendAddr, Endpoint>,
     ) {
-        let slice = &sourced.object;
-        let object = format!(
-            "EndpointSlice {}/{}",
-            namespace_of(&slice.metadata),
-            slice.metadata.name.as_deref().unwrap_or("?")
-        );
+        let (obj, slice) = (&named.obj, named.slice);
         let matching = slice.ports.iter().flatten().enumerate().find(|(_, p)| {
             p.name.as_deref().unwrap_or("") == port_name
                 && parse_protocol(p.protocol.as_deref()).is_ok_and(|pr| pr == protocol)
@@ -488,57 +613,12 @@ impl Translator {
         let Some(raw_port) = slice_port.port else {
             return;
         };
-        let Some(port) = valid_port(raw_port) else {
-            self.error(
-                &sourced.origin,
-                &object,
-                format!("ports[{j}].port"),
-                format!("{raw_port} is not in 1..=65535"),
-            );
+        let Some(port) = self.port_number(obj, format!("ports[{j}].port"), raw_port) else {
             return;
         };
         for (k, ep) in slice.endpoints.iter().enumerate() {
-            let Some(address) = ep.addresses.first() else {
-                self.error(
-                    &sourced.origin,
-                    &object,
-                    format!("endpoints[{k}].addresses"),
-                    "empty",
-                );
+            let Some(endpoint) = self.endpoint(obj, k, ep, port, protocol) else {
                 continue;
-            };
-            let Ok(ip) = address.parse::<Ipv4Addr>() else {
-                self.error(
-                    &sourced.origin,
-                    &object,
-                    format!("endpoints[{k}].addresses[0]"),
-                    format!("{address:?} is not an IPv4 address"),
-                );
-                continue;
-            };
-            if let Some(why) = unusable(ip) {
-                self.error(
-                    &sourced.origin,
-                    &object,
-                    format!("endpoints[{k}].addresses[0]"),
-                    format!("{ip} is {why}"),
-                );
-                continue;
-            }
-            let conditions = ep.conditions.clone().unwrap_or_default();
-            let ready = conditions.ready.unwrap_or(true);
-            let endpoint = Endpoint {
-                addr: BackendAddr { ip, port, protocol },
-                ready,
-                serving: conditions.serving.unwrap_or(ready),
-                terminating: conditions.terminating.unwrap_or(false),
-                node: ep.node_name.clone(),
-                hints: ep.hints.as_ref().map(|h| {
-                    Box::new(TopologyHints {
-                        zones: h.for_zones.iter().map(|z| z.name.clone()).collect(),
-                        nodes: h.for_nodes.iter().map(|n| n.name.clone()).collect(),
-                    })
-                }),
             };
             // The same endpoint in two slices (e.g. during a slice
             // rebalance): one entry, the more ready one.
@@ -550,14 +630,46 @@ impl Translator {
             }
         }
     }
-}
 
-/// `a.b.c.d/len` (a bare address is a /32).
-fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
-    let (ip, len) = text.trim().split_once('/').unwrap_or((text.trim(), "32"));
-    let ip: Ipv4Addr = ip.parse().ok()?;
-    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
-    Some((ip, len))
+    /// `endpoints[k]` of a slice, at the slice port `port`; one without a
+    /// usable first address is reported and left out.
+    fn endpoint(
+        &mut self,
+        obj: &ObjectRef,
+        k: usize,
+        ep: &SliceEndpoint,
+        port: u16,
+        protocol: Protocol,
+    ) -> Option<Endpoint> {
+        let Some(address) = ep.addresses.first() else {
+            self.error(obj, format!("endpoints[{k}].addresses"), "empty");
+            return None;
+        };
+        let field = || format!("endpoints[{k}].addresses[0]");
+        let Ok(ip) = address.parse::<Ipv4Addr>() else {
+            self.error(obj, field(), format!("{address:?} is not an IPv4 address"));
+            return None;
+        };
+        if let Some(why) = unusable(ip) {
+            self.error(obj, field(), format!("{ip} is {why}"));
+            return None;
+        }
+        let conditions = ep.conditions.clone().unwrap_or_default();
+        let ready = conditions.ready.unwrap_or(true);
+        Some(Endpoint {
+            addr: BackendAddr { ip, port, protocol },
+            ready,
+            serving: conditions.serving.unwrap_or(ready),
+            terminating: conditions.terminating.unwrap_or(false),
+            node: ep.node_name.clone(),
+            hints: ep.hints.as_ref().map(|h| {
+                Box::new(TopologyHints {
+                    zones: h.for_zones.iter().map(|z| z.name.clone()).collect(),
+                    nodes: h.for_nodes.iter().map(|n| n.name.clone()).collect(),
+                })
+            }),
+        })
+    }
 }
 
 pub fn translate(objects: &ClusterObjects) -> Translation {
@@ -575,88 +687,34 @@ pub fn translate(objects: &ClusterObjects) -> Translation {
             s.origin.clone(),
         )
     });
-    let mut slices: BTreeMap<(String, String), Vec<&Sourced<EndpointSlice>>> = BTreeMap::new();
-    for s in &objects.slices {
-        let object = format!(
-            "EndpointSlice {}/{}",
-            namespace_of(&s.object.metadata),
-            s.object.metadata.name.as_deref().unwrap_or("?")
-        );
-        if s.object.address_type != "IPv4" {
-            t.skipped.push(format!(
-                "{object}: addressType {} is not supported",
-                s.object.address_type
-            ));
-            continue;
-        }
-        let Some(service) = s
-            .object
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
-            debug!("{object}: no {SERVICE_NAME_LABEL} label, ignored");
-            continue;
-        };
-        slices
-            .entry((namespace_of(&s.object.metadata), service.clone()))
-            .or_default()
-            .push(s);
-    }
-    for list in slices.values_mut() {
-        list.sort_by_key(|s| (s.object.metadata.name.clone(), s.origin.clone()));
-    }
+    let slices = t.slices_by_service(objects);
 
     let mut desired = DesiredState::default();
+    // Frontend → the `Service namespace/name` that claimed it first.
     let mut owners: BTreeMap<Frontend, String> = BTreeMap::new();
     let mut known = BTreeSet::new();
     for sourced in services {
         let Some(svc) = t.service(sourced) else {
             continue;
         };
-        known.insert((svc.namespace.clone(), svc.name.clone()));
-        let own_slices = slices
-            .get(&(svc.namespace.clone(), svc.name.clone()))
-            .cloned()
-            .unwrap_or_default();
-        for pf in svc.ports {
-            let name = ServicePortName {
-                namespace: svc.namespace.clone(),
-                name: svc.name.clone(),
-                port_name: pf.port_name.clone(),
-            };
+        let key = (svc.namespace.clone(), svc.name.clone());
+        let own_slices = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
+        known.insert(key);
+        for pf in &svc.ports {
             if let Some(owner) = owners.get(&pf.frontend) {
-                if *owner != format!("{}/{}", svc.namespace, svc.name) {
-                    t.error(
-                        &sourced.origin,
-                        &format!("Service {}/{}", svc.namespace, svc.name),
-                        "spec.clusterIP",
-                        format!("{} is already served by Service {owner}", pf.frontend),
-                    );
+                if *owner != svc.obj.object {
+                    let message = format!("{} is already served by {owner}", pf.frontend);
+                    t.error(&svc.obj, "spec.clusterIP", message);
                 }
                 continue;
             }
             let mut endpoints = BTreeMap::new();
-            for slice in &own_slices {
+            for slice in own_slices {
                 t.slice_endpoints(slice, &pf.port_name, pf.frontend.protocol, &mut endpoints);
             }
-            owners.insert(pf.frontend, format!("{}/{}", svc.namespace, svc.name));
-            desired.services.insert(
-                pf.frontend,
-                ServicePort {
-                    name,
-                    frontend: pf.frontend,
-                    service_type: svc.service_type,
-                    affinity: svc.affinity,
-                    internal_traffic_local: svc.internal_traffic_local,
-                    external: ExternalAccess {
-                        node_port: pf.node_port,
-                        ..svc.external.clone()
-                    },
-                    endpoints: endpoints.into_values().collect(),
-                },
-            );
+            owners.insert(pf.frontend, svc.obj.object.clone());
+            let port = service_port(&svc, pf, endpoints.into_values().collect());
+            desired.services.insert(pf.frontend, port);
         }
     }
     for (ns, svc) in slices.keys() {
@@ -669,6 +727,30 @@ pub fn translate(objects: &ClusterObjects) -> Translation {
         desired,
         errors: t.errors,
         skipped: t.skipped,
+    }
+}
+
+/// One port of a service, as the model holds it.
+fn service_port(
+    svc: &ServiceFrontends,
+    pf: &PortFrontend,
+    endpoints: Vec<Endpoint>,
+) -> ServicePort {
+    ServicePort {
+        name: ServicePortName {
+            namespace: svc.namespace.clone(),
+            name: svc.name.clone(),
+            port_name: pf.port_name.clone(),
+        },
+        frontend: pf.frontend,
+        service_type: svc.service_type,
+        affinity: svc.policies.affinity,
+        internal_traffic_local: svc.policies.internal_traffic_local,
+        external: ExternalAccess {
+            node_port: pf.node_port,
+            ..svc.external.clone()
+        },
+        endpoints,
     }
 }
 
