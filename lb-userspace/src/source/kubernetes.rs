@@ -1,7 +1,7 @@
 //! The API server as the source: watches Services, EndpointSlices and this
-//! node's Node (kube-runtime watchers with their backoff), keeps the last
-//! objects it saw, and sends the agent only the service ports that changed,
-//! in short batches.
+//! node's Node (kube-runtime watchers with their backoff), hands what they
+//! report to the change tracker (tracker.rs), and sends the agent only the
+//! service ports that changed, in short batches.
 //!
 //! The rules that keep the datapath serving through trouble:
 //! - nothing is sent before both Services and EndpointSlices have been
@@ -12,30 +12,30 @@
 //! - after a relist (watch restart, `410 Gone`) the new list is compared
 //!   with what was known, and only what really changed or vanished is sent.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::source::slice::EndpointSlice;
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_stream};
 use kube::{Api, Client};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::StateDelta;
 use super::events::ProblemReporter;
-use super::translate::{SERVICE_NAME_LABEL, translate};
-use super::{ClusterObjects, ObjectError, Sourced, StateDelta};
+use super::tracker::{ChangeTracker, Key, key_of};
 use crate::metrics::{Metrics, ResourceLabel};
-use crate::model::Frontend;
 
 /// Set by the EndpointSlice controller to when the change that caused a
 /// slice update happened (kube-proxy's network programming latency uses it).
@@ -75,32 +75,9 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
     Client::try_from(config).context("building the API client")
 }
 
-/// `(namespace, name)`.
-type Key = (String, String);
-
-fn key_of(meta: &ObjectMeta) -> Key {
-    (
-        meta.namespace.clone().unwrap_or_else(|| "default".into()),
-        meta.name.clone().unwrap_or_default(),
-    )
-}
-
-/// Whether two versions of an object differ (resourceVersion when both
-/// have one: cheap and exact).
-fn differs<K: kube::Resource + PartialEq>(a: Option<&K>, b: Option<&K>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => match (&a.meta().resource_version, &b.meta().resource_version) {
-            (Some(x), Some(y)) => x != y,
-            _ => a != b,
-        },
-        (None, None) => false,
-        _ => true,
-    }
-}
-
 /// Drops what the source never reads and what can dwarf the rest of an
 /// object (managedFields, kubectl's last-applied annotation): at 10 000
-/// Services it is most of the cache's memory.
+/// Services it is most of the change tracker's memory.
 fn slim<K: kube::Resource>(mut object: K) -> K {
     let meta = object.meta_mut();
     meta.managed_fields = None;
@@ -116,16 +93,6 @@ fn slim<K: kube::Resource>(mut object: K) -> K {
         }
     }
     object
-}
-
-fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
-    let text = slice
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(TRIGGER_TIME_ANNOTATION)?;
-    let parsed: k8s_openapi::jiff::Timestamp = text.parse().ok()?;
-    Some(SystemTime::from(parsed))
 }
 
 /// The label topology hints (`hints.forZones`) are matched against.
@@ -159,183 +126,6 @@ fn node_addresses(node: &Node) -> Vec<Ipv4Addr> {
     ips
 }
 
-/// Everything the source knows, and what changed since the last batch.
-#[derive(Default)]
-struct Cache {
-    services: HashMap<Key, Service>,
-    slices: HashMap<Key, EndpointSlice>,
-    /// Slice → the service (same namespace) its label names.
-    slice_owner: HashMap<Key, Key>,
-    /// Service → the names of its slices.
-    slices_of: HashMap<Key, BTreeSet<String>>,
-    /// Service → the service-port keys its last translation produced.
-    ports_of: HashMap<Key, Vec<Frontend>>,
-    /// Frontend → the Service that last claimed it: a Service gone or
-    /// changed only removes frontends it still owns (a ClusterIP can pass
-    /// from a deleted Service to a new one within a batch, in either order).
-    owner_of: HashMap<Frontend, Key>,
-    /// Service → the problems its last translation reported.
-    invalid: HashMap<Key, Vec<ObjectError>>,
-    /// Services whose problems changed to a non-empty set since the last
-    /// batch: told to their owners (events.rs).
-    to_report: BTreeSet<Key>,
-    dirty: BTreeSet<Key>,
-    triggered_at: Vec<SystemTime>,
-    node_addresses: Option<Vec<Ipv4Addr>>,
-    node_addresses_changed: bool,
-    node_zone: Option<String>,
-    node_zone_changed: bool,
-    /// Objects of a relist in progress, swapped in at its end.
-    relisting_services: Option<HashMap<Key, Service>>,
-    relisting_slices: Option<HashMap<Key, EndpointSlice>>,
-}
-
-impl Cache {
-    fn set_service(&mut self, key: Key, service: Option<Service>) {
-        match service {
-            Some(s) => self.services.insert(key.clone(), s),
-            None => self.services.remove(&key),
-        };
-        self.dirty.insert(key);
-    }
-
-    fn set_slice(&mut self, key: Key, slice: Option<EndpointSlice>) {
-        if let Some(old_owner) = self.slice_owner.remove(&key) {
-            if let Some(names) = self.slices_of.get_mut(&old_owner) {
-                names.remove(&key.1);
-                if names.is_empty() {
-                    self.slices_of.remove(&old_owner);
-                }
-            }
-            self.dirty.insert(old_owner);
-        }
-        match slice {
-            Some(slice) => {
-                let owner = slice
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                    .map(|service| (key.0.clone(), service.clone()));
-                if let Some(owner) = owner {
-                    self.slices_of
-                        .entry(owner.clone())
-                        .or_default()
-                        .insert(key.1.clone());
-                    self.slice_owner.insert(key.clone(), owner.clone());
-                    self.dirty.insert(owner);
-                }
-                if let Some(at) = trigger_time(&slice) {
-                    self.triggered_at.push(at);
-                }
-                self.slices.insert(key, slice);
-            }
-            None => {
-                self.slices.remove(&key);
-            }
-        }
-    }
-
-    fn replace_services(&mut self, listed: HashMap<Key, Service>) {
-        let keys: BTreeSet<Key> = self.services.keys().chain(listed.keys()).cloned().collect();
-        let mut listed = listed;
-        for key in keys {
-            let new = listed.remove(&key);
-            if differs(self.services.get(&key), new.as_ref()) {
-                self.set_service(key, new);
-            }
-        }
-    }
-
-    fn replace_slices(&mut self, listed: HashMap<Key, EndpointSlice>) {
-        let keys: BTreeSet<Key> = self.slices.keys().chain(listed.keys()).cloned().collect();
-        let mut listed = listed;
-        for key in keys {
-            let new = listed.remove(&key);
-            if differs(self.slices.get(&key), new.as_ref()) {
-                self.set_slice(key, new);
-            }
-        }
-    }
-
-    /// Translates the dirty services and returns what changed.
-    fn take_delta(&mut self) -> StateDelta {
-        let mut delta = StateDelta {
-            triggered_at: std::mem::take(&mut self.triggered_at),
-            ..StateDelta::default()
-        };
-        if std::mem::take(&mut self.node_addresses_changed) {
-            delta.node_addresses = self.node_addresses.clone();
-        }
-        if std::mem::take(&mut self.node_zone_changed) {
-            delta.node_zone = Some(self.node_zone.clone());
-        }
-        for key in std::mem::take(&mut self.dirty) {
-            let mut objects = ClusterObjects::default();
-            if let Some(service) = self.services.get(&key) {
-                objects.services.push(Sourced {
-                    origin: "api".into(),
-                    object: service.clone(),
-                });
-                for name in self.slices_of.get(&key).into_iter().flatten() {
-                    if let Some(slice) = self.slices.get(&(key.0.clone(), name.clone())) {
-                        objects.slices.push(Sourced {
-                            origin: "api".into(),
-                            object: slice.clone(),
-                        });
-                    }
-                }
-            }
-            let translation = translate(&objects);
-            for e in &translation.errors {
-                warn!("cannot program: {e}");
-            }
-            for s in &translation.skipped {
-                debug!("not programmed: {s}");
-            }
-            if translation.errors.is_empty() {
-                self.invalid.remove(&key);
-            } else if self.invalid.get(&key) != Some(&translation.errors) {
-                self.invalid.insert(key.clone(), translation.errors.clone());
-                self.to_report.insert(key.clone());
-            }
-            let new_keys: Vec<Frontend> = translation.desired.services.keys().copied().collect();
-            for old in self.ports_of.remove(&key).unwrap_or_default() {
-                if !translation.desired.services.contains_key(&old)
-                    && self.owner_of.get(&old) == Some(&key)
-                {
-                    self.owner_of.remove(&old);
-                    delta.ports.insert(old, None);
-                }
-            }
-            for (k, sp) in translation.desired.services {
-                self.owner_of.insert(k, key.clone());
-                delta.ports.insert(k, Some(sp));
-            }
-            if !new_keys.is_empty() {
-                self.ports_of.insert(key, new_keys);
-            }
-        }
-        delta
-    }
-
-    /// The Services with new problems, and the problems, since last asked.
-    fn take_reports(&mut self) -> Vec<(&Service, &[ObjectError])> {
-        std::mem::take(&mut self.to_report)
-            .into_iter()
-            .filter_map(|key| Some((self.services.get(&key)?, self.invalid.get(&key)?.as_slice())))
-            .collect()
-    }
-
-    fn invalid_count(&self) -> usize {
-        self.invalid.values().map(Vec::len).sum()
-    }
-
-    fn pending(&self) -> bool {
-        !self.dirty.is_empty() || self.node_addresses_changed || self.node_zone_changed
-    }
-}
-
 /// One event from any of the watches.
 enum Watched {
     // Boxed: the objects differ a lot in size.
@@ -346,12 +136,79 @@ enum Watched {
 
 type EventStream = Pin<Box<dyn Stream<Item = Watched> + Send>>;
 
-/// What the initial lists have delivered so far.
-#[derive(Default)]
-struct Listed {
-    services: bool,
-    slices: bool,
+fn count(family: &Family<ResourceLabel, Counter>, resource: &'static str) {
+    family.get_or_create(&ResourceLabel { resource }).inc();
+}
+
+/// The list state of a watch that is relisted: the same for every kind.
+/// A relist is buffered from `Init` to `InitDone` and handed over whole,
+/// so the tracker compares it with what it knew and sends only what changed.
+struct Relist<K> {
+    /// `services`, `endpointslices`: the metrics label and the log wording.
+    resource: &'static str,
+    /// The objects of a relist in progress.
+    buffer: Option<HashMap<Key, K>>,
+    /// The first list is complete.
+    listed: bool,
+}
+
+/// What one watcher event changes.
+enum Change<K> {
+    /// One object applied (`Some`) or deleted (`None`).
+    One(Key, Option<K>),
+    /// A complete list, in place of everything known.
+    All(HashMap<Key, K>),
+}
+
+impl<K: kube::Resource> Relist<K> {
+    fn new(resource: &'static str) -> Self {
+        Self {
+            resource,
+            buffer: None,
+            listed: false,
+        }
+    }
+
+    /// Follows one event; says what it changes once that is known.
+    fn on(&mut self, event: Event<K>, metrics: &Metrics) -> Option<Change<K>> {
+        match event {
+            Event::Apply(o) => Some(Change::One(key_of(o.meta()), Some(slim(o)))),
+            Event::Delete(o) => Some(Change::One(key_of(o.meta()), None)),
+            Event::Init => {
+                if self.listed {
+                    count(&metrics.watch_relists, self.resource);
+                    info!("relisting {}", self.resource);
+                }
+                self.buffer = Some(HashMap::new());
+                None
+            }
+            Event::InitApply(o) => {
+                if let Some(buffer) = self.buffer.as_mut() {
+                    buffer.insert(key_of(o.meta()), slim(o));
+                }
+                None
+            }
+            Event::InitDone => {
+                self.listed = true;
+                Some(Change::All(self.buffer.take().unwrap_or_default()))
+            }
+        }
+    }
+}
+
+/// What the lists have delivered so far.
+struct Lists {
+    services: Relist<Service>,
+    slices: Relist<EndpointSlice>,
+    /// This node's Node has been listed (or there is no node to watch).
     node: bool,
+}
+
+impl Lists {
+    /// Whether the first full lists are all in.
+    fn complete(&self) -> bool {
+        self.services.listed && self.slices.listed && self.node
+    }
 }
 
 impl KubernetesSource {
@@ -386,25 +243,15 @@ impl KubernetesSource {
         streams
     }
 
-    fn count(
-        &self,
-        family: &prometheus_client::metrics::family::Family<
-            ResourceLabel,
-            prometheus_client::metrics::counter::Counter,
-        >,
-        resource: &'static str,
-    ) {
-        family.get_or_create(&ResourceLabel { resource }).inc();
-    }
-
     /// Runs until the agent stops listening.
     pub async fn run(self, tx: mpsc::Sender<StateDelta>) {
         let mut events = futures::stream::select_all(self.streams());
         let reporter = ProblemReporter::new(self.client.clone(), self.node_name.as_deref());
-        let mut cache = Cache::default();
-        let mut listed = Listed {
+        let mut tracker = ChangeTracker::default();
+        let mut lists = Lists {
+            services: Relist::new("services"),
+            slices: Relist::new("endpointslices"),
             node: self.node_name.is_none(),
-            ..Listed::default()
         };
         let mut sent_complete = false;
         let mut batch_deadline: Option<Instant> = None;
@@ -425,8 +272,8 @@ impl KubernetesSource {
                         warn!("API watches ended");
                         return;
                     };
-                    self.handle(event, &mut cache, &mut listed);
-                    if cache.pending() && batch_deadline.is_none() {
+                    self.handle(event, &mut tracker, &mut lists);
+                    if tracker.pending() && batch_deadline.is_none() {
                         let now = Instant::now();
                         batch_deadline = Some(
                             last_sent.map_or(now, |at| (at + self.batch_window).max(now)),
@@ -436,23 +283,10 @@ impl KubernetesSource {
                 () = wait => {
                     batch_deadline = None;
                     // Nothing leaves before the first full lists are in.
-                    if !(listed.services && listed.slices && listed.node) {
+                    if !lists.complete() {
                         continue;
                     }
-                    let mut delta = cache.take_delta();
-                    self.metrics.objects_invalid.set(cache.invalid_count() as i64);
-                    for (service, problems) in cache.take_reports() {
-                        reporter.report(service, problems);
-                    }
-                    if !sent_complete {
-                        delta.complete = true;
-                        info!(
-                            services = cache.services.len(),
-                            slices = cache.slices.len(),
-                            service_ports = delta.ports.len(),
-                            "initial lists complete"
-                        );
-                    }
+                    let delta = self.take_batch(&mut tracker, &reporter, !sent_complete);
                     if tx.send(delta).await.is_err() {
                         return;
                     }
@@ -461,126 +295,131 @@ impl KubernetesSource {
                 }
             }
             // The initial lists may complete with nothing to send.
-            if !sent_complete
-                && batch_deadline.is_none()
-                && listed.services
-                && listed.slices
-                && listed.node
-            {
+            if !sent_complete && batch_deadline.is_none() && lists.complete() {
                 batch_deadline = Some(Instant::now());
             }
         }
     }
 
-    fn handle(&self, event: Watched, cache: &mut Cache, listed: &mut Listed) {
+    /// The next batch; the problems found on the way are told to the
+    /// Services' owners. The `first` batch is the complete one.
+    fn take_batch(
+        &self,
+        tracker: &mut ChangeTracker,
+        reporter: &ProblemReporter,
+        first: bool,
+    ) -> StateDelta {
+        let mut delta = tracker.take_delta();
+        self.metrics
+            .objects_invalid
+            .set(tracker.invalid_count() as i64);
+        for (service, problems) in tracker.take_reports() {
+            reporter.report(service, problems);
+        }
+        if first {
+            delta.complete = true;
+            info!(
+                services = tracker.service_count(),
+                slices = tracker.slice_count(),
+                service_ports = delta.ports.len(),
+                "initial lists complete"
+            );
+        }
+        delta
+    }
+
+    fn handle(&self, event: Watched, tracker: &mut ChangeTracker, lists: &mut Lists) {
+        match event {
+            Watched::Service(event) => match self.watched(*event, &mut lists.services) {
+                Some(Change::One(key, service)) => tracker.set_service(key, service),
+                Some(Change::All(listed)) => {
+                    debug!(services = listed.len(), "services listed");
+                    tracker.replace_services(listed);
+                }
+                None => {}
+            },
+            Watched::Slice(event) => match self.watched(*event, &mut lists.slices) {
+                Some(Change::One(key, slice)) => tracker.set_slice(key, slice),
+                Some(Change::All(listed)) => {
+                    debug!(slices = listed.len(), "endpointslices listed");
+                    tracker.replace_slices(listed);
+                }
+                None => {}
+            },
+            Watched::Node(event) => self.node_event(*event, tracker, &mut lists.node),
+        }
+    }
+
+    /// Counts one event of a relisted watch and says what it changes. A
+    /// failing watch changes nothing: the watcher retries with backoff.
+    fn watched<K: kube::Resource>(
+        &self,
+        event: Result<Event<K>, watcher::Error>,
+        relist: &mut Relist<K>,
+    ) -> Option<Change<K>> {
         let m = &self.metrics;
         match event {
-            Watched::Service(event) => match *event {
-                Ok(event) => {
-                    self.count(&m.watch_events, "services");
-                    match event {
-                        Event::Apply(s) => cache.set_service(key_of(&s.metadata), Some(slim(s))),
-                        Event::Delete(s) => cache.set_service(key_of(&s.metadata), None),
-                        Event::Init => {
-                            if listed.services {
-                                self.count(&m.watch_relists, "services");
-                                info!("relisting services");
-                            }
-                            cache.relisting_services = Some(HashMap::new());
-                        }
-                        Event::InitApply(s) => {
-                            if let Some(buffer) = cache.relisting_services.as_mut() {
-                                buffer.insert(key_of(&s.metadata), slim(s));
-                            }
-                        }
-                        Event::InitDone => {
-                            let listed_now = cache.relisting_services.take().unwrap_or_default();
-                            debug!(services = listed_now.len(), "services listed");
-                            cache.replace_services(listed_now);
-                            listed.services = true;
-                        }
-                    }
+            Ok(event) => {
+                count(&m.watch_events, relist.resource);
+                relist.on(event, m)
+            }
+            Err(e) => {
+                count(&m.watch_errors, relist.resource);
+                warn!(
+                    "watching {}: {e}; retrying, the last known state stays programmed",
+                    relist.resource
+                );
+                None
+            }
+        }
+    }
+
+    fn node_event(
+        &self,
+        event: Result<Event<Node>, watcher::Error>,
+        tracker: &mut ChangeTracker,
+        listed: &mut bool,
+    ) {
+        let m = &self.metrics;
+        match event {
+            Ok(event) => {
+                count(&m.watch_events, "nodes");
+                match event {
+                    Event::Apply(n) | Event::InitApply(n) => self.node_seen(&n, tracker),
+                    // A deleted Node keeps its last addresses: the agent is
+                    // about to be evicted, and should serve until then.
+                    Event::Delete(_) => m.set_node_draining(true),
+                    Event::Init => {}
+                    Event::InitDone => *listed = true,
                 }
-                Err(e) => {
-                    self.count(&m.watch_errors, "services");
-                    warn!(
-                        "watching services: {e}; retrying, the last known state stays programmed"
-                    );
-                }
-            },
-            Watched::Slice(event) => match *event {
-                Ok(event) => {
-                    self.count(&m.watch_events, "endpointslices");
-                    match event {
-                        Event::Apply(s) => cache.set_slice(key_of(&s.metadata), Some(slim(s))),
-                        Event::Delete(s) => cache.set_slice(key_of(&s.metadata), None),
-                        Event::Init => {
-                            if listed.slices {
-                                self.count(&m.watch_relists, "endpointslices");
-                                info!("relisting endpointslices");
-                            }
-                            cache.relisting_slices = Some(HashMap::new());
-                        }
-                        Event::InitApply(s) => {
-                            if let Some(buffer) = cache.relisting_slices.as_mut() {
-                                buffer.insert(key_of(&s.metadata), slim(s));
-                            }
-                        }
-                        Event::InitDone => {
-                            let listed_now = cache.relisting_slices.take().unwrap_or_default();
-                            debug!(slices = listed_now.len(), "endpointslices listed");
-                            cache.replace_slices(listed_now);
-                            listed.slices = true;
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.count(&m.watch_errors, "endpointslices");
-                    warn!(
-                        "watching endpointslices: {e}; retrying, the last known state stays programmed"
-                    );
-                }
-            },
-            Watched::Node(event) => match *event {
-                Ok(event) => {
-                    self.count(&m.watch_events, "nodes");
-                    match event {
-                        Event::Apply(n) | Event::InitApply(n) => {
-                            let draining = node_draining(&n);
-                            if draining != m.is_node_draining() {
-                                info!(node = ?n.metadata.name, draining, "node removal: /healthz follows");
-                                m.set_node_draining(draining);
-                            }
-                            let zone = n
-                                .metadata
-                                .labels
-                                .as_ref()
-                                .and_then(|l| l.get(ZONE_LABEL))
-                                .cloned();
-                            if zone != cache.node_zone {
-                                info!(node = ?n.metadata.name, zone = ?zone, "node zone (topology hints)");
-                                cache.node_zone = zone;
-                                cache.node_zone_changed = true;
-                            }
-                            let addresses = node_addresses(&n);
-                            if cache.node_addresses.as_ref() != Some(&addresses) {
-                                info!(node = ?n.metadata.name, addresses = ?addresses, "node addresses");
-                                cache.node_addresses = Some(addresses);
-                                cache.node_addresses_changed = true;
-                            }
-                        }
-                        // A deleted Node keeps its last addresses: the agent is
-                        // about to be evicted, and should serve until then.
-                        Event::Delete(_) => m.set_node_draining(true),
-                        Event::Init => {}
-                        Event::InitDone => listed.node = true,
-                    }
-                }
-                Err(e) => {
-                    self.count(&m.watch_errors, "nodes");
-                    warn!("watching node {:?}: {e}; retrying", self.node_name);
-                }
-            },
+            }
+            Err(e) => {
+                count(&m.watch_errors, "nodes");
+                warn!("watching node {:?}: {e}; retrying", self.node_name);
+            }
+        }
+    }
+
+    /// This node as it is now: draining or not, its zone, its addresses.
+    fn node_seen(&self, n: &Node, tracker: &mut ChangeTracker) {
+        let m = &self.metrics;
+        let draining = node_draining(n);
+        if draining != m.is_node_draining() {
+            info!(node = ?n.metadata.name, draining, "node removal: /healthz follows");
+            m.set_node_draining(draining);
+        }
+        let zone = n
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ZONE_LABEL))
+            .cloned();
+        if tracker.set_node_zone(zone.clone()) {
+            info!(node = ?n.metadata.name, zone = ?zone, "node zone (topology hints)");
+        }
+        let addresses = node_addresses(n);
+        if tracker.set_node_addresses(addresses.clone()) {
+            info!(node = ?n.metadata.name, addresses = ?addresses, "node addresses");
         }
     }
 }
@@ -588,121 +427,6 @@ impl KubernetesSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    fn service(name: &str, ip: &str, rv: &str) -> Service {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "namespace": "default", "resourceVersion": rv},
-            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
-        }))
-        .expect("service")
-    }
-
-    fn slice(name: &str, service: &str, ips: &[&str], rv: &str) -> EndpointSlice {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {
-                "name": name, "namespace": "default", "resourceVersion": rv,
-                "labels": {"kubernetes.io/service-name": service},
-                "annotations": {TRIGGER_TIME_ANNOTATION: "2026-11-24T10:00:00.123456789Z"}
-            },
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": 8080}],
-            "endpoints": ips.iter().map(|ip| serde_json::json!({"addresses": [ip]})).collect::<Vec<_>>()
-        }))
-        .expect("slice")
-    }
-
-    fn backends(delta: &StateDelta) -> Vec<String> {
-        delta
-            .ports
-            .values()
-            .flatten()
-            .flat_map(|sp| sp.endpoints.iter().map(|e| e.addr.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn only_changed_services_are_translated_and_sent() {
-        let mut c = Cache::default();
-        c.set_service(
-            key_of(&service("a", "10.96.0.1", "1").metadata),
-            Some(service("a", "10.96.0.1", "1")),
-        );
-        c.set_service(
-            key_of(&service("b", "10.96.0.2", "1").metadata),
-            Some(service("b", "10.96.0.2", "1")),
-        );
-        let s = slice("a-1", "a", &["10.244.0.1"], "2");
-        c.set_slice(key_of(&s.metadata), Some(s));
-        let first = c.take_delta();
-        assert_eq!(first.ports.len(), 2);
-        assert_eq!(backends(&first), vec!["10.244.0.1:8080"]);
-        assert_eq!(first.triggered_at.len(), 1);
-
-        // A second slice for a: only a's port is in the next batch.
-        let s = slice("a-2", "a", &["10.244.0.2"], "3");
-        c.set_slice(key_of(&s.metadata), Some(s));
-        let next = c.take_delta();
-        assert_eq!(next.ports.len(), 1);
-        let mut got = backends(&next);
-        got.sort();
-        assert_eq!(got, vec!["10.244.0.1:8080", "10.244.0.2:8080"]);
-
-        // Service b deleted: its port goes away.
-        c.set_service(("default".into(), "b".into()), None);
-        let gone = c.take_delta();
-        assert_eq!(gone.ports.len(), 1);
-        assert!(gone.ports.values().all(Option::is_none));
-        assert!(!c.pending());
-    }
-
-    /// A kube-dns → coredns migration: `kube-system/kube-dns` deleted and
-    /// `kube-system/coredns` created with the same pinned clusterIP, both
-    /// within one batch window (or one relist) — or the deletion arriving
-    /// in a later batch. The new owner's frontend must stay programmed.
-    #[test]
-    fn a_cluster_ip_reused_by_another_service_stays_programmed() {
-        let dns = |name: &str| -> (Key, Service) {
-            let mut svc = service(name, "10.96.0.10", "1");
-            svc.metadata.namespace = Some("kube-system".into());
-            (key_of(&svc.metadata), svc)
-        };
-        let (old_key, old) = dns("kube-dns");
-        let (new_key, new) = dns("coredns");
-        // Same batch: "coredns" sorts before "kube-dns".
-        let mut c = Cache::default();
-        c.set_service(old_key.clone(), Some(old.clone()));
-        c.take_delta();
-        c.set_service(old_key.clone(), None);
-        c.set_service(new_key.clone(), Some(new.clone()));
-        let delta = c.take_delta();
-        assert_eq!(delta.ports.len(), 1, "{:?}", delta.ports.keys());
-        let owner = delta
-            .ports
-            .values()
-            .next()
-            .and_then(Option::as_ref)
-            .map(|sp| sp.name.to_string());
-        assert_eq!(
-            owner.as_deref(),
-            Some("kube-system/coredns:http"),
-            "the frontend was removed"
-        );
-
-        // The deletion in the next batch must not remove coredns's frontend.
-        let mut c = Cache::default();
-        c.set_service(old_key.clone(), Some(old));
-        c.take_delta();
-        c.set_service(new_key, Some(new));
-        c.take_delta();
-        c.set_service(old_key, None);
-        let late = c.take_delta();
-        assert!(
-            late.ports.is_empty(),
-            "kube-dns's deletion removes coredns's frontend: {:?}",
-            late.ports
-        );
-    }
 
     #[test]
     fn a_node_deleted_or_tainted_for_removal_is_draining() {
@@ -725,125 +449,5 @@ mod tests {
         assert!(!node_draining(&node(serde_json::json!({
             "spec": {"taints": [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]}
         }))));
-    }
-
-    #[test]
-    fn relist_sends_only_what_differs() {
-        let mut c = Cache::default();
-        c.replace_services(HashMap::from([
-            (
-                ("default".into(), "a".into()),
-                service("a", "10.96.0.1", "1"),
-            ),
-            (
-                ("default".into(), "b".into()),
-                service("b", "10.96.0.2", "1"),
-            ),
-        ]));
-        c.take_delta();
-        // After a watch gap: a unchanged, b deleted meanwhile, c new.
-        c.replace_services(HashMap::from([
-            (
-                ("default".into(), "a".into()),
-                service("a", "10.96.0.1", "1"),
-            ),
-            (
-                ("default".into(), "c".into()),
-                service("c", "10.96.0.3", "5"),
-            ),
-        ]));
-        let delta = c.take_delta();
-        let summary: Vec<(String, bool)> = delta
-            .ports
-            .iter()
-            .map(|(k, v)| (k.ip.to_string(), v.is_some()))
-            .collect();
-        assert_eq!(
-            summary,
-            vec![("10.96.0.2".into(), false), ("10.96.0.3".into(), true)]
-        );
-    }
-
-    #[test]
-    fn a_slice_moving_between_services_updates_both() {
-        let mut c = Cache::default();
-        for (n, ip) in [("a", "10.96.0.1"), ("b", "10.96.0.2")] {
-            c.set_service(("default".into(), n.into()), Some(service(n, ip, "1")));
-        }
-        let s = slice("x", "a", &["10.244.0.9"], "2");
-        c.set_slice(key_of(&s.metadata), Some(s));
-        c.take_delta();
-        let s = slice("x", "b", &["10.244.0.9"], "3");
-        c.set_slice(key_of(&s.metadata), Some(s));
-        let delta = c.take_delta();
-        let by_ip: BTreeMap<String, usize> = delta
-            .ports
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.ip.to_string(),
-                    v.as_ref().map_or(0, |sp| sp.endpoints.len()),
-                )
-            })
-            .collect();
-        assert_eq!(
-            by_ip,
-            BTreeMap::from([("10.96.0.1".into(), 0), ("10.96.0.2".into(), 1)])
-        );
-    }
-
-    #[test]
-    fn invalid_services_are_counted_and_others_still_sent() {
-        let mut c = Cache::default();
-        let mut bad = service("bad", "10.96.0.9", "1");
-        if let Some(spec) = bad.spec.as_mut() {
-            spec.ports.as_mut().expect("ports")[0].port = 70000;
-        }
-        c.set_service(("default".into(), "bad".into()), Some(bad));
-        c.set_service(
-            ("default".into(), "ok".into()),
-            Some(service("ok", "10.96.0.8", "1")),
-        );
-        let delta = c.take_delta();
-        assert_eq!(delta.ports.len(), 1);
-        assert_eq!(c.invalid_count(), 1);
-        let reported: Vec<String> = c
-            .take_reports()
-            .iter()
-            .map(|(svc, problems)| format!("{:?}: {}", svc.metadata.name, problems[0].field))
-            .collect();
-        assert_eq!(
-            reported,
-            vec![r#"Some("bad"): spec.ports[0].port"#.to_string()]
-        );
-
-        // Retranslated with the same problem (a relist, a slice change): not
-        // told again; a different problem is.
-        c.dirty.insert(("default".into(), "bad".into()));
-        c.take_delta();
-        assert!(c.take_reports().is_empty());
-        let mut worse = service("bad", "10.96.0.9", "2");
-        if let Some(spec) = worse.spec.as_mut() {
-            spec.ports.as_mut().expect("ports")[0].protocol = Some("SCTP".into());
-        }
-        c.set_service(("default".into(), "bad".into()), Some(worse));
-        c.take_delta();
-        let reported = c.take_reports();
-        assert_eq!(reported.len(), 1);
-        assert!(
-            reported[0].1[0].message.contains("SCTP is not supported"),
-            "{:?}",
-            reported[0].1
-        );
-    }
-
-    #[test]
-    fn trigger_times_parse() {
-        let s = slice("a-1", "a", &[], "1");
-        let at = trigger_time(&s).expect("parsed");
-        let since = at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .expect("after epoch");
-        assert_eq!(since.subsec_nanos(), 123_456_789);
     }
 }

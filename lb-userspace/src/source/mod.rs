@@ -17,6 +17,7 @@ pub mod kubernetes;
 pub mod owner;
 pub mod slice;
 pub mod standalone;
+mod tracker;
 pub mod translate;
 
 /// One batch of changes from a source to the agent. Sources send only what
