@@ -12,6 +12,7 @@ pub use slice::EndpointSlice;
 
 use crate::model::{DesiredState, Frontend, ServicePort};
 
+mod endpoints;
 pub mod events;
 pub mod kubernetes;
 pub mod owner;

@@ -1,20 +1,27 @@
-//! `--standalone DIR`: Services and EndpointSlices from manifest files,
-//! followed while the agent runs.
+//! `--standalone DIR`: Services, EndpointSlices and classic Endpoints from
+//! manifest files, followed while the agent runs.
 //!
 //! Every `*.yaml`, `*.yml` and `*.json` file in DIR (not recursive; hidden
 //! files skipped, so editors' swap files and atomic-write temporaries are
 //! ignored) may hold several documents and `kind: List`s. A broken document
 //! is reported with its file and position; the others still load.
+//!
+//! A `v1` Endpoints object becomes the EndpointSlices the control plane's
+//! mirroring controller would make of it ([`super::endpoints`]): there is
+//! no control plane here to do it. (From the API server the agent reads
+//! only slices, mirrored ones included.)
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Endpoints;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::endpoints::mirror;
 use super::translate::translate;
 use super::{ClusterObjects, ObjectError, Sourced, StateDelta};
 use crate::model::DesiredState;
@@ -96,11 +103,31 @@ fn add_object(value: serde_json::Value, origin: String, loaded: &mut LoadedDir) 
                 .errors
                 .push(error(field_of(&e.to_string()), e.to_string())),
         },
+        ("v1", "Endpoints") => match serde_json::from_value(value) {
+            Ok(object) => add_endpoints(&object, &origin, loaded),
+            Err(e) => loaded
+                .errors
+                .push(error(field_of(&e.to_string()), e.to_string())),
+        },
         ("", _) | (_, "") => loaded.errors.push(error(
             "apiVersion/kind".into(),
             "missing apiVersion or kind".into(),
         )),
-        _ => debug!(%origin, %api_version, %kind, "not a Service or EndpointSlice, ignored"),
+        _ => debug!(%origin, %api_version, %kind, "kind not used, ignored"),
+    }
+}
+
+/// A classic Endpoints object, as the slices it mirrors to (same origin),
+/// and what could not be mirrored. The directory may also hold
+/// EndpointSlices for the same service: both are kept, as in a cluster
+/// where a custom Endpoints is mirrored next to other slices; translation
+/// merges a service's slices, and an endpoint in several counts once.
+fn add_endpoints(endpoints: &Endpoints, origin: &str, loaded: &mut LoadedDir) {
+    let mirrored = mirror(origin, endpoints);
+    loaded.errors.extend(mirrored.errors);
+    for object in mirrored.slices {
+        let origin = origin.to_string();
+        loaded.objects.slices.push(Sourced { origin, object });
     }
 }
 
@@ -320,6 +347,49 @@ mod tests {
             .filter_map(|s| s.object.metadata.name.clone())
             .collect();
         assert_eq!(names, vec!["ok", "web"]);
+    }
+
+    #[test]
+    fn classic_endpoints_load_with_their_service() {
+        let d = TempDir::new();
+        d.write(
+            "web.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
+             spec: {clusterIP: 10.96.0.20, ports: [{name: http, port: 80, targetPort: 8080}]}\n\
+             ---\n\
+             apiVersion: v1\nkind: Endpoints\nmetadata: {name: web, namespace: shop}\n\
+             subsets:\n\
+             - addresses: [{ip: 10.244.0.1, nodeName: n1}, {ip: 10.244.0.2}]\n  \
+               notReadyAddresses: [{ip: 10.244.0.3}]\n  \
+               ports: [{name: http, port: 8080, protocol: TCP}]\n",
+        );
+        let l = load_dir(&d.0).expect("load");
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        let t = translate(&l.objects);
+        assert!(t.errors.is_empty(), "{:?}", t.errors);
+        let sp = t.desired.services.values().next().expect("web:http");
+        assert_eq!(sp.name.to_string(), "shop/web:http");
+        let active: Vec<String> = sp.active_backends().iter().map(|b| b.to_string()).collect();
+        assert_eq!(active, ["10.244.0.1:8080", "10.244.0.2:8080"]);
+        let not_ready = sp
+            .endpoints
+            .iter()
+            .find(|e| e.addr.to_string() == "10.244.0.3:8080");
+        assert!(not_ready.is_some_and(|e| !e.ready && !e.serving), "{sp:?}");
+        let n1 = sp
+            .endpoints
+            .iter()
+            .find(|e| e.node.as_deref() == Some("n1"));
+        assert_eq!(
+            n1.map(|e| e.addr.to_string()).as_deref(),
+            Some("10.244.0.1:8080")
+        );
+        assert!(
+            l.objects
+                .slices
+                .iter()
+                .all(|s| s.origin == "web.yaml (document 2)")
+        );
     }
 
     #[test]
