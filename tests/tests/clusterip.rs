@@ -1024,3 +1024,26 @@ fn terminating_endpoints_keep_their_flows_and_serve_only_as_a_fallback() -> Resu
     assert_eq!(seen, names(1..=2));
     Ok(())
 }
+
+/// The guide's example of a Service's endpoints is a classic `v1`
+/// Endpoints object. In standalone mode one is taken like the EndpointSlice
+/// the control plane would mirror from it: ready `addresses` serve,
+/// `notReadyAddresses` do not, ports matched by name.
+#[test]
+fn classic_endpoints_serve_their_service_in_standalone_mode() -> Result<()> {
+    let c = Cluster::start(3)?;
+    let (b0, b1, b2) = (backend_ip(0), backend_ip(1), backend_ip(2));
+    let endpoints = format!(
+        "apiVersion: v1\nkind: Endpoints\nmetadata: {{name: echo, namespace: test}}\nsubsets:\n- addresses: [{{ip: {b0}}}, {{ip: {b1}}}]\n  notReadyAddresses: [{{ip: {b2}}}]\n  ports:\n  - {{name: tcp, port: 8080, protocol: TCP}}\n  - {{name: udp, port: 5353, protocol: UDP}}\n"
+    );
+    c.write_slice_and_wait(&endpoints, &[0, 1])?;
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        seen.insert(c.client().tcp_request(tcp_vip(), TIMEOUT)?);
+    }
+    let expected: BTreeSet<String> = ["b0", "b1"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(seen, expected, "only the ready addresses serve");
+    let answer = c.client().udp_request(udp_vip(), TIMEOUT)?;
+    assert!(expected.contains(&answer), "UDP by port name: {answer}");
+    Ok(())
+}
