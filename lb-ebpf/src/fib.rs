@@ -9,7 +9,7 @@
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_check_mtu_flags::BPF_MTU_CHK_SEGS, bpf_fib_lookup, bpf_redir_neigh,
+        BPF_FIB_LOOKUP_SRC, bpf_check_mtu_flags::BPF_MTU_CHK_SEGS, bpf_fib_lookup, bpf_redir_neigh,
     },
     helpers::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
@@ -51,6 +51,29 @@ pub fn lookup(
     src_ip_be: u32,
     dst_ip_be: u32,
 ) -> Result<NextHop, Unsendable> {
+    lookup_with(ctx, pkt, src_ip_be, dst_ip_be, 0)
+}
+
+/// Looks up the route of `pkt` to `dst_ip_be` from this node, and the
+/// source address the kernel would give it there (`NextHop::source`): the
+/// egress device's, as MASQUERADE picks.
+#[inline(always)]
+pub fn lookup_from_node(
+    ctx: &TcContext,
+    pkt: &Packet,
+    dst_ip_be: u32,
+) -> Result<NextHop, Unsendable> {
+    lookup_with(ctx, pkt, 0, dst_ip_be, BPF_FIB_LOOKUP_SRC)
+}
+
+#[inline(always)]
+fn lookup_with(
+    ctx: &TcContext,
+    pkt: &Packet,
+    src_ip_be: u32,
+    dst_ip_be: u32,
+    flags: u32,
+) -> Result<NextHop, Unsendable> {
     let gso = is_gso(ctx);
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
@@ -70,7 +93,7 @@ pub fn lookup(
             ctx.skb.skb as *mut _,
             &mut params,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
+            flags,
         )
     };
     let resolved = match rc as u32 {
@@ -111,6 +134,13 @@ fn segments_fit(ctx: &TcContext, ifindex: u32) -> Result<(), Unsendable> {
 }
 
 impl NextHop {
+    /// The source address the lookup picked (`lookup_from_node`), or the
+    /// one it was given.
+    #[inline(always)]
+    pub fn source(&self) -> u32 {
+        unsafe { self.params.__bindgen_anon_3.ipv4_src }
+    }
+
     /// Sends the (now rewritten) packet on; returns the tc action.
     #[inline(always)]
     pub fn send(&self, ctx: &TcContext) -> Result<i32, i64> {

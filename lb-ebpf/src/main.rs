@@ -367,11 +367,16 @@ fn open(
 ) -> i32 {
     let to = (backend.ip_be, backend.port_be);
     if side == Side::World && backend.flags & backend_flags::LOCAL == 0 {
+        let hop = match fib::lookup_from_node(ctx, pkt, backend.ip_be) {
+            Ok(hop) => hop,
+            Err(e) => return unsendable(ctx, pkt, e, now),
+        };
         let seen = (pkt.tcp_flags, pkt.tcp_seq);
-        let Some(snat) = snat::claim(&pkt.flow, backend_id, backend, service_id, seen, now) else {
+        let at = (hop.source(), now);
+        let Some(snat) = snat::claim(&pkt.flow, backend_id, backend, service_id, seen, at) else {
             return TC_ACT_SHOT;
         };
-        return translate_snat(ctx, pkt, to, snat, now);
+        return send_snat(ctx, pkt, &hop, to, snat);
     }
     let created = conntrack::create(
         &pkt.flow,
@@ -443,10 +448,21 @@ fn translate_snat(
     snat: (u32, u16),
     now: u64,
 ) -> i32 {
-    let hop = match fib::lookup(ctx, pkt, snat.0, backend.0) {
-        Ok(hop) => hop,
-        Err(e) => return unsendable(ctx, pkt, e, now),
-    };
+    match fib::lookup(ctx, pkt, snat.0, backend.0) {
+        Ok(hop) => send_snat(ctx, pkt, &hop, backend, snat),
+        Err(e) => unsendable(ctx, pkt, e, now),
+    }
+}
+
+/// Rewrites to `snat → backend` and sends the packet to `hop`.
+#[inline(always)]
+fn send_snat(
+    ctx: &TcContext,
+    pkt: &Packet,
+    hop: &fib::NextHop,
+    backend: (u32, u16),
+    snat: (u32, u16),
+) -> i32 {
     let result = nat::rewrite(ctx, pkt, End::Destination, backend.0, backend.1)
         .and_then(|()| nat::rewrite(ctx, pkt, End::Source, snat.0, snat.1))
         .and_then(|()| hop.send(ctx));

@@ -26,14 +26,21 @@ pub fn claim(
     backend: &Backend,
     service_id: u32,
     (tcp_flags, seq): (u8, u32),
-    now: u64,
+    (source_ip_be, now): (u32, u64),
 ) -> Option<(u32, u16)> {
     const EEXIST: i32 = -17;
     let cfg = nat_config.get(0)?;
-    if cfg.snat_ip_be == 0 || cfg.port_max < cfg.port_min {
+    // The egress device's address, as MASQUERADE picks it; the configured
+    // node address when the route gave none.
+    let snat_ip = if source_ip_be != 0 {
+        source_ip_be
+    } else {
+        cfg.snat_ip_be
+    };
+    if snat_ip == 0 || cfg.port_max < cfg.port_min {
         return None;
     }
-    let (snat_ip, min) = (cfg.snat_ip_be, cfg.port_min as u32);
+    let min = cfg.port_min as u32;
     let span = (cfg.port_max - cfg.port_min) as u32 + 1;
     let start = unsafe { bpf_get_prandom_u32() };
     for i in 0..PROBES {

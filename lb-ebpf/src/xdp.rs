@@ -16,7 +16,7 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, bpf_fib_lookup,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect},
@@ -198,6 +198,30 @@ fn next_hop(ctx: &XdpContext, pkt: &XdpPacket, src: u32, dst: u32) -> Option<(u3
     Some((params.ifindex, macs))
 }
 
+/// The address this node sends from towards `dst` (the egress device's,
+/// as MASQUERADE picks it), or 0 when the FIB cannot tell.
+#[inline(always)]
+fn snat_source(ctx: &XdpContext, pkt: &XdpPacket, dst: u32) -> u32 {
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = 2;
+    params.l4_protocol = pkt.flow.proto;
+    params.__bindgen_anon_4.ipv4_dst = dst;
+    params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let rc = unsafe {
+        fib_lookup(
+            ctx.ctx as *mut _,
+            &mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_SRC,
+        )
+    };
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        unsafe { params.__bindgen_anon_3.ipv4_src }
+    } else {
+        0
+    }
+}
+
 /// Sends the rewritten frame on: back out of the interface it came in on
 /// (XDP_TX), or redirected to another.
 #[inline(always)]
@@ -330,13 +354,14 @@ fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
         // The choice is recorded here even when tc does the forwarding: a
         // second draw in tc would skew the balance (remote backends would
         // get their share of only the flows XDP did not keep).
+        let source = snat_source(ctx, pkt, backend.ip_be);
         let Some(snat) = snat::claim(
             &pkt.flow,
             backend_id,
             &backend,
             service_id,
             (pkt.tcp_flags, pkt.tcp_seq),
-            now,
+            (source, now),
         ) else {
             return Ok(XDP_DROP);
         };

@@ -141,7 +141,8 @@ struct AgentArgs {
     )]
     tunnel_ifaces: String,
     /// Node addresses to serve node ports on (default: the addresses of the
-    /// external interfaces). The first is the SNAT address.
+    /// external interfaces). The first is the SNAT address when the route
+    /// to a backend gives none (otherwise the egress device's is used).
     #[arg(long, value_delimiter = ',', value_name = "IP,...")]
     node_ips: Vec<std::net::Ipv4Addr>,
     /// Source ports for SNAT of external flows to other nodes; reserved from

@@ -560,8 +560,9 @@ fn packets_too_big_for_the_way_onward_get_fragmentation_needed() -> Result<()> {
 /// node 1: the request arrives on the underlay, the backend's reply to
 /// that pod leaves through `flannel.1` — it must still carry the node port
 /// as its source (before: it left with the backend's address and the pod's
-/// socket rejected it). External clients keep reaching backends on other
-/// nodes through the tunnel.
+/// socket rejected it). External clients reach backends on other nodes
+/// through the tunnel, SNATed to the tunnel device's address (the egress
+/// device's, as MASQUERADE picks), and their replies come back through it.
 #[test]
 fn node_ports_work_over_a_vxlan_overlay() -> Result<()> {
     use switchyard_tests::{EndpointSpec, cluster::node_name, endpoint_slice_yaml};
@@ -617,6 +618,11 @@ fn node_ports_work_over_a_vxlan_overlay() -> Result<()> {
             )
         })?;
     assert_eq!(answer, "n2b1");
+    // SNATed to the tunnel device's address, as MASQUERADE would: the
+    // backend's reply comes back through the tunnel and is un-SNATed there.
+    let (name, seen) = c.cluster.external().tcp_whoami(far, TIMEOUT)?;
+    assert_eq!(name, "n2b1");
+    assert!(seen.starts_with("10.245.0.1:"), "the backend saw {seen}");
     assert_eq!(upload_and_download(&c, far, 1 << 20)?, "n2b1");
     Ok(())
 }
