@@ -734,7 +734,7 @@ mod tests {
         assert_eq!(size_of::<AffinityEntry>(), 16);
         assert_eq!(size_of::<Backend>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<ConnEntry>(), 40);
+        assert_eq!(size_of::<ConnEntry>(), 48);
         assert_eq!(size_of::<NatConfig>(), 12);
         assert_eq!(size_of::<SockKey>(), 16);
         assert_eq!(size_of::<SockAddr>(), 8);
