@@ -342,16 +342,11 @@ fn refuse(ctx: &TcContext, pkt: &Packet, master: &BackendSlot, now: u64) -> i32 
         stats::count(reason::REJECT_RATE_LIMITED);
         return TC_ACT_SHOT;
     }
-    match reject::port_unreachable(ctx, pkt) {
-        Ok(action) => {
-            stats::count(reason::NO_BACKEND_REJECTED);
-            action
-        }
-        Err(_) => {
-            stats::count(reason::NO_BACKEND_DROPPED);
-            TC_ACT_SHOT
-        }
-    }
+    counted(
+        reject::port_unreachable(ctx, pkt),
+        reason::NO_BACKEND_REJECTED,
+        reason::NO_BACKEND_DROPPED,
+    )
 }
 
 /// Records the new flow to `backend` and translates its first packet:
@@ -497,13 +492,20 @@ fn unsendable(ctx: &TcContext, pkt: &Packet, why: fib::Unsendable, now: u64) -> 
 
 #[inline(always)]
 fn finish_reply(result: Result<i32, i64>) -> i32 {
+    counted(result, reason::REPLY_REV_NAT, reason::NAT_FAILED)
+}
+
+/// The action of `result`, counted as `ok`; a failure is dropped and
+/// counted as `failed`.
+#[inline(always)]
+fn counted(result: Result<i32, i64>, ok: u32, failed: u32) -> i32 {
     match result {
         Ok(action) => {
-            stats::count(reason::REPLY_REV_NAT);
+            stats::count(ok);
             action
         }
         Err(_) => {
-            stats::count(reason::NAT_FAILED);
+            stats::count(failed);
             TC_ACT_SHOT
         }
     }

@@ -170,10 +170,15 @@ fn rewrite(
     write(ctx, port_off, port_be)
 }
 
-/// Where a packet from `src` to `dst` leaves: (ifindex, destination MAC,
-/// source MAC), when the FIB knows the route and the neighbour.
+/// The FIB's answer for a packet from `src` (0: let it pick, with
+/// `BPF_FIB_LOOKUP_SRC`) to `dst`, as forwarded from the ingress interface.
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, pkt: &XdpPacket, src: u32, dst: u32) -> Option<(u32, [u8; 12])> {
+fn fib(
+    ctx: &XdpContext,
+    pkt: &XdpPacket,
+    (src, dst): (u32, u32),
+    flags: u32,
+) -> (i64, bpf_fib_lookup) {
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = 2;
     params.l4_protocol = pkt.flow.proto;
@@ -186,9 +191,17 @@ fn next_hop(ctx: &XdpContext, pkt: &XdpPacket, src: u32, dst: u32) -> Option<(u3
             ctx.ctx as *mut _,
             &mut params,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
+            flags,
         )
     };
+    (rc, params)
+}
+
+/// Where a packet from `src` to `dst` leaves: (ifindex, destination MAC,
+/// source MAC), when the FIB knows the route and the neighbour.
+#[inline(always)]
+fn next_hop(ctx: &XdpContext, pkt: &XdpPacket, src: u32, dst: u32) -> Option<(u32, [u8; 12])> {
+    let (rc, params) = fib(ctx, pkt, (src, dst), 0);
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
     }
@@ -202,19 +215,7 @@ fn next_hop(ctx: &XdpContext, pkt: &XdpPacket, src: u32, dst: u32) -> Option<(u3
 /// as MASQUERADE picks it), or 0 when the FIB cannot tell.
 #[inline(always)]
 fn snat_source(ctx: &XdpContext, pkt: &XdpPacket, dst: u32) -> u32 {
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = 2;
-    params.l4_protocol = pkt.flow.proto;
-    params.__bindgen_anon_4.ipv4_dst = dst;
-    params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let rc = unsafe {
-        fib_lookup(
-            ctx.ctx as *mut _,
-            &mut params,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_SRC,
-        )
-    };
+    let (rc, params) = fib(ctx, pkt, (0, dst), BPF_FIB_LOOKUP_SRC);
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         unsafe { params.__bindgen_anon_3.ipv4_src }
     } else {

@@ -333,6 +333,17 @@ impl<M: ServiceMaps> MapSync<M> {
             self.service_ids.release(service_id);
             return Err(e);
         }
+        self.record_programmed(frontend, service_id, target);
+        Ok(())
+    }
+
+    /// Notes what the maps now hold for `frontend`.
+    fn record_programmed(
+        &mut self,
+        frontend: &Frontend,
+        service_id: u32,
+        target: ProgrammedService,
+    ) {
         count_users(&mut self.backend_users, &target.slots, 1);
         self.services.insert(
             *frontend,
@@ -341,7 +352,6 @@ impl<M: ServiceMaps> MapSync<M> {
                 ..target
             },
         );
-        Ok(())
     }
 
     fn update_service(
@@ -384,14 +394,7 @@ impl<M: ServiceMaps> MapSync<M> {
             self.maps.delete_source_range(service_id, *ip, *len)?;
         }
         count_users(&mut self.backend_users, &current.slots, -1);
-        count_users(&mut self.backend_users, &target.slots, 1);
-        self.services.insert(
-            *frontend,
-            ProgrammedService {
-                service_id,
-                ..target
-            },
-        );
+        self.record_programmed(frontend, service_id, target);
         Ok(())
     }
 
