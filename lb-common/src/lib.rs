@@ -27,7 +27,8 @@ pub mod map_names {
     pub const ADMISSION: &str = "admission";
     pub const CT_SOURCES: &str = "ct_sources";
     pub const POD_SOURCES: &str = "pod_sources";
-    pub const ALL: [&str; 16] = [
+    pub const BACKEND_FLOWS: &str = "backend_flows";
+    pub const ALL: [&str; 17] = [
         SERVICES,
         BACKENDS,
         CONNTRACK,
@@ -44,6 +45,7 @@ pub mod map_names {
         ADMISSION,
         CT_SOURCES,
         POD_SOURCES,
+        BACKEND_FLOWS,
     ];
 }
 
@@ -219,7 +221,22 @@ pub mod service_flags {
     /// (`frontend_scope::IN_CLUSTER`): only then do pods and node
     /// processes pay a second lookup.
     pub const HAS_IN_CLUSTER: u16 = 16;
+    /// A new flow takes the next slot after the previous new flow's (a
+    /// cursor per frontend and CPU, so CPUs never contend for it).
+    pub const ROUND_ROBIN: u16 = 32;
+    /// A new flow takes the backend with the fewest open flows
+    /// (`backend_flows`) among [`super::LEAST_CONN_CHOICES`] consecutive
+    /// slots from a random one: exact for up to that many backends.
+    pub const LEAST_CONN: u16 = 64;
 }
+
+/// Slots a least-connection frontend compares per new flow. Up to this many
+/// backends the choice is exact (every backend is looked at, from a random
+/// first one so ties are broken at random); beyond, it is the best of this
+/// many consecutive slots from a random start — a "power of d choices",
+/// which keeps the busiest backend within a small margin of the average at
+/// a fixed cost per new flow.
+pub const LEAST_CONN_CHOICES: u32 = 8;
 
 /// The flow hash Maglev frontends use, shared so user space and tests can
 /// predict the datapath. Inputs are the raw (network-order) header fields.
@@ -269,6 +286,13 @@ pub struct PodSource {
     pub ifindex: u32,
     pub ip_be: u32,
 }
+
+/// Value of the `backend_flows` map (key: backend ID): the backend's open
+/// flows through this node — created here and not yet closed by their
+/// client (FIN or RST) nor expired. Counted up and down by the datapath,
+/// recounted exactly by the agent's conntrack sweeps; signed because a
+/// close may race with a recount (read below 0 as 0).
+pub type BackendFlows = i32;
 
 /// Pod interfaces × their addresses in `pod_sources`.
 pub const MAX_POD_SOURCES: u32 = 65_536;

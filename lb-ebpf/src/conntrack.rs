@@ -9,7 +9,7 @@ use lb_common::{
     Backend, BackendId, ConnEntry, FlowKey, SEQ_MARK_STEP, SEQ_WINDOW, conn_kind, reason, tcp_seen,
 };
 
-use crate::{maps::conntrack, stats};
+use crate::{load, maps::conntrack, stats};
 
 /// Refresh `last_seen_ns` at most this often, to keep map writes off the fast path.
 const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
@@ -149,6 +149,7 @@ pub fn create(
         ..forward
     };
     insert(flow, &forward, BPF_ANY)?;
+    load::opened(backend_id);
     Ok(source_port_be)
 }
 
@@ -229,6 +230,9 @@ pub fn touch(entry: &mut ConnEntry, tcp_flags: u8, seq: u32, now: u64) -> Touch 
         entry.last_seen_ns = now;
     }
     if before & CLOSING == 0 && flags & CLOSING != 0 {
+        if conn_kind::is_forward(entry.kind) {
+            load::closed(entry.backend_id);
+        }
         Touch::Closed
     } else {
         Touch::Seen
@@ -312,7 +316,9 @@ pub fn create_snat(
     // NOEXIST: the port is claimed only if no other flow took it since it
     // was found free (EEXIST: the caller picks another).
     conntrack.insert(reply_key, reply, BPF_NOEXIST as u64)?;
-    conntrack.insert(flow, forward, BPF_ANY as u64)
+    conntrack.insert(flow, forward, BPF_ANY as u64)?;
+    load::opened(backend_id);
+    Ok(())
 }
 
 /// A client may open a direct connection to a backend from the source port

@@ -3,11 +3,12 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use aya_ebpf::maps::lpm_trie::Key;
 use lb_common::{
-    Backend, BackendId, BackendSlot, FlowKey, ServiceKey, SourceRange, flow_hash, frontend_scope,
-    service_flags,
+    Backend, BackendId, BackendSlot, FlowKey, LEAST_CONN_CHOICES, ServiceKey, SourceRange,
+    flow_hash, frontend_scope, service_flags,
 };
 
-use crate::maps::{backends, services, source_ranges};
+use crate::load;
+use crate::maps::{backends, rr_cursors, services, source_ranges};
 
 /// The master entry of the frontend this flow is addressed to, if any, and
 /// its scope: for a client inside the cluster the frontend's in-cluster
@@ -32,9 +33,10 @@ pub fn service_of(flow: &FlowKey, in_cluster: bool) -> Option<(BackendSlot, u8)>
     Some((master, frontend_scope::ALL))
 }
 
-/// Picks a backend for a new flow: uniformly at random among the slots,
-/// like kube-proxy's iptables mode, or for a Maglev frontend the table
-/// entry the flow's 5-tuple hashes to (the same on every node).
+/// Picks a backend for a new flow by the frontend's scheduler: uniformly at
+/// random among the slots (kube-proxy's iptables mode), the Maglev table
+/// entry the flow's 5-tuple hashes to (the same on every node), the next
+/// slot in turn, or the slot whose backend has the fewest open flows.
 #[inline(always)]
 pub fn pick_backend(
     flow: &FlowKey,
@@ -45,28 +47,89 @@ pub fn pick_backend(
     if count == 0 {
         return None;
     }
-    let draw = if master.flags & service_flags::MAGLEV != 0 {
-        flow_hash(
-            flow.src_ip_be,
-            flow.dst_ip_be,
-            flow.src_port_be,
-            flow.dst_port_be,
-            flow.proto,
-        )
+    let slots = Slots { flow, scope, count };
+    let backend_id = if master.flags & service_flags::LEAST_CONN != 0 {
+        slots.least_loaded()?
     } else {
-        unsafe { bpf_get_prandom_u32() }
+        let draw = if master.flags & service_flags::MAGLEV != 0 {
+            flow_hash(
+                flow.src_ip_be,
+                flow.dst_ip_be,
+                flow.src_port_be,
+                flow.dst_port_be,
+                flow.proto,
+            )
+        } else if master.flags & service_flags::ROUND_ROBIN != 0 {
+            next_in_turn(master.service_id)
+        } else {
+            unsafe { bpf_get_prandom_u32() }
+        };
+        slots.backend_at(draw % count)?
     };
-    let slot = (draw % count) + 1;
-    let key = ServiceKey::scoped(
-        flow.dst_ip_be,
-        flow.dst_port_be,
-        flow.proto,
-        scope,
-        slot as u16,
-    );
-    let backend_id = unsafe { services.get(key) }?.backend_id;
     let backend = unsafe { backends.get(backend_id) }?;
     Some((backend_id, *backend))
+}
+
+/// The slots of the frontend a flow is addressed to, in one scope.
+struct Slots<'a> {
+    flow: &'a FlowKey,
+    scope: u8,
+    count: u32,
+}
+
+impl Slots<'_> {
+    /// The backend in slot `index + 1` (`index < count`).
+    #[inline(always)]
+    fn backend_at(&self, index: u32) -> Option<BackendId> {
+        let key = ServiceKey::scoped(
+            self.flow.dst_ip_be,
+            self.flow.dst_port_be,
+            self.flow.proto,
+            self.scope,
+            (index + 1) as u16,
+        );
+        Some(unsafe { services.get(key) }?.backend_id)
+    }
+
+    /// Least connection: the backend with the fewest open flows among
+    /// `LEAST_CONN_CHOICES` consecutive slots from a random one (all of
+    /// them when there are no more); the first of equals, so ties go to a
+    /// random one.
+    #[inline(always)]
+    fn least_loaded(&self) -> Option<BackendId> {
+        let start = unsafe { bpf_get_prandom_u32() } % self.count;
+        let mut best: Option<(BackendId, u32)> = None;
+        for i in 0..LEAST_CONN_CHOICES {
+            if i >= self.count {
+                break;
+            }
+            let Some(id) = self.backend_at((start + i) % self.count) else {
+                continue;
+            };
+            let flows = load::of(id);
+            if best.is_none_or(|(_, least)| flows < least) {
+                best = Some((id, flows));
+            }
+        }
+        best.map(|(id, _)| id)
+    }
+}
+
+/// Round robin: this CPU's next turn at the frontend. Each CPU keeps its
+/// own cursor (no contention, no atomics), started at a random slot so
+/// CPUs do not move in step: over any run, backends' shares differ by at
+/// most one flow per CPU.
+#[inline(always)]
+fn next_in_turn(service_id: u32) -> u32 {
+    if let Some(cursor) = rr_cursors.get_ptr_mut(service_id) {
+        let cursor = unsafe { &mut *cursor };
+        *cursor = cursor.wrapping_add(1);
+        return *cursor;
+    }
+    let first = unsafe { bpf_get_prandom_u32() };
+    // Failure (the map full) only costs the turn order: random instead.
+    let _ = rr_cursors.insert(service_id, first, 0);
+    first
 }
 
 /// Whether the flow's source is in the service's loadBalancerSourceRanges.

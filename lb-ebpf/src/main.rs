@@ -20,6 +20,7 @@ mod conntrack;
 mod fib;
 mod fragment;
 mod icmp;
+mod load;
 mod lookup;
 mod maps;
 mod nat;

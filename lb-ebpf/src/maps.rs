@@ -7,9 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Admission, AffinityEntry, AffinityKey, Backend, BackendId, BackendSlot, ConnEntry, FlowKey,
-    FragmentKey, FragmentPorts, InterfaceStatus, MAX_AFFINITY_ENTRIES, MAX_BACKENDS,
-    MAX_CONNTRACK_ENTRIES, MAX_CT_SOURCES, MAX_FRAGMENT_ENTRIES, MAX_POD_SOURCES,
+    Admission, AffinityEntry, AffinityKey, Backend, BackendFlows, BackendId, BackendSlot,
+    ConnEntry, FlowKey, FragmentKey, FragmentPorts, InterfaceStatus, MAX_AFFINITY_ENTRIES,
+    MAX_BACKENDS, MAX_CONNTRACK_ENTRIES, MAX_CT_SOURCES, MAX_FRAGMENT_ENTRIES, MAX_POD_SOURCES,
     MAX_SERVICE_ENTRIES, MAX_SERVICES, MAX_SOCK_LB_ENTRIES, MAX_SOURCE_RANGES, NatConfig,
     PodSource, ServiceCounters, ServiceKey, ServiceName, SockAddr, SockKey, SourceRange, reason,
 };
@@ -31,6 +31,26 @@ pub static backends: HashMap<
     { MAX_BACKENDS as usize },
     { BPF_F_NO_PREALLOC as usize },
 > = HashMap::new();
+
+/// Backend ID → its open flows (load.rs), for least-connection and
+/// `inspect backends`. An entry per backend, created by user space.
+#[btf_map]
+pub static backend_flows: HashMap<
+    BackendId,
+    BackendFlows,
+    { MAX_BACKENDS as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
+
+/// Service ID → the slot its last round-robin flow took, per CPU. Not
+/// pinned: a restart only moves where each CPU's round starts.
+#[btf_map]
+pub static rr_cursors: PerCpuHashMap<
+    u32,
+    u32,
+    { MAX_SERVICES as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = PerCpuHashMap::new();
 
 /// Flow → NAT decision, for both directions of every translated connection.
 #[btf_map]

@@ -74,6 +74,7 @@ fn desired(services: usize) -> DesiredState {
                 service_type: ServiceType::ClusterIP,
                 affinity: None,
                 internal_traffic_local: false,
+                algorithm: None,
                 external: Default::default(),
                 endpoints,
             },

@@ -40,6 +40,7 @@ fn desired() -> DesiredState {
         service_type: ServiceType::NodePort,
         affinity: None,
         internal_traffic_local: false,
+        algorithm: None,
         external: Default::default(),
         endpoints: vec![Endpoint {
             addr: BackendAddr {

@@ -54,6 +54,7 @@ fn service(i: usize, shift: usize) -> ServicePort {
         service_type: ServiceType::ClusterIP,
         affinity: None,
         internal_traffic_local: false,
+        algorithm: None,
         external: Default::default(),
         endpoints: (0..BACKENDS)
             .map(|b| Endpoint {

@@ -18,6 +18,7 @@ use lb_common::{
 use serde::Serialize;
 
 use crate::datapath::addr::{ip_from_be, port_from_be};
+use crate::datapath::backend_load;
 use crate::datapath::conntrack::monotonic_ns;
 use crate::datapath::maps::PinnedMaps;
 use crate::model::Protocol;
@@ -274,6 +275,12 @@ fn policy(key: &ServiceKey, master: &BackendSlot) -> Vec<String> {
     if master.flags & service_flags::MAGLEV != 0 {
         policy.push(format!("maglev={}", master.count));
     }
+    if master.flags & service_flags::ROUND_ROBIN != 0 {
+        policy.push("round-robin".to_string());
+    }
+    if master.flags & service_flags::LEAST_CONN != 0 {
+        policy.push("least-connection".to_string());
+    }
     policy
 }
 
@@ -284,17 +291,21 @@ pub struct BackendRow {
     pub backend_id: u32,
     pub address: String,
     pub protocol: String,
+    /// Flows through this node to the backend, not yet closed by their
+    /// client nor expired: what least-connection frontends compare.
+    pub open_flows: u32,
     pub used_by: Vec<String>,
 }
 
 impl Row for BackendRow {
-    const HEADER: &'static [&'static str] = &["ID", "ADDRESS", "PROTO", "USED BY"];
+    const HEADER: &'static [&'static str] = &["ID", "ADDRESS", "PROTO", "OPEN FLOWS", "USED BY"];
 
     fn cells(&self) -> Vec<String> {
         vec![
             self.backend_id.to_string(),
             self.address.clone(),
             self.protocol.clone(),
+            self.open_flows.to_string(),
             self.used_by.join(", "),
         ]
     }
@@ -303,6 +314,7 @@ impl Row for BackendRow {
 /// One row per backend, by ID.
 pub fn backends(maps: &PinnedMaps) -> Result<Vec<BackendRow>> {
     let mut users = backend_users(maps)?;
+    let open_flows = backend_load::read(maps);
     let mut rows = Vec::new();
     for item in maps.backends.iter() {
         let (id, b) = item?;
@@ -313,6 +325,7 @@ pub fn backends(maps: &PinnedMaps) -> Result<Vec<BackendRow>> {
             backend_id: id,
             address: endpoint(b.ip_be, b.port_be),
             protocol: proto_name(b.proto),
+            open_flows: open_flows.get(&id).copied().unwrap_or(0),
             used_by,
         });
     }

@@ -18,6 +18,7 @@ use lb_userspace::{
         sync::Selection,
     },
     inspect::{self, InspectWhat, OutputFormat},
+    model,
 };
 
 #[derive(Parser)]
@@ -40,6 +41,19 @@ struct Cli {
 enum Algorithm {
     Random,
     Maglev,
+    RoundRobin,
+    LeastConnection,
+}
+
+impl From<Algorithm> for model::Algorithm {
+    fn from(a: Algorithm) -> Self {
+        match a {
+            Algorithm::Random => Self::Random,
+            Algorithm::Maglev => Self::Maglev,
+            Algorithm::RoundRobin => Self::RoundRobin,
+            Algorithm::LeastConnection => Self::LeastConnection,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -157,9 +171,12 @@ struct AgentArgs {
     /// supports it, generic otherwise), `native`, `generic` or `off` (tc only).
     #[arg(long, value_enum, default_value = "auto")]
     xdp: XdpChoice,
-    /// How a new flow picks its backend: `random` (kube-proxy's way) or
-    /// `maglev` (consistent hashing: the same on every node, few flows move
-    /// when backends change).
+    /// How a new flow picks its backend, unless its Service's
+    /// `switchyard.io/lb-algorithm` annotation says otherwise: `random`
+    /// (kube-proxy's way), `maglev` (consistent hashing: the same on every
+    /// node, few flows move when backends change), `round-robin` (each
+    /// backend in turn) or `least-connection` (the backend with the fewest
+    /// open flows).
     #[arg(long, value_enum, default_value = "random")]
     algorithm: Algorithm,
     /// Maglev lookup table size per frontend; must be prime and at least
@@ -301,6 +318,30 @@ fn init_logging(level: &str, format: LogFormat) -> Result<()> {
 /// least (smaller services take smaller tables, see maglev.rs).
 const MIN_FULL_SIZE_MAGLEV_FRONTENDS: usize = 16;
 
+/// `--algorithm` and the Maglev table size, checked: any Service may ask
+/// for Maglev by annotation, so the size must always be usable; with Maglev
+/// the default, the services map must also hold enough full-size tables.
+fn selection(args: &AgentArgs, capacity: &Capacity) -> Result<Selection> {
+    let size = args.maglev_table_size;
+    if !maglev::is_prime(size) || size > usize::from(u16::MAX) {
+        bail!("--maglev-table-size {size}: must be a prime below 65536 (e.g. 1021, 16381)");
+    }
+    // Each frontend takes its table plus a master entry.
+    let fits = capacity.services as usize / (size + 1);
+    if matches!(args.algorithm, Algorithm::Maglev) && fits < MIN_FULL_SIZE_MAGLEV_FRONTENDS {
+        bail!(
+            "--maglev-table-size {size} with --map-size-services {}: room for only \
+             {fits} frontends with {size}-entry tables (those with over {} \
+             backends); raise --map-size-services to at least {} or lower \
+             --maglev-table-size",
+            capacity.services,
+            size / 100,
+            (size + 1) * MIN_FULL_SIZE_MAGLEV_FRONTENDS
+        );
+    }
+    Ok(Selection::new(args.algorithm.into(), size))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_level, cli.log_format)?;
@@ -319,6 +360,7 @@ fn main() -> Result<()> {
                 return loader::cleanup(&args.pin_dir);
             }
             let capacity = map_capacity(&args)?;
+            let selection = selection(&args, &capacity)?;
             let source = match args.standalone {
                 Some(dir) => SourceConfig::Standalone(dir),
                 None => SourceConfig::Kubernetes {
@@ -365,31 +407,7 @@ fn main() -> Result<()> {
                 xdp_snat: args.xdp_snat,
                 socket_lb_cgroup: (args.socket_lb == OnOff::On).then(|| args.cgroup.clone()),
                 pod_source_check: args.pod_source_check == OnOff::On,
-                selection: match args.algorithm {
-                    Algorithm::Random => Selection::Random,
-                    Algorithm::Maglev => {
-                        let size = args.maglev_table_size;
-                        if !maglev::is_prime(size) || size > usize::from(u16::MAX) {
-                            bail!(
-                                "--maglev-table-size {size}: must be a prime below 65536 (e.g. 1021, 16381)"
-                            );
-                        }
-                        // Each frontend takes its table plus a master entry.
-                        let fits = capacity.services as usize / (size + 1);
-                        if fits < MIN_FULL_SIZE_MAGLEV_FRONTENDS {
-                            bail!(
-                                "--maglev-table-size {size} with --map-size-services {}: room for only \
-                                 {fits} frontends with {size}-entry tables (those with over {} \
-                                 backends); raise --map-size-services to at least {} or lower \
-                                 --maglev-table-size",
-                                capacity.services,
-                                size / 100,
-                                (size + 1) * MIN_FULL_SIZE_MAGLEV_FRONTENDS
-                            );
-                        }
-                        Selection::Maglev { table_size: size }
-                    }
-                },
+                selection,
                 conntrack_gc_interval: seconds("--ct-gc-interval", args.ct_gc_interval)?,
                 resync_interval: seconds("--resync-interval", args.resync_interval)?,
                 conntrack_flows_per_source: args.ct_flows_per_source,

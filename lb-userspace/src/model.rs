@@ -57,6 +57,50 @@ impl fmt::Display for ServiceType {
     }
 }
 
+/// How a service port's new flows choose among its endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    /// Uniformly at random (kube-proxy's iptables and nftables modes).
+    Random,
+    /// Consistent hashing of the 5-tuple: the same endpoint on every node.
+    Maglev,
+    /// Each endpoint in turn (IPVS `rr`).
+    RoundRobin,
+    /// The endpoint with the fewest open flows (IPVS `lc`).
+    LeastConnection,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::Random,
+        Algorithm::Maglev,
+        Algorithm::RoundRobin,
+        Algorithm::LeastConnection,
+    ];
+
+    /// The name in `--algorithm` and the `switchyard.io/lb-algorithm`
+    /// annotation.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Random => "random",
+            Algorithm::Maglev => "maglev",
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::LeastConnection => "least-connection",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// `namespace/name:port-name`, the identity kube-proxy gives a service port.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ServicePortName {
@@ -228,6 +272,9 @@ pub struct ServicePort {
     /// `internalTrafficPolicy: Local`: traffic from inside the cluster goes
     /// only to endpoints on the sending node.
     pub internal_traffic_local: bool,
+    /// The Service's `switchyard.io/lb-algorithm`; `None`: the agent's
+    /// `--algorithm`.
+    pub algorithm: Option<Algorithm>,
     /// How the port is reachable from outside the cluster, if at all.
     pub external: ExternalAccess,
     pub endpoints: Vec<Endpoint>,
@@ -386,6 +433,7 @@ mod tests {
             service_type: ServiceType::ClusterIP,
             affinity: None,
             internal_traffic_local: false,
+            algorithm: None,
             external: ExternalAccess::default(),
             endpoints,
         }

@@ -16,6 +16,7 @@ use lb_common::map_names;
 use tracing::{debug, warn};
 
 use crate::datapath::admission::Gate;
+use crate::datapath::backend_load;
 use crate::datapath::capacity::Capacity;
 use crate::datapath::conntrack::{self, Timeouts};
 use crate::datapath::maps::PinnedMaps;
@@ -84,6 +85,9 @@ fn sweep_once(maps: &mut PinnedMaps, cfg: &mut SweepConfig) {
                 .after_sweep(maps, sweep.remaining, &sweep.flows_by_source)
             {
                 warn!("conntrack admission: {e:#}");
+            }
+            if let Err(e) = backend_load::recount(maps, &sweep.flows_by_backend) {
+                warn!("recounting backends' open flows: {e:#}");
             }
             cfg.metrics.set_map_entries("conntrack", sweep.remaining);
             crate::agent::near_full(

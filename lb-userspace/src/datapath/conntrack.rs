@@ -97,6 +97,9 @@ pub struct Sweep {
     /// Client address → its open flows left in the table (forward entries
     /// without FIN or RST from the client), for the admission quota.
     pub flows_by_source: std::collections::HashMap<u32, u32>,
+    /// Backend ID → its open flows left in the table (the same flows), for
+    /// least-connection scheduling.
+    pub flows_by_backend: std::collections::HashMap<u32, u32>,
 }
 
 /// Entry access the sweeps need; the pinned conntrack map in the agent.
@@ -162,14 +165,15 @@ pub fn collect_garbage(
         }
         sweep.connections += 1;
     }
-    // The quota counts open flows: one its client has closed (FIN or RST)
-    // no longer holds a place while it waits to expire.
-    for (key, _) in entries
+    // The quota and the backends' loads count open flows: one its client
+    // has closed (FIN or RST) no longer counts while it waits to expire.
+    for (key, entry) in entries
         .iter()
         .filter(|(_, e)| is_forward(e) && e.tcp_flags & (tcp_seen::FIN | tcp_seen::RST) == 0)
     {
         if !gone.contains(&flow_tuple(key)) {
             *sweep.flows_by_source.entry(key.src_ip_be).or_default() += 1;
+            *sweep.flows_by_backend.entry(entry.backend_id).or_default() += 1;
         }
     }
     // A reply entry alone (its forward entry evicted by the LRU) can never be
@@ -309,6 +313,7 @@ mod tests {
             nat_port_be: port_be(8080),
             kind: conn_kind::FORWARD,
             tcp_flags: fwd.1,
+            backend_id: u32::from(backend),
             last_seen_ns: fwd.0,
             ..Default::default()
         };
@@ -355,6 +360,7 @@ mod tests {
                 reused: 0,
                 remaining: 2,
                 flows_by_source: [(ip_be(Ipv4Addr::new(10, 244, 0, 10)), 1)].into(),
+                flows_by_backend: [(21, 1)].into(),
             }
         );
         assert_eq!(table.0.len(), 2, "the busy connection keeps both entries");
@@ -383,6 +389,7 @@ mod tests {
             sweep.flows_by_source,
             [(ip_be(Ipv4Addr::new(10, 244, 0, 10)), 2)].into()
         );
+        assert_eq!(sweep.flows_by_backend, [(21, 2)].into());
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub struct PinnedMaps {
     pub admission: Array<MapData, lb_common::Admission>,
     pub ct_sources: HashMap<MapData, u32, u32>,
     pub sock_lb: HashMap<MapData, lb_common::SockKey, lb_common::SockAddr>,
+    pub backend_flows: HashMap<MapData, BackendId, lb_common::BackendFlows>,
 }
 
 fn open(pin_dir: &Path, name: &str) -> Result<Map> {
@@ -56,6 +57,7 @@ impl PinnedMaps {
             admission: Array::try_from(open(pin_dir, map_names::ADMISSION)?)?,
             ct_sources: HashMap::try_from(open(pin_dir, map_names::CT_SOURCES)?)?,
             sock_lb: HashMap::try_from(open(pin_dir, map_names::SOCK_LB)?)?,
+            backend_flows: HashMap::try_from(open(pin_dir, map_names::BACKEND_FLOWS)?)?,
         })
     }
 
@@ -187,6 +189,21 @@ mod service_maps_impl {
             }
         }
         insert()
+    }
+
+    /// `bpf_map_update_elem` flag: only if no entry exists.
+    const CREATE_ONLY: u64 = 1;
+
+    /// An entry that exists already is fine to create: it stays as it is.
+    fn ignore_exists(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+        match r {
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Absent keys are fine to delete: the goal state is "not there".
@@ -351,7 +368,16 @@ mod service_maps_impl {
     }
 
     impl ServiceMaps for PinnedMaps {
+        /// A new backend also gets its open-flow counter, at 0, before any
+        /// slot names it; a rewritten one keeps its count.
         fn put_backend(&mut self, id: BackendId, backend: Backend) -> Result<(), MapError> {
+            let r =
+                with_alloc_retry(|| ignore_exists(self.backend_flows.insert(id, 0, CREATE_ONLY)));
+            written(
+                map_names::BACKEND_FLOWS,
+                || format!("counting backend {id}'s flows"),
+                r,
+            )?;
             let r = with_alloc_retry(|| self.backends.insert(id, backend, 0));
             written(map_names::BACKENDS, || format!("writing backend {id}"), r)
         }
@@ -360,6 +386,10 @@ mod service_maps_impl {
             removed(
                 || format!("removing backend {id}"),
                 self.backends.remove(&id),
+            )?;
+            removed(
+                || format!("removing backend {id}'s flow counter"),
+                self.backend_flows.remove(&id),
             )
         }
 

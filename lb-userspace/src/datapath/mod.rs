@@ -3,6 +3,7 @@
 
 pub mod addr;
 pub mod admission;
+pub mod backend_load;
 pub mod capacity;
 pub mod conntrack;
 pub mod ifaces;

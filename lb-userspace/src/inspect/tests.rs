@@ -107,6 +107,7 @@ fn every_view_has_a_cell_per_column() {
         backend_id: 1,
         address: "10.244.1.1:8080".into(),
         protocol: "TCP".into(),
+        open_flows: 0,
         used_by: Vec::new(),
     });
     cells_match_header(&AffinityRow {
@@ -230,6 +231,37 @@ fn policy_lists_flags_then_scope_affinity_and_maglev() {
     assert_eq!(
         policy(&ServiceKey::new(0, 0, lb_common::PROTO_TCP, 0), &plain),
         strings(&["local-only"])
+    );
+    for (flag, name) in [
+        (service_flags::ROUND_ROBIN, "round-robin"),
+        (service_flags::LEAST_CONN, "least-connection"),
+    ] {
+        let scheduled = BackendSlot {
+            flags: flag,
+            ..Default::default()
+        };
+        assert_eq!(
+            policy(&ServiceKey::new(0, 0, lb_common::PROTO_TCP, 0), &scheduled),
+            strings(&[name])
+        );
+    }
+}
+
+#[test]
+fn backends_table_shows_open_flows() {
+    let row = |id: u32, address: &str, open_flows: u32| BackendRow {
+        backend_id: id,
+        address: address.into(),
+        protocol: "TCP".into(),
+        open_flows,
+        used_by: strings(&["default/web:http"]),
+    };
+    let rows = [row(1, "10.244.1.1:8080", 12), row(2, "10.244.1.2:8080", 0)];
+    assert_eq!(
+        render_rows(&rows, OutputFormat::Table).expect("render"),
+        "ID  ADDRESS          PROTO  OPEN FLOWS  USED BY\n\
+         1   10.244.1.1:8080  TCP    12          default/web:http\n\
+         2   10.244.1.2:8080  TCP    0           default/web:http\n"
     );
 }
 

@@ -5,7 +5,8 @@
 //!   cluster IP (the first IPv4 of `clusterIPs`, else `clusterIP`; IPv6
 //!   entries are listed as skipped). Each `spec.ports` entry becomes one
 //!   service port: its cluster-IP frontend with the service's session
-//!   affinity and traffic policies, and its external access: node port,
+//!   affinity, traffic policies and scheduler (the
+//!   `switchyard.io/lb-algorithm` annotation), and its external access: node port,
 //!   load-balancer ingress IPs (not those with `ipMode: Proxy`), external
 //!   IPs, source ranges and health-check node port.
 //! - Not programmed, by design (listed as skipped): headless services,
@@ -39,14 +40,16 @@ use tracing::debug;
 
 use super::{ClusterObjects, ObjectError, Sourced};
 use crate::model::{
-    BackendAddr, DesiredState, Endpoint, ExternalAccess, Frontend, Protocol, ServicePort,
-    ServicePortName, ServiceType, TopologyHints,
+    Algorithm, BackendAddr, DesiredState, Endpoint, ExternalAccess, Frontend, Protocol,
+    ServicePort, ServicePortName, ServiceType, TopologyHints,
 };
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Marks a Service no proxy should program, whatever its ClusterIP.
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// A Service's own scheduler, overriding the agent's `--algorithm`.
+pub const ALGORITHM_ANNOTATION: &str = "switchyard.io/lb-algorithm";
 
 #[derive(Debug, Default)]
 pub struct Translation {
@@ -137,6 +140,7 @@ struct Policies {
     affinity: Option<Duration>,
     internal_traffic_local: bool,
     external_traffic_local: bool,
+    algorithm: Option<Algorithm>,
 }
 
 struct ServiceFrontends<'a> {
@@ -194,7 +198,7 @@ impl Translator {
         let service_type = self.service_type(&obj, spec)?;
         let vip = self.cluster_ip(&obj, spec)?;
         let ports = self.ports(&obj, spec, vip, service_type);
-        let policies = self.policies(&obj, spec);
+        let policies = self.policies(&obj, svc, spec);
         let external = self.external_access(&obj, svc, spec, service_type, &policies);
         Some(ServiceFrontends {
             obj,
@@ -359,15 +363,36 @@ impl Translator {
         port
     }
 
-    /// Session affinity and the traffic policies.
-    fn policies(&mut self, obj: &ObjectRef, spec: &ServiceSpec) -> Policies {
+    /// Session affinity, the traffic policies and the scheduler.
+    fn policies(&mut self, obj: &ObjectRef, svc: &Service, spec: &ServiceSpec) -> Policies {
         let internal = spec.internal_traffic_policy.as_deref();
         let external = spec.external_traffic_policy.as_deref();
         Policies {
             affinity: self.affinity(obj, spec),
             internal_traffic_local: self.traffic_local(obj, "spec.internalTrafficPolicy", internal),
             external_traffic_local: self.traffic_local(obj, "spec.externalTrafficPolicy", external),
+            algorithm: self.algorithm(obj, &svc.metadata),
         }
+    }
+
+    /// The `switchyard.io/lb-algorithm` annotation; an unknown value is
+    /// reported and the agent's `--algorithm` applies.
+    fn algorithm(&mut self, obj: &ObjectRef, meta: &ObjectMeta) -> Option<Algorithm> {
+        let annotations = meta.annotations.as_ref();
+        let value = annotations.and_then(|a| a.get(ALGORITHM_ANNOTATION))?;
+        let algorithm = Algorithm::from_name(value.trim());
+        if algorithm.is_none() {
+            let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
+            self.error(
+                obj,
+                format!("metadata.annotations[{ALGORITHM_ANNOTATION}]"),
+                format!(
+                    "unknown algorithm {value:?} (one of {}); the agent's --algorithm applies",
+                    names.join(", ")
+                ),
+            );
+        }
+        algorithm
     }
 
     /// `sessionAffinity`; a bad value is reported and the service is served
@@ -746,6 +771,7 @@ fn service_port(
         service_type: svc.service_type,
         affinity: svc.policies.affinity,
         internal_traffic_local: svc.policies.internal_traffic_local,
+        algorithm: svc.policies.algorithm,
         external: ExternalAccess {
             node_port: pf.node_port,
             ..svc.external.clone()
@@ -1017,6 +1043,49 @@ spec: {type: NodePort, clusterIP: 10.96.0.41, ports: [{port: 80, nodePort: 30080
         assert!(
             np.endpoints.is_empty(),
             "no slices: programmed with no backends"
+        );
+    }
+
+    #[test]
+    fn lb_algorithm_annotation_per_service_and_bad_values_reported() {
+        let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: plain}
+spec: {clusterIP: 10.96.0.70, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lc, annotations: {switchyard.io/lb-algorithm: least-connection}}
+spec: {clusterIP: 10.96.0.71, ports: [{port: 80}, {port: 81, name: b}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: rr, annotations: {switchyard.io/lb-algorithm: round-robin}}
+spec: {clusterIP: 10.96.0.72, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: typo, annotations: {switchyard.io/lb-algorithm: leastconn}}
+spec: {clusterIP: 10.96.0.73, ports: [{port: 80}]}
+"#;
+        let t = translate(&objects(yaml));
+        let of = |n: &str| -> Vec<Option<Algorithm>> {
+            let ports = t.desired.services.values().filter(|s| s.name.name == n);
+            ports.map(|s| s.algorithm).collect()
+        };
+        assert_eq!(of("plain"), [None]);
+        assert_eq!(of("lc"), [Some(Algorithm::LeastConnection); 2]);
+        assert_eq!(of("rr"), [Some(Algorithm::RoundRobin)]);
+        assert_eq!(of("typo"), [None], "served with the agent's default");
+        assert_eq!(t.errors.len(), 1, "{:?}", t.errors);
+        let error = t.errors[0].to_string();
+        assert!(
+            error.contains(
+                "Service default/typo: metadata.annotations[switchyard.io/lb-algorithm]: \
+                 unknown algorithm \"leastconn\" (one of random, maglev, round-robin, least-connection)"
+            ),
+            "{error}"
         );
     }
 

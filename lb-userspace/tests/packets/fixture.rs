@@ -72,6 +72,7 @@ pub fn service(vip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[Ipv4Add
         service_type: ServiceType::ClusterIP,
         affinity: None,
         internal_traffic_local: false,
+        algorithm: None,
         external: Default::default(),
         endpoints: backends
             .iter()
@@ -92,7 +93,7 @@ pub fn service(vip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[Ipv4Add
 }
 
 pub fn fixture() -> Fixture {
-    fixture_with(Selection::Random)
+    fixture_with(Selection::default())
 }
 
 pub fn desired_state(backends: &[Ipv4Addr]) -> DesiredState {

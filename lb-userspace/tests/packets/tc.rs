@@ -10,7 +10,7 @@ use lb_userspace::datapath::{
     maps::PinnedMaps,
     sync::{MapSync, Selection},
 };
-use lb_userspace::model::{BackendAddr, Protocol};
+use lb_userspace::model::{Algorithm, BackendAddr, Protocol};
 
 use crate::build::*;
 use crate::fixture::*;
@@ -371,7 +371,7 @@ fn client_ip_affinity_pins_new_flows_of_a_client() {
 #[test]
 fn maglev_with_the_charts_defaults_programs_hundreds_of_services() {
     const SERVICES: u8 = 250;
-    let mut f = fixture_with(Selection::Maglev { table_size: 16381 });
+    let mut f = fixture_with(Selection::new(Algorithm::Maglev, 16381));
     let mut desired = desired_state(&BACKENDS);
     for i in 0..SERVICES {
         let s = service(Ipv4Addr::new(10, 97, 0, i), 80, Protocol::Tcp, &BACKENDS);
@@ -379,7 +379,7 @@ fn maglev_with_the_charts_defaults_programs_hundreds_of_services() {
     }
     let mut sync = MapSync::adopt(PinnedMaps::open(&f.pin_dir).expect("open maps"))
         .expect("adopt")
-        .with_selection(Selection::Maglev { table_size: 16381 });
+        .with_selection(Selection::new(Algorithm::Maglev, 16381));
     let report = sync.apply(&desired);
     assert!(
         report.errors.is_empty(),
@@ -396,7 +396,7 @@ fn maglev_with_the_charts_defaults_programs_hundreds_of_services() {
 #[test]
 fn maglev_choice_matches_user_space_and_survives_conntrack_loss() {
     const M: usize = 251;
-    let mut f = fixture_with(Selection::Maglev { table_size: M });
+    let mut f = fixture_with(Selection::new(Algorithm::Maglev, M));
     let addrs = |ips: &[Ipv4Addr]| -> Vec<BackendAddr> {
         let mut v: Vec<BackendAddr> = ips
             .iter()
@@ -454,7 +454,7 @@ fn maglev_choice_matches_user_space_and_survives_conntrack_loss() {
     let survivors: Vec<Ipv4Addr> = BACKENDS.iter().copied().filter(|b| *b != removed).collect();
     let mut sync = MapSync::adopt(PinnedMaps::open(&f.pin_dir).expect("maps"))
         .expect("adopt")
-        .with_selection(Selection::Maglev { table_size: M });
+        .with_selection(Selection::new(Algorithm::Maglev, M));
     assert!(sync.apply(&desired_state(&survivors)).errors.is_empty());
     let keys: Vec<_> = f.maps.conntrack.keys().filter_map(|k| k.ok()).collect();
     for k in keys {

@@ -30,7 +30,8 @@ use lb_common::{
 };
 
 use crate::datapath::addr::{ip_be, port_be};
-use crate::model::{BackendAddr, DesiredState, Frontend, FrontendScope, Protocol};
+use crate::datapath::maglev;
+use crate::model::{Algorithm, BackendAddr, DesiredState, Frontend, FrontendScope, Protocol};
 pub use errors::{MapError, SyncError};
 use ids::IdAllocator;
 
@@ -77,15 +78,33 @@ pub struct ProgrammedService {
     pub slots: Vec<BackendId>,
 }
 
-/// How a frontend's slots choose a backend for a new flow.
+/// How frontends' slots choose a backend for a new flow: each service
+/// port's own algorithm (its Service's annotation), else the default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Selection {
-    /// One slot per backend, picked at random (kube-proxy's behaviour).
-    Random,
-    /// A Maglev table per frontend, sized for its backend count up to this
-    /// (prime) size (`maglev::table_size_for`): the same flow maps to the
-    /// same backend on every node, and few flows move when backends change.
-    Maglev { table_size: usize },
+pub struct Selection {
+    /// The agent's `--algorithm`.
+    pub default: Algorithm,
+    /// The largest Maglev table: a Maglev frontend's table is sized for its
+    /// backend count up to this (prime) size (`maglev::table_size_for`), so
+    /// the same flow maps to the same backend on every node and few flows
+    /// move when backends change.
+    pub maglev_table_size: usize,
+}
+
+impl Selection {
+    pub const fn new(default: Algorithm, maglev_table_size: usize) -> Self {
+        Self {
+            default,
+            maglev_table_size,
+        }
+    }
+}
+
+impl Default for Selection {
+    /// Random, kube-proxy's behaviour.
+    fn default() -> Self {
+        Self::new(Algorithm::Random, maglev::DEFAULT_TABLE_SIZE)
+    }
 }
 
 /// Which service ports (keys of [`DesiredState::services`]) a sync pass
@@ -229,7 +248,7 @@ impl<M: ServiceMaps> MapSync<M> {
             node: None,
             zone: None,
             node_ips: Vec::new(),
-            selection: Selection::Random,
+            selection: Selection::default(),
             services: BTreeMap::new(),
             owners: HashMap::new(),
             owned: HashMap::new(),

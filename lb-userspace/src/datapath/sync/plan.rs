@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use lb_common::service_flags;
 
 use super::{MapSync, Scope, ServiceMaps, SyncError, SyncReport};
-use crate::model::{BackendAddr, DesiredState, Frontend, FrontendScope, ServicePort};
+use crate::model::{Algorithm, BackendAddr, DesiredState, Frontend, FrontendScope, ServicePort};
 
 /// What one frontend should look like, before backend IDs are known.
 pub(super) struct FrontendPlan {
@@ -19,6 +19,7 @@ pub(super) struct FrontendPlan {
     pub(super) name: String,
     pub(super) backends: Vec<BackendAddr>,
     pub(super) affinity_timeout_s: u32,
+    pub(super) algorithm: Algorithm,
     pub(super) flags: u16,
     pub(super) source_ranges: Vec<(Ipv4Addr, u8)>,
 }
@@ -87,6 +88,7 @@ impl<M: ServiceMaps> MapSync<M> {
             let affinity_timeout_s = sp
                 .affinity
                 .map_or(0, |d| d.as_secs().clamp(1, u32::MAX as u64) as u32);
+            let algorithm = sp.algorithm.unwrap_or(self.selection.default);
             wanted.insert(
                 sp.frontend,
                 FrontendPlan {
@@ -94,6 +96,7 @@ impl<M: ServiceMaps> MapSync<M> {
                     name: name.clone(),
                     backends: sp.backends_at(node, zone),
                     affinity_timeout_s,
+                    algorithm,
                     // Local policy, none here but some elsewhere: drop, as
                     // kube-proxy does (no endpoints at all: refuse).
                     flags: if sp.internal_traffic_local && usable_anywhere {
@@ -152,6 +155,7 @@ impl<M: ServiceMaps> MapSync<M> {
                         external_backends.clone()
                     },
                     affinity_timeout_s,
+                    algorithm,
                     flags: if in_cluster {
                         service_flags::EXTERNAL
                     } else if ext.traffic_local {

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::datapath::addr::ip_from_be;
-use crate::model::{Endpoint, ServicePort, ServicePortName, ServiceType};
+use crate::model::{Algorithm, Endpoint, ServicePort, ServicePortName, ServiceType};
 use lb_common::service_flags;
 use std::net::Ipv4Addr;
 
@@ -123,6 +123,7 @@ fn state(services: &[(Frontend, &[u8])]) -> DesiredState {
                 service_type: ServiceType::ClusterIP,
                 affinity: None,
                 internal_traffic_local: false,
+                algorithm: None,
                 external: Default::default(),
                 endpoints: backends
                     .iter()
@@ -339,7 +340,7 @@ fn maglev_slots_are_the_table_and_change_little() {
     let a = frontend(1, 80);
     let mut sync = MapSync::adopt(FakeMaps::default())
         .expect("adopt")
-        .with_selection(Selection::Maglev { table_size: 251 });
+        .with_selection(Selection::new(Algorithm::Maglev, 251));
     sync.apply(&state(&[(a, &[1, 2, 3, 4, 5])]));
     let master = sync.maps().services[&frontend_key(&a, 0)];
     assert_eq!(master.count, 251);
@@ -359,6 +360,56 @@ fn maglev_slots_are_the_table_and_change_little() {
     assert!(
         sync.maps().writes - writes < 251 * 30 / 100 + 5,
         "only changed slots are written"
+    );
+}
+
+/// A Service's own algorithm (its annotation) beats the agent's default,
+/// and changing it rewrites only the master entry's flag.
+#[test]
+fn each_service_port_gets_its_own_scheduler_flag() {
+    let (plain, rr, lc, mg) = (
+        frontend(1, 80),
+        frontend(2, 80),
+        frontend(3, 80),
+        frontend(4, 80),
+    );
+    let mut d = state(&[
+        (plain, &[1, 2]),
+        (rr, &[1, 2]),
+        (lc, &[1, 2]),
+        (mg, &[1, 2]),
+    ]);
+    let choose = |d: &mut DesiredState, f: &Frontend, a: Option<Algorithm>| {
+        d.services.get_mut(f).expect("port").algorithm = a;
+    };
+    choose(&mut d, &rr, Some(Algorithm::RoundRobin));
+    choose(&mut d, &lc, Some(Algorithm::LeastConnection));
+    choose(&mut d, &mg, Some(Algorithm::Maglev));
+    let mut sync = MapSync::adopt(FakeMaps::default())
+        .expect("adopt")
+        .with_selection(Selection::new(Algorithm::LeastConnection, 251));
+    sync.apply(&d);
+    let scheduler = |sync: &MapSync<FakeMaps>, f: &Frontend| {
+        let master = sync.maps().services[&frontend_key(f, 0)];
+        let flags = service_flags::MAGLEV | service_flags::ROUND_ROBIN | service_flags::LEAST_CONN;
+        (master.flags & flags, master.count)
+    };
+    assert_eq!(
+        scheduler(&sync, &plain),
+        (service_flags::LEAST_CONN, 2),
+        "the default"
+    );
+    assert_eq!(scheduler(&sync, &rr), (service_flags::ROUND_ROBIN, 2));
+    assert_eq!(scheduler(&sync, &lc), (service_flags::LEAST_CONN, 2));
+    assert_eq!(scheduler(&sync, &mg), (service_flags::MAGLEV, 251));
+    let writes = sync.maps().writes;
+    choose(&mut d, &rr, Some(Algorithm::Random));
+    sync.apply(&d);
+    assert_eq!(scheduler(&sync, &rr), (0, 2));
+    assert_eq!(
+        sync.maps().writes - writes,
+        1,
+        "only the master entry is rewritten"
     );
 }
 

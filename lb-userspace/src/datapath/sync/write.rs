@@ -10,11 +10,11 @@ use tracing::warn;
 
 use super::plan::FrontendPlan;
 use super::{
-    Departure, MapSync, ProgrammedService, Scope, Selection, ServiceMaps, SyncReport,
-    backend_value, count_users, frontend_key,
+    Departure, MapSync, ProgrammedService, Scope, ServiceMaps, SyncReport, backend_value,
+    count_users, frontend_key,
 };
 use crate::datapath::maglev;
-use crate::model::{BackendAddr, Frontend};
+use crate::model::{Algorithm, BackendAddr, Frontend};
 
 impl<M: ServiceMaps> MapSync<M> {
     /// Step 1: every backend a planned frontend needs has its entry (new
@@ -105,18 +105,22 @@ impl<M: ServiceMaps> MapSync<M> {
         }
     }
 
-    /// The slots (one per backend, or a Maglev table) and flags of a plan.
+    /// The slots (one per backend, or a Maglev table) and flags of a plan:
+    /// its scheduler is told to the datapath by a master-entry flag.
     fn target_of(&self, plan: &FrontendPlan) -> ProgrammedService {
         let present: Vec<(BackendAddr, BackendId)> = plan
             .backends
             .iter()
             .filter_map(|b| self.backend_ids.get(b).map(|id| (*b, *id)))
             .collect();
-        let (slots, flags): (Vec<BackendId>, u16) = match self.selection {
-            Selection::Random => (present.iter().map(|(_, id)| *id).collect(), plan.flags),
-            Selection::Maglev { table_size } => {
+        let one_each = || present.iter().map(|(_, id)| *id).collect();
+        let (slots, flags): (Vec<BackendId>, u16) = match plan.algorithm {
+            Algorithm::Random => (one_each(), plan.flags),
+            Algorithm::RoundRobin => (one_each(), plan.flags | service_flags::ROUND_ROBIN),
+            Algorithm::LeastConnection => (one_each(), plan.flags | service_flags::LEAST_CONN),
+            Algorithm::Maglev => {
                 let addrs: Vec<BackendAddr> = present.iter().map(|(a, _)| *a).collect();
-                let size = maglev::table_size_for(addrs.len(), table_size);
+                let size = maglev::table_size_for(addrs.len(), self.selection.maglev_table_size);
                 let table = maglev::table(&addrs, size);
                 (
                     table.iter().map(|i| present[*i].1).collect(),
