@@ -20,14 +20,20 @@ pub fn closed(backend_id: BackendId) {
     add(backend_id, -1);
 }
 
-/// Not atomic: Rust's `core` offers no atomic add on the BPF target, so
-/// two CPUs counting the same backend in the same instant may lose one
-/// count; the next sweep's recount restores it.
+/// An atomic add (BPF_XADD), so CPUs counting the same backend at once
+/// both count: Rust's `core` offers no atomic read-modify-write on the BPF
+/// target, so it is written as the instruction itself.
 #[inline(always)]
 fn add(backend_id: BackendId, delta: i32) {
     if let Some(flows) = backend_flows.get_ptr_mut(backend_id) {
-        let flows = unsafe { &mut *flows };
-        *flows = flows.wrapping_add(delta);
+        unsafe {
+            core::arch::asm!(
+                "lock *(u32 *)({flows} + 0) += {delta}",
+                flows = in(reg) flows,
+                delta = in(reg) i64::from(delta),
+                options(nostack),
+            );
+        }
     }
 }
 

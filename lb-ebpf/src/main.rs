@@ -12,6 +12,8 @@
 //!   itself, at connect()/sendmsg() time (sock.rs).
 #![no_std]
 #![no_main]
+// BPF inline assembly: the atomic add of load.rs.
+#![feature(asm_experimental_arch)]
 #![allow(non_upper_case_globals)]
 
 mod admission;

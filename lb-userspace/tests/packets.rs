@@ -12,6 +12,8 @@
 //! - `tc`: ClusterIP traffic through the pod-side tc programs;
 //! - `nodeport`: node ports, external addresses and XDP;
 //! - `icmp`: ICMP errors about translated flows, rate-limited rejects;
+//! - `schedulers`: round-robin and least-connection frontends, open flows
+//!   per backend;
 //! - `remap`: source-port remapping of flows that would share a reply tuple;
 //! - `conntrack`: admission, forged sources, sequence window, sweep, SNAT
 //!   ports;
@@ -39,5 +41,7 @@ mod nodeport;
 mod reference;
 #[path = "packets/remap.rs"]
 mod remap;
+#[path = "packets/schedulers.rs"]
+mod schedulers;
 #[path = "packets/tc.rs"]
 mod tc;

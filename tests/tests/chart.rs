@@ -205,7 +205,10 @@ fn chart_values_reach_the_agent_and_bad_values_are_refused() -> Result<()> {
     find(&docs, "ServiceMonitor")?;
 
     for (set, message) in [
-        ("algorithm=bogus", "algorithm must be random or maglev"),
+        (
+            "algorithm=bogus",
+            "algorithm must be random, maglev, round-robin or least-connection",
+        ),
         ("xdp=sometimes", "xdp must be auto, native, generic or off"),
         (
             "serviceMonitor.enabled=true",

@@ -1,0 +1,170 @@
+//! Round-robin and least-connection frontends, as an operator would check
+//! them: which backend each new connection reaches, and what the datapath
+//! counts as each backend's open flows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use lb_userspace::datapath::backend_load;
+use lb_userspace::datapath::conntrack::{Timeouts, collect_garbage, monotonic_ns};
+use lb_userspace::datapath::sync::Selection;
+use lb_userspace::model::Algorithm;
+
+use crate::build::*;
+use crate::fixture::*;
+
+/// Runs the calling thread on `cpu` only: the round-robin cursors are per
+/// CPU, and BPF_PROG_TEST_RUN runs the program on the caller's CPU.
+fn pin_to_cpu(cpu: usize) {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity({cpu}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The backend a new connection from `port` to VIP:80 reaches.
+fn connect(f: &mut Fixture, port: u16) -> Ipv4Addr {
+    let (verdict, out) = f.run_from_pod(&Pkt::tcp(CLIENT, port, VIP, 80, SYN).build());
+    assert_eq!(verdict, TC_ACT_OK, "SYN from port {port}");
+    parse_checked(&out).dst
+}
+
+/// The client closes its connection from `port`.
+fn close(f: &mut Fixture, port: u16) {
+    let fin = Pkt::tcp(CLIENT, port, VIP, 80, FIN | ACK).build();
+    let (verdict, _) = f.run_from_pod(&fin);
+    assert_eq!(verdict, TC_ACT_OK, "FIN from port {port}");
+}
+
+/// Open flows per backend address, as `backend_flows` holds them.
+fn open_flows(f: &Fixture) -> BTreeMap<Ipv4Addr, i32> {
+    let ids = backend_ids(f);
+    BACKENDS
+        .iter()
+        .map(|ip| (*ip, f.maps.backend_flows.get(&ids[ip], 0).unwrap_or(-999)))
+        .collect()
+}
+
+/// The IDs of the TCP backends (each address also has a UDP one).
+fn backend_ids(f: &Fixture) -> HashMap<Ipv4Addr, u32> {
+    f.maps
+        .backends
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, b)| b.proto == lb_common::PROTO_TCP)
+        .map(|(id, b)| (Ipv4Addr::from(u32::from_be(b.ip_be)), id))
+        .collect()
+}
+
+fn counts(of: &[Ipv4Addr]) -> BTreeMap<Ipv4Addr, usize> {
+    let mut n = BTreeMap::new();
+    for ip in of {
+        *n.entry(*ip).or_default() += 1;
+    }
+    n
+}
+
+#[test]
+fn round_robin_gives_each_backend_its_turn_on_every_cpu() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut f = fixture_with(Selection::new(Algorithm::RoundRobin, 251));
+    let mut all = Vec::new();
+    for (round, cpu) in [0, cpus - 1].into_iter().enumerate() {
+        pin_to_cpu(cpu);
+        let base = 40000 + 1000 * round as u16;
+        let seq: Vec<Ipv4Addr> = (0..30).map(|i| connect(&mut f, base + i)).collect();
+        // Each CPU's turns go round the three backends in a fixed order.
+        for (i, ip) in seq.iter().enumerate() {
+            assert_eq!(*ip, seq[i % 3], "CPU {cpu}, connection {i}: {seq:?}");
+        }
+        assert_eq!(counts(&seq[..3]).len(), 3, "CPU {cpu}: {seq:?}");
+        all.extend(seq);
+    }
+    let n = counts(&all);
+    assert!(n.values().all(|c| *c == 20), "{n:?}");
+}
+
+#[test]
+fn least_connection_sends_new_flows_where_fewest_are_open() {
+    let mut f = fixture_with(Selection::new(Algorithm::LeastConnection, 251));
+    // From nothing, every new flow goes to a least-loaded backend: the
+    // loads never differ by more than one.
+    let mut chosen: Vec<(u16, Ipv4Addr)> = Vec::new();
+    for port in 41000..41030 {
+        chosen.push((port, connect(&mut f, port)));
+        let loads = open_flows(&f);
+        let (min, max) = (loads.values().min(), loads.values().max());
+        assert!(
+            max.zip(min).is_some_and(|(a, b)| a - b <= 1),
+            "after port {port}: {loads:?}"
+        );
+    }
+    assert!(open_flows(&f).values().all(|n| *n == 10));
+
+    // The client closes five flows to backend 0 (and retransmits one FIN:
+    // counted once): the next five new flows all go there.
+    let favoured = BACKENDS[0];
+    let mine: Vec<u16> = chosen
+        .iter()
+        .filter(|(_, ip)| *ip == favoured)
+        .map(|(p, _)| *p)
+        .collect();
+    for port in &mine[..5] {
+        close(&mut f, *port);
+    }
+    close(&mut f, mine[0]);
+    assert_eq!(open_flows(&f)[&favoured], 5);
+    for port in 42000..42005 {
+        assert_eq!(
+            connect(&mut f, port),
+            favoured,
+            "port {port}: {:?}",
+            open_flows(&f)
+        );
+    }
+
+    // A backend holding many flows (slow to answer) gets none of the next.
+    let ids = backend_ids(&f);
+    let slow = BACKENDS[1];
+    f.maps
+        .backend_flows
+        .insert(ids[&slow], 100, 0)
+        .expect("load");
+    let next: Vec<Ipv4Addr> = (43000..43030).map(|port| connect(&mut f, port)).collect();
+    assert!(!next.contains(&slow), "{:?}", counts(&next));
+    assert_eq!(counts(&next).len(), 2, "{:?}", counts(&next));
+}
+
+/// Counts the datapath lost or got wrong (a backend's reset, two CPUs at
+/// once, flows that expired) are set right by the sweep's recount.
+#[test]
+fn sweeps_recount_each_backends_open_flows_exactly() {
+    let mut f = fixture_with(Selection::new(Algorithm::LeastConnection, 251));
+    let mut by_backend: BTreeMap<Ipv4Addr, Vec<u16>> = BTreeMap::new();
+    for port in 44000..44012 {
+        by_backend
+            .entry(connect(&mut f, port))
+            .or_default()
+            .push(port);
+    }
+    let first = BACKENDS[0];
+    close(&mut f, by_backend[&first][0]);
+    let ids = backend_ids(&f);
+    for ip in BACKENDS {
+        f.maps.backend_flows.insert(ids[&ip], 77, 0).expect("skew");
+    }
+    let sweep = collect_garbage(&mut f.maps, monotonic_ns(), &Timeouts::default()).expect("sweep");
+    backend_load::recount(&mut f.maps, &sweep.flows_by_backend).expect("recount");
+    let want: BTreeMap<Ipv4Addr, i32> = BACKENDS
+        .iter()
+        .map(|ip| (*ip, by_backend[ip].len() as i32 - i32::from(*ip == first)))
+        .collect();
+    assert_eq!(open_flows(&f), want);
+}
