@@ -70,6 +70,16 @@ pub fn service_yaml(
     y
 }
 
+/// Adds the annotation `key: value` to an object from [`service_yaml`] (or
+/// any manifest whose `metadata:` has no annotations yet).
+pub fn with_annotation(manifest: &str, key: &str, value: &str) -> String {
+    manifest.replacen(
+        "metadata:\n",
+        &format!("metadata:\n  annotations:\n    {key}: {value:?}\n"),
+        1,
+    )
+}
+
 /// Adds `sessionAffinity: ClientIP` with `timeout_s` to a Service from
 /// [`service_yaml`].
 pub fn with_client_ip_affinity(service_yaml: &str, timeout_s: u32) -> String {

@@ -60,6 +60,70 @@ pub fn latency(to: SocketAddrV4, requests: usize) -> Result<(f64, f64)> {
     Ok((percentile(&samples, 50.0), percentile(&samples, 99.0)))
 }
 
+/// What a closed-loop load of new connections saw: each request's backend
+/// and latency (connect to answer), and the failures.
+#[derive(Debug, Default)]
+pub struct RequestLoad {
+    pub requests: Vec<(String, Duration)>,
+    pub failed: u32,
+    pub elapsed: Duration,
+}
+
+impl RequestLoad {
+    /// Requests each backend answered, by name.
+    pub fn per_backend(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut n = std::collections::BTreeMap::new();
+        for (backend, _) in &self.requests {
+            *n.entry(backend.clone()).or_default() += 1;
+        }
+        n
+    }
+
+    /// Latency percentile (ms).
+    pub fn latency_ms(&self, p: f64) -> f64 {
+        let mut ms: Vec<f64> = self
+            .requests
+            .iter()
+            .map(|(_, d)| d.as_secs_f64() * 1e3)
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        percentile(&ms, p)
+    }
+}
+
+/// `workers` clients in parallel (threads of the calling one, so in its
+/// network namespace), each opening a connection per request to `to` for
+/// `period`: steady load whose backend choice is made per connection.
+pub fn request_load(to: SocketAddrV4, workers: usize, period: Duration) -> RequestLoad {
+    let started = Instant::now();
+    let threads: Vec<_> = (0..workers)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut seen = RequestLoad::default();
+                while started.elapsed() < period {
+                    let t = Instant::now();
+                    match tcp_once(to, Duration::from_secs(2)) {
+                        Ok(backend) => seen.requests.push((backend, t.elapsed())),
+                        Err(_) => seen.failed += 1,
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut load = RequestLoad::default();
+    for t in threads {
+        let seen = t.join().unwrap_or_else(|_| RequestLoad {
+            failed: 1,
+            ..Default::default()
+        });
+        load.requests.extend(seen.requests);
+        load.failed += seen.failed;
+    }
+    load.elapsed = started.elapsed();
+    load
+}
+
 /// UDP request/replies per second on one connected socket over `period`.
 pub fn udp_rate(to: SocketAddrV4, period: Duration) -> Result<f64> {
     let socket = UdpSocket::bind("0.0.0.0:0")?;

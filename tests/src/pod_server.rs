@@ -12,6 +12,8 @@ use crate::paths::pod_server_bin;
 pub struct ServerPorts {
     pub tcp: Vec<u16>,
     pub udp: Vec<u16>,
+    /// How long each TCP answer waits (a slow backend); zero: none.
+    pub answer_delay: std::time::Duration,
 }
 
 impl ServerPorts {
@@ -19,6 +21,7 @@ impl ServerPorts {
         Self {
             tcp: vec![tcp],
             udp: vec![udp],
+            answer_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -40,6 +43,9 @@ impl PodServer {
         }
         for p in &ports.udp {
             cmd.args(["--udp", &p.to_string()]);
+        }
+        if !ports.answer_delay.is_zero() {
+            cmd.args(["--delay-ms", &ports.answer_delay.as_millis().to_string()]);
         }
         // If the test process dies without running destructors (a signal,
         // an abort), the server dies with it rather than lingering in a

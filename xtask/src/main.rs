@@ -41,7 +41,8 @@ enum Task {
     /// million NodePort connections through native XDP, failures counted),
     /// `controlplane` (10 000 services, 100 000 endpoints), `clusterip`
     /// (vs the pod IP), `sweep` (conntrack sweeps vs endpoint changes),
-    /// `snat` (SNAT port allocation under load).
+    /// `snat` (SNAT port allocation under load), `schedulers` (random,
+    /// Maglev, round robin and least connection with one slow backend).
     Bench(BenchArgs),
     /// The churn soak with faults (tests/tests/soak.rs) for five minutes,
     /// or `--seconds N`.

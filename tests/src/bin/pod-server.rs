@@ -7,17 +7,19 @@
 //! that sent its whole request does; a TCP line `bulk N` is answered with
 //! N bytes of `y` and a newline (a download); a datagram
 //! `echo <bytes>` with the name, a space and the bytes (large requests
-//! and answers, as agnhost's netexec echoes).
+//! and answers, as agnhost's netexec echoes). `--delay-ms N` makes every
+//! TCP answer wait N milliseconds (a slow backend).
 //!
-//! pod-server --name NAME [--tcp PORT]... [--udp PORT]...
+//! pod-server --name NAME [--tcp PORT]... [--udp PORT]... [--delay-ms N]
 //! Prints "ready" once every listener is bound.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::thread;
+use std::time::Duration;
 
 fn usage() -> ! {
-    eprintln!("usage: pod-server --name NAME [--tcp PORT]... [--udp PORT]...");
+    eprintln!("usage: pod-server --name NAME [--tcp PORT]... [--udp PORT]... [--delay-ms N]");
     std::process::exit(2)
 }
 
@@ -29,7 +31,7 @@ fn answer(name: &str, request: &str, peer: std::net::SocketAddr) -> String {
     }
 }
 
-fn serve_tcp_conn(stream: TcpStream, name: String) {
+fn serve_tcp_conn(stream: TcpStream, name: String, delay: Duration) {
     let (Ok(mut writer), Ok(peer)) = (stream.try_clone(), stream.peer_addr()) else {
         return;
     };
@@ -49,6 +51,7 @@ fn serve_tcp_conn(stream: TcpStream, name: String) {
             }
             continue;
         }
+        thread::sleep(delay);
         if writer
             .write_all(answer(&name, &line, peer).as_bytes())
             .is_err()
@@ -58,7 +61,7 @@ fn serve_tcp_conn(stream: TcpStream, name: String) {
     }
     // The client half-closed; answer late if asked to.
     if let Some(secs) = linger {
-        thread::sleep(std::time::Duration::from_secs(secs));
+        thread::sleep(Duration::from_secs(secs));
         let _ = writer.write_all(format!("{name} after {secs} s\n").as_bytes());
     }
 }
@@ -66,6 +69,7 @@ fn serve_tcp_conn(stream: TcpStream, name: String) {
 fn main() {
     let mut name = None;
     let (mut tcp, mut udp) = (Vec::new(), Vec::new());
+    let mut delay = Duration::ZERO;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_else(|| usage());
@@ -73,6 +77,9 @@ fn main() {
             "--name" => name = Some(value),
             "--tcp" => tcp.push(value.parse::<u16>().unwrap_or_else(|_| usage())),
             "--udp" => udp.push(value.parse::<u16>().unwrap_or_else(|_| usage())),
+            "--delay-ms" => {
+                delay = Duration::from_millis(value.parse::<u64>().unwrap_or_else(|_| usage()))
+            }
             _ => usage(),
         }
     }
@@ -87,7 +94,7 @@ fn main() {
         workers.push(thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let name = name.clone();
-                thread::spawn(move || serve_tcp_conn(stream, name));
+                thread::spawn(move || serve_tcp_conn(stream, name, delay));
             }
         }));
     }
