@@ -93,12 +93,14 @@ impl Slots<'_> {
 
     /// Least connection: the backend with the fewest open flows among
     /// `LEAST_CONN_CHOICES` consecutive slots from a random one (all of
-    /// them when there are no more); the first of equals, so ties go to a
-    /// random one.
+    /// them when there are no more). Equals are drawn from evenly
+    /// (reservoir sampling): taking the first of equals would hand the
+    /// turns of a busy backend to the slot after it.
     #[inline(always)]
     fn least_loaded(&self) -> Option<BackendId> {
         let start = unsafe { bpf_get_prandom_u32() } % self.count;
-        let mut best: Option<(BackendId, u32)> = None;
+        // Backend IDs start at 1: 0 is "none yet".
+        let (mut best, mut least, mut equals) = (0, u32::MAX, 0u32);
         for i in 0..LEAST_CONN_CHOICES {
             if i >= self.count {
                 break;
@@ -107,11 +109,23 @@ impl Slots<'_> {
                 continue;
             };
             let flows = load::of(id);
-            if best.is_none_or(|(_, least)| flows < least) {
-                best = Some((id, flows));
+            if flows > least {
+                continue;
             }
+            if flows == least {
+                equals += 1;
+                // The new equal wins with chance 1/equals (checked_rem:
+                // a plain % would bring in a division-by-zero panic path).
+                let draw = unsafe { bpf_get_prandom_u32() };
+                if draw.checked_rem(equals) != Some(0) {
+                    continue;
+                }
+            } else {
+                equals = 1;
+            }
+            (best, least) = (id, flows);
         }
-        best.map(|(id, _)| id)
+        (best != 0).then_some(best)
     }
 }
 

@@ -93,14 +93,31 @@ impl RequestLoad {
 
 /// `workers` clients in parallel (threads of the calling one, so in its
 /// network namespace), each opening a connection per request to `to` for
-/// `period`: steady load whose backend choice is made per connection.
-pub fn request_load(to: SocketAddrV4, workers: usize, period: Duration) -> RequestLoad {
+/// `period`: steady load whose backend choice is made per connection. With
+/// `rate` (requests per second, all workers together) each worker starts
+/// its requests on a fixed schedule, so every scheduler is offered the same
+/// load (a worker whose request is late starts the next at once); without,
+/// each starts the next as soon as the last is answered.
+pub fn request_load(
+    to: SocketAddrV4,
+    workers: usize,
+    rate: Option<f64>,
+    period: Duration,
+) -> RequestLoad {
     let started = Instant::now();
+    let interval = rate.map(|r| Duration::from_secs_f64(workers as f64 / r));
     let threads: Vec<_> = (0..workers)
-        .map(|_| {
+        .map(|w| {
             std::thread::spawn(move || {
                 let mut seen = RequestLoad::default();
+                // Workers spread over the interval, not all at once.
+                let offset = interval.map_or(Duration::ZERO, |i| i * w as u32 / workers as u32);
+                let mut next = started + offset;
                 while started.elapsed() < period {
+                    if let Some(interval) = interval {
+                        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                        next += interval;
+                    }
                     let t = Instant::now();
                     match tcp_once(to, Duration::from_secs(2)) {
                         Ok(backend) => seen.requests.push((backend, t.elapsed())),

@@ -37,7 +37,11 @@ impl SlowBackendCluster {
     /// The cluster with the Service annotated with `algorithm` (None: no
     /// annotation) and the agent started with `agent_args`, once the
     /// frontend shows the scheduler `shown` (None: random).
-    pub fn start(algorithm: Option<&str>, shown: Option<&str>, agent_args: &[&str]) -> Result<Self> {
+    pub fn start(
+        algorithm: Option<&str>,
+        shown: Option<&str>,
+        agent_args: &[&str],
+    ) -> Result<Self> {
         cleanup_stale();
         let mut topo = Topology::new()?;
         topo.add_pod("client", Ipv4Addr::new(10, 244, 0, 10))?;
@@ -52,9 +56,11 @@ impl SlowBackendCluster {
         }
         let manifests = ManifestDir::new()?;
         manifests.write("web.yaml", &service(algorithm))?;
-        let endpoints: Vec<EndpointSpec> =
-            (0..BACKENDS).map(|i| EndpointSpec::ready(backend_ip(i))).collect();
-        let slice = endpoint_slice_yaml("test", "web-1", "web", &[("tcp", 8080, "TCP")], &endpoints);
+        let endpoints: Vec<EndpointSpec> = (0..BACKENDS)
+            .map(|i| EndpointSpec::ready(backend_ip(i)))
+            .collect();
+        let slice =
+            endpoint_slice_yaml("test", "web-1", "web", &[("tcp", 8080, "TCP")], &endpoints);
         manifests.write("web-slice.yaml", &slice)?;
         let agent = AgentProcess::start(AgentOptions {
             node_ns: topo.node_ns().to_string(),
@@ -90,7 +96,10 @@ impl SlowBackendCluster {
                 // "maglev=251": the table size follows the name.
                 let name = |p: &String| p.split('=').next().unwrap_or_default().to_string();
                 let schedulers = ["round-robin", "least-connection", "maglev"];
-                let now = policy.iter().map(name).find(|p| schedulers.contains(&p.as_str()));
+                let now = policy
+                    .iter()
+                    .map(name)
+                    .find(|p| schedulers.contains(&p.as_str()));
                 Ok(self.agent.backends_of(FRONTEND)?.len() == BACKENDS as usize
                     && now.as_deref() == shown)
             },
@@ -106,17 +115,22 @@ impl SlowBackendCluster {
             .context("frontend not programmed")?;
         Ok(row["policy"]
             .as_array()
-            .map(|p| p.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|p| {
+                p.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
-    /// Steady load: `workers` clients, a new connection per request.
-    pub fn load(&self, workers: usize, period: Duration) -> Result<RequestLoad> {
+    /// Steady load: `workers` clients, a new connection per request, at
+    /// `rate` requests per second in all (None: as fast as answered).
+    pub fn load(&self, workers: usize, rate: Option<f64>, period: Duration) -> Result<RequestLoad> {
         let to = SocketAddrV4::new(VIP, 80);
         let load = self
             .topo
             .pod("client")
-            .in_netns(move || request_load(to, workers, period))?;
+            .in_netns(move || request_load(to, workers, rate, period))?;
         anyhow::ensure!(load.failed == 0, "{} requests failed", load.failed);
         Ok(load)
     }
@@ -150,4 +164,3 @@ pub fn slow_share(load: &RequestLoad) -> f64 {
     let per = load.per_backend();
     per.get(SLOW).copied().unwrap_or(0) as f64 / load.requests.len().max(1) as f64
 }
-

@@ -16,7 +16,7 @@ use switchyard_tests::wait;
 const AGENT_ARGS: &[&str] = &["--ct-gc-interval", "600"];
 
 fn load(c: &SlowBackendCluster) -> Result<switchyard_tests::measure::RequestLoad> {
-    c.load(8, Duration::from_secs(3))
+    c.load(8, None, Duration::from_secs(3))
 }
 
 /// Connections from one client process on one CPU (the datapath keeps a
@@ -25,16 +25,29 @@ fn load(c: &SlowBackendCluster) -> Result<switchyard_tests::measure::RequestLoad
 fn round_robin_gives_each_backend_its_turn() -> Result<()> {
     let c = SlowBackendCluster::start(Some("round-robin"), Some("round-robin"), AGENT_ARGS)?;
     let to = SocketAddrV4::new(VIP, 80);
-    let turns = c.topo.pod("client").in_netns(move || -> Result<Vec<String>> {
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        unsafe { libc::CPU_SET(0, &mut set) };
-        let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
-        anyhow::ensure!(rc == 0, "pinning to CPU 0: {}", std::io::Error::last_os_error());
-        (0..16).map(|_| tcp_once(to, Duration::from_secs(2))).collect()
-    })??;
+    let turns = c
+        .topo
+        .pod("client")
+        .in_netns(move || -> Result<Vec<String>> {
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            unsafe { libc::CPU_SET(0, &mut set) };
+            let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+            anyhow::ensure!(
+                rc == 0,
+                "pinning to CPU 0: {}",
+                std::io::Error::last_os_error()
+            );
+            (0..16)
+                .map(|_| tcp_once(to, Duration::from_secs(2)))
+                .collect()
+        })??;
     let first: Vec<&String> = turns.iter().take(4).collect();
     let distinct: std::collections::BTreeSet<&&String> = first.iter().collect();
-    assert_eq!(distinct.len(), 4, "one round reaches every backend: {turns:?}");
+    assert_eq!(
+        distinct.len(),
+        4,
+        "one round reaches every backend: {turns:?}"
+    );
     for (i, backend) in turns.iter().enumerate() {
         assert_eq!(*backend, turns[i % 4], "turn {i}: {turns:?}");
     }
@@ -46,7 +59,11 @@ fn round_robin_gives_each_backend_its_turn() -> Result<()> {
 /// closed is counted out at once.
 #[test]
 fn least_connection_keeps_new_connections_off_a_slow_backend() -> Result<()> {
-    let c = SlowBackendCluster::start(Some("least-connection"), Some("least-connection"), AGENT_ARGS)?;
+    let c = SlowBackendCluster::start(
+        Some("least-connection"),
+        Some("least-connection"),
+        AGENT_ARGS,
+    )?;
     let least = load(&c)?;
     let share = slow_share(&least);
     eprintln!(
@@ -59,7 +76,10 @@ fn least_connection_keeps_new_connections_off_a_slow_backend() -> Result<()> {
     assert!(share < 0.05, "the slow backend took {:.1} %", share * 100.0);
     let open = c.open_flows()?;
     assert_eq!(open.len(), BACKENDS as usize, "{open:?}");
-    assert!(open.values().all(|n| *n == 0), "closed flows still counted: {open:?}");
+    assert!(
+        open.values().all(|n| *n == 0),
+        "closed flows still counted: {open:?}"
+    );
 
     // The same load with the default (random): the slow backend gets its
     // quarter, and the tail shows it.
@@ -81,7 +101,11 @@ fn least_connection_keeps_new_connections_off_a_slow_backend() -> Result<()> {
         "the annotation's error in the log",
         Duration::from_secs(5),
         Duration::from_millis(50),
-        || Ok(c.agent.log_text().contains("unknown algorithm \"leastconn\"")),
+        || {
+            Ok(c.agent
+                .log_text()
+                .contains("unknown algorithm \"leastconn\""))
+        },
     )?;
     Ok(())
 }

@@ -86,6 +86,7 @@ struct BenchArgs {
         "clusterip",
         "sweep",
         "snat",
+        "schedulers",
     ])]
     which: String,
 }

@@ -142,6 +142,27 @@ fn least_connection_sends_new_flows_where_fewest_are_open() {
     assert_eq!(counts(&next).len(), 2, "{:?}", counts(&next));
 }
 
+/// While one backend is busy the others share the new flows evenly: the
+/// first of equals in scan order would give the slot after the busy one
+/// every turn that starts at the busy one (two thirds here).
+#[test]
+fn least_connection_shares_evenly_among_equally_loaded_backends() {
+    let mut f = fixture_with(Selection::new(Algorithm::LeastConnection, 251));
+    let ids = backend_ids(&f);
+    let busy = BACKENDS[0];
+    f.maps.backend_flows.insert(ids[&busy], 1000, 0).expect("load");
+    let mut chosen = Vec::new();
+    for port in 45000..45600 {
+        chosen.push(connect(&mut f, port));
+        close(&mut f, port);
+    }
+    let n = counts(&chosen);
+    assert!(!n.contains_key(&busy), "{n:?}");
+    for ip in &BACKENDS[1..] {
+        assert!((240..=360).contains(&n[ip]), "uneven among equals: {n:?}");
+    }
+}
+
 /// Counts the datapath lost or got wrong (a backend's reset, two CPUs at
 /// once, flows that expired) are set right by the sweep's recount.
 #[test]
