@@ -86,8 +86,8 @@ fn sweep_once(maps: &mut PinnedMaps, cfg: &mut SweepConfig) {
             {
                 warn!("conntrack admission: {e:#}");
             }
-            if let Err(e) = backend_load::recount(maps, &sweep.flows_by_backend) {
-                warn!("recounting backends' open flows: {e:#}");
+            if let Err(e) = backend_load::after_sweep(maps, &sweep) {
+                warn!("counting backends' open flows: {e:#}");
             }
             cfg.metrics.set_map_entries("conntrack", sweep.remaining);
             crate::agent::near_full(

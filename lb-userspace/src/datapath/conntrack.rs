@@ -100,6 +100,9 @@ pub struct Sweep {
     /// Backend ID → its open flows left in the table (the same flows), for
     /// least-connection scheduling.
     pub flows_by_backend: std::collections::HashMap<u32, u32>,
+    /// Backend ID → flows this sweep removed that their client had not
+    /// closed (idle, reset by the backend): the datapath still counts them.
+    pub removed_open_by_backend: std::collections::HashMap<u32, u32>,
 }
 
 /// Entry access the sweeps need; the pinned conntrack map in the agent.
@@ -158,6 +161,12 @@ pub fn collect_garbage(
         }
         removed += 1;
         gone.insert(flow_tuple(key));
+        if now_fwd.tcp_flags & (tcp_seen::FIN | tcp_seen::RST) == 0 {
+            *sweep
+                .removed_open_by_backend
+                .entry(now_fwd.backend_id)
+                .or_default() += 1;
+        }
         if let Some(r) = now_reply
             && table.remove_if_created(&rkey, r.created_ns)?
         {
@@ -361,6 +370,7 @@ mod tests {
                 remaining: 2,
                 flows_by_source: [(ip_be(Ipv4Addr::new(10, 244, 0, 10)), 1)].into(),
                 flows_by_backend: [(21, 1)].into(),
+                removed_open_by_backend: [(21, 1)].into(),
             }
         );
         assert_eq!(table.0.len(), 2, "the busy connection keeps both entries");
