@@ -121,13 +121,18 @@ pub fn fixture_with(selection: Selection) -> Fixture {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
-    let datapath = Datapath::load(
+    let loaded = Datapath::load(
         &object(),
         &pin_dir,
         loader::XdpChoice::Off,
         &Default::default(),
-    )
-    .expect("load datapath");
+    );
+    // A program the verifier refuses leaves the maps pinned: remove them
+    // before failing, as Drop would.
+    let datapath = loaded.unwrap_or_else(|e| {
+        let _ = loader::cleanup(&pin_dir);
+        panic!("load datapath: {e:?}")
+    });
     let desired = desired_state(&BACKENDS);
     let mut sync = MapSync::adopt(PinnedMaps::open(&pin_dir).expect("open maps"))
         .expect("adopt")
