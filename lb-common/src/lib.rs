@@ -28,7 +28,10 @@ pub mod map_names {
     pub const CT_SOURCES: &str = "ct_sources";
     pub const POD_SOURCES: &str = "pod_sources";
     pub const BACKEND_FLOWS: &str = "backend_flows";
-    pub const ALL: [&str; 17] = [
+    pub const POLICY_PODS: &str = "policy_pods";
+    pub const POLICY_RULES: &str = "policy_rules";
+    pub const POLICY_FLOWS: &str = "policy_flows";
+    pub const ALL: [&str; 20] = [
         SERVICES,
         BACKENDS,
         CONNTRACK,
@@ -46,6 +49,9 @@ pub mod map_names {
         CT_SOURCES,
         POD_SOURCES,
         BACKEND_FLOWS,
+        POLICY_PODS,
+        POLICY_RULES,
+        POLICY_FLOWS,
     ];
 }
 
@@ -293,6 +299,74 @@ pub struct PodSource {
 /// recounted exactly by the agent's conntrack sweeps; signed because a
 /// close may race with a recount (read below 0 as 0).
 pub type BackendFlows = i32;
+
+/// NetworkPolicy: which way a rule lets traffic through, seen from the
+/// selected pod.
+pub mod policy_direction {
+    /// Into the pod.
+    pub const INGRESS: u32 = 0;
+    /// Out of the pod.
+    pub const EGRESS: u32 = 1;
+}
+
+/// Value of `policy_pods` (key: the pod's IPv4 address, network order):
+/// whether some NetworkPolicy selects the pod for each direction, which
+/// makes that direction default-deny. A pod without an entry is open.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PodIsolation {
+    pub ingress: u8,
+    pub egress: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Data of a `policy_rules` LPM trie key: the selected pod and the
+/// direction (always matched in full), then the peer's address; the key's
+/// prefix length is 64 + the peer prefix length. The agent makes the peer
+/// prefixes of one pod and direction such that the longest match holds
+/// every port allowed for that peer address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PolicyRuleKey {
+    pub pod_ip_be: u32,
+    pub direction_be: u32,
+    pub peer_ip_be: u32,
+}
+
+/// One allowed port range (host order, inclusive) of a protocol; protocol
+/// 0 is every protocol and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PolicyPortRange {
+    pub first: u16,
+    pub last: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Port ranges one `policy_rules` entry can hold.
+pub const POLICY_PORT_RANGES: usize = 16;
+
+/// Value of `policy_rules`: the ports a peer may use (ingress: the pod's
+/// ports it may reach; egress: the peer's ports the pod may reach).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyPorts {
+    pub count: u32,
+    pub ranges: [PolicyPortRange; POLICY_PORT_RANGES],
+}
+
+/// Pods NetworkPolicy isolates on a node, rules (pod × direction × peer
+/// prefix) and allowed flows remembered for their replies.
+pub const MAX_POLICY_PODS: u32 = 65_536;
+pub const MAX_POLICY_RULES: u32 = 262_144;
+pub const MAX_POLICY_FLOWS: u32 = 262_144;
+
+/// How long an allowed flow's replies pass without a packet (TCP; UDP
+/// and the rest: [`POLICY_FLOW_IDLE_UDP_NS`]). After that the next packet
+/// is judged by the rules again.
+pub const POLICY_FLOW_IDLE_TCP_NS: u64 = 3_600 * 1_000_000_000;
+pub const POLICY_FLOW_IDLE_UDP_NS: u64 = 180 * 1_000_000_000;
 
 /// Pod interfaces × their addresses in `pod_sources`.
 pub const MAX_POD_SOURCES: u32 = 65_536;
@@ -693,6 +767,15 @@ pub mod reason {
         /// guessing the connection's addresses, as netfilter's window check
         /// refuses; the connection's entry is left as it was.
         TCP_OUT_OF_WINDOW_DROPPED = 28, "tcp_out_of_window_dropped";
+        /// Dropped: a new flow into a pod that NetworkPolicy isolates for
+        /// ingress, allowed by none of its rules (no reply is sent).
+        POLICY_INGRESS_DENIED = 29, "policy_ingress_denied";
+        /// Dropped: a new flow out of a pod that NetworkPolicy isolates for
+        /// egress (to a service: to the backend it was given), allowed by
+        /// none of its rules.
+        POLICY_EGRESS_DENIED = 30, "policy_egress_denied";
+        /// A new flow of an isolated pod allowed by a rule.
+        POLICY_ALLOWED = 31, "policy_allowed";
     }
 }
 
@@ -743,6 +826,9 @@ mod pod_impls {
     unsafe impl aya::Pod for InterfaceStatus {}
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for SockAddr {}
+    unsafe impl aya::Pod for PodIsolation {}
+    unsafe impl aya::Pod for PolicyRuleKey {}
+    unsafe impl aya::Pod for PolicyPorts {}
 }
 
 #[cfg(test)]
@@ -764,6 +850,9 @@ mod tests {
         assert_eq!(size_of::<SockAddr>(), 8);
         assert_eq!(size_of::<SourceRange>(), 8);
         assert_eq!(size_of::<ServiceCounters>(), 32);
+        assert_eq!(size_of::<PodIsolation>(), 4);
+        assert_eq!(size_of::<PolicyRuleKey>(), 12);
+        assert_eq!(size_of::<PolicyPorts>(), 4 + 8 * POLICY_PORT_RANGES);
     }
 
     /// Full checksum over 16-bit words in memory order, for checking.

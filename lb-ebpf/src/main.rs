@@ -27,6 +27,7 @@ mod lookup;
 mod maps;
 mod nat;
 mod parse;
+mod policy;
 mod reject;
 mod snat;
 mod sock;
@@ -103,14 +104,15 @@ pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
 
 /// Packets entering a pod: replies get their service address back, and so
 /// do ICMP errors about the pod's translated flows (path-MTU discovery).
+/// Also where NetworkPolicy judges what may enter the pod.
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
-    egress(&ctx)
+    egress(&ctx, Side::Pod)
 }
 
 #[classifier]
 pub fn to_world(ctx: TcContext) -> i32 {
-    egress(&ctx)
+    egress(&ctx, Side::World)
 }
 
 /// One call site each for `forward` and `reply`, fragments included: the
@@ -127,8 +129,9 @@ fn ingress(ctx: &TcContext, side: Side) -> i32 {
     action
 }
 
+/// Packets leaving by an interface towards `side`.
 #[inline(always)]
-fn egress(ctx: &TcContext) -> i32 {
+fn egress(ctx: &TcContext, side: Side) -> i32 {
     match parse::parse(ctx) {
         // An ICMP error about a translated flow (a pod's, or an external
         // client's node-port flow) quotes the backend: give it the service
@@ -138,8 +141,14 @@ fn egress(ctx: &TcContext) -> i32 {
         }
         parsed => {
             if let Some(pkt) = fragment::flow_packet(parsed) {
-                if !reply(ctx, &pkt) {
-                    return TC_ACT_SHOT;
+                match reply(ctx, &pkt) {
+                    Reply::Dropped => return TC_ACT_SHOT,
+                    // Not a reply of a service flow: into a pod, the pod's
+                    // ingress policy decides.
+                    Reply::NotOne if side == Side::Pod && !policy::admits_into_pod(ctx, &pkt) => {
+                        return TC_ACT_SHOT;
+                    }
+                    _ => {}
                 }
                 fragment::remember(&pkt);
             }
@@ -287,6 +296,10 @@ fn new_flow(ctx: &TcContext, pkt: &Packet, side: Side, now: u64) -> i32 {
     // (all endpoints) applies to them, the outside-world entry to the rest.
     let Some((master, scope)) = lookup::service_of(&pkt.flow, side == Side::Pod) else {
         conntrack::release_closed_clash(&pkt.flow, pkt.tcp_flags);
+        let to = (pkt.flow.dst_ip_be, pkt.flow.dst_port_be);
+        if side == Side::Pod && !policy::admits_out_of_pod(pkt, to) {
+            return TC_ACT_SHOT;
+        }
         return TC_ACT_OK;
     };
     if is_mid_flow_tcp(pkt) {
@@ -318,6 +331,11 @@ fn new_flow(ctx: &TcContext, pkt: &Packet, side: Side, now: u64) -> i32 {
         stats::count(reason::BACKEND_MISSING);
         return TC_ACT_SHOT;
     };
+    // Egress policy judges the backend the flow was given.
+    if side == Side::Pod && !policy::admits_out_of_pod(pkt, (backend.ip_be, backend.port_be)) {
+        admission::release(pkt.flow.src_ip_be);
+        return TC_ACT_SHOT;
+    }
     let action = open(
         ctx,
         pkt,
@@ -514,21 +532,30 @@ fn counted(result: Result<i32, i64>, ok: u32, failed: u32) -> i32 {
     }
 }
 
+/// What [`reply`] made of a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    /// A service flow's reply, given its frontend back.
+    Translated,
+    /// No reply of a tracked service flow.
+    NotOne,
+    /// A RST or FIN outside what the backend has sent, forged in its name.
+    Dropped,
+}
+
 /// Egress towards a client: a reply gets its frontend back as source.
-/// False when the packet must be dropped: a RST or FIN outside what the
-/// backend has sent, forged in its name.
 #[inline(always)]
-fn reply(ctx: &TcContext, pkt: &Packet) -> bool {
+fn reply(ctx: &TcContext, pkt: &Packet) -> Reply {
     let Some(entry) = conntrack::lookup(&pkt.flow) else {
-        return true;
+        return Reply::NotOne;
     };
     let entry = unsafe { &mut *entry };
     if entry.kind != conn_kind::REPLY {
-        return true;
+        return Reply::NotOne;
     }
     let now = unsafe { bpf_ktime_get_ns() };
     if conntrack::touch(entry, pkt.tcp_flags, pkt.tcp_seq, now) == Touch::OutOfWindow {
-        return false;
+        return Reply::Dropped;
     }
     let (ip, port) = (entry.nat_ip_be, entry.nat_port_be);
     let client_port = entry.second_port_be;
@@ -544,7 +571,7 @@ fn reply(ctx: &TcContext, pkt: &Packet) -> bool {
     } else {
         stats::count(reason::NAT_FAILED);
     }
-    true
+    Reply::Translated
 }
 
 /// The kernel lets only GPL-compatible programs call helpers such as

@@ -13,6 +13,9 @@ use lb_common::{
     MAX_SERVICE_ENTRIES, MAX_SERVICES, MAX_SOCK_LB_ENTRIES, MAX_SOURCE_RANGES, NatConfig,
     PodSource, ServiceCounters, ServiceKey, ServiceName, SockAddr, SockKey, SourceRange, reason,
 };
+use lb_common::{
+    MAX_POLICY_FLOWS, MAX_POLICY_PODS, MAX_POLICY_RULES, PodIsolation, PolicyPorts, PolicyRuleKey,
+};
 
 /// Frontend (VIP, port, proto, slot) → master entry or backend slot.
 #[btf_map]
@@ -139,3 +142,23 @@ pub static pod_sources: HashMap<
     { MAX_POD_SOURCES as usize },
     { BPF_F_NO_PREALLOC as usize },
 > = HashMap::new();
+
+/// Pod address → the directions NetworkPolicy isolates it in (policy.rs).
+#[btf_map]
+pub static policy_pods: HashMap<
+    u32,
+    PodIsolation,
+    { MAX_POLICY_PODS as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
+
+/// (pod, direction, peer prefix) → the ports the peer may use.
+#[btf_map]
+pub static policy_rules: LpmTrie<PolicyRuleKey, PolicyPorts, { MAX_POLICY_RULES as usize }> =
+    LpmTrie::new();
+
+/// Flows of isolated pods allowed by the rules → when last seen: their
+/// replies pass, and their next packets skip the rules.
+#[btf_map]
+pub static policy_flows: LruHashMap<FlowKey, u64, { MAX_POLICY_FLOWS as usize }> =
+    LruHashMap::new();
