@@ -31,7 +31,8 @@ pub mod map_names {
     pub const POLICY_PODS: &str = "policy_pods";
     pub const POLICY_RULES: &str = "policy_rules";
     pub const POLICY_FLOWS: &str = "policy_flows";
-    pub const ALL: [&str; 20] = [
+    pub const POLICY_NOTES: &str = "policy_notes";
+    pub const ALL: [&str; 21] = [
         SERVICES,
         BACKENDS,
         CONNTRACK,
@@ -52,6 +53,7 @@ pub mod map_names {
         POLICY_PODS,
         POLICY_RULES,
         POLICY_FLOWS,
+        POLICY_NOTES,
     ];
 }
 
@@ -326,7 +328,7 @@ pub struct PodIsolation {
 /// prefixes of one pod and direction such that the longest match holds
 /// every port allowed for that peer address.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct PolicyRuleKey {
     pub pod_ip_be: u32,
     pub direction_be: u32,
@@ -354,6 +356,25 @@ pub const POLICY_PORT_RANGES: usize = 16;
 pub struct PolicyPorts {
     pub count: u32,
     pub ranges: [PolicyPortRange; POLICY_PORT_RANGES],
+}
+
+/// Value of `policy_notes` (key: pod address): "namespace/name" and the
+/// policies isolating it, NUL-padded, for `inspect policy`; only user
+/// space reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyNote {
+    pub text: [u8; POLICY_NOTE_LEN],
+}
+
+pub const POLICY_NOTE_LEN: usize = 256;
+
+impl Default for PolicyNote {
+    fn default() -> Self {
+        Self {
+            text: [0; POLICY_NOTE_LEN],
+        }
+    }
 }
 
 /// Pods NetworkPolicy isolates on a node, rules (pod × direction × peer
@@ -829,6 +850,7 @@ mod pod_impls {
     unsafe impl aya::Pod for PodIsolation {}
     unsafe impl aya::Pod for PolicyRuleKey {}
     unsafe impl aya::Pod for PolicyPorts {}
+    unsafe impl aya::Pod for PolicyNote {}
 }
 
 #[cfg(test)]

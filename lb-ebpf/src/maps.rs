@@ -14,7 +14,8 @@ use lb_common::{
     PodSource, ServiceCounters, ServiceKey, ServiceName, SockAddr, SockKey, SourceRange, reason,
 };
 use lb_common::{
-    MAX_POLICY_FLOWS, MAX_POLICY_PODS, MAX_POLICY_RULES, PodIsolation, PolicyPorts, PolicyRuleKey,
+    MAX_POLICY_FLOWS, MAX_POLICY_PODS, MAX_POLICY_RULES, PodIsolation, PolicyNote, PolicyPorts,
+    PolicyRuleKey,
 };
 
 /// Frontend (VIP, port, proto, slot) → master entry or backend slot.
@@ -162,3 +163,12 @@ pub static policy_rules: LpmTrie<PolicyRuleKey, PolicyPorts, { MAX_POLICY_RULES 
 #[btf_map]
 pub static policy_flows: LruHashMap<FlowKey, u64, { MAX_POLICY_FLOWS as usize }> =
     LruHashMap::new();
+
+/// Pod address → its name and the policies isolating it, for inspection.
+#[btf_map]
+pub static policy_notes: HashMap<
+    u32,
+    PolicyNote,
+    { MAX_POLICY_PODS as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();

@@ -8,5 +8,6 @@ pub mod http;
 pub mod inspect;
 pub mod metrics;
 pub mod model;
+pub mod policy;
 pub mod source;
 pub mod sweeper;

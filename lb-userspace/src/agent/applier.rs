@@ -13,10 +13,12 @@ use tracing::{debug, error, info, warn};
 use crate::datapath::capacity::Capacity;
 use crate::datapath::conntrack;
 use crate::datapath::maps::PinnedMaps;
+use crate::datapath::policy_sync::PolicySync;
 use crate::datapath::sync::{MapSync, Scope, SyncReport};
 use crate::health::HealthServers;
 use crate::metrics::{FrontendCounterSource, Metrics, SyncErrorLabel, SyncLabel};
 use crate::model::{DesiredState, Frontend};
+use crate::policy::PolicyState;
 use crate::source::StateDelta;
 
 /// The desired state and the maps it is written to, with what a pass needs
@@ -33,13 +35,20 @@ pub(super) struct Applier {
     /// `--node-ips` given: the Node object's addresses are not added.
     pub(super) static_node_ips: bool,
     pub(super) socket_lb: bool,
+    /// NetworkPolicy: the last state the source gave, and its writer.
+    pub(super) policy_state: PolicyState,
+    pub(super) policy: PolicySync,
 }
 
 impl Applier {
     /// One pass for `delta`; returns how many errors it left (for retries).
-    pub(super) fn apply(&mut self, delta: StateDelta) -> usize {
+    pub(super) fn apply(&mut self, mut delta: StateDelta) -> usize {
+        let policy_errors = match delta.policy.take() {
+            Some(state) => self.apply_policy(state),
+            None => 0,
+        };
         let Some((changed, full)) = self.take(&delta) else {
-            return 0;
+            return policy_errors;
         };
         let started = Instant::now();
         let report = if full {
@@ -57,7 +66,21 @@ impl Applier {
         ));
         self.record(&report, &delta, elapsed, full);
         forget_departed(self.sync.maps_mut(), &report, self.socket_lb, &self.metrics);
-        report.errors.len()
+        report.errors.len() + policy_errors
+    }
+
+    /// Writes NetworkPolicy's new state; returns 1 if the maps could not
+    /// be written (retried with the next resync), else 0. Rules that did
+    /// not fit are logged by the writer, not retried.
+    fn apply_policy(&mut self, state: PolicyState) -> usize {
+        self.policy_state = state;
+        match self.policy.apply(self.sync.maps_mut(), &self.policy_state) {
+            Ok(_) => 0,
+            Err(e) => {
+                error!("writing network policy: {e:#}");
+                1
+            }
+        }
     }
 
     /// Takes `delta` into the desired state and the node's settings: the
@@ -145,8 +168,10 @@ impl Applier {
             warn!("re-reading the maps for a {why} resync: {e:#}");
         }
         debug!(why, "full resync");
+        self.policy.forget();
         StateDelta {
             complete: true,
+            policy: Some(self.policy_state.clone()),
             ..StateDelta::default()
         }
     }

@@ -20,10 +20,12 @@ use crate::datapath::ifaces::{self, IfaceGlobs, IfaceRoles};
 use crate::datapath::link_events::LinkEvents;
 use crate::datapath::loader::{self, Datapath, XdpChoice};
 use crate::datapath::maps::PinnedMaps;
+use crate::datapath::policy_sync::PolicySync;
 use crate::datapath::sync::{MapSync, Selection};
 use crate::health::HealthServers;
 use crate::metrics::Metrics;
 use crate::model::DesiredState;
+use crate::policy::PolicyState;
 use crate::source::kubernetes::{self, KubernetesSource};
 use crate::source::owner::OwnerWatch;
 use crate::source::{StateDelta, standalone};
@@ -266,6 +268,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         interface_ips: node_ips,
         static_node_ips: !cfg.node_ips.is_empty(),
         socket_lb: cfg.socket_lb_cgroup.is_some(),
+        policy_state: PolicyState::default(),
+        policy: PolicySync::default(),
     };
     let mut retry = Retry::default();
     retry.after(applier.apply(first));
@@ -410,16 +414,27 @@ async fn first_complete_state(
     desired: &mut DesiredState,
     signals: &mut Signals,
 ) -> Result<Option<StateDelta>> {
-    let first = loop {
+    let mut policy = None;
+    let mut first = loop {
         tokio::select! {
             delta = deltas.recv() => match delta {
                 Some(delta) if delta.complete => break delta,
-                Some(delta) => { desired.apply_delta(&delta); }
+                Some(mut delta) => {
+                    desired.apply_delta(&delta);
+                    policy = delta.policy.take().or(policy);
+                }
                 None => bail!("the source stopped before delivering a complete state"),
             },
             () = signals.stop() => return Ok(None),
         }
     };
+    // The complete state includes NetworkPolicy's: none from a source that
+    // has none, so that what an earlier run left is lifted.
+    first.policy = first
+        .policy
+        .take()
+        .or(policy)
+        .or_else(|| Some(PolicyState::default()));
     info!(
         services = first.ports.len(),
         rss_mib = resident_mib(),

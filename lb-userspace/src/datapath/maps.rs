@@ -25,6 +25,9 @@ pub struct PinnedMaps {
     pub ct_sources: HashMap<MapData, u32, u32>,
     pub sock_lb: HashMap<MapData, lb_common::SockKey, lb_common::SockAddr>,
     pub backend_flows: HashMap<MapData, BackendId, lb_common::BackendFlows>,
+    pub policy_pods: HashMap<MapData, u32, lb_common::PodIsolation>,
+    pub policy_rules: LpmTrie<MapData, lb_common::PolicyRuleKey, lb_common::PolicyPorts>,
+    pub policy_notes: HashMap<MapData, u32, lb_common::PolicyNote>,
 }
 
 fn open(pin_dir: &Path, name: &str) -> Result<Map> {
@@ -58,6 +61,9 @@ impl PinnedMaps {
             ct_sources: HashMap::try_from(open(pin_dir, map_names::CT_SOURCES)?)?,
             sock_lb: HashMap::try_from(open(pin_dir, map_names::SOCK_LB)?)?,
             backend_flows: HashMap::try_from(open(pin_dir, map_names::BACKEND_FLOWS)?)?,
+            policy_pods: HashMap::try_from(open(pin_dir, map_names::POLICY_PODS)?)?,
+            policy_rules: LpmTrie::try_from(open(pin_dir, map_names::POLICY_RULES)?)?,
+            policy_notes: HashMap::try_from(open(pin_dir, map_names::POLICY_NOTES)?)?,
         })
     }
 

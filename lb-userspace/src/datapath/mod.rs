@@ -13,6 +13,7 @@ pub mod loader;
 pub mod maglev;
 pub mod maps;
 pub mod pod_sources;
+pub mod policy_sync;
 pub mod sock_diag;
 pub mod socket_lb;
 pub mod sync;

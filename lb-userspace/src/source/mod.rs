@@ -7,10 +7,12 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::SystemTime;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 pub use slice::EndpointSlice;
 
 use crate::model::{DesiredState, Frontend, ServicePort};
+use crate::policy::PolicyState;
 
 mod endpoints;
 pub mod events;
@@ -41,6 +43,8 @@ pub struct StateDelta {
     /// This node's zone label (`topology.kubernetes.io/zone`), when it
     /// changed: `Some(None)` is a label removed.
     pub node_zone: Option<Option<String>>,
+    /// What NetworkPolicy says about every pod, when that changed.
+    pub policy: Option<PolicyState>,
 }
 
 impl StateDelta {
@@ -93,11 +97,15 @@ pub struct Sourced<T> {
     pub object: T,
 }
 
-/// Everything a source knows about the cluster's services.
+/// Everything a source knows about the cluster's services, and the pods,
+/// namespaces and policies NetworkPolicy is judged by.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterObjects {
     pub services: Vec<Sourced<Service>>,
     pub slices: Vec<Sourced<EndpointSlice>>,
+    pub pods: Vec<Sourced<Pod>>,
+    pub namespaces: Vec<Sourced<Namespace>>,
+    pub network_policies: Vec<Sourced<NetworkPolicy>>,
 }
 
 /// A problem with one object (or one part of it) that kept it from being

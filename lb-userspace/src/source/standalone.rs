@@ -1,4 +1,5 @@
-//! `--standalone DIR`: Services, EndpointSlices and classic Endpoints from
+//! `--standalone DIR`: Services, EndpointSlices and classic Endpoints (and
+//! the Pods, Namespaces and NetworkPolicies NetworkPolicy needs) from
 //! manifest files, followed while the agent runs.
 //!
 //! Every `*.yaml`, `*.yml` and `*.json` file in DIR (not recursive; hidden
@@ -99,6 +100,27 @@ fn add_object(value: serde_json::Value, origin: String, loaded: &mut LoadedDir) 
         },
         ("discovery.k8s.io/v1", "EndpointSlice") => match serde_json::from_value(value) {
             Ok(object) => loaded.objects.slices.push(Sourced { origin, object }),
+            Err(e) => loaded
+                .errors
+                .push(error(field_of(&e.to_string()), e.to_string())),
+        },
+        ("v1", "Pod") => match serde_json::from_value(value) {
+            Ok(object) => loaded.objects.pods.push(Sourced { origin, object }),
+            Err(e) => loaded
+                .errors
+                .push(error(field_of(&e.to_string()), e.to_string())),
+        },
+        ("v1", "Namespace") => match serde_json::from_value(value) {
+            Ok(object) => loaded.objects.namespaces.push(Sourced { origin, object }),
+            Err(e) => loaded
+                .errors
+                .push(error(field_of(&e.to_string()), e.to_string())),
+        },
+        ("networking.k8s.io/v1", "NetworkPolicy") => match serde_json::from_value(value) {
+            Ok(object) => loaded
+                .objects
+                .network_policies
+                .push(Sourced { origin, object }),
             Err(e) => loaded
                 .errors
                 .push(error(field_of(&e.to_string()), e.to_string())),
@@ -209,6 +231,7 @@ fn fingerprint(dir: &Path) -> std::io::Result<Vec<FileStamp>> {
 /// change. The first batch (complete) is sent at once, even if it is empty.
 pub async fn watch_dir(dir: PathBuf, interval: Duration, tx: mpsc::Sender<StateDelta>) {
     let mut last = DesiredState::default();
+    let mut last_policy = None;
     let mut last_fingerprint = None;
     let mut unreadable = false;
     let mut reported: BTreeSet<String> = BTreeSet::new();
@@ -253,13 +276,20 @@ pub async fn watch_dir(dir: PathBuf, interval: Duration, tx: mpsc::Sender<StateD
             services = objects.services.len(),
             slices = objects.slices.len(),
             frontends = translation.desired.services.len(),
+            network_policies = objects.network_policies.len(),
+            isolated_pods = translation.policy.pods.len(),
             errors = reported.len(),
             "manifests loaded"
         );
         let desired = translation.desired;
         let mut delta = StateDelta::between(&last, &desired);
         delta.complete = first;
-        if (first || !delta.ports.is_empty()) && tx.send(delta).await.is_err() {
+        if last_policy.as_ref() != Some(&translation.policy) {
+            delta.policy = Some(translation.policy.clone());
+            last_policy = Some(translation.policy);
+        }
+        let changed = !delta.ports.is_empty() || delta.policy.is_some();
+        if (first || changed) && tx.send(delta).await.is_err() {
             return;
         }
         last = desired;
