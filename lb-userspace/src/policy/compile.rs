@@ -561,3 +561,282 @@ fn pod_view(pod: &Pod) -> Option<PodView<'_>> {
         _pod: pod,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::policy_sync::longest_match;
+
+    /// Objects from a multi-document YAML (Pods, Namespaces, policies).
+    fn objects(yaml: &str) -> ClusterObjects {
+        let mut o = ClusterObjects::default();
+        for (i, doc) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
+            let value = serde_yaml::Value::deserialize(doc).expect("yaml");
+            let json = serde_json::to_value(value).expect("json");
+            let origin = format!("doc {i}");
+            match json["kind"].as_str() {
+                Some("Pod") => o.pods.push(Sourced {
+                    origin,
+                    object: serde_json::from_value(json).expect("pod"),
+                }),
+                Some("Namespace") => o.namespaces.push(Sourced {
+                    origin,
+                    object: serde_json::from_value(json).expect("ns"),
+                }),
+                Some("NetworkPolicy") => o.network_policies.push(Sourced {
+                    origin,
+                    object: serde_json::from_value(json).expect("np"),
+                }),
+                other => panic!("kind {other:?}"),
+            }
+        }
+        o
+    }
+    use serde::Deserialize;
+
+    const PODS: &str = "
+kind: Namespace
+apiVersion: v1
+metadata: {name: prod, labels: {team: a}}
+---
+kind: Namespace
+apiVersion: v1
+metadata: {name: dev, labels: {team: b}}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: web, namespace: prod, labels: {app: web}}
+spec: {containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}, {name: dns, containerPort: 53, protocol: UDP}]}]}
+status: {podIP: 10.244.0.10}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: db, namespace: prod, labels: {app: db}}
+spec: {containers: [{name: c, image: x, ports: [{name: sql, containerPort: 5432}]}]}
+status: {podIPs: [{ip: 10.244.0.11}]}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: tool, namespace: dev, labels: {app: web}}
+spec: {containers: [{name: c, image: x}]}
+status: {podIP: 10.244.1.12}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: node-agent, namespace: prod, labels: {app: web}}
+spec: {hostNetwork: true, containers: [{name: c, image: x}]}
+status: {podIP: 192.168.0.2}
+";
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().expect(s)
+    }
+
+    fn tcp(port: u16) -> PortRange {
+        PortRange {
+            protocol: 6,
+            first: port,
+            last: port,
+        }
+    }
+
+    /// (policy YAML, pod, direction is ingress, peer, the ports the peer
+    /// gets — None: not allowed at all).
+    #[test]
+    fn selectors_blocks_and_ports_as_upstream_defines_them() {
+        let cases: [(&str, &str, bool, &str, Option<Vec<PortRange>>); 12] = [
+            // Deny all ingress: selected, no rules.
+            (
+                "spec: {podSelector: {}}",
+                "10.244.0.10",
+                true,
+                "10.244.0.11",
+                None,
+            ),
+            // Same namespace by pod label, any port.
+            (
+                "spec: {podSelector: {matchLabels: {app: web}}, ingress: [{from: [{podSelector: {matchLabels: {app: db}}}]}]}",
+                "10.244.0.10",
+                true,
+                "10.244.0.11",
+                Some(vec![]),
+            ),
+            // A pod selector alone is the policy's namespace only.
+            (
+                "spec: {podSelector: {matchLabels: {app: web}}, ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]}",
+                "10.244.0.10",
+                true,
+                "10.244.1.12",
+                None,
+            ),
+            // Namespace selector: every pod there.
+            (
+                "spec: {podSelector: {matchLabels: {app: web}}, ingress: [{from: [{namespaceSelector: {matchLabels: {team: b}}}]}]}",
+                "10.244.0.10",
+                true,
+                "10.244.1.12",
+                Some(vec![]),
+            ),
+            // Both: pods matching in namespaces matching.
+            (
+                "spec: {podSelector: {matchLabels: {app: web}}, ingress: [{from: [{namespaceSelector: {matchLabels: {team: a}}, podSelector: {matchLabels: {app: db}}}]}]}",
+                "10.244.0.10",
+                true,
+                "10.244.1.12",
+                None,
+            ),
+            // The namespace name label is always there.
+            (
+                "spec: {podSelector: {matchLabels: {app: web}}, ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: dev}}}]}]}",
+                "10.244.0.10",
+                true,
+                "10.244.1.12",
+                Some(vec![]),
+            ),
+            // ipBlock with an exception.
+            (
+                "spec: {podSelector: {matchLabels: {app: web}}, ingress: [{from: [{ipBlock: {cidr: 10.244.0.0/16, except: [10.244.1.0/24]}}]}]}",
+                "10.244.0.10",
+                true,
+                "10.244.1.12",
+                None,
+            ),
+            (
+                "spec: {podSelector: {matchLabels: {app: web}}, ingress: [{from: [{ipBlock: {cidr: 10.244.0.0/16, except: [10.244.1.0/24]}}]}]}",
+                "10.244.0.10",
+                true,
+                "10.244.0.11",
+                Some(vec![]),
+            ),
+            // Named ingress port: the selected pod's, with its protocol.
+            (
+                "spec: {podSelector: {matchLabels: {app: web}}, ingress: [{ports: [{port: http}, {port: dns, protocol: UDP}, {port: 9000, endPort: 9010}]}]}",
+                "10.244.0.10",
+                true,
+                "1.2.3.4",
+                Some(vec![
+                    tcp(8080),
+                    PortRange {
+                        protocol: 6,
+                        first: 9000,
+                        last: 9010,
+                    },
+                    PortRange {
+                        protocol: 17,
+                        first: 53,
+                        last: 53,
+                    },
+                ]),
+            ),
+            // Named egress port: each peer pod's own.
+            (
+                "spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{to: [{podSelector: {}}], ports: [{port: sql}]}]}",
+                "10.244.0.10",
+                false,
+                "10.244.0.11",
+                Some(vec![tcp(5432)]),
+            ),
+            // ...and a peer without that port gets nothing.
+            (
+                "spec: {podSelector: {matchLabels: {app: db}}, policyTypes: [Egress], egress: [{to: [{podSelector: {}}], ports: [{port: sql}]}]}",
+                "10.244.0.11",
+                false,
+                "10.244.0.10",
+                None,
+            ),
+            // Egress without policyTypes: both directions isolated.
+            (
+                "spec: {podSelector: {matchLabels: {app: db}}, egress: [{}]}",
+                "10.244.0.11",
+                false,
+                "8.8.8.8",
+                Some(vec![]),
+            ),
+        ];
+        for (i, (spec, pod, ingress, peer, want)) in cases.into_iter().enumerate() {
+            let yaml = format!(
+                "{PODS}---\nkind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {{name: p, namespace: prod}}\n{spec}\n"
+            );
+            let (state, errors) = compile(&objects(&yaml));
+            assert!(errors.is_empty(), "case {i}: {errors:?}");
+            let policy = &state.pods[&ip(pod)];
+            let isolation = if ingress {
+                &policy.ingress
+            } else {
+                &policy.egress
+            };
+            let isolation = isolation
+                .as_ref()
+                .unwrap_or_else(|| panic!("case {i}: not isolated"));
+            assert_eq!(
+                isolation.policies,
+                ["prod/p".to_string()].into(),
+                "case {i}"
+            );
+            let mut got = longest_match(&isolation.rules, ip(peer));
+            if let Some(g) = got.as_mut() {
+                g.sort();
+            }
+            let mut want = want;
+            if let Some(w) = want.as_mut() {
+                w.sort();
+            }
+            assert_eq!(got, want, "case {i}: {spec}");
+        }
+    }
+
+    #[test]
+    fn host_network_pods_and_other_namespaces_are_not_selected() {
+        let yaml = format!(
+            "{PODS}---\nkind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {{name: deny, namespace: prod}}\nspec: {{podSelector: {{}}}}\n"
+        );
+        let (state, _) = compile(&objects(&yaml));
+        let isolated: Vec<Ipv4Addr> = state.pods.keys().copied().collect();
+        assert_eq!(isolated, [ip("10.244.0.10"), ip("10.244.0.11")]);
+        assert!(
+            state
+                .pods
+                .values()
+                .all(|p| p.ingress.is_some() && p.egress.is_none())
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_named_and_the_rest_applies() {
+        let yaml = format!(
+            "{PODS}---
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {{name: bad, namespace: prod}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  policyTypes: [Ingress, Sideways]
+  ingress:
+  - from: [{{ipBlock: {{cidr: 10.0.0.0/33}}}}, {{podSelector: {{matchExpressions: [{{key: app, operator: Equals, values: [db]}}]}}}}]
+  - ports: [{{port: 0}}, {{port: 80, protocol: ICMP}}, {{port: 443}}]
+"
+        );
+        let (state, errors) = compile(&objects(&yaml));
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.policyTypes[1]",
+                "spec.ingress[0].from[0].ipBlock.cidr",
+                "spec.ingress[0].from[1].podSelector",
+                "spec.ingress[1].ports[0].port",
+                "spec.ingress[1].ports[1].protocol",
+            ]
+        );
+        assert!(errors.iter().all(|e| e.object == "NetworkPolicy prod/bad"));
+        // Still isolated, and what was usable still allows.
+        let web = state.pods[&ip("10.244.0.10")]
+            .ingress
+            .as_ref()
+            .expect("isolated");
+        assert_eq!(
+            longest_match(&web.rules, ip("1.1.1.1")),
+            Some(vec![tcp(443)])
+        );
+    }
+}
