@@ -46,6 +46,9 @@ pub enum InspectWhat {
     Links,
     /// Datapath counters by reason.
     Stats,
+    /// Pods NetworkPolicy isolates, by which policies, and what their rules
+    /// allow in and out.
+    Policy,
 }
 
 /// The view `what` of the maps pinned in `pin_dir`, ready to print.
@@ -61,6 +64,7 @@ pub fn run(pin_dir: &Path, what: InspectWhat, format: OutputFormat) -> Result<St
         InspectWhat::Interfaces => render_rows(&interfaces(&maps), format),
         InspectWhat::Links => render_rows(&links(pin_dir)?, format),
         InspectWhat::Stats => render_rows(&stat_rows(&maps), format),
+        InspectWhat::Policy => render_rows(&policy::policy(&maps)?, format),
     }
 }
 
@@ -687,6 +691,8 @@ fn service_label(maps: &PinnedMaps, service_id: u32) -> String {
     maps.service_name(service_id)
         .unwrap_or_else(|| format!("(service #{service_id})"))
 }
+
+mod policy;
 
 #[cfg(test)]
 mod tests;

@@ -34,8 +34,8 @@ pub use agent::{AgentOptions, AgentProcess, AgentSource};
 pub use client::is_refused;
 pub use cluster::{MultiNode, Node};
 pub use manifests::{
-    EndpointSpec, ManifestDir, endpoint_slice_yaml, service_yaml, with_annotation,
-    with_client_ip_affinity,
+    EndpointSpec, ManifestDir, endpoint_slice_yaml, namespace_yaml, pod_yaml, service_yaml,
+    with_annotation, with_client_ip_affinity,
 };
 pub use pod_server::{PodServer, ServerPorts};
 pub use topology::{Pod, Topology, cleanup_stale};

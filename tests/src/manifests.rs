@@ -142,3 +142,35 @@ pub fn endpoint_slice_yaml(
     }
     y
 }
+
+/// A running Pod as the API server would show it: labels, its address in
+/// `status`, named container ports `(name, port, protocol)`.
+pub fn pod_yaml(
+    namespace: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    ip: Ipv4Addr,
+    ports: &[(&str, u16, &str)],
+) -> String {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let ports: Vec<String> = ports
+        .iter()
+        .map(|(n, p, proto)| format!("{{name: {n}, containerPort: {p}, protocol: {proto}}}"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{{}}}}}\n\
+         spec: {{containers: [{{name: main, image: pause, ports: [{}]}}]}}\n\
+         status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}\n",
+        labels.join(", "),
+        ports.join(", ")
+    )
+}
+
+/// A Namespace with labels.
+pub fn namespace_yaml(name: &str, labels: &[(&str, &str)]) -> String {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{}}}}}\n",
+        labels.join(", ")
+    )
+}

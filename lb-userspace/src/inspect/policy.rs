@@ -1,0 +1,121 @@
+//! `inspect policy`: the pods NetworkPolicy isolates on this node, by which
+//! policies, and what their rules let through, from the maps.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use lb_common::{PolicyPorts, policy_direction};
+use serde::Serialize;
+
+use super::Row;
+use crate::datapath::addr::ip_from_be;
+use crate::datapath::maps::PinnedMaps;
+use crate::datapath::policy_sync::decode_note;
+
+#[derive(Serialize)]
+pub struct PolicyRow {
+    pub pod: String,
+    pub address: String,
+    /// Policies isolating the pod for ingress; empty: open.
+    pub ingress_policies: Vec<String>,
+    pub egress_policies: Vec<String>,
+    /// "peer prefix: ports" the ingress rules allow in.
+    pub allowed_in: Vec<String>,
+    pub allowed_out: Vec<String>,
+}
+
+impl Row for PolicyRow {
+    const HEADER: &'static [&'static str] = &[
+        "POD",
+        "ADDRESS",
+        "INGRESS BY",
+        "ALLOWED IN",
+        "EGRESS BY",
+        "ALLOWED OUT",
+    ];
+
+    fn cells(&self) -> Vec<String> {
+        let or_open = |v: &[String]| {
+            if v.is_empty() {
+                "(open)".to_string()
+            } else {
+                v.join(",")
+            }
+        };
+        vec![
+            self.pod.clone(),
+            self.address.clone(),
+            or_open(&self.ingress_policies),
+            self.allowed_in.join("; "),
+            or_open(&self.egress_policies),
+            self.allowed_out.join("; "),
+        ]
+    }
+}
+
+/// One row per isolated pod, by address.
+pub fn policy(maps: &PinnedMaps) -> Result<Vec<PolicyRow>> {
+    let mut rules: BTreeMap<(u32, u32), Vec<String>> = BTreeMap::new();
+    for item in maps.policy_rules.iter() {
+        let (key, ports) = item?;
+        let data = key.data();
+        let peer_len = key.prefix_len().saturating_sub(64);
+        let peer = format!("{}/{peer_len}", ip_from_be(data.peer_ip_be));
+        rules
+            .entry((data.pod_ip_be, u32::from_be(data.direction_be)))
+            .or_default()
+            .push(format!("{peer}: {}", describe(&ports)));
+    }
+    let mut rows = Vec::new();
+    for item in maps.policy_pods.iter() {
+        let (ip_be, _) = item?;
+        let note = maps
+            .policy_notes
+            .get(&ip_be, 0)
+            .map(|n| decode_note(&n))
+            .unwrap_or_default();
+        let mut parts = note.split('|');
+        let pod = parts.next().unwrap_or("?").to_string();
+        let by = |text: Option<&str>| -> Vec<String> {
+            text.filter(|t| *t != "-")
+                .map(|t| t.split(',').map(String::from).collect())
+                .unwrap_or_default()
+        };
+        let (ingress, egress) = (by(parts.next()), by(parts.next()));
+        let allowed = |direction: u32| rules.get(&(ip_be, direction)).cloned().unwrap_or_default();
+        rows.push(PolicyRow {
+            pod,
+            address: ip_from_be(ip_be).to_string(),
+            ingress_policies: ingress,
+            egress_policies: egress,
+            allowed_in: allowed(policy_direction::INGRESS),
+            allowed_out: allowed(policy_direction::EGRESS),
+        });
+    }
+    rows.sort_by_key(|r| r.address.parse::<Ipv4Addr>().ok());
+    Ok(rows)
+}
+
+/// "all", or "80/TCP, 5000-5010/UDP".
+fn describe(ports: &PolicyPorts) -> String {
+    let ranges = &ports.ranges[..(ports.count as usize).min(ports.ranges.len())];
+    if ranges.iter().any(|r| r.proto == 0) {
+        return "all".into();
+    }
+    let proto = |p: u8| match p {
+        6 => "TCP",
+        17 => "UDP",
+        132 => "SCTP",
+        _ => "?",
+    };
+    ranges
+        .iter()
+        .map(|r| match (r.first, r.last) {
+            (0, u16::MAX) => format!("all/{}", proto(r.proto)),
+            (a, b) if a == b => format!("{a}/{}", proto(r.proto)),
+            (a, b) => format!("{a}-{b}/{}", proto(r.proto)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
