@@ -258,6 +258,10 @@ struct AgentArgs {
     /// a pod cannot reset or hijack another pod's connection.
     #[arg(long, value_enum, default_value = "on")]
     pod_source_check: OnOff,
+    /// Enforce NetworkPolicy at the pods' interfaces: `on` watches Pods,
+    /// Namespaces and NetworkPolicies (or reads them from --standalone).
+    #[arg(long, value_enum, default_value = "on")]
+    network_policy: OnOff,
     /// The cgroup (v2) the socket hooks attach to: normally the root of the
     /// hierarchy, so every process is covered.
     #[arg(long, default_value = "/sys/fs/cgroup", value_name = "DIR")]
@@ -407,6 +411,7 @@ fn main() -> Result<()> {
                 xdp_snat: args.xdp_snat,
                 socket_lb_cgroup: (args.socket_lb == OnOff::On).then(|| args.cgroup.clone()),
                 pod_source_check: args.pod_source_check == OnOff::On,
+                network_policy: args.network_policy == OnOff::On,
                 selection,
                 conntrack_gc_interval: seconds("--ct-gc-interval", args.ct_gc_interval)?,
                 resync_interval: seconds("--resync-interval", args.resync_interval)?,

@@ -83,6 +83,7 @@ fn chart_lints_and_renders_a_least_privilege_daemonset() -> Result<()> {
         "--keep-datapath-on-exit",
         "--pin-dir=/sys/fs/bpf/switchyard",
         "--algorithm=random",
+        "--network-policy=on",
         "--xdp=auto",
         "--metrics-addr=127.0.0.1:10249",
         "--health-addr=0.0.0.0:10256",
@@ -136,6 +137,16 @@ fn chart_lints_and_renders_a_least_privilege_daemonset() -> Result<()> {
             (
                 vec!["discovery.k8s.io".into()],
                 vec!["endpointslices".into()],
+                read.clone()
+            ),
+            (
+                vec!["".into()],
+                vec!["pods".into(), "namespaces".into()],
+                read.clone()
+            ),
+            (
+                vec!["networking.k8s.io".into()],
+                vec!["networkpolicies".into()],
                 read
             ),
             (
@@ -144,7 +155,7 @@ fn chart_lints_and_renders_a_least_privilege_daemonset() -> Result<()> {
                 vec!["create".into(), "patch".into()]
             ),
         ],
-        "exactly read access to services, endpointslices and nodes, and events to tell why a Service is not programmed"
+        "exactly read access to services, endpointslices and nodes, pods, namespaces and networkpolicies (NetworkPolicy), and events to tell why a Service is not programmed"
     );
     Ok(())
 }
@@ -272,6 +283,9 @@ fn rendered_chart_is_accepted_by_the_api_server_and_its_rbac_is_least_privilege(
         ("watch", "endpointslices.discovery.k8s.io"),
         ("list", "nodes"),
         ("create", "events.events.k8s.io"),
+        ("watch", "pods"),
+        ("list", "namespaces"),
+        ("watch", "networkpolicies.networking.k8s.io"),
     ] {
         assert!(can(verb, resource)?, "{verb} {resource} should be allowed");
     }
@@ -280,7 +294,8 @@ fn rendered_chart_is_accepted_by_the_api_server_and_its_rbac_is_least_privilege(
         ("update", "endpointslices.discovery.k8s.io"),
         ("delete", "nodes"),
         ("get", "secrets"),
-        ("list", "pods"),
+        ("update", "pods"),
+        ("create", "networkpolicies.networking.k8s.io"),
         ("create", "events"),
         ("delete", "events.events.k8s.io"),
     ] {

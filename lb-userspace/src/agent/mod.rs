@@ -55,6 +55,9 @@ pub struct AgentConfig {
     /// Whether pods' connection-changing packets must come from their own
     /// addresses (lb-ebpf spoof.rs).
     pub pod_source_check: bool,
+    /// NetworkPolicy enforced (lb-ebpf policy.rs), from the source's Pods,
+    /// Namespaces and NetworkPolicies.
+    pub network_policy: bool,
     /// How often the manifest directory is polled.
     pub poll_interval: Duration,
     /// How often the interface list is re-read besides link notifications.
@@ -365,9 +368,12 @@ async fn start_source(
 ) -> Result<(tokio::task::JoinHandle<()>, Option<OwnerWatch>)> {
     let mut owner_watch = None;
     let source = match &cfg.source {
-        SourceConfig::Standalone(dir) => {
-            tokio::spawn(standalone::watch_dir(dir.clone(), cfg.poll_interval, tx))
-        }
+        SourceConfig::Standalone(dir) => tokio::spawn(standalone::watch_dir(
+            dir.clone(),
+            cfg.poll_interval,
+            cfg.network_policy,
+            tx,
+        )),
         SourceConfig::Kubernetes { kubeconfig } => {
             let client = kubernetes::client(kubeconfig.as_deref()).await?;
             if let Some(owner) = &cfg.owner_daemonset {
@@ -378,6 +384,7 @@ async fn start_source(
                 node_name: cfg.node_name.clone(),
                 batch_window: cfg.batch_window,
                 metrics: metrics.clone(),
+                network_policy: cfg.network_policy,
             };
             tokio::spawn(source.run(tx))
         }

@@ -22,7 +22,8 @@ use std::time::Duration;
 use crate::source::slice::EndpointSlice;
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_stream};
 use kube::{Api, Client};
@@ -34,6 +35,7 @@ use tracing::{debug, info, warn};
 
 use super::StateDelta;
 use super::events::ProblemReporter;
+use super::policy_tracker::PolicyTracker;
 use super::tracker::{ChangeTracker, Key, key_of};
 use crate::metrics::{Metrics, ResourceLabel};
 
@@ -54,6 +56,22 @@ pub struct KubernetesSource {
     /// once, changes that follow it within the window together after it.
     pub batch_window: Duration,
     pub metrics: Arc<Metrics>,
+    /// Watch Pods, Namespaces and NetworkPolicies and enforce the policies.
+    pub network_policy: bool,
+}
+
+/// The change trackers: services (and their slices and node facts), and
+/// NetworkPolicy's objects.
+#[derive(Default)]
+struct Trackers {
+    services: ChangeTracker,
+    policy: PolicyTracker,
+}
+
+impl Trackers {
+    fn pending(&self) -> bool {
+        self.services.pending() || self.policy.pending()
+    }
 }
 
 /// A client from `kubeconfig`, or from the environment (in-cluster service
@@ -132,6 +150,9 @@ enum Watched {
     Service(Box<Result<Event<Service>, watcher::Error>>),
     Slice(Box<Result<Event<EndpointSlice>, watcher::Error>>),
     Node(Box<Result<Event<Node>, watcher::Error>>),
+    Pod(Box<Result<Event<Pod>, watcher::Error>>),
+    Namespace(Box<Result<Event<Namespace>, watcher::Error>>),
+    Policy(Box<Result<Event<NetworkPolicy>, watcher::Error>>),
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Watched> + Send>>;
@@ -202,12 +223,24 @@ struct Lists {
     slices: Relist<EndpointSlice>,
     /// This node's Node has been listed (or there is no node to watch).
     node: bool,
+    /// NetworkPolicy's objects (None: `--network-policy off`).
+    policy: Option<PolicyLists>,
+}
+
+struct PolicyLists {
+    pods: Relist<Pod>,
+    namespaces: Relist<Namespace>,
+    policies: Relist<NetworkPolicy>,
 }
 
 impl Lists {
     /// Whether the first full lists are all in.
     fn complete(&self) -> bool {
-        self.services.listed && self.slices.listed && self.node
+        let policy = self
+            .policy
+            .as_ref()
+            .is_none_or(|p| p.pods.listed && p.namespaces.listed && p.policies.listed);
+        self.services.listed && self.slices.listed && self.node && policy
     }
 }
 
@@ -228,6 +261,9 @@ impl KubernetesSource {
                 .map(|e| Watched::Slice(Box::new(e)))
                 .boxed(),
         ];
+        if self.network_policy {
+            streams.extend(self.policy_streams());
+        }
         if let Some(node) = &self.node_name {
             let nodes: Api<Node> = Api::all(self.client.clone());
             streams.push(
@@ -243,15 +279,42 @@ impl KubernetesSource {
         streams
     }
 
+    /// Pods, Namespaces and NetworkPolicies, for NetworkPolicy.
+    fn policy_streams(&self) -> Vec<EventStream> {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let policies: Api<NetworkPolicy> = Api::all(self.client.clone());
+        let config = watcher::Config::default;
+        vec![
+            watch_stream(pods, config())
+                .default_backoff()
+                .map(|e| Watched::Pod(Box::new(e)))
+                .boxed(),
+            watch_stream(namespaces, config())
+                .default_backoff()
+                .map(|e| Watched::Namespace(Box::new(e)))
+                .boxed(),
+            watch_stream(policies, config())
+                .default_backoff()
+                .map(|e| Watched::Policy(Box::new(e)))
+                .boxed(),
+        ]
+    }
+
     /// Runs until the agent stops listening.
     pub async fn run(self, tx: mpsc::Sender<StateDelta>) {
         let mut events = futures::stream::select_all(self.streams());
         let reporter = ProblemReporter::new(self.client.clone(), self.node_name.as_deref());
-        let mut tracker = ChangeTracker::default();
+        let mut tracker = Trackers::default();
         let mut lists = Lists {
             services: Relist::new("services"),
             slices: Relist::new("endpointslices"),
             node: self.node_name.is_none(),
+            policy: self.network_policy.then(|| PolicyLists {
+                pods: Relist::new("pods"),
+                namespaces: Relist::new("namespaces"),
+                policies: Relist::new("networkpolicies"),
+            }),
         };
         let mut sent_complete = false;
         let mut batch_deadline: Option<Instant> = None;
@@ -305,11 +368,19 @@ impl KubernetesSource {
     /// Services' owners. The `first` batch is the complete one.
     fn take_batch(
         &self,
-        tracker: &mut ChangeTracker,
+        trackers: &mut Trackers,
         reporter: &ProblemReporter,
         first: bool,
     ) -> StateDelta {
+        let tracker = &mut trackers.services;
         let mut delta = tracker.take_delta();
+        if self.network_policy {
+            let (policy, problems) = trackers.policy.take();
+            for p in problems {
+                warn!("network policy: {p}");
+            }
+            delta.policy = policy;
+        }
         self.metrics
             .objects_invalid
             .set(tracker.invalid_count() as i64);
@@ -321,6 +392,7 @@ impl KubernetesSource {
             info!(
                 services = tracker.service_count(),
                 slices = tracker.slice_count(),
+                pods = trackers.policy.pod_count(),
                 service_ports = delta.ports.len(),
                 "initial lists complete"
             );
@@ -328,7 +400,9 @@ impl KubernetesSource {
         delta
     }
 
-    fn handle(&self, event: Watched, tracker: &mut ChangeTracker, lists: &mut Lists) {
+    fn handle(&self, event: Watched, trackers: &mut Trackers, lists: &mut Lists) {
+        let tracker = &mut trackers.services;
+        let policy = &mut trackers.policy;
         match event {
             Watched::Service(event) => match self.watched(*event, &mut lists.services) {
                 Some(Change::One(key, service)) => tracker.set_service(key, service),
@@ -347,6 +421,36 @@ impl KubernetesSource {
                 None => {}
             },
             Watched::Node(event) => self.node_event(*event, tracker, &mut lists.node),
+            Watched::Pod(event) => {
+                let Some(lists) = lists.policy.as_mut() else {
+                    return;
+                };
+                match self.watched(*event, &mut lists.pods) {
+                    Some(Change::One(key, pod)) => policy.set_pod(key, pod),
+                    Some(Change::All(listed)) => policy.replace_pods(listed),
+                    None => {}
+                }
+            }
+            Watched::Namespace(event) => {
+                let Some(lists) = lists.policy.as_mut() else {
+                    return;
+                };
+                match self.watched(*event, &mut lists.namespaces) {
+                    Some(Change::One(key, ns)) => policy.set_namespace(key, ns),
+                    Some(Change::All(listed)) => policy.replace_namespaces(listed),
+                    None => {}
+                }
+            }
+            Watched::Policy(event) => {
+                let Some(lists) = lists.policy.as_mut() else {
+                    return;
+                };
+                match self.watched(*event, &mut lists.policies) {
+                    Some(Change::One(key, np)) => policy.set_policy(key, np),
+                    Some(Change::All(listed)) => policy.replace_policies(listed),
+                    None => {}
+                }
+            }
         }
     }
 

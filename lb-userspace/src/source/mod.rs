@@ -18,6 +18,7 @@ mod endpoints;
 pub mod events;
 pub mod kubernetes;
 pub mod owner;
+mod policy_tracker;
 pub mod slice;
 pub mod standalone;
 mod tracker;

@@ -229,7 +229,13 @@ fn fingerprint(dir: &Path) -> std::io::Result<Vec<FileStamp>> {
 
 /// Polls `dir` every `interval` and sends what changed whenever the files
 /// change. The first batch (complete) is sent at once, even if it is empty.
-pub async fn watch_dir(dir: PathBuf, interval: Duration, tx: mpsc::Sender<StateDelta>) {
+/// Without `network_policy` the NetworkPolicies there are not enforced.
+pub async fn watch_dir(
+    dir: PathBuf,
+    interval: Duration,
+    network_policy: bool,
+    tx: mpsc::Sender<StateDelta>,
+) {
     let mut last = DesiredState::default();
     let mut last_policy = None;
     let mut last_fingerprint = None;
@@ -261,7 +267,10 @@ pub async fn watch_dir(dir: PathBuf, interval: Duration, tx: mpsc::Sender<StateD
             Ok(l) => (l.objects, l.errors),
             Err(_) => (ClusterObjects::default(), Vec::new()),
         };
-        let translation = translate(&objects);
+        let mut translation = translate(&objects);
+        if !network_policy {
+            translation.policy = Default::default();
+        }
         errors.extend(translation.errors);
         let now: BTreeSet<String> = errors.iter().map(ToString::to_string).collect();
         for e in now.difference(&reported) {
@@ -435,7 +444,7 @@ mod tests {
     async fn watcher_follows_changes() {
         let d = TempDir::new();
         let (tx, mut rx) = mpsc::channel(4);
-        let task = tokio::spawn(watch_dir(d.0.clone(), Duration::from_millis(20), tx));
+        let task = tokio::spawn(watch_dir(d.0.clone(), Duration::from_millis(20), true, tx));
         let mut next = async || {
             tokio::time::timeout(Duration::from_secs(5), rx.recv())
                 .await
