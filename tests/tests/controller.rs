@@ -577,3 +577,85 @@ fn api_server_and_agent_restarts_lose_no_established_connection() -> Result<()> 
     check(&mut conns, "after the stale service was removed")?;
     Ok(())
 }
+
+/// NetworkPolicy from the API server: Pods (their addresses written to
+/// `status` as the kubelet does), a Namespace and a NetworkPolicy written
+/// with kubectl; node 2's agent isolates its pod, node 1's client is
+/// refused there and not at the other pod, and a deleted policy is lifted.
+/// Prints how long the deletion took to reach the datapath.
+#[test]
+fn network_policy_from_the_api_server_isolates_a_pod_on_its_node() -> Result<()> {
+    let c = KubeCluster::start()?;
+    // No controller manager here to make it.
+    c.api
+        .kubectl(&["-n", "test", "create", "serviceaccount", "default"])?;
+    for (name, node, i, app) in [
+        ("n2b1", 2, 21, "web"),
+        ("n2b2", 2, 22, "db"),
+        ("client1", 1, 10, "client"),
+    ] {
+        let ip = c.cluster.node(node).pod_ip(i);
+        c.api.apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: test, labels: {{app: {app}}}}}\n\
+             spec: {{nodeName: {}, containers: [{{name: main, image: pause, ports: [{{name: http, containerPort: 8080}}]}}]}}\n",
+            node_name(node)
+        ))?;
+        let status = format!(
+            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#
+        );
+        c.api.kubectl(&[
+            "-n",
+            "test",
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ])?;
+    }
+    let client = c.cluster.node(1).topo.pod("client1");
+    let web = SocketAddrV4::new(c.cluster.node(2).pod_ip(21), 8080);
+    let db = SocketAddrV4::new(c.cluster.node(2).pod_ip(22), 8080);
+    let denied = Duration::from_millis(300);
+    assert!(client.tcp_request(web, TIMEOUT).is_ok());
+    let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-from-nobody, namespace: test}\nspec: {podSelector: {matchLabels: {app: web}}, ingress: [{from: [{podSelector: {matchLabels: {app: db}}}]}]}\n";
+    let mut lifted = Vec::new();
+    for round in 0..5 {
+        c.api.apply(policy)?;
+        wait::until(
+            "web isolated",
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || Ok(client.tcp_request(web, denied).is_err()),
+        )
+        .with_context(|| c.agents[1].log_tail())?;
+        assert!(
+            client.tcp_request(db, TIMEOUT).is_ok(),
+            "round {round}: db is not selected"
+        );
+        if round == 0 {
+            let shown = c.agents[1].inspect(&["policy"])?;
+            assert!(
+                shown.contains("test/n2b1") && shown.contains("test/web-from-nobody"),
+                "{shown}"
+            );
+        }
+        // From before kubectl runs: an upper bound (kubectl's own start
+        // and request included).
+        let deleted = Instant::now();
+        c.api
+            .kubectl(&["-n", "test", "delete", "networkpolicy", "web-from-nobody"])?;
+        wait::until(
+            "web reachable again",
+            Duration::from_secs(10),
+            Duration::ZERO,
+            || Ok(client.tcp_request(web, Duration::from_millis(20)).is_ok()),
+        )?;
+        lifted.push(deleted.elapsed().as_secs_f64() * 1e3);
+    }
+    lifted.sort_by(f64::total_cmp);
+    eprintln!("kubectl delete networkpolicy started → pod reachable again: {lifted:.0?} ms");
+    Ok(())
+}
