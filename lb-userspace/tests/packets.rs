@@ -17,6 +17,7 @@
 //! - `remap`: source-port remapping of flows that would share a reply tuple;
 //! - `conntrack`: admission, forged sources, sequence window, sweep, SNAT
 //!   ports;
+//! - `policy`: NetworkPolicy at the pods' interfaces;
 //! - `fuzz`: fuzzed and truncated packets;
 //! - `reference`: the datapath against a reference model of Services.
 
@@ -37,6 +38,8 @@ mod fuzz;
 mod icmp;
 #[path = "packets/nodeport.rs"]
 mod nodeport;
+#[path = "packets/policy.rs"]
+mod policy;
 #[path = "packets/reference.rs"]
 mod reference;
 #[path = "packets/remap.rs"]

@@ -153,6 +153,28 @@ pub fn test_run(prog_fd: RawFd, packet: &[u8]) -> (u32, Vec<u8>) {
 }
 
 pub fn try_test_run(prog_fd: RawFd, packet: &[u8]) -> std::io::Result<(u32, Vec<u8>)> {
+    try_test_run_from(prog_fd, packet, 0)
+}
+
+/// The `struct __sk_buff` BPF_PROG_TEST_RUN takes as context: 192 bytes,
+/// all zero but the fields set (u32 words; `ingress_ifindex` is word 9).
+const SKB_CTX_WORDS: usize = 48;
+const SKB_INGRESS_IFINDEX: usize = 9;
+
+/// BPF_PROG_TEST_RUN of a tc program on a packet that arrived on interface
+/// `ingress_ifindex` (0: made by the node itself).
+pub fn test_run_from(prog_fd: RawFd, packet: &[u8], ingress_ifindex: u32) -> (u32, Vec<u8>) {
+    try_test_run_from(prog_fd, packet, ingress_ifindex)
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {} bytes: {e}", packet.len()))
+}
+
+fn try_test_run_from(
+    prog_fd: RawFd,
+    packet: &[u8],
+    ingress_ifindex: u32,
+) -> std::io::Result<(u32, Vec<u8>)> {
+    let mut skb = [0u32; SKB_CTX_WORDS];
+    skb[SKB_INGRESS_IFINDEX] = ingress_ifindex;
     #[repr(C)]
     #[derive(Default)]
     struct TestRunAttr {
@@ -182,6 +204,16 @@ pub fn try_test_run(prog_fd: RawFd, packet: &[u8]) -> std::io::Result<(u32, Vec<
         data_in: packet.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
         repeat: 1,
+        ctx_size_in: if ingress_ifindex == 0 {
+            0
+        } else {
+            std::mem::size_of_val(&skb) as u32
+        },
+        ctx_in: if ingress_ifindex == 0 {
+            0
+        } else {
+            skb.as_ptr() as u64
+        },
         ..Default::default()
     };
     let rc = unsafe {
@@ -210,6 +242,12 @@ impl Fixture {
     pub fn run_to_pod(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
         let fd = self.datapath.program_fd(program_names::TO_POD).expect("fd");
         test_run(fd, packet)
+    }
+    /// `to_pod` on a packet forwarded from another interface (not made by
+    /// the node itself).
+    pub fn run_to_pod_forwarded(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
+        let fd = self.datapath.program_fd(program_names::TO_POD).expect("fd");
+        test_run_from(fd, packet, 1)
     }
 }
 

@@ -1,0 +1,188 @@
+//! NetworkPolicy in the datapath, as an attacker and an operator would
+//! probe it: packets into an isolated pod from allowed and other peers, on
+//! allowed and other ports, replies of the pod's own flows, the node's own
+//! traffic, and egress judged on the backend a service gave the flow.
+
+use std::net::Ipv4Addr;
+
+use lb_common::reason;
+use lb_userspace::datapath::policy_sync::PolicySync;
+use lb_userspace::policy::{Cidr, Isolation, PeerRule, PodPolicy, PolicyState, PortRange};
+
+use crate::build::*;
+use crate::fixture::*;
+
+const POD: Ipv4Addr = BACKENDS[0];
+const STRANGER: Ipv4Addr = Ipv4Addr::new(10, 244, 9, 9);
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(1, 2, 3, 4);
+
+fn isolation(rules: Vec<PeerRule>) -> Option<Isolation> {
+    Some(Isolation {
+        policies: ["test/p".to_string()].into(),
+        rules,
+    })
+}
+
+fn tcp(port: u16) -> PortRange {
+    PortRange {
+        protocol: 6,
+        first: port,
+        last: port,
+    }
+}
+
+/// POD isolated for ingress: only CLIENT, only on TCP 8080.
+fn isolate_pod(f: &mut Fixture, egress: Option<Isolation>) {
+    let mut state = PolicyState::default();
+    state.pods.insert(
+        POD,
+        PodPolicy {
+            pod: "test/pod".into(),
+            ingress: isolation(vec![PeerRule {
+                peers: vec![Cidr::host(CLIENT)],
+                ports: vec![tcp(8080)],
+            }]),
+            egress,
+        },
+    );
+    let problems = PolicySync::default()
+        .apply(&mut f.maps, &state)
+        .expect("policy");
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+#[test]
+fn only_allowed_peers_and_ports_get_into_an_isolated_pod() {
+    let mut f = fixture();
+    isolate_pod(&mut f, None);
+    // (what, packet, from the node itself, passes)
+    let cases = [
+        (
+            "allowed peer and port",
+            Pkt::tcp(CLIENT, 40000, POD, 8080, SYN),
+            false,
+            true,
+        ),
+        (
+            "allowed peer, other port",
+            Pkt::tcp(CLIENT, 40001, POD, 9090, SYN),
+            false,
+            false,
+        ),
+        (
+            "other pod",
+            Pkt::tcp(STRANGER, 40002, POD, 8080, SYN),
+            false,
+            false,
+        ),
+        (
+            "other pod, mid-flow",
+            Pkt::tcp(STRANGER, 40003, POD, 8080, ACK),
+            false,
+            false,
+        ),
+        (
+            "UDP to the allowed port number",
+            Pkt::udp(CLIENT, 40004, POD, 8080),
+            false,
+            false,
+        ),
+        (
+            "the node itself (probes)",
+            Pkt::tcp(STRANGER, 40005, POD, 9090, SYN),
+            true,
+            true,
+        ),
+        (
+            "a pod nothing isolates",
+            Pkt::tcp(STRANGER, 40006, BACKENDS[1], 9090, SYN),
+            false,
+            true,
+        ),
+    ];
+    for (what, pkt, from_node, passes) in cases {
+        let packet = pkt.build();
+        let (verdict, _) = if from_node {
+            f.run_to_pod(&packet)
+        } else {
+            f.run_to_pod_forwarded(&packet)
+        };
+        let want = if passes { TC_ACT_OK } else { TC_ACT_SHOT };
+        assert_eq!(verdict, want, "{what}");
+    }
+    assert_eq!(f.maps.reason_count(reason::POLICY_INGRESS_DENIED), 4);
+}
+
+#[test]
+fn replies_of_the_pods_own_flows_pass_and_nothing_else_from_there() {
+    let mut f = fixture();
+    isolate_pod(&mut f, None);
+    // The pod connects out (nothing isolates its egress)...
+    let (verdict, _) = f.run_from_pod(&Pkt::tcp(POD, 50000, OUTSIDE, 443, SYN).build());
+    assert_eq!(verdict, TC_ACT_OK);
+    // ...its peer's answer gets in; the same peer on another flow does not.
+    let reply = Pkt::tcp(OUTSIDE, 443, POD, 50000, SYN | ACK).build();
+    assert_eq!(f.run_to_pod_forwarded(&reply).0, TC_ACT_OK, "reply");
+    let other = Pkt::tcp(OUTSIDE, 443, POD, 50001, SYN).build();
+    assert_eq!(f.run_to_pod_forwarded(&other).0, TC_ACT_SHOT, "unsolicited");
+    // An allowed connection in: its later packets pass too.
+    let syn = Pkt::tcp(CLIENT, 40000, POD, 8080, SYN).build();
+    assert_eq!(f.run_to_pod_forwarded(&syn).0, TC_ACT_OK);
+    let data = Pkt::tcp(CLIENT, 40000, POD, 8080, ACK).build();
+    assert_eq!(f.run_to_pod_forwarded(&data).0, TC_ACT_OK);
+}
+
+/// Egress is judged on the backend the service chose: the pod may reach
+/// BACKENDS[1] only; through the VIP it is let through exactly when the
+/// service sent the flow there.
+#[test]
+fn egress_is_judged_on_the_backend_a_service_chose() {
+    let mut f = fixture();
+    let only_backend_1 = isolation(vec![PeerRule {
+        peers: vec![Cidr::host(BACKENDS[1])],
+        ports: vec![],
+    }]);
+    // Egress isolation for CLIENT (the pods' client in the fixture).
+    let mut state = PolicyState::default();
+    state.pods.insert(
+        CLIENT,
+        PodPolicy {
+            pod: "test/client".into(),
+            ingress: None,
+            egress: only_backend_1,
+        },
+    );
+    PolicySync::default()
+        .apply(&mut f.maps, &state)
+        .expect("policy");
+    let (mut passed, mut dropped) = (0, 0);
+    for port in 41000..41060 {
+        let (verdict, out) = f.run_from_pod(&Pkt::tcp(CLIENT, port, VIP, 80, SYN).build());
+        if verdict == TC_ACT_SHOT {
+            dropped += 1;
+            continue;
+        }
+        assert_eq!(
+            parse_checked(&out).dst,
+            BACKENDS[1],
+            "port {port} let through to another backend"
+        );
+        passed += 1;
+    }
+    assert!(
+        passed > 5 && dropped > 20,
+        "passed {passed}, dropped {dropped}"
+    );
+    assert_eq!(f.maps.reason_count(reason::POLICY_EGRESS_DENIED), dropped);
+    // Directly: the allowed pod yes, others no.
+    assert_eq!(
+        f.run_from_pod(&Pkt::tcp(CLIENT, 42000, BACKENDS[1], 8080, SYN).build())
+            .0,
+        TC_ACT_OK
+    );
+    assert_eq!(
+        f.run_from_pod(&Pkt::tcp(CLIENT, 42001, BACKENDS[2], 8080, SYN).build())
+            .0,
+        TC_ACT_SHOT
+    );
+}
