@@ -104,8 +104,7 @@ fn allows(pod_ip_be: u32, direction: u32, (peer_ip_be, port_be): (u32, u16), pro
             break;
         }
         let range = &ports.ranges[i];
-        if range.proto == 0 || (range.proto == proto && range.first <= port && port <= range.last)
-        {
+        if range.proto == 0 || (range.proto == proto && range.first <= port && port <= range.last) {
             return true;
         }
     }

@@ -644,7 +644,14 @@ status: {podIP: 192.168.0.2}
     /// gets — None: not allowed at all).
     #[test]
     fn selectors_blocks_and_ports_as_upstream_defines_them() {
-        let cases: [(&str, &str, bool, &str, Option<Vec<PortRange>>); 12] = [
+        type Case = (
+            &'static str,
+            &'static str,
+            bool,
+            &'static str,
+            Option<Vec<PortRange>>,
+        );
+        let cases: [Case; 12] = [
             // Deny all ingress: selected, no rules.
             (
                 "spec: {podSelector: {}}",
