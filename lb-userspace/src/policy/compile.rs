@@ -64,12 +64,8 @@ struct Report<'a> {
 
 impl Report<'_> {
     fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ObjectError {
-            origin: self.origin.to_string(),
-            object: self.object.clone(),
-            field: field.into(),
-            message: message.into(),
-        });
+        let error = ObjectError::new(self.origin, &self.object, field, message);
+        self.errors.push(error);
     }
 }
 

@@ -209,12 +209,8 @@ fn not_mirrored(meta: &ObjectMeta) -> Option<&'static str> {
 
 impl Mirror<'_> {
     fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ObjectError {
-            origin: self.origin.to_string(),
-            object: self.object.clone(),
-            field: field.into(),
-            message: message.into(),
-        });
+        let error = ObjectError::new(self.origin, &self.object, field, message);
+        self.errors.push(error);
     }
 
     fn finish(self, slices: Vec<EndpointSlice>) -> Mirrored {

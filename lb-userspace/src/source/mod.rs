@@ -121,6 +121,22 @@ pub struct ObjectError {
     pub message: String,
 }
 
+impl ObjectError {
+    pub fn new(
+        origin: &str,
+        object: &str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            origin: origin.to_string(),
+            object: object.to_string(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
 impl fmt::Display for ObjectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

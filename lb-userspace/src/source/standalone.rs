@@ -79,12 +79,9 @@ fn add_object(value: serde_json::Value, origin: String, loaded: &mut LoadedDir) 
     let api_version = value["apiVersion"].as_str().unwrap_or_default().to_string();
     let kind = value["kind"].as_str().unwrap_or_default().to_string();
     let object = describe(&value);
-    let error = |field: String, message: String| ObjectError {
-        origin: origin.clone(),
-        object: object.clone(),
-        field,
-        message,
-    };
+    let error = |field: String, message: String| ObjectError::new(&origin, &object, field, message);
+    let errors = &mut loaded.errors;
+    let objects = &mut loaded.objects;
     match (api_version.as_str(), kind.as_str()) {
         ("v1", "List") => {
             let items = value["items"].as_array().cloned().unwrap_or_default();
@@ -92,50 +89,49 @@ fn add_object(value: serde_json::Value, origin: String, loaded: &mut LoadedDir) 
                 add_object(item, format!("{origin} items[{i}]"), loaded);
             }
         }
-        ("v1", "Service") => match serde_json::from_value(value) {
-            Ok(object) => loaded.objects.services.push(Sourced { origin, object }),
-            Err(e) => loaded
-                .errors
-                .push(error(field_of(&e.to_string()), e.to_string())),
-        },
-        ("discovery.k8s.io/v1", "EndpointSlice") => match serde_json::from_value(value) {
-            Ok(object) => loaded.objects.slices.push(Sourced { origin, object }),
-            Err(e) => loaded
-                .errors
-                .push(error(field_of(&e.to_string()), e.to_string())),
-        },
-        ("v1", "Pod") => match serde_json::from_value(value) {
-            Ok(object) => loaded.objects.pods.push(Sourced { origin, object }),
-            Err(e) => loaded
-                .errors
-                .push(error(field_of(&e.to_string()), e.to_string())),
-        },
-        ("v1", "Namespace") => match serde_json::from_value(value) {
-            Ok(object) => loaded.objects.namespaces.push(Sourced { origin, object }),
-            Err(e) => loaded
-                .errors
-                .push(error(field_of(&e.to_string()), e.to_string())),
-        },
-        ("networking.k8s.io/v1", "NetworkPolicy") => match serde_json::from_value(value) {
-            Ok(object) => loaded
-                .objects
-                .network_policies
-                .push(Sourced { origin, object }),
-            Err(e) => loaded
-                .errors
-                .push(error(field_of(&e.to_string()), e.to_string())),
-        },
-        ("v1", "Endpoints") => match serde_json::from_value(value) {
-            Ok(object) => add_endpoints(&object, &origin, loaded),
-            Err(e) => loaded
-                .errors
-                .push(error(field_of(&e.to_string()), e.to_string())),
-        },
-        ("", _) | (_, "") => loaded.errors.push(error(
+        ("v1", "Service") => objects
+            .services
+            .extend(parsed(value, &origin, errors, error)),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            objects.slices.extend(parsed(value, &origin, errors, error));
+        }
+        ("v1", "Pod") => objects.pods.extend(parsed(value, &origin, errors, error)),
+        ("v1", "Namespace") => objects
+            .namespaces
+            .extend(parsed(value, &origin, errors, error)),
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            let policies = &mut objects.network_policies;
+            policies.extend(parsed(value, &origin, errors, error));
+        }
+        ("v1", "Endpoints") => {
+            if let Some(endpoints) = parsed::<Endpoints>(value, &origin, errors, error) {
+                add_endpoints(&endpoints.object, &origin, loaded);
+            }
+        }
+        ("", _) | (_, "") => errors.push(error(
             "apiVersion/kind".into(),
             "missing apiVersion or kind".into(),
         )),
         _ => debug!(%origin, %api_version, %kind, "kind not used, ignored"),
+    }
+}
+
+/// The document as a `K`, or an error naming the field serde complains of.
+fn parsed<K: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    origin: &str,
+    errors: &mut Vec<ObjectError>,
+    error: impl Fn(String, String) -> ObjectError,
+) -> Option<Sourced<K>> {
+    match serde_json::from_value(value) {
+        Ok(object) => Some(Sourced {
+            origin: origin.to_string(),
+            object,
+        }),
+        Err(e) => {
+            errors.push(error(field_of(&e.to_string()), e.to_string()));
+            None
+        }
     }
 }
 
