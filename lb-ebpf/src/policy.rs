@@ -40,7 +40,8 @@ pub fn admits_into_pod(ctx: &TcContext, pkt: &Packet) -> bool {
         return true;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    if remembered(&flow.reversed(), now) || remembered(flow, now) {
+    // This flow let in before, or the reply of one the pod was let send.
+    if remembered(flow, INTO_POD, now) || remembered(&flow.reversed(), OUT_OF_POD, now) {
         return true;
     }
     if isolation.ingress != 0 {
@@ -51,7 +52,7 @@ pub fn admits_into_pod(ctx: &TcContext, pkt: &Packet) -> bool {
         }
         stats::count(reason::POLICY_ALLOWED);
     }
-    remember(flow, now);
+    remember(flow, INTO_POD, now);
     true
 }
 
@@ -68,7 +69,8 @@ pub fn admits_out_of_pod(pkt: &Packet, (ip_be, port_be): (u32, u16)) -> bool {
         dst_port_be: port_be,
         ..pkt.flow
     };
-    if remembered(&flow.reversed(), now) || remembered(&flow, now) {
+    // This flow let out before, or the reply of one the pod was let receive.
+    if remembered(&flow, OUT_OF_POD, now) || remembered(&flow.reversed(), INTO_POD, now) {
         return true;
     }
     if isolation.egress != 0 {
@@ -79,7 +81,7 @@ pub fn admits_out_of_pod(pkt: &Packet, (ip_be, port_be): (u32, u16)) -> bool {
         }
         stats::count(reason::POLICY_ALLOWED);
     }
-    remember(&flow, now);
+    remember(&flow, OUT_OF_POD, now);
     true
 }
 
@@ -111,10 +113,24 @@ fn allows(pod_ip_be: u32, direction: u32, (peer_ip_be, port_be): (u32, u16), pro
     false
 }
 
-/// Whether `flow` was allowed and has been active lately; refreshes it.
+/// Which way a remembered flow was allowed, kept in the key's padding: a
+/// flow between two pods of one node is allowed out of one and into the
+/// other separately (the first must not vouch for the second).
+const INTO_POD: u8 = 1;
+const OUT_OF_POD: u8 = 2;
+
 #[inline(always)]
-fn remembered(flow: &FlowKey, now: u64) -> bool {
-    let Some(seen) = policy_flows.get_ptr_mut(flow) else {
+fn marked(flow: &FlowKey, way: u8) -> FlowKey {
+    FlowKey {
+        _pad: [way, 0, 0],
+        ..*flow
+    }
+}
+
+/// Whether `flow` was allowed `way` and has been active lately; refreshes it.
+#[inline(always)]
+fn remembered(flow: &FlowKey, way: u8, now: u64) -> bool {
+    let Some(seen) = policy_flows.get_ptr_mut(marked(flow, way)) else {
         return false;
     };
     let seen = unsafe { &mut *seen };
@@ -134,7 +150,7 @@ fn remembered(flow: &FlowKey, now: u64) -> bool {
 }
 
 #[inline(always)]
-fn remember(flow: &FlowKey, now: u64) {
+fn remember(flow: &FlowKey, way: u8, now: u64) {
     // Failure only costs the replies' shortcut: they are judged as new.
-    let _ = policy_flows.insert(flow, now, 0);
+    let _ = policy_flows.insert(marked(flow, way), now, 0);
 }

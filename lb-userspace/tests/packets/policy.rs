@@ -186,3 +186,44 @@ fn egress_is_judged_on_the_backend_a_service_chose() {
         TC_ACT_SHOT
     );
 }
+
+/// Two pods of one node, both default-deny for ingress (upstream's
+/// "default-deny-ingress" case): a connection from one to the other is
+/// let out of the first (nothing isolates its egress) and must still be
+/// refused into the second — being allowed out must not vouch for it.
+#[test]
+fn allowed_out_of_one_pod_is_not_allowed_into_another_on_the_same_node() {
+    let mut f = fixture();
+    let deny_all_in = || PodPolicy {
+        pod: "x/pod".into(),
+        ingress: isolation(vec![]),
+        egress: None,
+    };
+    let mut state = PolicyState::default();
+    state.pods.insert(CLIENT, deny_all_in());
+    state.pods.insert(POD, deny_all_in());
+    PolicySync::default()
+        .apply(&mut f.maps, &state)
+        .expect("policy");
+    let syn = Pkt::tcp(CLIENT, 40000, POD, 8080, SYN).build();
+    assert_eq!(
+        f.run_from_pod(&syn).0,
+        TC_ACT_OK,
+        "out of the client: its egress is open"
+    );
+    assert_eq!(
+        f.run_to_pod_forwarded(&syn).0,
+        TC_ACT_SHOT,
+        "into the server: default deny"
+    );
+    // Through the service too: the SYN is translated to some backend.
+    let (verdict, out) = f.run_from_pod(&Pkt::tcp(CLIENT, 40001, VIP, 80, SYN).build());
+    assert_eq!(verdict, TC_ACT_OK);
+    if parse_checked(&out).dst == POD {
+        assert_eq!(
+            f.run_to_pod_forwarded(&out).0,
+            TC_ACT_SHOT,
+            "translated SYN into the server"
+        );
+    }
+}
