@@ -227,7 +227,9 @@ fn compile_rule(
         Direction::Egress => "to",
     };
     let (blocks, peer_pods) = match peers.filter(|p| !p.is_empty()) {
-        None => (vec![Cidr::ANY], Vec::new()),
+        // Every address; for named egress ports, every pod that has one.
+        None if ports.named.is_empty() => (vec![Cidr::ANY], Vec::new()),
+        None => (vec![Cidr::ANY], cluster.pods.iter().collect()),
         Some(peers) => cluster.peers(namespace, peers, &format!("{at}.{peer_field}"), report),
     };
     let mut rules = Vec::new();
@@ -647,7 +649,7 @@ status: {podIP: 192.168.0.2}
             &'static str,
             Option<Vec<PortRange>>,
         );
-        let cases: [Case; 12] = [
+        let cases: [Case; 13] = [
             // Deny all ingress: selected, no rules.
             (
                 "spec: {podSelector: {}}",
@@ -747,6 +749,9 @@ status: {podIP: 192.168.0.2}
                 "10.244.0.10",
                 None,
             ),
+            // Named egress port and no peers: every pod with that port.
+            ("spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{ports: [{port: sql}]}]}",
+             "10.244.0.10", false, "10.244.0.11", Some(vec![tcp(5432)])),
             // Egress without policyTypes: both directions isolated.
             (
                 "spec: {podSelector: {matchLabels: {app: db}}, egress: [{}]}",
