@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::test_run;
+use common::{empty_program, test_run};
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -100,48 +100,6 @@ fn tcp_packet(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -
     p[47] = flags;
     p[48..50].copy_from_slice(&64240u16.to_be_bytes());
     p
-}
-
-/// An empty program (`r0 = verdict; exit`) of `prog_type`: the floor.
-fn empty_program(prog_type: u32, verdict: i32) -> Result<RawFd> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct LoadAttr {
-        prog_type: u32,
-        insn_cnt: u32,
-        insns: u64,
-        license: u64,
-        log_level: u32,
-        log_size: u32,
-        log_buf: u64,
-        kern_version: u32,
-        prog_flags: u32,
-        _rest: [u64; 12],
-    }
-    // mov64 r0, imm; exit
-    let insns: [u64; 2] = [0xb7 | ((verdict as u32 as u64) << 32), 0x95];
-    let license = c"GPL";
-    let attr = LoadAttr {
-        prog_type,
-        insn_cnt: 2,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        ..Default::default()
-    };
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    // SAFETY: attr points at live instructions and license.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &attr as *const LoadAttr,
-            std::mem::size_of::<LoadAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("loading an empty program");
-    }
-    Ok(fd as RawFd)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -42,7 +42,8 @@ enum Task {
     /// `controlplane` (10 000 services, 100 000 endpoints), `clusterip`
     /// (vs the pod IP), `sweep` (conntrack sweeps vs endpoint changes),
     /// `snat` (SNAT port allocation under load), `schedulers` (random,
-    /// Maglev, round robin and least connection with one slow backend).
+    /// Maglev, round robin and least connection with one slow backend),
+    /// `policy` (NetworkPolicy per packet and per change).
     Bench(BenchArgs),
     /// The churn soak with faults (tests/tests/soak.rs) for five minutes,
     /// or `--seconds N`.
@@ -87,6 +88,7 @@ struct BenchArgs {
         "sweep",
         "snat",
         "schedulers",
+        "policy",
     ])]
     which: String,
 }
@@ -296,7 +298,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
                 .args(["install", "-y", "nftables", "iptables", "conntrack"]))?;
         }
     }
-    if ["datapath", "sweep", "snat"].contains(&a.which.as_str()) {
+    if ["datapath", "sweep", "snat", "policy"].contains(&a.which.as_str()) {
         return run(Command::new("cargo").current_dir(workspace_root()).args([
             "bench",
             "-p",

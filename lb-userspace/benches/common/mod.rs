@@ -20,6 +20,20 @@ pub fn object() -> Result<PathBuf> {
 
 /// BPF_PROG_TEST_RUN `repeat` times; the kernel's mean ns per run.
 pub fn test_run(prog_fd: RawFd, packet: &[u8], repeat: u32) -> Result<u32> {
+    test_run_from(prog_fd, packet, repeat, 0)
+}
+
+/// Like [`test_run`], for a tc program, on a packet that arrived on
+/// interface `ingress_ifindex` (0: made by the node itself).
+pub fn test_run_from(
+    prog_fd: RawFd,
+    packet: &[u8],
+    repeat: u32,
+    ingress_ifindex: u32,
+) -> Result<u32> {
+    // struct __sk_buff: 192 bytes; ingress_ifindex is its 10th u32.
+    let mut skb = [0u32; 48];
+    skb[9] = ingress_ifindex;
     #[repr(C)]
     #[derive(Default)]
     struct TestRunAttr {
@@ -49,6 +63,12 @@ pub fn test_run(prog_fd: RawFd, packet: &[u8], repeat: u32) -> Result<u32> {
         data_in: packet.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
         repeat,
+        ctx_size_in: if ingress_ifindex == 0 { 0 } else { 192 },
+        ctx_in: if ingress_ifindex == 0 {
+            0
+        } else {
+            skb.as_ptr() as u64
+        },
         ..Default::default()
     };
     // SAFETY: attr and both buffers outlive the call.
@@ -64,4 +84,46 @@ pub fn test_run(prog_fd: RawFd, packet: &[u8], repeat: u32) -> Result<u32> {
         return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
     }
     Ok(attr.duration)
+}
+
+/// An empty program (`r0 = verdict; exit`) of `prog_type`: the floor.
+pub fn empty_program(prog_type: u32, verdict: i32) -> Result<RawFd> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct LoadAttr {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        _rest: [u64; 12],
+    }
+    // mov64 r0, imm; exit
+    let insns: [u64; 2] = [0xb7 | ((verdict as u32 as u64) << 32), 0x95];
+    let license = c"GPL";
+    let attr = LoadAttr {
+        prog_type,
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    // SAFETY: attr points at live instructions and license.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const LoadAttr,
+            std::mem::size_of::<LoadAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("loading an empty program");
+    }
+    Ok(fd as RawFd)
 }

@@ -750,8 +750,13 @@ status: {podIP: 192.168.0.2}
                 None,
             ),
             // Named egress port and no peers: every pod with that port.
-            ("spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{ports: [{port: sql}]}]}",
-             "10.244.0.10", false, "10.244.0.11", Some(vec![tcp(5432)])),
+            (
+                "spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{ports: [{port: sql}]}]}",
+                "10.244.0.10",
+                false,
+                "10.244.0.11",
+                Some(vec![tcp(5432)]),
+            ),
             // Egress without policyTypes: both directions isolated.
             (
                 "spec: {podSelector: {matchLabels: {app: db}}, egress: [{}]}",
