@@ -626,3 +626,56 @@ fn node_ports_work_over_a_vxlan_overlay() -> Result<()> {
     assert_eq!(upload_and_download(&c, far, 1 << 20)?, "n2b1");
     Ok(())
 }
+
+/// A deny-all ingress policy on the backends closes the service to the
+/// outside as well — node ports on both nodes, the LB IP, the external IP
+/// (judged where the packets enter the pods, after translation and SNAT) —
+/// and deleting it opens them again.
+#[test]
+fn a_deny_all_ingress_policy_closes_node_ports_and_load_balancer_ips() -> Result<()> {
+    let c = start("")?;
+    let ext = c.cluster.external();
+    let entrances = [
+        SocketAddrV4::new(node_ip(1), NODE_PORT_TCP),
+        SocketAddrV4::new(node_ip(2), NODE_PORT_TCP),
+        SocketAddrV4::new(LB_IP, 80),
+        SocketAddrV4::new(EXTERNAL_IP, 80),
+    ];
+    let pods: Vec<String> = [("n1b1", 1, 21), ("n2b1", 2, 21), ("n2b2", 2, 22)]
+        .iter()
+        .map(|(name, node, i)| {
+            let ip = c.cluster.node(*node).pod_ip(*i);
+            switchyard_tests::pod_yaml("test", name, &[("app", "web")], ip, &[])
+        })
+        .collect();
+    c.manifests.write("pods.yaml", &pods.join("---\n"))?;
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-web, namespace: test}\nspec: {podSelector: {matchLabels: {app: web}}}\n";
+    c.manifests.write("deny.yaml", deny)?;
+    let closed = Duration::from_millis(300);
+    for to in entrances {
+        wait::until(
+            &format!("{to} closed"),
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || Ok(ext.tcp_request(to, closed).is_err()),
+        )?;
+    }
+    for to in entrances {
+        for _ in 0..5 {
+            assert!(
+                ext.tcp_request(to, closed).is_err(),
+                "{to} answered through the policy"
+            );
+        }
+    }
+    std::fs::remove_file(c.manifests.path().join("deny.yaml"))?;
+    for to in entrances {
+        wait::until(
+            &format!("{to} open again"),
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || Ok(ext.tcp_request(to, TIMEOUT).is_ok()),
+        )?;
+    }
+    Ok(())
+}
