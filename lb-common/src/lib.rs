@@ -32,7 +32,8 @@ pub mod map_names {
     pub const POLICY_RULES: &str = "policy_rules";
     pub const POLICY_FLOWS: &str = "policy_flows";
     pub const POLICY_NOTES: &str = "policy_notes";
-    pub const ALL: [&str; 21] = [
+    pub const POLICY_ACTIVE: &str = "policy_active";
+    pub const ALL: [&str; 22] = [
         SERVICES,
         BACKENDS,
         CONNTRACK,
@@ -54,6 +55,7 @@ pub mod map_names {
         POLICY_RULES,
         POLICY_FLOWS,
         POLICY_NOTES,
+        POLICY_ACTIVE,
     ];
 }
 

@@ -172,3 +172,8 @@ pub static policy_notes: HashMap<
     { MAX_POLICY_PODS as usize },
     { BPF_F_NO_PREALLOC as usize },
 > = HashMap::new();
+
+/// Index 0: how many pods NetworkPolicy isolates on this node; 0 lets every
+/// packet skip the policy lookups (an array read costs next to nothing).
+#[btf_map]
+pub static policy_active: Array<u32, 1> = Array::new();

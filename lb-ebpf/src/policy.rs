@@ -20,7 +20,7 @@ use lb_common::{
     PolicyRuleKey, policy_direction, reason,
 };
 
-use crate::maps::{policy_flows, policy_pods, policy_rules};
+use crate::maps::{policy_active, policy_flows, policy_pods, policy_rules};
 use crate::parse::Packet;
 use crate::stats;
 
@@ -32,6 +32,9 @@ const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 #[inline(always)]
 pub fn admits_into_pod(ctx: &TcContext, pkt: &Packet) -> bool {
     let flow = &pkt.flow;
+    if !active() {
+        return true;
+    }
     let Some(isolation) = (unsafe { policy_pods.get(flow.dst_ip_be) }).copied() else {
         return true;
     };
@@ -60,6 +63,9 @@ pub fn admits_into_pod(ctx: &TcContext, pkt: &Packet) -> bool {
 /// the backend it was given).
 #[inline(always)]
 pub fn admits_out_of_pod(pkt: &Packet, (ip_be, port_be): (u32, u16)) -> bool {
+    if !active() {
+        return true;
+    }
     let Some(isolation) = (unsafe { policy_pods.get(pkt.flow.src_ip_be) }).copied() else {
         return true;
     };
@@ -83,6 +89,12 @@ pub fn admits_out_of_pod(pkt: &Packet, (ip_be, port_be): (u32, u16)) -> bool {
     }
     remember(&flow, OUT_OF_POD, now);
     true
+}
+
+/// Whether any pod here is isolated at all.
+#[inline(always)]
+fn active() -> bool {
+    policy_active.get(0).is_some_and(|n| *n != 0)
 }
 
 /// Whether `pod`'s rules for `direction` let `peer` (address, and the

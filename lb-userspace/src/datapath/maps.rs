@@ -28,6 +28,7 @@ pub struct PinnedMaps {
     pub policy_pods: HashMap<MapData, u32, lb_common::PodIsolation>,
     pub policy_rules: LpmTrie<MapData, lb_common::PolicyRuleKey, lb_common::PolicyPorts>,
     pub policy_notes: HashMap<MapData, u32, lb_common::PolicyNote>,
+    pub policy_active: Array<MapData, u32>,
 }
 
 fn open(pin_dir: &Path, name: &str) -> Result<Map> {
@@ -64,6 +65,7 @@ impl PinnedMaps {
             policy_pods: HashMap::try_from(open(pin_dir, map_names::POLICY_PODS)?)?,
             policy_rules: LpmTrie::try_from(open(pin_dir, map_names::POLICY_RULES)?)?,
             policy_notes: HashMap::try_from(open(pin_dir, map_names::POLICY_NOTES)?)?,
+            policy_active: Array::try_from(open(pin_dir, map_names::POLICY_ACTIVE)?)?,
         })
     }
 

@@ -79,6 +79,17 @@ impl PolicySync {
 }
 
 fn write(maps: &mut PinnedMaps, current: &Entries, wanted: &Entries) -> Result<()> {
+    // The datapath's switch: off before the last isolation goes, on once
+    // the first is written.
+    let active = |maps: &mut PinnedMaps, pods: usize| {
+        let pods = u32::try_from(pods).unwrap_or(u32::MAX);
+        maps.policy_active
+            .set(0, pods, 0)
+            .context("writing policy_active")
+    };
+    if wanted.pods.is_empty() {
+        active(maps, 0)?;
+    }
     for (key, ports) in &wanted.rules {
         if current.rules.get(key) != Some(ports) {
             maps.policy_rules
@@ -121,6 +132,9 @@ fn write(maps: &mut PinnedMaps, current: &Entries, wanted: &Entries) -> Result<(
     {
         let key = Key::new(64 + u32::from(key.1), key.0);
         ignore_missing(maps.policy_rules.remove(&key)).context("removing from policy_rules")?;
+    }
+    if !wanted.pods.is_empty() {
+        active(maps, wanted.pods.len())?;
     }
     Ok(())
 }
