@@ -119,7 +119,14 @@ pub fn to_world(ctx: TcContext) -> i32 {
 /// programs stay within the verifier's limits.
 #[inline(always)]
 fn ingress(ctx: &TcContext, side: Side) -> i32 {
-    let Some(pkt) = fragment::flow_packet(parse::parse(ctx)) else {
+    let parsed = parse::parse(ctx);
+    if matches!(parsed, Parsed::Other) {
+        // Not TCP or UDP: nothing to translate; a pod's egress policy may
+        // still have its say (ICMP, SCTP).
+        let denied = side == Side::Pod && !policy::admits_other_out_of_pod(ctx);
+        return if denied { TC_ACT_SHOT } else { TC_ACT_OK };
+    }
+    let Some(pkt) = fragment::flow_packet(parsed) else {
         return TC_ACT_OK;
     };
     let action = forward(ctx, &pkt, side);
@@ -137,6 +144,9 @@ fn egress(ctx: &TcContext, side: Side) -> i32 {
         // client's node-port flow) quotes the backend: give it the service
         // address back.
         Parsed::Other => {
+            if side == Side::Pod && !policy::admits_other_into_pod(ctx) {
+                return TC_ACT_SHOT;
+            }
             icmp::restore_quoted_service(ctx);
         }
         parsed => {

@@ -21,7 +21,7 @@ use lb_common::{
 };
 
 use crate::maps::{policy_active, policy_flows, policy_pods, policy_rules};
-use crate::parse::Packet;
+use crate::parse::{ETH_HLEN, Packet};
 use crate::stats;
 
 /// How often a remembered flow's timestamp is refreshed.
@@ -31,7 +31,11 @@ const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 /// not a reply of one of the pod's service flows: those always do).
 #[inline(always)]
 pub fn admits_into_pod(ctx: &TcContext, pkt: &Packet) -> bool {
-    let flow = &pkt.flow;
+    admits_flow_into_pod(ctx, &pkt.flow)
+}
+
+#[inline(always)]
+fn admits_flow_into_pod(ctx: &TcContext, flow: &FlowKey) -> bool {
     if !active() {
         return true;
     }
@@ -63,20 +67,26 @@ pub fn admits_into_pod(ctx: &TcContext, pkt: &Packet) -> bool {
 /// the backend it was given).
 #[inline(always)]
 pub fn admits_out_of_pod(pkt: &Packet, (ip_be, port_be): (u32, u16)) -> bool {
-    if !active() {
-        return true;
-    }
-    let Some(isolation) = (unsafe { policy_pods.get(pkt.flow.src_ip_be) }).copied() else {
-        return true;
-    };
-    let now = unsafe { bpf_ktime_get_ns() };
     let flow = FlowKey {
         dst_ip_be: ip_be,
         dst_port_be: port_be,
         ..pkt.flow
     };
+    admits_flow_out_of_pod(&flow)
+}
+
+#[inline(always)]
+fn admits_flow_out_of_pod(flow: &FlowKey) -> bool {
+    if !active() {
+        return true;
+    }
+    let Some(isolation) = (unsafe { policy_pods.get(flow.src_ip_be) }).copied() else {
+        return true;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (ip_be, port_be) = (flow.dst_ip_be, flow.dst_port_be);
     // This flow let out before, or the reply of one the pod was let receive.
-    if remembered(&flow, OUT_OF_POD, now) || remembered(&flow.reversed(), INTO_POD, now) {
+    if remembered(flow, OUT_OF_POD, now) || remembered(&flow.reversed(), INTO_POD, now) {
         return true;
     }
     if isolation.egress != 0 {
@@ -87,8 +97,79 @@ pub fn admits_out_of_pod(pkt: &Packet, (ip_be, port_be): (u32, u16)) -> bool {
         }
         stats::count(reason::POLICY_ALLOWED);
     }
-    remember(&flow, OUT_OF_POD, now);
+    remember(flow, OUT_OF_POD, now);
     true
+}
+
+/// ICMP, SCTP and other protocols without a parsed flow, into a pod:
+/// judged like a flow (echo requests and SCTP by their rules — ICMP only
+/// by rules for every protocol, as NetworkPolicy has no ICMP), except ICMP
+/// errors, which belong to another flow (netfilter's RELATED).
+#[inline(always)]
+pub fn admits_other_into_pod(ctx: &TcContext) -> bool {
+    if !active() {
+        return true;
+    }
+    match other_flow(ctx) {
+        Some((flow, false)) => admits_flow_into_pod(ctx, &flow),
+        _ => true,
+    }
+}
+
+/// The same, out of a pod.
+#[inline(always)]
+pub fn admits_other_out_of_pod(ctx: &TcContext) -> bool {
+    if !active() {
+        return true;
+    }
+    match other_flow(ctx) {
+        Some((flow, false)) => admits_flow_out_of_pod(&flow),
+        _ => true,
+    }
+}
+
+const PROTO_ICMP: u8 = 1;
+const PROTO_SCTP: u8 = 132;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO: u8 = 8;
+
+/// An IPv4 packet that is not TCP or UDP as policy sees it: its flow (an
+/// ICMP echo's identifier as the port of the side that chose it, so a
+/// reply is its request reversed; SCTP's ports; else no ports) and whether
+/// it is an ICMP error. None: not IPv4, or a later fragment.
+#[inline(always)]
+fn other_flow(ctx: &TcContext) -> Option<(FlowKey, bool)> {
+    let load_u8 = |off: usize| ctx.load::<u8>(off).ok();
+    let load_u16 = |off: usize| ctx.load::<u16>(off).ok();
+    if load_u16(12)? != 0x0800u16.to_be() {
+        return None;
+    }
+    let ihl = usize::from(load_u8(ETH_HLEN)? & 0x0f) * 4;
+    if ihl < 20 || u16::from_be(load_u16(ETH_HLEN + 6)?) & 0x1fff != 0 {
+        return None;
+    }
+    let proto = load_u8(ETH_HLEN + 9)?;
+    let mut flow = FlowKey {
+        src_ip_be: ctx.load::<u32>(ETH_HLEN + 12).ok()?,
+        dst_ip_be: ctx.load::<u32>(ETH_HLEN + 16).ok()?,
+        proto,
+        ..FlowKey::default()
+    };
+    let l4 = ETH_HLEN + ihl;
+    match proto {
+        PROTO_ICMP => match load_u8(l4)? {
+            ICMP_ECHO => flow.src_port_be = load_u16(l4 + 4)?,
+            ICMP_ECHO_REPLY => flow.dst_port_be = load_u16(l4 + 4)?,
+            3 | 11 | 12 => return Some((flow, true)),
+            _ => {}
+        },
+        PROTO_SCTP => {
+            flow.src_port_be = load_u16(l4)?;
+            flow.dst_port_be = load_u16(l4 + 2)?;
+        }
+        _ => {}
+    }
+    Some((flow, false))
 }
 
 /// Whether any pod here is isolated at all.

@@ -227,3 +227,138 @@ fn allowed_out_of_one_pod_is_not_allowed_into_another_on_the_same_node() {
         );
     }
 }
+
+/// An ICMP message (`kind`: 8 echo request, 0 echo reply, 3 unreachable)
+/// with identifier `id`, or an SCTP packet's first bytes.
+fn other(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Vec<u8> {
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut frame = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(l4);
+    frame
+}
+
+fn icmp(kind: u8, src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Vec<u8> {
+    let mut l4 = vec![kind, 0, 0, 0];
+    l4.extend_from_slice(&id.to_be_bytes());
+    l4.extend_from_slice(&[0, 1]);
+    l4.extend_from_slice(b"ping");
+    let c = checksum(&l4);
+    l4[2..4].copy_from_slice(&c.to_be_bytes());
+    other(1, src, dst, &l4)
+}
+
+/// ICMP and SCTP are judged too: a ping into a pod isolated for ingress
+/// needs a rule for every protocol; the pod's own pings get their replies;
+/// ICMP errors (related to other flows) pass; SCTP by its ports.
+#[test]
+fn icmp_and_sctp_are_judged_like_flows() {
+    let mut f = fixture();
+    let mut state = PolicyState::default();
+    let everything_from = |peer: Ipv4Addr| PeerRule {
+        peers: vec![Cidr::host(peer)],
+        ports: vec![],
+    };
+    let sctp_from = |peer: Ipv4Addr| PeerRule {
+        peers: vec![Cidr::host(peer)],
+        ports: vec![PortRange {
+            protocol: 132,
+            first: 9000,
+            last: 9000,
+        }],
+    };
+    state.pods.insert(
+        POD,
+        PodPolicy {
+            pod: "test/pod".into(),
+            ingress: isolation(vec![everything_from(CLIENT), sctp_from(STRANGER)]),
+            egress: None,
+        },
+    );
+    PolicySync::default()
+        .apply(&mut f.maps, &state)
+        .expect("policy");
+    let sctp = |src: Ipv4Addr, dport: u16| {
+        let mut l4 = vec![0u8; 12];
+        l4[0..2].copy_from_slice(&5000u16.to_be_bytes());
+        l4[2..4].copy_from_slice(&dport.to_be_bytes());
+        other(132, src, POD, &l4)
+    };
+    // (what, packet, passes)
+    let cases = [
+        (
+            "ping from a peer allowed everything",
+            icmp(8, CLIENT, POD, 7),
+            true,
+        ),
+        (
+            "ping from a peer allowed SCTP only",
+            icmp(8, STRANGER, POD, 7),
+            false,
+        ),
+        ("ping from anyone else", icmp(8, OUTSIDE, POD, 7), false),
+        ("an unsolicited echo reply", icmp(0, OUTSIDE, POD, 9), false),
+        ("an ICMP error", icmp(3, OUTSIDE, POD, 0), true),
+        ("SCTP to the allowed port", sctp(STRANGER, 9000), true),
+        ("SCTP to another port", sctp(STRANGER, 9001), false),
+    ];
+    for (what, packet, passes) in cases {
+        let want = if passes { TC_ACT_OK } else { TC_ACT_SHOT };
+        assert_eq!(f.run_to_pod_forwarded(&packet).0, want, "{what}");
+    }
+    // The pod pings out (its egress is open): the reply gets in.
+    assert_eq!(f.run_from_pod(&icmp(8, POD, OUTSIDE, 42)).0, TC_ACT_OK);
+    assert_eq!(
+        f.run_to_pod_forwarded(&icmp(0, OUTSIDE, POD, 42)).0,
+        TC_ACT_OK,
+        "reply to its ping"
+    );
+    assert_eq!(
+        f.run_to_pod_forwarded(&icmp(0, OUTSIDE, POD, 43)).0,
+        TC_ACT_SHOT,
+        "another id"
+    );
+}
+
+/// Egress isolation covers pings too: only to a peer allowed everything.
+#[test]
+fn an_egress_isolated_pod_pings_only_peers_allowed_every_protocol() {
+    let mut f = fixture();
+    let mut state = PolicyState::default();
+    let rules = vec![
+        PeerRule {
+            peers: vec![Cidr::host(BACKENDS[1])],
+            ports: vec![],
+        },
+        PeerRule {
+            peers: vec![Cidr::host(BACKENDS[2])],
+            ports: vec![tcp(8080)],
+        },
+    ];
+    state.pods.insert(
+        CLIENT,
+        PodPolicy {
+            pod: "test/client".into(),
+            ingress: None,
+            egress: isolation(rules),
+        },
+    );
+    PolicySync::default()
+        .apply(&mut f.maps, &state)
+        .expect("policy");
+    assert_eq!(
+        f.run_from_pod(&icmp(8, CLIENT, BACKENDS[1], 1)).0,
+        TC_ACT_OK
+    );
+    assert_eq!(
+        f.run_from_pod(&icmp(8, CLIENT, BACKENDS[2], 1)).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(f.run_from_pod(&icmp(8, CLIENT, OUTSIDE, 1)).0, TC_ACT_SHOT);
+}
