@@ -33,7 +33,8 @@ pub mod map_names {
     pub const POLICY_FLOWS: &str = "policy_flows";
     pub const POLICY_NOTES: &str = "policy_notes";
     pub const POLICY_ACTIVE: &str = "policy_active";
-    pub const ALL: [&str; 22] = [
+    pub const POLICY_STATS: &str = "policy_stats";
+    pub const ALL: [&str; 23] = [
         SERVICES,
         BACKENDS,
         CONNTRACK,
@@ -56,6 +57,7 @@ pub mod map_names {
         POLICY_FLOWS,
         POLICY_NOTES,
         POLICY_ACTIVE,
+        POLICY_STATS,
     ];
 }
 
@@ -358,6 +360,23 @@ pub const POLICY_PORT_RANGES: usize = 16;
 pub struct PolicyPorts {
     pub count: u32,
     pub ranges: [PolicyPortRange; POLICY_PORT_RANGES],
+}
+
+/// Key of `policy_stats`: an isolated pod and a direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PolicyStatsKey {
+    pub pod_ip_be: u32,
+    pub direction: u32,
+}
+
+/// Value of `policy_stats` (per CPU): new flows the pod's rules let
+/// through that way, and packets they refused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyCounters {
+    pub allowed: u64,
+    pub denied: u64,
 }
 
 /// Value of `policy_notes` (key: pod address): "namespace/name" and the
@@ -853,6 +872,8 @@ mod pod_impls {
     unsafe impl aya::Pod for PolicyRuleKey {}
     unsafe impl aya::Pod for PolicyPorts {}
     unsafe impl aya::Pod for PolicyNote {}
+    unsafe impl aya::Pod for PolicyStatsKey {}
+    unsafe impl aya::Pod for PolicyCounters {}
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use lb_common::{
     PodSource, ServiceCounters, ServiceKey, ServiceName, SockAddr, SockKey, SourceRange, reason,
 };
 use lb_common::{
-    MAX_POLICY_FLOWS, MAX_POLICY_PODS, MAX_POLICY_RULES, PodIsolation, PolicyNote, PolicyPorts,
-    PolicyRuleKey,
+    MAX_POLICY_FLOWS, MAX_POLICY_PODS, MAX_POLICY_RULES, PodIsolation, PolicyCounters, PolicyNote,
+    PolicyPorts, PolicyRuleKey, PolicyStatsKey,
 };
 
 /// Frontend (VIP, port, proto, slot) → master entry or backend slot.
@@ -177,3 +177,13 @@ pub static policy_notes: HashMap<
 /// packet skip the policy lookups (an array read costs next to nothing).
 #[btf_map]
 pub static policy_active: Array<u32, 1> = Array::new();
+
+/// (isolated pod, direction) → new flows allowed and packets denied, per
+/// CPU; entries made (and removed) by user space with the isolation.
+#[btf_map]
+pub static policy_stats: PerCpuHashMap<
+    PolicyStatsKey,
+    PolicyCounters,
+    { 2 * MAX_POLICY_PODS as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = PerCpuHashMap::new();

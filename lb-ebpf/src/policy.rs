@@ -17,10 +17,10 @@ use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::programs::TcContext;
 use lb_common::{
     FlowKey, POLICY_FLOW_IDLE_TCP_NS, POLICY_FLOW_IDLE_UDP_NS, POLICY_PORT_RANGES, PROTO_TCP,
-    PolicyRuleKey, policy_direction, reason,
+    PolicyRuleKey, PolicyStatsKey, policy_direction, reason,
 };
 
-use crate::maps::{policy_active, policy_flows, policy_pods, policy_rules};
+use crate::maps::{policy_active, policy_flows, policy_pods, policy_rules, policy_stats};
 use crate::parse::{ETH_HLEN, Packet};
 use crate::stats;
 
@@ -53,11 +53,11 @@ fn admits_flow_into_pod(ctx: &TcContext, flow: &FlowKey) -> bool {
     }
     if isolation.ingress != 0 {
         let peer = (flow.src_ip_be, flow.dst_port_be);
-        if !allows(flow.dst_ip_be, policy_direction::INGRESS, peer, flow.proto) {
-            stats::count(reason::POLICY_INGRESS_DENIED);
+        let allowed = allows(flow.dst_ip_be, policy_direction::INGRESS, peer, flow.proto);
+        counted(flow.dst_ip_be, policy_direction::INGRESS, allowed);
+        if !allowed {
             return false;
         }
-        stats::count(reason::POLICY_ALLOWED);
     }
     remember(flow, INTO_POD, now);
     true
@@ -91,11 +91,11 @@ fn admits_flow_out_of_pod(flow: &FlowKey) -> bool {
     }
     if isolation.egress != 0 {
         let peer = (ip_be, port_be);
-        if !allows(flow.src_ip_be, policy_direction::EGRESS, peer, flow.proto) {
-            stats::count(reason::POLICY_EGRESS_DENIED);
+        let allowed = allows(flow.src_ip_be, policy_direction::EGRESS, peer, flow.proto);
+        counted(flow.src_ip_be, policy_direction::EGRESS, allowed);
+        if !allowed {
             return false;
         }
-        stats::count(reason::POLICY_ALLOWED);
     }
     remember(flow, OUT_OF_POD, now);
     true
@@ -170,6 +170,28 @@ fn other_flow(ctx: &TcContext) -> Option<(FlowKey, bool)> {
         _ => {}
     }
     Some((flow, false))
+}
+
+/// Counts a judged new flow by reason, and for the pod and direction.
+#[inline(always)]
+fn counted(pod_ip_be: u32, direction: u32, allowed: bool) {
+    stats::count(match (allowed, direction) {
+        (true, _) => reason::POLICY_ALLOWED,
+        (false, policy_direction::INGRESS) => reason::POLICY_INGRESS_DENIED,
+        (false, _) => reason::POLICY_EGRESS_DENIED,
+    });
+    let key = PolicyStatsKey {
+        pod_ip_be,
+        direction,
+    };
+    if let Some(c) = policy_stats.get_ptr_mut(key) {
+        let c = unsafe { &mut *c };
+        if allowed {
+            c.allowed += 1;
+        } else {
+            c.denied += 1;
+        }
+    }
 }
 
 /// Whether any pod here is isolated at all.

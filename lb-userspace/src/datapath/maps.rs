@@ -29,6 +29,8 @@ pub struct PinnedMaps {
     pub policy_rules: LpmTrie<MapData, lb_common::PolicyRuleKey, lb_common::PolicyPorts>,
     pub policy_notes: HashMap<MapData, u32, lb_common::PolicyNote>,
     pub policy_active: Array<MapData, u32>,
+    pub policy_stats:
+        aya::maps::PerCpuHashMap<MapData, lb_common::PolicyStatsKey, lb_common::PolicyCounters>,
 }
 
 fn open(pin_dir: &Path, name: &str) -> Result<Map> {
@@ -66,6 +68,10 @@ impl PinnedMaps {
             policy_rules: LpmTrie::try_from(open(pin_dir, map_names::POLICY_RULES)?)?,
             policy_notes: HashMap::try_from(open(pin_dir, map_names::POLICY_NOTES)?)?,
             policy_active: Array::try_from(open(pin_dir, map_names::POLICY_ACTIVE)?)?,
+            policy_stats: aya::maps::PerCpuHashMap::try_from(open(
+                pin_dir,
+                map_names::POLICY_STATS,
+            )?)?,
         })
     }
 

@@ -17,10 +17,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
+use aya::maps::PerCpuValues;
 use aya::maps::lpm_trie::Key;
 use lb_common::{
-    POLICY_NOTE_LEN, POLICY_PORT_RANGES, PodIsolation, PolicyNote, PolicyPortRange, PolicyPorts,
-    PolicyRuleKey, policy_direction,
+    POLICY_NOTE_LEN, POLICY_PORT_RANGES, PodIsolation, PolicyCounters, PolicyNote, PolicyPortRange,
+    PolicyPorts, PolicyRuleKey, PolicyStatsKey, policy_direction,
 };
 use tracing::{info, warn};
 
@@ -37,6 +38,8 @@ struct Entries {
     pods: BTreeMap<u32, PodIsolation>,
     rules: BTreeMap<RuleKey, PolicyPorts>,
     notes: BTreeMap<u32, String>,
+    /// (pod, direction) counted in `policy_stats`.
+    counted: BTreeSet<(u32, u32)>,
 }
 
 /// Writes [`PolicyState`]s to the maps, remembering what it wrote.
@@ -97,6 +100,9 @@ fn write(maps: &mut PinnedMaps, current: &Entries, wanted: &Entries) -> Result<(
                 .context("writing policy_rules")?;
         }
     }
+    for key in wanted.counted.difference(&current.counted) {
+        start_counting(maps, *key)?;
+    }
     for (ip, isolation) in &wanted.pods {
         if current.pods.get(ip) != Some(isolation) {
             maps.policy_pods
@@ -139,6 +145,19 @@ fn write(maps: &mut PinnedMaps, current: &Entries, wanted: &Entries) -> Result<(
     Ok(())
 }
 
+/// Zeroed counters for a (pod, direction) about to be isolated.
+fn start_counting(maps: &mut PinnedMaps, (pod_ip_be, direction): (u32, u32)) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    let zero = PerCpuValues::try_from(vec![PolicyCounters::default(); cpus])?;
+    let key = PolicyStatsKey {
+        pod_ip_be,
+        direction,
+    };
+    maps.policy_stats
+        .insert(key, zero, 0)
+        .context("writing policy_stats")
+}
+
 fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
@@ -161,6 +180,10 @@ fn read_entries(maps: &PinnedMaps) -> Result<Entries> {
     for item in maps.policy_notes.iter() {
         let (ip, note) = item.context("reading policy_notes")?;
         e.notes.insert(ip, decode_note(&note));
+    }
+    for key in maps.policy_stats.keys() {
+        let key = key.context("reading policy_stats")?;
+        e.counted.insert((key.pod_ip_be, key.direction));
     }
     Ok(e)
 }
@@ -187,6 +210,7 @@ fn entries(state: &PolicyState, problems: &mut Vec<String>) -> Entries {
             (policy_direction::EGRESS, &pod.egress),
         ] {
             let Some(isolation) = isolation else { continue };
+            e.counted.insert((ip_key, direction));
             for (peer, ports) in prefix_ports(&isolation.rules) {
                 let (ranges, dropped) = to_ranges(&ports);
                 if dropped > 0 {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use lb_common::{PolicyPorts, policy_direction};
+use lb_common::{PolicyPorts, PolicyStatsKey, policy_direction};
 use serde::Serialize;
 
 use super::Row;
@@ -23,6 +23,11 @@ pub struct PolicyRow {
     /// "peer prefix: ports" the ingress rules allow in.
     pub allowed_in: Vec<String>,
     pub allowed_out: Vec<String>,
+    /// New flows the rules let in / out, and packets they refused.
+    pub flows_in: u64,
+    pub denied_in: u64,
+    pub flows_out: u64,
+    pub denied_out: u64,
 }
 
 impl Row for PolicyRow {
@@ -31,8 +36,10 @@ impl Row for PolicyRow {
         "ADDRESS",
         "INGRESS BY",
         "ALLOWED IN",
+        "IN: FLOWS/DENIED",
         "EGRESS BY",
         "ALLOWED OUT",
+        "OUT: FLOWS/DENIED",
     ];
 
     fn cells(&self) -> Vec<String> {
@@ -48,8 +55,10 @@ impl Row for PolicyRow {
             self.address.clone(),
             or_open(&self.ingress_policies),
             self.allowed_in.join("; "),
+            format!("{}/{}", self.flows_in, self.denied_in),
             or_open(&self.egress_policies),
             self.allowed_out.join("; "),
+            format!("{}/{}", self.flows_out, self.denied_out),
         ]
     }
 }
@@ -84,6 +93,11 @@ pub fn policy(maps: &PinnedMaps) -> Result<Vec<PolicyRow>> {
         };
         let (ingress, egress) = (by(parts.next()), by(parts.next()));
         let allowed = |direction: u32| rules.get(&(ip_be, direction)).cloned().unwrap_or_default();
+        let counted = |direction: u32| counters(maps, ip_be, direction);
+        let ((flows_in, denied_in), (flows_out, denied_out)) = (
+            counted(policy_direction::INGRESS),
+            counted(policy_direction::EGRESS),
+        );
         rows.push(PolicyRow {
             pod,
             address: ip_from_be(ip_be).to_string(),
@@ -91,10 +105,27 @@ pub fn policy(maps: &PinnedMaps) -> Result<Vec<PolicyRow>> {
             egress_policies: egress,
             allowed_in: allowed(policy_direction::INGRESS),
             allowed_out: allowed(policy_direction::EGRESS),
+            flows_in,
+            denied_in,
+            flows_out,
+            denied_out,
         });
     }
     rows.sort_by_key(|r| r.address.parse::<Ipv4Addr>().ok());
     Ok(rows)
+}
+
+/// (allowed new flows, denied packets) of a pod and direction, all CPUs.
+fn counters(maps: &PinnedMaps, pod_ip_be: u32, direction: u32) -> (u64, u64) {
+    let key = PolicyStatsKey {
+        pod_ip_be,
+        direction,
+    };
+    maps.policy_stats.get(&key, 0).map_or((0, 0), |per_cpu| {
+        per_cpu
+            .iter()
+            .fold((0, 0), |(a, d), c| (a + c.allowed, d + c.denied))
+    })
 }
 
 /// "all", or "80/TCP, 5000-5010/UDP".

@@ -123,6 +123,18 @@ fn every_view_has_a_cell_per_column() {
         reason: "new_flow",
         packets: 0,
     });
+    cells_match_header(&super::policy::PolicyRow {
+        pod: "prod/web".into(),
+        address: "10.244.0.20".into(),
+        ingress_policies: strings(&["prod/deny"]),
+        egress_policies: Vec::new(),
+        allowed_in: Vec::new(),
+        allowed_out: Vec::new(),
+        flows_in: 0,
+        denied_in: 3,
+        flows_out: 0,
+        denied_out: 0,
+    });
 }
 
 #[test]

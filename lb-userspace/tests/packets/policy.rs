@@ -111,6 +111,16 @@ fn only_allowed_peers_and_ports_get_into_an_isolated_pod() {
         assert_eq!(verdict, want, "{what}");
     }
     assert_eq!(f.maps.reason_count(reason::POLICY_INGRESS_DENIED), 4);
+    // ...and for the pod: one new flow let in, four packets refused.
+    let key = lb_common::PolicyStatsKey {
+        pod_ip_be: u32::from(POD).to_be(),
+        direction: lb_common::policy_direction::INGRESS,
+    };
+    let per_cpu = f.maps.policy_stats.get(&key, 0).expect("counted");
+    let sum = per_cpu
+        .iter()
+        .fold((0, 0), |(a, d), c| (a + c.allowed, d + c.denied));
+    assert_eq!(sum, (1, 4));
 }
 
 #[test]
