@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{empty_program, test_run};
+use common::{empty_program, tcp_packet, test_run};
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -81,25 +81,6 @@ fn desired(services: usize) -> DesiredState {
         );
     }
     d
-}
-
-/// Ethernet + IPv4 + TCP, checksums left zero (the programs update them
-/// incrementally; nothing verifies them here).
-fn tcp_packet(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
-    let mut p = vec![0u8; 54];
-    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    p[14] = 0x45;
-    p[16..18].copy_from_slice(&40u16.to_be_bytes());
-    p[22] = 64;
-    p[23] = 6;
-    p[26..30].copy_from_slice(&src.octets());
-    p[30..34].copy_from_slice(&dst.octets());
-    p[34..36].copy_from_slice(&sport.to_be_bytes());
-    p[36..38].copy_from_slice(&dport.to_be_bytes());
-    p[46] = 0x50;
-    p[47] = flags;
-    p[48..50].copy_from_slice(&64240u16.to_be_bytes());
-    p
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use common::{test_run, test_run_from};
+use common::{tcp_packet, test_run, test_run_from};
 use lb_common::program_names;
 use lb_userspace::datapath::loader::{self, Datapath, XdpChoice};
 use lb_userspace::datapath::maps::PinnedMaps;
@@ -71,22 +71,6 @@ fn isolated(pods: usize) -> PolicyState {
         state.pods.insert(pod(i), policy);
     }
     state
-}
-
-fn tcp_packet(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
-    let mut p = vec![0u8; 54];
-    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    p[14] = 0x45;
-    p[16..18].copy_from_slice(&40u16.to_be_bytes());
-    p[22] = 64;
-    p[23] = 6;
-    p[26..30].copy_from_slice(&src.octets());
-    p[30..34].copy_from_slice(&dst.octets());
-    p[34..36].copy_from_slice(&sport.to_be_bytes());
-    p[36..38].copy_from_slice(&dport.to_be_bytes());
-    p[46] = 0x50;
-    p[47] = flags;
-    p
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
