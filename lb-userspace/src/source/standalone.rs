@@ -26,6 +26,7 @@ use super::endpoints::mirror;
 use super::translate::translate;
 use super::{ClusterObjects, ObjectError, Sourced, StateDelta};
 use crate::model::DesiredState;
+use crate::policy::{PolicyState, compile};
 
 #[derive(Debug, Default)]
 pub struct LoadedDir {
@@ -263,11 +264,16 @@ pub async fn watch_dir(
             Ok(l) => (l.objects, l.errors),
             Err(_) => (ClusterObjects::default(), Vec::new()),
         };
-        let mut translation = translate(&objects);
-        if !network_policy {
-            translation.policy = Default::default();
-        }
+        let translation = translate(&objects);
         errors.extend(translation.errors);
+        // Not compiled (nor its errors reported) when policy is off.
+        let policy = if network_policy {
+            let (policy, policy_errors) = compile(&objects);
+            errors.extend(policy_errors);
+            policy
+        } else {
+            PolicyState::default()
+        };
         let now: BTreeSet<String> = errors.iter().map(ToString::to_string).collect();
         for e in now.difference(&reported) {
             warn!("skipping invalid object: {e}");
@@ -282,16 +288,16 @@ pub async fn watch_dir(
             slices = objects.slices.len(),
             frontends = translation.desired.services.len(),
             network_policies = objects.network_policies.len(),
-            isolated_pods = translation.policy.pods.len(),
+            isolated_pods = policy.pods.len(),
             errors = reported.len(),
             "manifests loaded"
         );
         let desired = translation.desired;
         let mut delta = StateDelta::between(&last, &desired);
         delta.complete = first;
-        if last_policy.as_ref() != Some(&translation.policy) {
-            delta.policy = Some(translation.policy.clone());
-            last_policy = Some(translation.policy);
+        if last_policy.as_ref() != Some(&policy) {
+            delta.policy = Some(policy.clone());
+            last_policy = Some(policy);
         }
         let changed = !delta.ports.is_empty() || delta.policy.is_some();
         if (first || changed) && tx.send(delta).await.is_err() {

@@ -43,7 +43,6 @@ use crate::model::{
     Algorithm, BackendAddr, DesiredState, Endpoint, ExternalAccess, Frontend, Protocol,
     ServicePort, ServicePortName, ServiceType, TopologyHints,
 };
-use crate::policy::PolicyState;
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
@@ -55,8 +54,6 @@ pub const ALGORITHM_ANNOTATION: &str = "switchyard.io/lb-algorithm";
 #[derive(Debug, Default)]
 pub struct Translation {
     pub desired: DesiredState,
-    /// What NetworkPolicy says about each pod (`policy::compile`).
-    pub policy: PolicyState,
     pub errors: Vec<ObjectError>,
     /// Objects, or parts of them, deliberately not programmed, and why:
     /// `Service ns/name: reason`.
@@ -750,12 +747,9 @@ pub fn translate(objects: &ClusterObjects) -> Translation {
             debug!("EndpointSlices for unknown Service {ns}/{svc} ignored");
         }
     }
-    let (policy, policy_errors) = crate::policy::compile(objects);
-    t.errors.extend(policy_errors);
     t.errors.sort();
     Translation {
         desired,
-        policy,
         errors: t.errors,
         skipped: t.skipped,
     }
