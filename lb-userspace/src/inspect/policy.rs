@@ -12,6 +12,7 @@ use super::Row;
 use crate::datapath::addr::ip_from_be;
 use crate::datapath::maps::PinnedMaps;
 use crate::datapath::policy_sync::decode_note;
+use crate::policy::protocol_name;
 
 #[derive(Serialize)]
 pub struct PolicyRow {
@@ -134,12 +135,7 @@ fn describe(ports: &PolicyPorts) -> String {
     if ranges.iter().any(|r| r.proto == 0) {
         return "all".into();
     }
-    let proto = |p: u8| match p {
-        6 => "TCP",
-        17 => "UDP",
-        132 => "SCTP",
-        _ => "?",
-    };
+    let proto = protocol_name;
     ranges
         .iter()
         .map(|r| match (r.first, r.last) {

@@ -32,26 +32,27 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Cidr, Isolation, PeerRule, PodPolicy, PolicyState, PortRange, selector};
+use super::{
+    Cidr, Isolation, PeerRule, PodPolicy, PolicyState, PortRange, protocol_number, selector,
+};
 use crate::source::{ClusterObjects, ObjectError, Sourced};
 
 /// The label the API server gives every namespace: its name.
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// A pod as policies see it.
-struct PodView<'a> {
+struct PodView {
     namespace: String,
     name: String,
     labels: BTreeMap<String, String>,
     ips: Vec<Ipv4Addr>,
     /// Container ports: (name, protocol number, port).
     ports: Vec<(String, u8, u16)>,
-    _pod: &'a Pod,
 }
 
 /// What the rules of one policy are compiled against.
-struct Cluster<'a> {
-    pods: Vec<PodView<'a>>,
+struct Cluster {
+    pods: Vec<PodView>,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
 
@@ -370,8 +371,8 @@ impl RulePorts {
     }
 }
 
-impl<'a> Cluster<'a> {
-    fn new(objects: &'a ClusterObjects) -> Self {
+impl Cluster {
+    fn new(objects: &ClusterObjects) -> Self {
         let mut namespaces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         for ns in &objects.namespaces {
             let Some(name) = ns.object.metadata.name.clone() else {
@@ -404,7 +405,7 @@ impl<'a> Cluster<'a> {
         pod_selector: Option<&LabelSelector>,
         field: &str,
         report: &mut Report,
-    ) -> Vec<&PodView<'a>> {
+    ) -> Vec<&PodView> {
         let mut selected = Vec::new();
         let mut failed = false;
         for pod in &self.pods {
@@ -448,7 +449,7 @@ impl<'a> Cluster<'a> {
         peers: &[NetworkPolicyPeer],
         at: &str,
         report: &mut Report,
-    ) -> (Vec<Cidr>, Vec<&PodView<'a>>) {
+    ) -> (Vec<Cidr>, Vec<&PodView>) {
         let mut blocks = Vec::new();
         let mut pods = Vec::new();
         for (i, peer) in peers.iter().enumerate() {
@@ -507,7 +508,7 @@ fn ip_block(cidr: &str, except: &[String], field: &str, report: &mut Report) -> 
 }
 
 /// The pod as policies see it, unless it has no part in them.
-fn pod_view(pod: &Pod) -> Option<PodView<'_>> {
+fn pod_view(pod: &Pod) -> Option<PodView> {
     let spec = pod.spec.as_ref()?;
     if spec.host_network == Some(true) {
         return None;
@@ -541,12 +542,7 @@ fn pod_view(pod: &Pod) -> Option<PodView<'_>> {
         .flat_map(|c| c.ports.iter().flatten())
         .filter_map(|p| {
             let name = p.name.clone()?;
-            let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
-                "TCP" => 6,
-                "UDP" => 17,
-                "SCTP" => 132,
-                _ => return None,
-            };
+            let protocol = protocol_number(p.protocol.as_deref().unwrap_or("TCP"))?;
             Some((name, protocol, u16::try_from(p.container_port).ok()?))
         })
         .collect();
@@ -556,7 +552,6 @@ fn pod_view(pod: &Pod) -> Option<PodView<'_>> {
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         ips,
         ports,
-        _pod: pod,
     })
 }
 

@@ -61,14 +61,25 @@ pub struct PortRange {
     pub last: u16,
 }
 
+/// The IP protocol numbers NetworkPolicy names.
+const PROTOCOLS: [(&str, u8); 3] = [("TCP", 6), ("UDP", 17), ("SCTP", 132)];
+
+/// "TCP" → 6; `None` for a name NetworkPolicy does not know.
+pub fn protocol_number(name: &str) -> Option<u8> {
+    PROTOCOLS.iter().find(|(n, _)| *n == name).map(|(_, p)| *p)
+}
+
+/// 6 → "TCP"; "?" for others.
+pub fn protocol_name(number: u8) -> &'static str {
+    PROTOCOLS
+        .iter()
+        .find(|(_, p)| *p == number)
+        .map_or("?", |(n, _)| n)
+}
+
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = match self.protocol {
-            6 => "TCP",
-            17 => "UDP",
-            132 => "SCTP",
-            _ => "?",
-        };
+        let proto = protocol_name(self.protocol);
         if self.first == self.last {
             write!(f, "{}/{proto}", self.first)
         } else {

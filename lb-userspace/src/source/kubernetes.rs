@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use super::StateDelta;
 use super::events::ProblemReporter;
-use super::policy_tracker::PolicyTracker;
+use super::policy_tracker::{PolicyObject, PolicyTracker};
 use super::tracker::{ChangeTracker, Key, key_of};
 use crate::metrics::{Metrics, ResourceLabel};
 
@@ -421,36 +421,29 @@ impl KubernetesSource {
                 None => {}
             },
             Watched::Node(event) => self.node_event(*event, tracker, &mut lists.node),
-            Watched::Pod(event) => {
-                let Some(lists) = lists.policy.as_mut() else {
-                    return;
-                };
-                match self.watched(*event, &mut lists.pods) {
-                    Some(Change::One(key, pod)) => policy.set_pod(key, pod),
-                    Some(Change::All(listed)) => policy.replace_pods(listed),
-                    None => {}
-                }
-            }
+            Watched::Pod(event) => self.policy_event(*event, |l| &mut l.pods, lists, policy),
             Watched::Namespace(event) => {
-                let Some(lists) = lists.policy.as_mut() else {
-                    return;
-                };
-                match self.watched(*event, &mut lists.namespaces) {
-                    Some(Change::One(key, ns)) => policy.set_namespace(key, ns),
-                    Some(Change::All(listed)) => policy.replace_namespaces(listed),
-                    None => {}
-                }
+                self.policy_event(*event, |l| &mut l.namespaces, lists, policy)
             }
-            Watched::Policy(event) => {
-                let Some(lists) = lists.policy.as_mut() else {
-                    return;
-                };
-                match self.watched(*event, &mut lists.policies) {
-                    Some(Change::One(key, np)) => policy.set_policy(key, np),
-                    Some(Change::All(listed)) => policy.replace_policies(listed),
-                    None => {}
-                }
-            }
+            Watched::Policy(event) => self.policy_event(*event, |l| &mut l.policies, lists, policy),
+        }
+    }
+
+    /// One event of NetworkPolicy's watches, into the policy tracker.
+    fn policy_event<K: kube::Resource + PolicyObject>(
+        &self,
+        event: Result<Event<K>, watcher::Error>,
+        relist: impl FnOnce(&mut PolicyLists) -> &mut Relist<K>,
+        lists: &mut Lists,
+        tracker: &mut PolicyTracker,
+    ) {
+        let Some(lists) = lists.policy.as_mut() else {
+            return;
+        };
+        match self.watched(event, relist(lists)) {
+            Some(Change::One(key, object)) => tracker.set(key, object),
+            Some(Change::All(listed)) => tracker.replace(listed),
+            None => {}
         }
     }
 

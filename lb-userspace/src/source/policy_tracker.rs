@@ -93,30 +93,48 @@ fn replace<K: PartialEq>(map: &mut HashMap<Key, K>, listed: HashMap<Key, K>) -> 
     changed
 }
 
+/// The kinds the tracker keeps: where, and in what form.
+pub(super) trait PolicyObject: PartialEq + Sized {
+    fn map(tracker: &mut PolicyTracker) -> &mut HashMap<Key, Self>;
+    /// What is kept of a watched object.
+    fn kept(self) -> Self {
+        self
+    }
+}
+
+impl PolicyObject for Pod {
+    fn map(tracker: &mut PolicyTracker) -> &mut HashMap<Key, Self> {
+        &mut tracker.pods
+    }
+    fn kept(self) -> Self {
+        slim_pod(self)
+    }
+}
+
+impl PolicyObject for Namespace {
+    fn map(tracker: &mut PolicyTracker) -> &mut HashMap<Key, Self> {
+        &mut tracker.namespaces
+    }
+}
+
+impl PolicyObject for NetworkPolicy {
+    fn map(tracker: &mut PolicyTracker) -> &mut HashMap<Key, Self> {
+        &mut tracker.policies
+    }
+}
+
 impl PolicyTracker {
-    pub(super) fn set_pod(&mut self, key: Key, pod: Option<Pod>) {
-        self.dirty |= set(&mut self.pods, key, pod.map(slim_pod));
+    /// Sets or removes one object; dirty when that changed anything.
+    pub(super) fn set<K: PolicyObject>(&mut self, key: Key, object: Option<K>) {
+        let changed = set(K::map(self), key, object.map(K::kept));
+        self.dirty |= changed;
     }
 
-    pub(super) fn replace_pods(&mut self, listed: HashMap<Key, Pod>) {
-        let listed = listed.into_iter().map(|(k, p)| (k, slim_pod(p))).collect();
-        self.dirty |= replace(&mut self.pods, listed);
-    }
-
-    pub(super) fn set_namespace(&mut self, key: Key, ns: Option<Namespace>) {
-        self.dirty |= set(&mut self.namespaces, key, ns);
-    }
-
-    pub(super) fn replace_namespaces(&mut self, listed: HashMap<Key, Namespace>) {
-        self.dirty |= replace(&mut self.namespaces, listed);
-    }
-
-    pub(super) fn set_policy(&mut self, key: Key, np: Option<NetworkPolicy>) {
-        self.dirty |= set(&mut self.policies, key, np);
-    }
-
-    pub(super) fn replace_policies(&mut self, listed: HashMap<Key, NetworkPolicy>) {
-        self.dirty |= replace(&mut self.policies, listed);
+    /// Takes a complete list in place of what was known.
+    pub(super) fn replace<K: PolicyObject>(&mut self, listed: HashMap<Key, K>) {
+        let listed = listed.into_iter().map(|(k, o)| (k, o.kept())).collect();
+        let changed = replace(K::map(self), listed);
+        self.dirty |= changed;
     }
 
     pub(super) fn pending(&self) -> bool {
@@ -224,20 +242,20 @@ mod tests {
             Some(PolicyState::default()),
             "the first state always goes"
         );
-        t.set_pod(key(), Some(pod(&[("app", "web")], "10.244.0.20", "True")));
-        t.set_policy(("prod".into(), "deny".into()), Some(policy()));
+        t.set(key(), Some(pod(&[("app", "web")], "10.244.0.20", "True")));
+        t.set(("prod".into(), "deny".into()), Some(policy()));
         let (state, errors) = t.take();
         assert!(errors.is_empty());
         assert_eq!(state.expect("isolated").pods.len(), 1);
         // A readiness flip: nothing policies read.
-        t.set_pod(key(), Some(pod(&[("app", "web")], "10.244.0.20", "False")));
+        t.set(key(), Some(pod(&[("app", "web")], "10.244.0.20", "False")));
         assert!(!t.pending());
         // A label change that unselects the pod: a new state.
-        t.set_pod(key(), Some(pod(&[("app", "db")], "10.244.0.20", "False")));
+        t.set(key(), Some(pod(&[("app", "db")], "10.244.0.20", "False")));
         assert!(t.pending());
         assert_eq!(t.take().0.expect("changed").pods.len(), 0);
         // Dirty but compiling to the same state: nothing sent.
-        t.set_namespace(("".into(), "prod".into()), Some(Namespace::default()));
+        t.set(("".into(), "prod".into()), Some(Namespace::default()));
         assert_eq!(t.take().0, None);
     }
 }
