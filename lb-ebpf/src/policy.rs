@@ -36,31 +36,8 @@ pub fn admits_into_pod(ctx: &TcContext, pkt: &Packet) -> bool {
 
 #[inline(always)]
 fn admits_flow_into_pod(ctx: &TcContext, flow: &FlowKey) -> bool {
-    if !active() {
-        return true;
-    }
-    let Some(isolation) = (unsafe { policy_pods.get(flow.dst_ip_be) }).copied() else {
-        return true;
-    };
     // Made on this node (ingress_ifindex 0): the node's own traffic.
-    if unsafe { (*ctx.skb.skb).ingress_ifindex } == 0 {
-        return true;
-    }
-    let now = unsafe { bpf_ktime_get_ns() };
-    // This flow let in before, or the reply of one the pod was let send.
-    if remembered(flow, INTO_POD, now) || remembered(&flow.reversed(), OUT_OF_POD, now) {
-        return true;
-    }
-    if isolation.ingress != 0 {
-        let peer = (flow.src_ip_be, flow.dst_port_be);
-        let allowed = allows(flow.dst_ip_be, policy_direction::INGRESS, peer, flow.proto);
-        counted(flow.dst_ip_be, policy_direction::INGRESS, allowed);
-        if !allowed {
-            return false;
-        }
-    }
-    remember(flow, INTO_POD, now);
-    true
+    !active() || unsafe { (*ctx.skb.skb).ingress_ifindex } == 0 || admits(flow, Way::IntoPod)
 }
 
 /// Whether a pod may send a new flow to `(ip, port)` (for a service flow,
@@ -77,27 +54,60 @@ pub fn admits_out_of_pod(pkt: &Packet, (ip_be, port_be): (u32, u16)) -> bool {
 
 #[inline(always)]
 fn admits_flow_out_of_pod(flow: &FlowKey) -> bool {
-    if !active() {
-        return true;
-    }
-    let Some(isolation) = (unsafe { policy_pods.get(flow.src_ip_be) }).copied() else {
+    !active() || admits(flow, Way::OutOfPod)
+}
+
+/// Which way a flow crosses the pod's interface, seen from the pod.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    IntoPod,
+    OutOfPod,
+}
+
+/// The policy decision for a flow entering or leaving its pod: open if
+/// no policy isolates the pod; else a flow remembered that way, or the
+/// reply of one remembered the other way, or one the pod's rules for that
+/// direction allow (then remembered, also when only the other direction
+/// is isolated, so that its replies get back).
+#[inline(always)]
+fn admits(flow: &FlowKey, way: Way) -> bool {
+    let (pod, peer, direction, mark, reply_mark) = match way {
+        Way::IntoPod => (
+            flow.dst_ip_be,
+            flow.src_ip_be,
+            policy_direction::INGRESS,
+            INTO_POD,
+            OUT_OF_POD,
+        ),
+        Way::OutOfPod => (
+            flow.src_ip_be,
+            flow.dst_ip_be,
+            policy_direction::EGRESS,
+            OUT_OF_POD,
+            INTO_POD,
+        ),
+    };
+    let Some(isolation) = (unsafe { policy_pods.get(pod) }).copied() else {
         return true;
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    let (ip_be, port_be) = (flow.dst_ip_be, flow.dst_port_be);
-    // This flow let out before, or the reply of one the pod was let receive.
-    if remembered(flow, OUT_OF_POD, now) || remembered(&flow.reversed(), INTO_POD, now) {
+    if remembered(flow, mark, now) || remembered(&flow.reversed(), reply_mark, now) {
         return true;
     }
-    if isolation.egress != 0 {
-        let peer = (ip_be, port_be);
-        let allowed = allows(flow.src_ip_be, policy_direction::EGRESS, peer, flow.proto);
-        counted(flow.src_ip_be, policy_direction::EGRESS, allowed);
+    let isolated = match way {
+        Way::IntoPod => isolation.ingress,
+        Way::OutOfPod => isolation.egress,
+    };
+    if isolated != 0 {
+        // The port is the pod's for ingress, the peer's for egress: the
+        // destination's either way.
+        let allowed = allows(pod, direction, (peer, flow.dst_port_be), flow.proto);
+        counted(pod, direction, allowed);
         if !allowed {
             return false;
         }
     }
-    remember(flow, OUT_OF_POD, now);
+    remember(flow, mark, now);
     true
 }
 
