@@ -64,16 +64,19 @@ impl PolicySync {
             Some(c) => c,
             None => read_entries(maps)?,
         };
+        let unchanged = current == wanted;
         let written = write(maps, &current, &wanted);
         // What is in the maps now: on error, read back next time.
         self.programmed = written.is_ok().then_some(wanted);
         written?;
-        let isolated = state.pods.len();
-        info!(
-            pods = isolated,
-            problems = problems.len(),
-            "network policy written"
-        );
+        if !unchanged {
+            let isolated = state.pods.len();
+            info!(
+                pods = isolated,
+                problems = problems.len(),
+                "network policy written"
+            );
+        }
         for p in &problems {
             warn!("network policy: {p}");
         }
