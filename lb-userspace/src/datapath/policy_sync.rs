@@ -76,9 +76,9 @@ impl PolicySync {
                 problems = problems.len(),
                 "network policy written"
             );
-        }
-        for p in &problems {
-            warn!("network policy: {p}");
+            for p in &problems {
+                warn!("network policy: {p}");
+            }
         }
         Ok(problems)
     }
