@@ -106,17 +106,7 @@ fn mid_flow_tcp_without_an_entry_is_not_balanced() {
 #[test]
 fn conntrack_admission_stops_one_client_at_its_quota_and_keeps_established_flows() {
     let mut f = fixture();
-    f.maps
-        .admission
-        .set(
-            0,
-            lb_common::Admission {
-                flows_per_source: 5,
-                refuse_new: 0,
-            },
-            0,
-        )
-        .expect("admission");
+    set_admission(&mut f, 5, 0);
     let mut admitted = 0;
     for port in 41000..41008 {
         let (rc, out) = f.run_from_pod(&Pkt::tcp(CLIENT, port, VIP, 80, SYN).build());
@@ -138,17 +128,7 @@ fn conntrack_admission_stops_one_client_at_its_quota_and_keeps_established_flows
     assert_eq!(rc, TC_ACT_OK, "another client is admitted");
 
     // Nearly full: new flows wait, established ones are translated.
-    f.maps
-        .admission
-        .set(
-            0,
-            lb_common::Admission {
-                flows_per_source: 0,
-                refuse_new: 1,
-            },
-            0,
-        )
-        .expect("admission");
+    set_admission(&mut f, 0, 1);
     let newcomer = Ipv4Addr::new(10, 244, 0, 12);
     let (rc, _) = f.run_from_pod(&Pkt::tcp(newcomer, 41000, VIP, 80, SYN).build());
     assert_eq!(rc, TC_ACT_SHOT);
@@ -497,17 +477,7 @@ fn outside_attackers_cannot_reset_a_node_port_flow_without_its_sequence_numbers(
 #[test]
 fn flows_a_client_closed_give_their_quota_place_back() {
     let mut f = fixture();
-    f.maps
-        .admission
-        .set(
-            0,
-            lb_common::Admission {
-                flows_per_source: 5,
-                refuse_new: 0,
-            },
-            0,
-        )
-        .expect("admission");
+    set_admission(&mut f, 5, 0);
     for port in 46000..46020 {
         let (rc, _) = f.run_from_pod(&Pkt::tcp(CLIENT, port, VIP, 80, SYN).build());
         assert_eq!(rc, TC_ACT_OK, "connection from port {port} admitted");
@@ -515,4 +485,13 @@ fn flows_a_client_closed_give_their_quota_place_back() {
         assert_eq!(rc, TC_ACT_OK);
     }
     assert_eq!(f.maps.reason_count(reason::CONNTRACK_SOURCE_QUOTA), 0);
+}
+
+/// Writes the admission policy as the agent would.
+fn set_admission(f: &mut Fixture, flows_per_source: u32, refuse_new: u32) {
+    let policy = lb_common::Admission {
+        flows_per_source,
+        refuse_new,
+    };
+    f.maps.admission.set(0, policy, 0).expect("admission");
 }
