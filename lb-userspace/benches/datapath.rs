@@ -23,7 +23,6 @@ use lb_userspace::datapath::{
 };
 use lb_userspace::model::{
     BackendAddr, DesiredState, Endpoint, Frontend, Protocol, ServicePort, ServicePortName,
-    ServiceType,
 };
 
 const SCALES: [usize; 4] = [1, 1_000, 10_000, 100_000];
@@ -64,20 +63,15 @@ fn desired(services: usize) -> DesiredState {
             .collect();
         d.services.insert(
             frontend,
-            ServicePort {
-                name: ServicePortName {
+            ServicePort::cluster_ip(
+                ServicePortName {
                     namespace: "bench".into(),
                     name: format!("s{i}"),
                     port_name: String::new(),
                 },
                 frontend,
-                service_type: ServiceType::ClusterIP,
-                affinity: None,
-                internal_traffic_local: false,
-                algorithm: None,
-                external: Default::default(),
                 endpoints,
-            },
+            ),
         );
     }
     d

@@ -30,31 +30,22 @@ const FLOWS: [u32; 3] = [1_000, 5_000, 20_000];
 
 fn desired() -> DesiredState {
     let mut d = DesiredState::default();
-    let mut sp = ServicePort {
-        name: ServicePortName {
-            namespace: "bench".into(),
-            name: "remote".into(),
-            port_name: String::new(),
-        },
-        frontend: Frontend::new(Ipv4Addr::new(10, 96, 0, 80), 80, Protocol::Tcp),
-        service_type: ServiceType::NodePort,
-        affinity: None,
-        internal_traffic_local: false,
-        algorithm: None,
-        external: Default::default(),
-        endpoints: vec![Endpoint {
-            addr: BackendAddr {
-                ip: BACKEND,
-                port: 8080,
-                protocol: Protocol::Tcp,
-            },
-            ready: true,
-            serving: true,
-            terminating: false,
-            node: Some("elsewhere".into()),
-            hints: None,
-        }],
+    let name = ServicePortName {
+        namespace: "bench".into(),
+        name: "remote".into(),
+        port_name: String::new(),
     };
+    let backend = Endpoint {
+        node: Some("elsewhere".into()),
+        ..Endpoint::ready(BackendAddr {
+            ip: BACKEND,
+            port: 8080,
+            protocol: Protocol::Tcp,
+        })
+    };
+    let frontend = Frontend::new(Ipv4Addr::new(10, 96, 0, 80), 80, Protocol::Tcp);
+    let mut sp = ServicePort::cluster_ip(name, frontend, vec![backend]);
+    sp.service_type = ServiceType::NodePort;
     sp.external.node_port = Some(NODE_PORT);
     d.services.insert(sp.frontend, sp);
     d

@@ -29,7 +29,6 @@ use lb_userspace::datapath::{
 use lb_userspace::metrics::Metrics;
 use lb_userspace::model::{
     BackendAddr, DesiredState, Endpoint, Frontend, Protocol, ServicePort, ServicePortName,
-    ServiceType,
 };
 use lb_userspace::sweeper::{SweepConfig, Sweeper};
 
@@ -44,37 +43,22 @@ fn service(i: usize, shift: usize) -> ServicePort {
         80,
         Protocol::Tcp,
     );
-    ServicePort {
-        name: ServicePortName {
-            namespace: "bench".into(),
-            name: format!("svc-{i}"),
-            port_name: String::new(),
-        },
-        frontend,
-        service_type: ServiceType::ClusterIP,
-        affinity: None,
-        internal_traffic_local: false,
-        algorithm: None,
-        external: Default::default(),
-        endpoints: (0..BACKENDS)
-            .map(|b| Endpoint {
-                addr: BackendAddr {
-                    ip: Ipv4Addr::from(
-                        u32::from(Ipv4Addr::new(10, 244, 0, 0))
-                            + 1
-                            + ((i * BACKENDS + b + shift) % 60_000) as u32,
-                    ),
-                    port: 8080,
-                    protocol: Protocol::Tcp,
-                },
-                ready: true,
-                serving: true,
-                terminating: false,
-                node: None,
-                hints: None,
+    let name = ServicePortName {
+        namespace: "bench".into(),
+        name: format!("svc-{i}"),
+        port_name: String::new(),
+    };
+    let endpoints = (0..BACKENDS)
+        .map(|b| {
+            let offset = ((i * BACKENDS + b + shift) % 60_000) as u32;
+            Endpoint::ready(BackendAddr {
+                ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + 1 + offset),
+                port: 8080,
+                protocol: Protocol::Tcp,
             })
-            .collect(),
-    }
+        })
+        .collect();
+    ServicePort::cluster_ip(name, frontend, endpoints)
 }
 
 /// 100 000 established connections: forward and reply entries, fresh.

@@ -307,7 +307,36 @@ impl ExternalAccess {
     }
 }
 
+impl Endpoint {
+    /// A ready endpoint, with no node or topology hints.
+    pub fn ready(addr: BackendAddr) -> Self {
+        Self {
+            addr,
+            ready: true,
+            serving: true,
+            terminating: false,
+            node: None,
+            hints: None,
+        }
+    }
+}
+
 impl ServicePort {
+    /// A ClusterIP service port over `endpoints`, with no affinity, traffic
+    /// policy or scheduler of its own.
+    pub fn cluster_ip(name: ServicePortName, frontend: Frontend, endpoints: Vec<Endpoint>) -> Self {
+        Self {
+            name,
+            frontend,
+            service_type: ServiceType::ClusterIP,
+            affinity: None,
+            internal_traffic_local: false,
+            algorithm: None,
+            external: ExternalAccess::default(),
+            endpoints,
+        }
+    }
+
     /// Backends that get new flows on `node`, as kube-proxy chooses them:
     /// with `internalTrafficPolicy: Local` only the node's own endpoints
     /// qualify (none when the node is unknown); among those, the ready ones,
@@ -423,20 +452,13 @@ mod tests {
     }
 
     fn port(endpoints: Vec<Endpoint>) -> ServicePort {
-        ServicePort {
-            name: ServicePortName {
-                namespace: "default".into(),
-                name: "web".into(),
-                port_name: "http".into(),
-            },
-            frontend: Frontend::new(Ipv4Addr::new(10, 96, 0, 10), 80, Protocol::Tcp),
-            service_type: ServiceType::ClusterIP,
-            affinity: None,
-            internal_traffic_local: false,
-            algorithm: None,
-            external: ExternalAccess::default(),
-            endpoints,
-        }
+        let name = ServicePortName {
+            namespace: "default".into(),
+            name: "web".into(),
+            port_name: "http".into(),
+        };
+        let frontend = Frontend::new(Ipv4Addr::new(10, 96, 0, 10), 80, Protocol::Tcp);
+        ServicePort::cluster_ip(name, frontend, endpoints)
     }
 
     #[test]

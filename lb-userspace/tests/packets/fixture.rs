@@ -16,7 +16,6 @@ use lb_userspace::datapath::{
 };
 use lb_userspace::model::{
     BackendAddr, DesiredState, Endpoint, Frontend, Protocol, ServicePort, ServicePortName,
-    ServiceType,
 };
 
 pub const TC_ACT_OK: u32 = 0;
@@ -62,34 +61,22 @@ fn object() -> PathBuf {
 }
 
 pub fn service(vip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[Ipv4Addr]) -> ServicePort {
-    ServicePort {
-        name: ServicePortName {
-            namespace: "test".into(),
-            name: format!("svc-{vip}-{port}"),
-            port_name: String::new(),
-        },
-        frontend: Frontend::new(vip, port, protocol),
-        service_type: ServiceType::ClusterIP,
-        affinity: None,
-        internal_traffic_local: false,
-        algorithm: None,
-        external: Default::default(),
-        endpoints: backends
-            .iter()
-            .map(|ip| Endpoint {
-                addr: BackendAddr {
-                    ip: *ip,
-                    port: 8080,
-                    protocol,
-                },
-                ready: true,
-                serving: true,
-                terminating: false,
-                node: None,
-                hints: None,
+    let name = ServicePortName {
+        namespace: "test".into(),
+        name: format!("svc-{vip}-{port}"),
+        port_name: String::new(),
+    };
+    let endpoints = backends
+        .iter()
+        .map(|ip| {
+            Endpoint::ready(BackendAddr {
+                ip: *ip,
+                port: 8080,
+                protocol,
             })
-            .collect(),
-    }
+        })
+        .collect();
+    ServicePort::cluster_ip(name, Frontend::new(vip, port, protocol), endpoints)
 }
 
 pub fn fixture() -> Fixture {

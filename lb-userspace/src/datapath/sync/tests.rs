@@ -113,34 +113,24 @@ fn state(services: &[(Frontend, &[u8])]) -> DesiredState {
     for (f, backends) in services {
         d.services.insert(
             *f,
-            ServicePort {
-                name: ServicePortName {
+            ServicePort::cluster_ip(
+                ServicePortName {
                     namespace: "default".into(),
                     name: format!("svc{}", f.ip.octets()[3]),
                     port_name: String::new(),
                 },
-                frontend: *f,
-                service_type: ServiceType::ClusterIP,
-                affinity: None,
-                internal_traffic_local: false,
-                algorithm: None,
-                external: Default::default(),
-                endpoints: backends
+                *f,
+                backends
                     .iter()
-                    .map(|last| Endpoint {
-                        addr: BackendAddr {
+                    .map(|last| {
+                        Endpoint::ready(BackendAddr {
                             ip: Ipv4Addr::new(10, 244, 0, *last),
                             port: 8080,
                             protocol: Protocol::Tcp,
-                        },
-                        ready: true,
-                        serving: true,
-                        terminating: false,
-                        node: None,
-                        hints: None,
+                        })
                     })
                     .collect(),
-            },
+            ),
         );
     }
     d
