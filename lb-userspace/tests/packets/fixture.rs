@@ -256,20 +256,23 @@ pub fn program_node_ports(f: &Fixture, node_ip: Ipv4Addr) {
             sp.external.node_port = Some(30080);
             sp.external.traffic_local = true;
         }
-        for e in &mut sp.endpoints {
-            e.node = Some(
-                if e.addr.ip == BACKENDS[0] {
-                    "here"
-                } else {
-                    "elsewhere"
-                }
-                .into(),
-            );
-        }
+        place_backends(sp);
     }
     let mut sync = MapSync::adopt(PinnedMaps::open(&f.pin_dir).expect("maps"))
         .expect("adopt")
         .with_node(Some("here".into()))
         .with_node_ips(vec![node_ip]);
     assert!(sync.apply(&desired).errors.is_empty());
+}
+
+/// BACKENDS[0] on this node ("here"), the others elsewhere.
+pub fn place_backends(sp: &mut ServicePort) {
+    for e in &mut sp.endpoints {
+        let node = if e.addr.ip == BACKENDS[0] {
+            "here"
+        } else {
+            "elsewhere"
+        };
+        e.node = Some(node.into());
+    }
 }

@@ -89,16 +89,7 @@ fn xdp_and_tc_draw_once_per_flow_so_node_ports_balance_evenly() {
     let mut desired = desired_state(&BACKENDS);
     let mut mixed = service(Ipv4Addr::new(10, 96, 0, 50), 80, Protocol::Tcp, &BACKENDS);
     mixed.external.node_port = Some(30090);
-    for e in &mut mixed.endpoints {
-        e.node = Some(
-            if e.addr.ip == BACKENDS[0] {
-                "here"
-            } else {
-                "elsewhere"
-            }
-            .into(),
-        );
-    }
+    place_backends(&mut mixed);
     desired.services.insert(mixed.frontend, mixed);
     let mut sync = MapSync::adopt(PinnedMaps::open(&f.pin_dir).expect("maps"))
         .expect("adopt")
