@@ -205,3 +205,25 @@ fn sweeps_take_out_expired_flows_and_repair_impossible_counts() {
         open_flows(&f)
     );
 }
+
+/// Flows opened between a sweep's snapshot and its write keep their
+/// count: overwriting with the snapshot's (the first version did) lost
+/// them, and their closes then drove counts below zero.
+#[test]
+fn a_sweep_keeps_the_flows_opened_after_its_snapshot() {
+    let mut f = fixture_with(Selection::new(Algorithm::LeastConnection, 251));
+    for port in 47000..47006 {
+        connect(&mut f, port);
+    }
+    let sweep = collect_garbage(&mut f.maps, monotonic_ns(), &Timeouts::default()).expect("sweep");
+    for port in 47006..47009 {
+        connect(&mut f, port);
+    }
+    backend_load::after_sweep(&mut f.maps, &sweep).expect("after sweep");
+    assert_eq!(
+        open_flows(&f).values().sum::<i32>(),
+        9,
+        "{:?}",
+        open_flows(&f)
+    );
+}
