@@ -34,7 +34,9 @@ pub mod map_names {
     pub const POLICY_NOTES: &str = "policy_notes";
     pub const POLICY_ACTIVE: &str = "policy_active";
     pub const POLICY_STATS: &str = "policy_stats";
-    pub const ALL: [&str; 23] = [
+    pub const POLICY_HITS: &str = "policy_hits";
+    pub const POLICY_NAMES: &str = "policy_names";
+    pub const ALL: [&str; 25] = [
         SERVICES,
         BACKENDS,
         CONNTRACK,
@@ -58,6 +60,8 @@ pub mod map_names {
         POLICY_NOTES,
         POLICY_ACTIVE,
         POLICY_STATS,
+        POLICY_HITS,
+        POLICY_NAMES,
     ];
 }
 
@@ -316,38 +320,40 @@ pub mod policy_direction {
 }
 
 /// Value of `policy_pods` (key: the pod's IPv4 address, network order):
-/// whether some NetworkPolicy selects the pod for each direction, which
-/// makes that direction default-deny. A pod without an entry is open.
+/// for each direction, the rule set of the policies selecting the pod that
+/// way (which makes it default-deny that way), 0 if none does. Pods whose
+/// policies compile to the same rules share one set. A pod without an
+/// entry is open.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PodIsolation {
-    pub ingress: u8,
-    pub egress: u8,
-    pub _pad: [u8; 2],
+    pub ingress_set: u32,
+    pub egress_set: u32,
 }
 
-/// Data of a `policy_rules` LPM trie key: the selected pod and the
-/// direction (always matched in full), then the peer's address; the key's
-/// prefix length is 64 + the peer prefix length. The agent makes the peer
-/// prefixes of one pod and direction such that the longest match holds
-/// every port allowed for that peer address.
+/// Data of a `policy_rules` LPM trie key: a rule set (always matched in
+/// full), then the peer's address; the key's prefix length is 32 + the
+/// peer prefix length. The agent makes a set's peer prefixes such that the
+/// longest match holds every port allowed for that peer address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct PolicyRuleKey {
-    pub pod_ip_be: u32,
-    pub direction_be: u32,
+    pub rule_set_be: u32,
     pub peer_ip_be: u32,
 }
 
 /// One allowed port range (host order, inclusive) of a protocol; protocol
-/// 0 is every protocol and port.
+/// 0 is every protocol and port. `policy`: the ID of the NetworkPolicy
+/// whose rule allows it (`policy_names`), counted in `policy_hits` when it
+/// lets a flow through.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct PolicyPortRange {
     pub first: u16,
     pub last: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    pub policy: u16,
 }
 
 /// Port ranges one `policy_rules` entry can hold.
@@ -356,10 +362,21 @@ pub const POLICY_PORT_RANGES: usize = 16;
 /// Value of `policy_rules`: the ports a peer may use (ingress: the pod's
 /// ports it may reach; egress: the peer's ports the pod may reach).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct PolicyPorts {
     pub count: u32,
     pub ranges: [PolicyPortRange; POLICY_PORT_RANGES],
+}
+
+/// NetworkPolicies one node can tell apart in `policy_hits` (IDs 1..).
+pub const MAX_POLICIES: u32 = 16_384;
+
+/// Value of `policy_hits` (per CPU, index: policy ID): new flows the
+/// policy's rules let through on this node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyHits {
+    pub allowed: u64,
 }
 
 /// Key of `policy_stats`: an isolated pod and a direction.
@@ -398,8 +415,8 @@ impl Default for PolicyNote {
     }
 }
 
-/// Pods NetworkPolicy isolates on a node, rules (pod × direction × peer
-/// prefix) and allowed flows remembered for their replies.
+/// Pods NetworkPolicy isolates on a node, rules (rule set × peer prefix)
+/// and allowed flows remembered for their replies.
 pub const MAX_POLICY_PODS: u32 = 65_536;
 pub const MAX_POLICY_RULES: u32 = 262_144;
 pub const MAX_POLICY_FLOWS: u32 = 262_144;
@@ -874,6 +891,7 @@ mod pod_impls {
     unsafe impl aya::Pod for PolicyNote {}
     unsafe impl aya::Pod for PolicyStatsKey {}
     unsafe impl aya::Pod for PolicyCounters {}
+    unsafe impl aya::Pod for PolicyHits {}
 }
 
 #[cfg(test)]
@@ -895,8 +913,9 @@ mod tests {
         assert_eq!(size_of::<SockAddr>(), 8);
         assert_eq!(size_of::<SourceRange>(), 8);
         assert_eq!(size_of::<ServiceCounters>(), 32);
-        assert_eq!(size_of::<PodIsolation>(), 4);
-        assert_eq!(size_of::<PolicyRuleKey>(), 12);
+        assert_eq!(size_of::<PolicyRuleKey>(), 8);
+        assert_eq!(size_of::<PodIsolation>(), 8);
+        assert_eq!(size_of::<PolicyPortRange>(), 8);
         assert_eq!(size_of::<PolicyPorts>(), 4 + 8 * POLICY_PORT_RANGES);
     }
 

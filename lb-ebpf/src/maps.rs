@@ -14,8 +14,8 @@ use lb_common::{
     PodSource, ServiceCounters, ServiceKey, ServiceName, SockAddr, SockKey, SourceRange, reason,
 };
 use lb_common::{
-    MAX_POLICY_FLOWS, MAX_POLICY_PODS, MAX_POLICY_RULES, PodIsolation, PolicyCounters, PolicyNote,
-    PolicyPorts, PolicyRuleKey, PolicyStatsKey,
+    MAX_POLICIES, MAX_POLICY_FLOWS, MAX_POLICY_PODS, MAX_POLICY_RULES, PodIsolation,
+    PolicyCounters, PolicyHits, PolicyNote, PolicyPorts, PolicyRuleKey, PolicyStatsKey,
 };
 
 /// Frontend (VIP, port, proto, slot) → master entry or backend slot.
@@ -144,7 +144,8 @@ pub static pod_sources: HashMap<
     { BPF_F_NO_PREALLOC as usize },
 > = HashMap::new();
 
-/// Pod address → the directions NetworkPolicy isolates it in (policy.rs).
+/// Pod address → the rule sets NetworkPolicy isolates it with, per
+/// direction (policy.rs).
 #[btf_map]
 pub static policy_pods: HashMap<
     u32,
@@ -153,7 +154,8 @@ pub static policy_pods: HashMap<
     { BPF_F_NO_PREALLOC as usize },
 > = HashMap::new();
 
-/// (pod, direction, peer prefix) → the ports the peer may use.
+/// (rule set, peer prefix) → the ports the peer may use, and by which
+/// policy.
 #[btf_map]
 pub static policy_rules: LpmTrie<PolicyRuleKey, PolicyPorts, { MAX_POLICY_RULES as usize }> =
     LpmTrie::new();
@@ -187,3 +189,16 @@ pub static policy_stats: PerCpuHashMap<
     { 2 * MAX_POLICY_PODS as usize },
     { BPF_F_NO_PREALLOC as usize },
 > = PerCpuHashMap::new();
+
+/// Policy ID → new flows its rules let through, per CPU (index 0: none).
+#[btf_map]
+pub static policy_hits: PerCpuArray<PolicyHits, { MAX_POLICIES as usize }> = PerCpuArray::new();
+
+/// Policy ID → "namespace/name", for inspection; only user space reads it.
+#[btf_map]
+pub static policy_names: HashMap<
+    u32,
+    PolicyNote,
+    { MAX_POLICIES as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();

@@ -1,7 +1,9 @@
 //! NetworkPolicy at the pods' interfaces. A pod some policy selects for a
 //! direction (`policy_pods`) is default-deny that way: a new flow passes
-//! only if a rule of the pod allows its peer address and port
-//! (`policy_rules`, longest prefix match). Allowed flows are remembered
+//! only if the pod's rule set for that direction allows its peer address
+//! and port (`policy_rules`, longest prefix match; pods whose policies say
+//! the same share a set). Each allowed flow is counted for the policy
+//! whose rule let it through (`policy_hits`). Allowed flows are remembered
 //! (`policy_flows`), so their replies pass whatever the other direction
 //! says, as netfilter's ESTABLISHED rule does for other policy engines.
 //!
@@ -20,7 +22,9 @@ use lb_common::{
     PolicyRuleKey, PolicyStatsKey, policy_direction, reason,
 };
 
-use crate::maps::{policy_active, policy_flows, policy_pods, policy_rules, policy_stats};
+use crate::maps::{
+    policy_active, policy_flows, policy_hits, policy_pods, policy_rules, policy_stats,
+};
 use crate::parse::{ETH_HLEN, Packet};
 use crate::stats;
 
@@ -94,16 +98,16 @@ fn admits(flow: &FlowKey, way: Way) -> bool {
     if remembered(flow, mark, now) || remembered(&flow.reversed(), reply_mark, now) {
         return true;
     }
-    let isolated = match way {
-        Way::IntoPod => isolation.ingress,
-        Way::OutOfPod => isolation.egress,
+    let rule_set = match way {
+        Way::IntoPod => isolation.ingress_set,
+        Way::OutOfPod => isolation.egress_set,
     };
-    if isolated != 0 {
+    if rule_set != 0 {
         // The port is the pod's for ingress, the peer's for egress: the
         // destination's either way.
-        let allowed = allows(pod, direction, (peer, flow.dst_port_be), flow.proto);
-        counted(pod, direction, allowed);
-        if !allowed {
+        let by = allowed_by(rule_set, (peer, flow.dst_port_be), flow.proto);
+        counted(pod, direction, by);
+        if by.is_none() {
             return false;
         }
     }
@@ -182,9 +186,14 @@ fn other_flow(ctx: &TcContext) -> Option<(FlowKey, bool)> {
     Some((flow, false))
 }
 
-/// Counts a judged new flow by reason, and for the pod and direction.
+/// Counts a judged new flow by reason, for the pod and direction, and
+/// for the policy that allowed it.
 #[inline(always)]
-fn counted(pod_ip_be: u32, direction: u32, allowed: bool) {
+fn counted(pod_ip_be: u32, direction: u32, allowed_by: Option<u16>) {
+    let allowed = allowed_by.is_some();
+    if let Some(hits) = allowed_by.and_then(|id| policy_hits.get_ptr_mut(u32::from(id))) {
+        unsafe { (*hits).allowed += 1 };
+    }
     stats::count(match (allowed, direction) {
         (true, _) => reason::POLICY_ALLOWED,
         (false, policy_direction::INGRESS) => reason::POLICY_INGRESS_DENIED,
@@ -210,21 +219,19 @@ fn active() -> bool {
     policy_active.get(0).is_some_and(|n| *n != 0)
 }
 
-/// Whether `pod`'s rules for `direction` let `peer` (address, and the
-/// port: the pod's for ingress, the peer's for egress) through.
+/// Whether a rule set lets `peer` (address, and the port: the pod's for
+/// ingress, the peer's for egress) through: the ID of the policy whose
+/// rule does (0 if unknown), None if none does.
 #[inline(always)]
-fn allows(pod_ip_be: u32, direction: u32, (peer_ip_be, port_be): (u32, u16), proto: u8) -> bool {
+fn allowed_by(rule_set: u32, (peer_ip_be, port_be): (u32, u16), proto: u8) -> Option<u16> {
     let key = Key::new(
-        96,
+        64,
         PolicyRuleKey {
-            pod_ip_be,
-            direction_be: direction.to_be(),
+            rule_set_be: rule_set.to_be(),
             peer_ip_be,
         },
     );
-    let Some(ports) = policy_rules.get(&key) else {
-        return false;
-    };
+    let ports = policy_rules.get(&key)?;
     let port = u16::from_be(port_be);
     for i in 0..POLICY_PORT_RANGES {
         if i as u32 >= ports.count {
@@ -232,10 +239,10 @@ fn allows(pod_ip_be: u32, direction: u32, (peer_ip_be, port_be): (u32, u16), pro
         }
         let range = &ports.ranges[i];
         if range.proto == 0 || (range.proto == proto && range.first <= port && port <= range.last) {
-            return true;
+            return Some(range.policy);
         }
     }
-    false
+    None
 }
 
 /// Which way a remembered flow was allowed, kept in the key's padding: a

@@ -47,6 +47,7 @@ fn isolated(pods: usize) -> PolicyState {
     let mut state = PolicyState::default();
     for i in 0..pods {
         let rule = PeerRule {
+            policy: format!("bench/p{i}"),
             peers: vec![
                 Cidr::new(CLIENT, 24),
                 Cidr::host(Ipv4Addr::from(

@@ -49,6 +49,9 @@ pub enum InspectWhat {
     /// Pods NetworkPolicy isolates, by which policies, and what their rules
     /// allow in and out.
     Policy,
+    /// NetworkPolicies with the pods they isolate on this node, the new
+    /// flows each let through and the packets refused at their pods.
+    Policies,
 }
 
 /// The view `what` of the maps pinned in `pin_dir`, ready to print.
@@ -65,6 +68,7 @@ pub fn run(pin_dir: &Path, what: InspectWhat, format: OutputFormat) -> Result<St
         InspectWhat::Links => render_rows(&links(pin_dir)?, format),
         InspectWhat::Stats => render_rows(&stat_rows(&maps), format),
         InspectWhat::Policy => render_rows(&policy::policy(&maps)?, format),
+        InspectWhat::Policies => render_rows(&policy::policies(&maps)?, format),
     }
 }
 

@@ -18,6 +18,7 @@
 //! - `conntrack`: admission, forged sources, sequence window, sweep, SNAT
 //!   ports;
 //! - `policy`: NetworkPolicy at the pods' interfaces;
+//! - `policy_sets`: shared rule sets and per-policy counters;
 //! - `fuzz`: fuzzed and truncated packets;
 //! - `reference`: the datapath against a reference model of Services.
 
@@ -40,6 +41,8 @@ mod icmp;
 mod nodeport;
 #[path = "packets/policy.rs"]
 mod policy;
+#[path = "packets/policy_sets.rs"]
+mod policy_sets;
 #[path = "packets/reference.rs"]
 mod reference;
 #[path = "packets/remap.rs"]

@@ -31,6 +31,8 @@ pub struct PinnedMaps {
     pub policy_active: Array<MapData, u32>,
     pub policy_stats:
         aya::maps::PerCpuHashMap<MapData, lb_common::PolicyStatsKey, lb_common::PolicyCounters>,
+    pub policy_hits: aya::maps::PerCpuArray<MapData, lb_common::PolicyHits>,
+    pub policy_names: HashMap<MapData, u32, lb_common::PolicyNote>,
 }
 
 fn open(pin_dir: &Path, name: &str) -> Result<Map> {
@@ -72,6 +74,8 @@ impl PinnedMaps {
                 pin_dir,
                 map_names::POLICY_STATS,
             )?)?,
+            policy_hits: aya::maps::PerCpuArray::try_from(open(pin_dir, map_names::POLICY_HITS)?)?,
+            policy_names: HashMap::try_from(open(pin_dir, map_names::POLICY_NAMES)?)?,
         })
     }
 

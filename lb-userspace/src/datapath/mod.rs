@@ -6,6 +6,7 @@ pub mod admission;
 pub mod backend_load;
 pub mod capacity;
 pub mod conntrack;
+pub mod ids;
 pub mod ifaces;
 pub mod layout;
 pub mod link_events;

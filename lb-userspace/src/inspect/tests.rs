@@ -128,11 +128,22 @@ fn every_view_has_a_cell_per_column() {
         address: "10.244.0.20".into(),
         ingress_policies: strings(&["prod/deny"]),
         egress_policies: Vec::new(),
+        ingress_set: 1,
+        egress_set: 0,
         allowed_in: Vec::new(),
         allowed_out: Vec::new(),
         flows_in: 0,
         denied_in: 3,
         flows_out: 0,
+        denied_out: 0,
+    });
+    cells_match_header(&super::policy::PolicyStatsRow {
+        policy: "prod/deny".into(),
+        id: 1,
+        pods_in: 1,
+        pods_out: 0,
+        flows_allowed: 0,
+        denied_in: 3,
         denied_out: 0,
     });
 }

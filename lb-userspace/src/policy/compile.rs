@@ -138,7 +138,7 @@ fn apply_policy(
             let mut compiled = Vec::new();
             for (i, (peers, ports)) in rules.into_iter().enumerate() {
                 let at = format!("{field}[{i}]");
-                compiled.extend(compile_rule(
+                let rules = compile_rule(
                     cluster,
                     namespace,
                     pod,
@@ -146,7 +146,12 @@ fn apply_policy(
                     (peers, ports),
                     &at,
                     report,
-                ));
+                );
+                compiled.extend(rules.into_iter().map(|(peers, ports)| PeerRule {
+                    policy: policy.to_string(),
+                    peers,
+                    ports,
+                }));
             }
             for ip in &pod.ips {
                 let entry = state.pods.entry(*ip).or_insert_with(|| PodPolicy {
@@ -209,7 +214,8 @@ fn policy_types(spec: &NetworkPolicySpec, report: &mut Report) -> Vec<Direction>
     out
 }
 
-/// One rule for `pod`: its peers and ports resolved.
+/// One rule for `pod`: its peers and ports resolved, as (peers, ports)
+/// pairs.
 fn compile_rule(
     cluster: &Cluster,
     namespace: &str,
@@ -221,7 +227,7 @@ fn compile_rule(
     ),
     at: &str,
     report: &mut Report,
-) -> Vec<PeerRule> {
+) -> Vec<(Vec<Cidr>, Vec<PortRange>)> {
     let ports = RulePorts::read(ports.map(Vec::as_slice).unwrap_or_default(), at, report);
     let peer_field = match direction {
         Direction::Ingress => "from",
@@ -243,10 +249,7 @@ fn compile_rule(
                 .chain(peer_pods.iter().flat_map(|p| hosts(&p.ips)))
                 .collect();
             if let Some(resolved) = ports.resolve(pod) {
-                rules.push(PeerRule {
-                    peers: all_peers,
-                    ports: resolved,
-                });
+                rules.push((all_peers, resolved));
             }
         }
         Direction::Egress => {
@@ -254,22 +257,16 @@ fn compile_rule(
             if !blocks.is_empty()
                 && let Some(numeric) = ports.numeric_only()
             {
-                rules.push(PeerRule {
-                    peers: blocks,
-                    ports: numeric,
-                });
+                rules.push((blocks, numeric));
             }
             for peer in &peer_pods {
                 if let Some(resolved) = ports.resolve(peer) {
-                    rules.push(PeerRule {
-                        peers: hosts(&peer.ips),
-                        ports: resolved,
-                    });
+                    rules.push((hosts(&peer.ips), resolved));
                 }
             }
         }
     }
-    rules.retain(|r| !r.peers.is_empty());
+    rules.retain(|(peers, _)| !peers.is_empty());
     rules
 }
 

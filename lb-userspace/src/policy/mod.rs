@@ -47,6 +47,8 @@ pub struct Isolation {
 /// the ports they may use: the pod's for ingress, the peer's for egress.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PeerRule {
+    /// `namespace/name` of the policy the rule is from.
+    pub policy: String,
     pub peers: Vec<Cidr>,
     /// Empty: every protocol and port.
     pub ports: Vec<PortRange>,

@@ -39,6 +39,7 @@ fn isolate_pod(f: &mut Fixture, egress: Option<Isolation>) {
         PodPolicy {
             pod: "test/pod".into(),
             ingress: isolation(vec![PeerRule {
+                policy: "test/p".into(),
                 peers: vec![Cidr::host(CLIENT)],
                 ports: vec![tcp(8080)],
             }]),
@@ -149,6 +150,7 @@ fn replies_of_the_pods_own_flows_pass_and_nothing_else_from_there() {
 fn egress_is_judged_on_the_backend_a_service_chose() {
     let mut f = fixture();
     let only_backend_1 = isolation(vec![PeerRule {
+        policy: "test/p".into(),
         peers: vec![Cidr::host(BACKENDS[1])],
         ports: vec![],
     }]);
@@ -272,10 +274,12 @@ fn icmp_and_sctp_are_judged_like_flows() {
     let mut f = fixture();
     let mut state = PolicyState::default();
     let everything_from = |peer: Ipv4Addr| PeerRule {
+        policy: "test/p".into(),
         peers: vec![Cidr::host(peer)],
         ports: vec![],
     };
     let sctp_from = |peer: Ipv4Addr| PeerRule {
+        policy: "test/p".into(),
         peers: vec![Cidr::host(peer)],
         ports: vec![PortRange {
             protocol: 132,
@@ -343,10 +347,12 @@ fn an_egress_isolated_pod_pings_only_peers_allowed_every_protocol() {
     let mut state = PolicyState::default();
     let rules = vec![
         PeerRule {
+            policy: "test/p".into(),
             peers: vec![Cidr::host(BACKENDS[1])],
             ports: vec![],
         },
         PeerRule {
+            policy: "test/p".into(),
             peers: vec![Cidr::host(BACKENDS[2])],
             ports: vec![tcp(8080)],
         },

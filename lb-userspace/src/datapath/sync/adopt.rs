@@ -8,9 +8,9 @@ use anyhow::{Context, Result};
 use lb_common::{BackendId, MAX_BACKENDS, MAX_SERVICES, ServiceKey, backend_flags, frontend_scope};
 use tracing::{debug, warn};
 
-use super::ids::IdAllocator;
 use super::{ProgrammedService, ServiceMaps, count_users, frontend_key};
 use crate::datapath::addr::{ip_from_be, port_from_be};
+use crate::datapath::ids::IdAllocator;
 use crate::model::{BackendAddr, Frontend, Protocol};
 
 /// What the maps hold, read back into the in-memory view.

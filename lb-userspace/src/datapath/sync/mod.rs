@@ -16,7 +16,6 @@
 
 mod adopt;
 mod errors;
-mod ids;
 mod plan;
 mod write;
 
@@ -30,10 +29,10 @@ use lb_common::{
 };
 
 use crate::datapath::addr::{ip_be, port_be};
+use crate::datapath::ids::IdAllocator;
 use crate::datapath::maglev;
 use crate::model::{Algorithm, BackendAddr, DesiredState, Frontend, FrontendScope, Protocol};
 pub use errors::{MapError, SyncError};
-use ids::IdAllocator;
 
 /// The map operations sync needs; implemented by the pinned maps and by an
 /// in-memory fake in tests.

@@ -1,19 +1,20 @@
-//! Service and backend IDs: allocated next-fit, so a freed ID is reused only
-//! after the rest of the space, keeping counters and conntrack entries that
-//! mention an old ID from being confused with a new owner.
+//! Service, backend, NetworkPolicy and rule-set IDs: allocated next-fit,
+//! so a freed ID is reused only after the rest of the space, keeping
+//! counters and map entries that mention an old ID from being confused
+//! with a new owner.
 
 use std::collections::BTreeSet;
 
 /// Next-fit allocator over `1..=max`.
 #[derive(Debug)]
-pub(super) struct IdAllocator {
-    pub(super) max: u32,
+pub(crate) struct IdAllocator {
+    pub(crate) max: u32,
     cursor: u32,
     used: BTreeSet<u32>,
 }
 
 impl IdAllocator {
-    pub(super) fn new(max: u32) -> Self {
+    pub(crate) fn new(max: u32) -> Self {
         Self {
             max,
             cursor: 0,
@@ -21,12 +22,12 @@ impl IdAllocator {
         }
     }
 
-    pub(super) fn mark_used(&mut self, id: u32) {
+    pub(crate) fn mark_used(&mut self, id: u32) {
         self.used.insert(id);
         self.cursor = self.cursor.max(id);
     }
 
-    pub(super) fn allocate(&mut self) -> Option<u32> {
+    pub(crate) fn allocate(&mut self) -> Option<u32> {
         if self.used.len() as u32 >= self.max {
             return None;
         }
@@ -42,7 +43,7 @@ impl IdAllocator {
         }
     }
 
-    pub(super) fn release(&mut self, id: u32) {
+    pub(crate) fn release(&mut self, id: u32) {
         self.used.remove(&id);
     }
 }
