@@ -114,8 +114,24 @@ fn per_packet(scale: usize) -> Result<[f64; 3]> {
     result
 }
 
+/// Which peers each policy admits, in the control-plane runs.
+#[derive(Clone, Copy)]
+enum Peers {
+    /// The 50 pods of one other namespace.
+    OneNamespace,
+    /// The pods of a third of the namespaces (333 of 1 000 pods): pods ×
+    /// peers is 333 000, more than `policy_rules` holds, unless pods
+    /// under the same policies share their rules.
+    AThird,
+}
+
 /// Pods, namespaces and policies as manifests would give them.
-fn cluster_objects(pods: usize, namespaces: usize, policies: usize) -> Result<ClusterObjects> {
+fn cluster_objects(
+    pods: usize,
+    namespaces: usize,
+    policies: usize,
+    peers: Peers,
+) -> Result<ClusterObjects> {
     let mut o = ClusterObjects::default();
     fn sourced<K>(object: K) -> Sourced<K> {
         Sourced {
@@ -126,7 +142,8 @@ fn cluster_objects(pods: usize, namespaces: usize, policies: usize) -> Result<Cl
     for n in 0..namespaces {
         o.namespaces
             .push(sourced(serde_json::from_value(serde_json::json!({
-                "metadata": {"name": format!("ns{n}"), "labels": {"team": format!("t{n}")}}
+                "metadata": {"name": format!("ns{n}"),
+                             "labels": {"team": format!("t{n}"), "third": format!("g{}", n % 3)}}
             }))?));
     }
     for i in 0..pods {
@@ -138,22 +155,36 @@ fn cluster_objects(pods: usize, namespaces: usize, policies: usize) -> Result<Cl
         }))?));
     }
     for p in 0..policies {
+        let from = match peers {
+            Peers::OneNamespace => {
+                serde_json::json!({"team": format!("t{}", (p + 1) % namespaces)})
+            }
+            Peers::AThird => serde_json::json!({"third": format!("g{}", p % 3)}),
+        };
         o.network_policies.push(sourced(serde_json::from_value(serde_json::json!({
             "metadata": {"name": format!("p{p}"), "namespace": format!("ns{}", p % namespaces)},
             "spec": {"podSelector": {"matchLabels": {"app": format!("a{}", (p / namespaces) % 10)}},
-                     "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": format!("t{}", (p + 1) % namespaces)}}}],
+                     "ingress": [{"from": [{"namespaceSelector": {"matchLabels": from}}],
                                   "ports": [{"port": "http"}]}]}
         }))?));
     }
     Ok(o)
 }
 
-/// (compile ms, first write ms, one policy deleted: compile + write ms).
-fn control_plane() -> Result<(f64, f64, f64, usize)> {
-    let objects = cluster_objects(1_000, 20, 100)?;
+/// One control-plane run.
+struct ControlPlane {
+    compile_ms: f64,
+    first_write_ms: f64,
+    change_ms: f64,
+    isolated: usize,
+    rule_entries: usize,
+}
+
+fn control_plane(peers: Peers) -> Result<ControlPlane> {
+    let objects = cluster_objects(1_000, 20, 100, peers)?;
     let started = Instant::now();
     let (state, errors) = compile(&objects);
-    let compiled = started.elapsed().as_secs_f64() * 1e3;
+    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
     if !errors.is_empty() {
         bail!("compile errors: {:?}", &errors[..errors.len().min(3)]);
     }
@@ -167,23 +198,56 @@ fn control_plane() -> Result<(f64, f64, f64, usize)> {
         XdpChoice::Off,
         &Default::default(),
     )?;
-    let result = (|| -> Result<(f64, f64, f64, usize)> {
+    let result = (|| -> Result<ControlPlane> {
         let mut maps = PinnedMaps::open(&pin_dir)?;
         let mut sync = PolicySync::default();
         let started = Instant::now();
         sync.apply(&mut maps, &state)?;
-        let written = started.elapsed().as_secs_f64() * 1e3;
+        let first_write_ms = started.elapsed().as_secs_f64() * 1e3;
+        let rule_entries = maps.policy_rules.iter().filter(Result::is_ok).count();
         let mut changed = objects.clone();
         changed.network_policies.remove(0);
         let started = Instant::now();
         let (next, _) = compile(&changed);
         sync.apply(&mut maps, &next)?;
-        let change = started.elapsed().as_secs_f64() * 1e3;
-        Ok((compiled, written, change, state.pods.len()))
+        let change_ms = started.elapsed().as_secs_f64() * 1e3;
+        Ok(ControlPlane {
+            compile_ms,
+            first_write_ms,
+            change_ms,
+            isolated: state.pods.len(),
+            rule_entries,
+        })
     })();
     drop(datapath);
     loader::cleanup(&pin_dir)?;
     result
+}
+
+/// The control-plane table: both peer layouts, median of `RUNS`.
+fn control_plane_table() -> Result<()> {
+    println!(
+        "| 1 000 pods, 100 policies, each admitting | compile | first write | one policy deleted: compile + write | isolated pods | rule entries |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (what, peers) in [
+        ("one namespace (50 pods)", Peers::OneNamespace),
+        ("a third of the pods (333)", Peers::AThird),
+    ] {
+        let runs: Vec<ControlPlane> = (0..RUNS)
+            .map(|_| control_plane(peers))
+            .collect::<Result<_>>()?;
+        let col = |f: fn(&ControlPlane) -> f64| median(runs.iter().map(f).collect());
+        println!(
+            "| {what} | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} |",
+            col(|r| r.compile_ms),
+            col(|r| r.first_write_ms),
+            col(|r| r.change_ms),
+            runs[0].isolated,
+            runs[0].rule_entries,
+        );
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -207,19 +271,5 @@ fn main() -> Result<()> {
     }
     println!("| empty program (floor) | | {floor} ns | |");
     println!();
-    println!(
-        "| 1 000 pods, 100 policies | compile | first write | one policy deleted: compile + write | isolated pods |"
-    );
-    println!("| --- | --- | --- | --- | --- |");
-    let runs: Vec<(f64, f64, f64, usize)> =
-        (0..RUNS).map(|_| control_plane()).collect::<Result<_>>()?;
-    let isolated = runs[0].3;
-    let col = |f: fn(&(f64, f64, f64, usize)) -> f64| median(runs.iter().map(f).collect());
-    println!(
-        "| | {:.1} ms | {:.1} ms | {:.1} ms | {isolated} |",
-        col(|r| r.0),
-        col(|r| r.1),
-        col(|r| r.2)
-    );
-    Ok(())
+    control_plane_table()
 }

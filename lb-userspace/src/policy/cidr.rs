@@ -53,6 +53,16 @@ impl Cidr {
         self.len <= other.len && u32::from(other.ip) & mask(self.len) == u32::from(self.ip)
     }
 
+    /// The prefixes `self` contains, in `prefixes`' order, are those
+    /// between these two bounds (and as long as `self` or longer).
+    pub fn contained_range(&self) -> std::ops::RangeInclusive<Cidr> {
+        let last = Ipv4Addr::from(u32::from(self.ip) | !mask(self.len));
+        Cidr {
+            ip: self.ip,
+            len: 0,
+        }..=Cidr { ip: last, len: 32 }
+    }
+
     fn overlaps(&self, other: &Cidr) -> bool {
         self.contains(other) || other.contains(self)
     }

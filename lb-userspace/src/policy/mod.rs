@@ -45,7 +45,7 @@ pub struct Isolation {
 
 /// Peers (disjoint address prefixes, exceptions already taken out) and
 /// the ports they may use: the pod's for ingress, the peer's for egress.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct PeerRule {
     /// `namespace/name` of the policy the rule is from.
     pub policy: String,

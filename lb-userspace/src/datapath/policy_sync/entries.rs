@@ -77,33 +77,45 @@ pub(super) fn wanted(
         .collect();
     let policy_id = |name: &str| by_name.get(name).copied().unwrap_or(0);
     let mut sets = RuleSetIds::new(current);
+    // Pods under the same policies have the same rules: each distinct
+    // list is compiled once (rule-set ID, ranges left out).
+    let mut compiled: HashMap<&[PeerRule], (Option<u32>, usize)> = HashMap::new();
     for (ip, pod) in &state.pods {
         let ip_key = ip_be(*ip);
-        let mut set_of = |direction: u32, isolation: &Option<Isolation>| {
-            let isolation = isolation.as_ref()?;
+        let mut set_ids = [0u32; 2];
+        let directions = [
+            (policy_direction::INGRESS, &pod.ingress),
+            (policy_direction::EGRESS, &pod.egress),
+        ];
+        for (slot, (direction, isolation)) in set_ids.iter_mut().zip(directions) {
+            let Some(isolation) = isolation else { continue };
             e.counted.insert((ip_key, direction));
-            let (set, dropped) = rule_set(&isolation.rules, &policy_id);
+            let (id, dropped) = *compiled
+                .entry(isolation.rules.as_slice())
+                .or_insert_with(|| {
+                    let (set, dropped) = rule_set(&isolation.rules, &policy_id);
+                    (sets.id(set), dropped)
+                });
             if dropped > 0 {
                 problems.push(format!(
                     "pod {} ({ip}): {dropped} port ranges beyond the {POLICY_PORT_RANGES} one peer's entry holds are not allowed",
                     pod.pod
                 ));
             }
-            Some(sets.id(set).unwrap_or_else(|| {
+            *slot = id.unwrap_or_else(|| {
                 problems.push(format!(
                     "pod {} ({ip}): no rule-set ID left; denying all its new flows that way",
                     pod.pod
                 ));
                 DENY_ALL_SET
-            }))
-        };
-        let ingress_set = set_of(policy_direction::INGRESS, &pod.ingress);
-        let egress_set = set_of(policy_direction::EGRESS, &pod.egress);
+            });
+        }
+        let [ingress_set, egress_set] = set_ids;
         e.pods.insert(
             ip_key,
             PodIsolation {
-                ingress_set: ingress_set.unwrap_or(0),
-                egress_set: egress_set.unwrap_or(0),
+                ingress_set,
+                egress_set,
             },
         );
         e.notes.insert(

@@ -19,29 +19,32 @@ pub(super) enum Allowed {
 
 /// Each peer prefix of `rules` with the union of the ports of every rule
 /// whose peers contain it (what its longest-match entry must allow).
-/// `policy_id` names each rule's policy in the datapath.
+/// `policy_id` names each rule's policy in the datapath. Each peer visits
+/// only the prefixes inside it (a range of the sorted table), so a rule
+/// admitting N pods costs N, not N².
 pub(super) fn prefix_ports(
     rules: &[PeerRule],
     policy_id: impl Fn(&str) -> u16,
 ) -> BTreeMap<Cidr, Allowed> {
-    let prefixes: BTreeSet<Cidr> = rules.iter().flat_map(|r| r.peers.iter().copied()).collect();
-    let mut out = BTreeMap::new();
-    for prefix in prefixes {
-        let mut allowed = Allowed::Ranges(BTreeSet::new());
-        for rule in rules
-            .iter()
-            .filter(|r| r.peers.iter().any(|q| q.contains(&prefix)))
-        {
-            let id = policy_id(&rule.policy);
-            match (&mut allowed, rule.ports.is_empty()) {
-                (Allowed::All(_), _) => {}
-                (_, true) => allowed = Allowed::All(id),
-                (Allowed::Ranges(set), false) => {
-                    set.extend(rule.ports.iter().map(|p| (id, *p)));
+    let mut out: BTreeMap<Cidr, Allowed> = rules
+        .iter()
+        .flat_map(|r| r.peers.iter())
+        .map(|p| (*p, Allowed::Ranges(BTreeSet::new())))
+        .collect();
+    for rule in rules {
+        let id = policy_id(&rule.policy);
+        for peer in &rule.peers {
+            for (_, allowed) in out
+                .range_mut(peer.contained_range())
+                .filter(|(q, _)| peer.contains(q))
+            {
+                match allowed {
+                    Allowed::All(_) => {}
+                    _ if rule.ports.is_empty() => *allowed = Allowed::All(id),
+                    Allowed::Ranges(set) => set.extend(rule.ports.iter().map(|p| (id, *p))),
                 }
             }
         }
-        out.insert(prefix, allowed);
     }
     out
 }
