@@ -472,7 +472,8 @@ pub struct InterfaceStatus {
     pub name: [u8; 16],
     /// 1: pod interface, 2: external interface.
     pub role: u8,
-    /// 0: no XDP, 1: native (driver), 2: generic (skb).
+    /// 0: no XDP, 1: native (driver), 2: generic (skb), 3: none because
+    /// `--xdp auto` found tc faster on the interface's driver.
     pub xdp_mode: u8,
     pub _pad: [u8; 2],
 }
@@ -489,6 +490,8 @@ pub mod xdp_mode {
     pub const NONE: u8 = 0;
     pub const NATIVE: u8 = 1;
     pub const GENERIC: u8 = 2;
+    /// Left off by `--xdp auto`: tc is faster on this driver (veth).
+    pub const TC_FASTER: u8 = 3;
 }
 
 /// Key of the `affinity` map: a client of a service.

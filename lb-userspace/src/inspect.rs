@@ -13,13 +13,14 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use lb_common::{
     BackendSlot, ConnEntry, FlowKey, InterfaceStatus, ServiceKey, backend_flags, conn_kind,
-    frontend_scope, interface_role, reason, service_flags, tcp_seen, xdp_mode,
+    frontend_scope, interface_role, reason, service_flags, tcp_seen,
 };
 use serde::Serialize;
 
 use crate::datapath::addr::{ip_from_be, port_from_be};
 use crate::datapath::backend_load;
 use crate::datapath::conntrack::monotonic_ns;
+use crate::datapath::loader::xdp_mode_name;
 use crate::datapath::maps::PinnedMaps;
 use crate::model::Protocol;
 
@@ -518,7 +519,8 @@ pub struct InterfaceRow {
     pub name: String,
     pub ifindex: u32,
     pub role: String,
-    /// "native", "generic" or "none".
+    /// "native", "generic", "none", or none because `--xdp auto` found
+    /// tc faster on the interface's driver.
     pub xdp: String,
 }
 
@@ -564,12 +566,7 @@ fn interface_row(ifindex: u32, st: &InterfaceStatus) -> InterfaceRow {
             _ => "unknown",
         }
         .to_string(),
-        xdp: match st.xdp_mode {
-            xdp_mode::NATIVE => "native",
-            xdp_mode::GENERIC => "generic",
-            _ => "none",
-        }
-        .to_string(),
+        xdp: xdp_mode_name(st.xdp_mode).to_string(),
     }
 }
 

@@ -167,8 +167,9 @@ struct AgentArgs {
     /// as /proc/sys is read-only in containers).
     #[arg(long, default_value = "/proc/sys", value_name = "DIR")]
     sysctl_dir: PathBuf,
-    /// XDP on the external interfaces: `auto` (native where the driver
-    /// supports it, generic otherwise), `native`, `generic` or `off` (tc only).
+    /// XDP on the external interfaces: `auto` (none on drivers where tc was
+    /// measured faster, veth; else native where the driver supports it,
+    /// generic otherwise), `native`, `generic` or `off` (tc only).
     #[arg(long, value_enum, default_value = "auto")]
     xdp: XdpChoice,
     /// How a new flow picks its backend, unless its Service's

@@ -267,7 +267,7 @@ fn parse_host_reply(line: &str) -> (String, String, String) {
 
 #[test]
 fn node_processes_reach_cluster_ips_and_node_ports_through_socket_hooks() -> Result<()> {
-    let c = TwoNodes::start_with_socket_lb(&["--external-ifaces", "ext0"])?;
+    let c = TwoNodes::start_with_socket_lb(&["--external-ifaces", "ext0", "--xdp", "native"])?;
     let svc = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: test}}\nspec:\n  type: NodePort\n  clusterIP: {VIP}\n  ports:\n  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP, nodePort: {NODE_PORT}}}\n  - {{name: udp, port: 53, targetPort: 5353, protocol: UDP, nodePort: 30053}}\n"
     );

@@ -256,8 +256,9 @@ fn local_traffic_policy_keeps_the_client_ip() -> Result<()> {
     Ok(())
 }
 
-fn inspect_shows_the_service_by_name() -> Result<()> {
-    let services = kubectl(&[
+/// `switchyard inspect <what>` in an agent pod.
+fn agent_inspect(what: &str) -> Result<String> {
+    kubectl(&[
         "-n",
         addons::NAMESPACE,
         "exec",
@@ -265,11 +266,23 @@ fn inspect_shows_the_service_by_name() -> Result<()> {
         "--",
         "switchyard",
         "inspect",
-        "services",
-    ])?;
+        what,
+    ])
+}
+
+fn inspect_shows_the_service_by_name() -> Result<()> {
+    let services = agent_inspect("services")?;
     ensure!(
         services.contains("sy-e2e/echo:tcp") && services.contains("kube-system/kube-dns:dns"),
         "inspect services:\n{services}"
+    );
+    // The chart's `xdp: auto` on the nodes' veth eth0: tc, and said so.
+    let interfaces = agent_inspect("interfaces")?;
+    ensure!(
+        interfaces.lines().any(|l| l.starts_with("eth0")
+            && l.contains("external")
+            && l.contains("none (auto: tc is faster on this driver)")),
+        "inspect interfaces:\n{interfaces}"
     );
     // bpftool needs CAP_SYS_ADMIN to read a map's BTF (its field names),
     // which the agent container does not have: an operator uses a node
@@ -554,15 +567,17 @@ fn loaded_programs() -> Result<usize> {
 }
 
 fn uninstall_leaves_nothing_behind() -> Result<()> {
-    // Before: every program on both nodes, XDP on eth0, hooks on the cgroup.
+    // Before: every program on both nodes (XDP loaded, not attached: the
+    // chart's `xdp: auto` leaves it off on the nodes' veth eth0, where tc
+    // is faster), hooks on the cgroup.
     let loaded = loaded_programs()?;
     ensure!(
         loaded == PROGRAMS.len() * NODES.len(),
         "{loaded} datapath programs loaded before uninstall"
     );
     ensure!(
-        on_node(1, &["ip", "-d", "link", "show", "eth0"])?.contains("prog/xdp"),
-        "no XDP on node1's eth0"
+        !on_node(1, &["ip", "-d", "link", "show", "eth0"])?.contains("prog/xdp"),
+        "--xdp auto attached XDP to node1's veth eth0"
     );
     realcluster::helm(&[
         "uninstall",

@@ -27,6 +27,7 @@ use lb_common::{InterfaceStatus, PodSource, interface_role, map_names, program_n
 use tracing::{debug, info, warn};
 
 use crate::datapath::capacity::Capacity;
+use crate::datapath::driver;
 use crate::datapath::layout;
 use crate::datapath::pod_sources::PodSources;
 
@@ -137,7 +138,8 @@ impl Role {
 /// Whether and how XDP runs on external interfaces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpChoice {
-    /// Native (driver) mode where the driver supports it, generic otherwise.
+    /// None on drivers where tc was measured faster (`driver.rs`); else
+    /// native (driver) mode where the driver supports it, generic otherwise.
     Auto,
     Native,
     Generic,
@@ -188,6 +190,27 @@ fn link_pin(dir: &Path, iface: &str, ifindex: u32, hook: &str) -> PathBuf {
 }
 
 /// The link pinned at `path` by an earlier run, if any.
+/// Unpins and closes the link an earlier run left at `path`, if any.
+fn release_pinned(path: &Path) {
+    if let Some(old) = pinned_link(path) {
+        let _ = HeldLink {
+            path: path.to_path_buf(),
+            link: old,
+        }
+        .release();
+    }
+}
+
+/// How the log and `inspect interfaces` name an `xdp_mode`.
+pub fn xdp_mode_name(mode: u8) -> &'static str {
+    match mode {
+        xdp_mode::NATIVE => "native",
+        xdp_mode::GENERIC => "generic",
+        xdp_mode::TC_FASTER => "none (auto: tc is faster on this driver)",
+        _ => "none",
+    }
+}
+
 fn pinned_link(path: &Path) -> Option<FdLink> {
     if !path.exists() {
         return None;
@@ -447,50 +470,20 @@ impl Datapath {
         }
     }
 
-    /// XDP on an external interface, as `self.xdp` asks: returns the link and
-    /// the mode it runs in, or None (tc alone) when XDP is off or refused.
-    fn attach_xdp(&mut self, iface: &str, ifindex: u32) -> Option<(HeldLink, u8)> {
+    /// XDP on an external interface, as `self.xdp` asks: the link (None:
+    /// tc alone) and the mode it runs in, or why there is none.
+    fn attach_xdp(&mut self, iface: &str, ifindex: u32) -> (Option<HeldLink>, u8) {
         let path = link_pin(&self.links_dir, iface, ifindex, "xdp");
-        if let Some(old) = pinned_link(&path) {
-            if self.xdp == XdpChoice::Off {
-                let _ = HeldLink {
-                    path: path.clone(),
-                    link: old,
-                }
-                .release();
-            } else {
-                // The mode stays what the link was made with.
-                let mode = self
-                    .status_map()
-                    .ok()
-                    .and_then(|m| m.get(&ifindex, 0).ok())
-                    .map_or(xdp_mode::GENERIC, |s| s.xdp_mode);
-                let updated = xdp_program(&mut self.ebpf).and_then(|p| {
-                    let link = XdpLink::try_from(old)?;
-                    let id = p.attach_to_link(link)?;
-                    Ok(FdLink::try_from(p.take_link(id)?)?)
-                });
-                match updated {
-                    Ok(link) => return Some((HeldLink { path, link }, mode)),
-                    Err(e) => {
-                        warn!(
-                            iface,
-                            "taking over the XDP link failed, attaching anew: {e:#}"
-                        );
-                        let _ = std::fs::remove_file(&path);
-                    }
-                }
+        let attempts = match self.xdp_attempts(iface) {
+            Ok(attempts) => attempts,
+            Err(mode) => {
+                release_pinned(&path);
+                return (None, mode);
             }
-        }
-        let attempts: &[(XdpMode, u8)] = match self.xdp {
-            XdpChoice::Off => &[],
-            XdpChoice::Native => &[(XdpMode::Driver, xdp_mode::NATIVE)],
-            XdpChoice::Generic => &[(XdpMode::Skb, xdp_mode::GENERIC)],
-            XdpChoice::Auto => &[
-                (XdpMode::Driver, xdp_mode::NATIVE),
-                (XdpMode::Skb, xdp_mode::GENERIC),
-            ],
         };
+        if let Some(link) = self.take_over_xdp(iface, ifindex, &path) {
+            return link;
+        }
         for (mode, code) in attempts {
             let result = xdp_program(&mut self.ebpf).and_then(|p| {
                 let id = p.attach(iface, *mode)?;
@@ -499,29 +492,87 @@ impl Datapath {
             match result {
                 Ok(link) => match link.pin(&path) {
                     Ok(pinned) => {
-                        return Some((
-                            HeldLink {
-                                path,
-                                link: pinned.into(),
-                            },
-                            *code,
-                        ));
+                        let link = HeldLink {
+                            path,
+                            link: pinned.into(),
+                        };
+                        return (Some(link), *code);
                     }
                     Err(e) => {
                         warn!(iface, "pinning the XDP link: {e}");
-                        return None;
+                        return (None, xdp_mode::NONE);
                     }
                 },
                 Err(e) => warn!(iface, ?mode, "XDP attach refused: {e:#}"),
             }
         }
-        if self.xdp != XdpChoice::Off {
-            warn!(
-                iface,
-                "XDP unavailable here; external traffic takes the tc path"
-            );
+        warn!(
+            iface,
+            "XDP unavailable here; external traffic takes the tc path"
+        );
+        (None, xdp_mode::NONE)
+    }
+
+    /// The XDP modes to try on `iface`, in order, or the mode to record
+    /// when XDP stays off: `--xdp off`, or `auto` on a driver where tc was
+    /// measured faster.
+    fn xdp_attempts(&self, iface: &str) -> Result<&'static [(XdpMode, u8)], u8> {
+        match self.xdp {
+            XdpChoice::Off => Err(xdp_mode::NONE),
+            XdpChoice::Native => Ok(&[(XdpMode::Driver, xdp_mode::NATIVE)]),
+            XdpChoice::Generic => Ok(&[(XdpMode::Skb, xdp_mode::GENERIC)]),
+            XdpChoice::Auto => match driver::tc_faster_than_xdp(iface) {
+                Some(driver) => {
+                    info!(
+                        iface,
+                        driver, "--xdp auto: no XDP, tc is faster on this driver"
+                    );
+                    Err(xdp_mode::TC_FASTER)
+                }
+                None => Ok(&[
+                    (XdpMode::Driver, xdp_mode::NATIVE),
+                    (XdpMode::Skb, xdp_mode::GENERIC),
+                ]),
+            },
         }
-        None
+    }
+
+    /// The XDP link an earlier run pinned, given the new program (an
+    /// atomic swap); the mode stays what the link was made with.
+    fn take_over_xdp(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        path: &Path,
+    ) -> Option<(Option<HeldLink>, u8)> {
+        let old = pinned_link(path)?;
+        let mode = self
+            .status_map()
+            .ok()
+            .and_then(|m| m.get(&ifindex, 0).ok())
+            .map_or(xdp_mode::GENERIC, |s| s.xdp_mode);
+        let updated = xdp_program(&mut self.ebpf).and_then(|p| {
+            let link = XdpLink::try_from(old)?;
+            let id = p.attach_to_link(link)?;
+            Ok(FdLink::try_from(p.take_link(id)?)?)
+        });
+        match updated {
+            Ok(link) => {
+                let link = HeldLink {
+                    path: path.to_path_buf(),
+                    link,
+                };
+                Some((Some(link), mode))
+            }
+            Err(e) => {
+                warn!(
+                    iface,
+                    "taking over the XDP link failed, attaching anew: {e:#}"
+                );
+                let _ = std::fs::remove_file(path);
+                None
+            }
+        }
     }
 
     /// The raw fd of a loaded program, for `BPF_PROG_TEST_RUN` in tests and
@@ -602,10 +653,9 @@ impl Datapath {
         };
         let mut links = vec![ingress, egress];
         let mut mode = xdp_mode::NONE;
-        if role == Role::External
-            && let Some((link, m)) = self.attach_xdp(iface, ifindex)
-        {
-            links.push(link);
+        if role == Role::External {
+            let (link, m) = self.attach_xdp(iface, ifindex);
+            links.extend(link);
             mode = m;
         }
         self.attached.insert(
@@ -617,11 +667,7 @@ impl Datapath {
             },
         );
         self.record(iface, ifindex, role, mode);
-        let xdp = match mode {
-            xdp_mode::NATIVE => "native",
-            xdp_mode::GENERIC => "generic",
-            _ => "none",
-        };
+        let xdp = xdp_mode_name(mode);
         info!(iface, ifindex, ?role, xdp, "attached");
         Ok(())
     }

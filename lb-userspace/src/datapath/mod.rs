@@ -6,6 +6,7 @@ pub mod admission;
 pub mod backend_load;
 pub mod capacity;
 pub mod conntrack;
+pub mod driver;
 pub mod ids;
 pub mod ifaces;
 pub mod layout;

@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 
 use super::*;
 use crate::datapath::addr::{ip_be, port_be};
+use lb_common::xdp_mode;
 
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
@@ -325,6 +326,19 @@ fn interface_rows_name_role_and_xdp_mode() {
         &status(b"eth0", interface_role::EXTERNAL, xdp_mode::NATIVE),
     );
     assert_eq!(row.cells(), strings(&["eth0", "2", "external", "native"]));
+    let row = interface_row(
+        3,
+        &status(b"veth0", interface_role::EXTERNAL, xdp_mode::TC_FASTER),
+    );
+    assert_eq!(
+        row.cells(),
+        strings(&[
+            "veth0",
+            "3",
+            "external",
+            "none (auto: tc is faster on this driver)"
+        ])
+    );
     let row = interface_row(9, &status(b"0123456789abcdef", 42, 7));
     assert_eq!(
         row.cells(),

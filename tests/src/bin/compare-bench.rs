@@ -203,8 +203,9 @@ impl Bench {
         let node = self.cluster.node(contender.node());
         Ok(match contender {
             Contender::SwitchyardXdp | Contender::SwitchyardTc => {
+                // Native XDP on the veth, asked for: auto leaves it off there.
                 let xdp = if contender == Contender::SwitchyardXdp {
-                    "auto"
+                    "native"
                 } else {
                     "off"
                 };

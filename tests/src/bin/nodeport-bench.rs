@@ -7,7 +7,7 @@
 //! is on node 2 (DNAT + SNAT + forwarding, in tc either way). For each, TCP
 //! connections per second (connect, one request/reply, close) and UDP
 //! request/replies per second on one socket, each over a fixed time; the
-//! agents are restarted with `--xdp auto` and `--xdp off` alternately, for
+//! agents are restarted with `--xdp native` and `--xdp off` alternately, for
 //! several rounds. Prints a Markdown table (median and min–max per cell).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -69,13 +69,13 @@ fn main() -> Result<()> {
     ];
     // (mode, case) → (tcp rates, udp rates)
     let mut results: Vec<(&str, &str, Vec<f64>, Vec<f64>)> = Vec::new();
-    for mode in ["auto", "off"] {
+    for mode in ["native", "off"] {
         for (case, _, _) in cases {
             results.push((mode, case, Vec::new(), Vec::new()));
         }
     }
     for round in 0..ROUNDS {
-        for mode in ["auto", "off"] {
+        for mode in ["native", "off"] {
             let mut agents = Vec::new();
             for node in &cluster.nodes {
                 agents.push(AgentProcess::start(AgentOptions {
@@ -145,7 +145,7 @@ fn main() -> Result<()> {
     println!("| path | flow | TCP connections/s | UDP request/replies/s |");
     println!("| --- | --- | --- | --- |");
     for (mode, case, tcp, udp) in results {
-        let path = if mode == "auto" {
+        let path = if mode == "native" {
             "XDP (native) + tc"
         } else {
             "tc only (--xdp off)"
