@@ -1,6 +1,8 @@
 //! Packet parsing: Ethernet → IPv4 → TCP/UDP ports, with every read bounds
 //! checked by the kernel (`bpf_skb_load_bytes`), so truncated or malformed
-//! packets simply fail to parse and are passed on untouched. A later IPv4
+//! packets simply fail to parse and are passed on untouched. Two reads per
+//! packet (the Ethernet type with the fixed IPv4 header, then the L4
+//! header): each is a helper call, the largest share of a packet's cost. A later IPv4
 //! fragment has no L4 header: it is parsed without ports, which
 //! `fragment::with_ports` fills in from its datagram's first fragment.
 
@@ -16,12 +18,9 @@ const IP_DF: u16 = 0x4000;
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
 
-/// Offsets of the IPv4 header fields we read or rewrite.
+/// Offsets of the IPv4 header fields we rewrite.
 pub mod ipv4_off {
     use super::ETH_HLEN;
-    pub const TOT_LEN: usize = ETH_HLEN + 2;
-    pub const ID: usize = ETH_HLEN + 4;
-    pub const PROTOCOL: usize = ETH_HLEN + 9;
     pub const CHECK: usize = ETH_HLEN + 10;
     pub const SADDR: usize = ETH_HLEN + 12;
     pub const DADDR: usize = ETH_HLEN + 16;
@@ -91,6 +90,26 @@ impl Packet {
     }
 }
 
+/// Bytes 2..34 of a frame: the end of the Ethernet header and the fixed
+/// IPv4 header, read in one call. Starting at byte 2 keeps the addresses
+/// 4-aligned on the stack, as the verifier requires.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EthIpv4 {
+    _macs: [u16; 5],
+    eth_proto_be: u16,
+    ver_ihl: u8,
+    _tos: u8,
+    tot_len_be: u16,
+    id_be: u16,
+    frag_off_be: u16,
+    _ttl: u8,
+    protocol: u8,
+    _check: u16,
+    saddr_be: u32,
+    daddr_be: u32,
+}
+
 /// The first 14 bytes of a TCP header.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -120,16 +139,16 @@ pub fn parse(ctx: &TcContext) -> Parsed {
 
 #[inline(always)]
 fn try_parse(ctx: &TcContext) -> Result<Parsed, ()> {
-    let eth_proto: u16 = ctx.load(12).map_err(|_| ())?;
-    if eth_proto != ETH_P_IP_BE {
+    // A frame too short for an IPv4 header fails here: not ours either way.
+    let h: EthIpv4 = ctx.load(2).map_err(|_| ())?;
+    if h.eth_proto_be != ETH_P_IP_BE {
         return Ok(Parsed::Other);
     }
-    let ver_ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| ())?;
-    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
-    if ver_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
+    let ihl = ((h.ver_ihl & 0x0f) as usize) * 4;
+    if h.ver_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
         return Ok(Parsed::Other);
     }
-    let mut tot_len = u16::from_be(ctx.load(ipv4_off::TOT_LEN).map_err(|_| ())?) as usize;
+    let mut tot_len = u16::from_be(h.tot_len_be) as usize;
     let len = ctx.len();
     if tot_len == 0 && crate::fib::is_gso(ctx) {
         // BIG TCP: GRO made a packet beyond 64 KiB and left its total
@@ -139,14 +158,12 @@ fn try_parse(ctx: &TcContext) -> Result<Parsed, ()> {
     if tot_len < ihl || ETH_HLEN + tot_len > len as usize {
         return Ok(Parsed::Other);
     }
-    let proto: u8 = ctx.load(ipv4_off::PROTOCOL).map_err(|_| ())?;
+    let proto = h.protocol;
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(Parsed::Other);
     }
-    let src_ip_be: u32 = ctx.load(ipv4_off::SADDR).map_err(|_| ())?;
-    let dst_ip_be: u32 = ctx.load(ipv4_off::DADDR).map_err(|_| ())?;
-    // ID and fragment field are adjacent: one load for both.
-    let [ip_id_be, frag_off]: [u16; 2] = ctx.load(ipv4_off::ID).map_err(|_| ())?;
+    let (src_ip_be, dst_ip_be, ip_id_be) = (h.saddr_be, h.daddr_be, h.id_be);
+    let frag_off = h.frag_off_be;
     let frag_off = u16::from_be(frag_off);
     let l4_off = ETH_HLEN + ihl;
     let mut pkt = Packet {

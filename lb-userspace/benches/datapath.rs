@@ -6,6 +6,11 @@
 //! backends each in the maps, against an empty program of the same type as
 //! the floor. The kernel times the program runs itself (`duration`), so the
 //! syscall is not counted. Prints a Markdown table (median of 3 runs).
+//!
+//! With `SWITCHYARD_BENCH_BASELINE=<object>` it measures that object too,
+//! alternating with the current one run by run, and prints each cell as
+//! `current / baseline (ratio)`: absolute times differ between machines
+//! and runs, ratios taken back to back do not.
 
 mod common;
 
@@ -98,16 +103,53 @@ fn measure(prog_fd: RawFd, services: usize, port_base: u16) -> Result<(f64, f64)
     Ok((first as f64 / f64::from(NEW_FLOWS), f64::from(established)))
 }
 
+/// [tc first, tc established, XDP first, XDP established] ns of `object`
+/// with `scale` services.
+fn measure_object(object: &std::path::Path, scale: usize) -> Result<[f64; 4]> {
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sy-bench-{}", std::process::id()));
+    let mut datapath = Datapath::load(object, &pin_dir, XdpChoice::Off, &Default::default())?;
+    let result = (|| -> Result<[f64; 4]> {
+        let mut sync = MapSync::adopt(PinnedMaps::open(&pin_dir)?)?.with_node(Some("bench".into()));
+        let report = sync.apply(&desired(scale));
+        if !report.errors.is_empty() {
+            bail!(
+                "sync errors: {:?}",
+                &report.errors[..report.errors.len().min(3)]
+            );
+        }
+        let tc = datapath.program_fd(program_names::FROM_POD)?;
+        let xdp = datapath.program_fd(program_names::XDP_WORLD)?;
+        let (tc_first, tc_est) = measure(tc, scale, 10_000)?;
+        let (xdp_first, xdp_est) = measure(xdp, scale, 30_000)?;
+        Ok([tc_first, tc_est, xdp_first, xdp_est])
+    })();
+    drop(datapath);
+    loader::cleanup(&pin_dir)?;
+    result
+}
+
+/// "281 ns", or "140 ns / 281 ns (0.50×)" against a baseline.
+fn cell(current: f64, baseline: Option<f64>) -> String {
+    match baseline {
+        Some(b) => format!("{current:.0} ns / {b:.0} ns ({:.2}×)", current / b),
+        None => format!("{current:.0} ns"),
+    }
+}
+
 fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("needs root (BPF_PROG_TEST_RUN)");
     }
     let object = common::object()?;
+    let baseline = std::env::var_os("SWITCHYARD_BENCH_BASELINE").map(PathBuf::from);
     const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
     const BPF_PROG_TYPE_XDP: u32 = 6;
     let empty_tc = empty_program(BPF_PROG_TYPE_SCHED_CLS, 0)?;
     let empty_xdp = empty_program(BPF_PROG_TYPE_XDP, 2)?;
     let floor_packet = tcp_packet(CLIENT, 1, vip(0), 80, 0x10);
+    if let Some(b) = &baseline {
+        println!("current: {}, baseline: {}", object.display(), b.display());
+    }
     println!(
         "| services | tc first packet | tc established | XDP first packet | XDP established |"
     );
@@ -115,41 +157,31 @@ fn main() -> Result<()> {
     let mut floors = (Vec::new(), Vec::new());
     for &scale in &SCALES {
         let mut cells: [Vec<f64>; 4] = Default::default();
+        let mut base_cells: [Vec<f64>; 4] = Default::default();
         for run in 0..RUNS {
-            let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sy-bench-{}", std::process::id()));
-            let mut datapath =
-                Datapath::load(&object, &pin_dir, XdpChoice::Off, &Default::default())?;
-            let result = (|| -> Result<()> {
-                let mut sync =
-                    MapSync::adopt(PinnedMaps::open(&pin_dir)?)?.with_node(Some("bench".into()));
-                let report = sync.apply(&desired(scale));
-                if !report.errors.is_empty() {
-                    bail!(
-                        "sync errors: {:?}",
-                        &report.errors[..report.errors.len().min(3)]
-                    );
-                }
-                let tc = datapath.program_fd(program_names::FROM_POD)?;
-                let xdp = datapath.program_fd(program_names::XDP_WORLD)?;
-                let (tc_first, tc_est) = measure(tc, scale, 10_000)?;
-                let (xdp_first, xdp_est) = measure(xdp, scale, 30_000)?;
-                for (cell, v) in cells.iter_mut().zip([tc_first, tc_est, xdp_first, xdp_est]) {
+            let v = measure_object(&object, scale)
+                .with_context(|| format!("{scale} services, run {run}"))?;
+            for (cell, v) in cells.iter_mut().zip(v) {
+                cell.push(v);
+            }
+            if let Some(b) = &baseline {
+                let v = measure_object(b, scale)
+                    .with_context(|| format!("baseline, {scale} services, run {run}"))?;
+                for (cell, v) in base_cells.iter_mut().zip(v) {
                     cell.push(v);
                 }
-                floors
-                    .0
-                    .push(f64::from(test_run(empty_tc, &floor_packet, REPEAT)?));
-                floors
-                    .1
-                    .push(f64::from(test_run(empty_xdp, &floor_packet, REPEAT)?));
-                Ok(())
-            })();
-            drop(datapath);
-            loader::cleanup(&pin_dir)?;
-            result.with_context(|| format!("{scale} services, run {run}"))?;
+            }
+            floors
+                .0
+                .push(f64::from(test_run(empty_tc, &floor_packet, REPEAT)?));
+            floors
+                .1
+                .push(f64::from(test_run(empty_xdp, &floor_packet, REPEAT)?));
         }
-        let [a, b, c, d] = cells.map(median);
-        println!("| {scale} | {a:.0} ns | {b:.0} ns | {c:.0} ns | {d:.0} ns |");
+        let current = cells.map(median);
+        let base = base_cells.map(|c| (!c.is_empty()).then(|| median(c)));
+        let row: Vec<String> = current.iter().zip(base).map(|(c, b)| cell(*c, b)).collect();
+        println!("| {scale} | {} |", row.join(" | "));
     }
     println!(
         "| empty program (floor) | | {:.0} ns | | {:.0} ns |",
