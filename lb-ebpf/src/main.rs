@@ -18,6 +18,7 @@
 
 mod admission;
 mod affinity;
+mod clock;
 mod conntrack;
 mod fib;
 mod fragment;
@@ -37,7 +38,6 @@ mod xdp;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
@@ -182,7 +182,7 @@ fn is_tcp_control(pkt: &Packet) -> bool {
 
 #[inline(always)]
 fn forward(ctx: &TcContext, pkt: &Packet, side: Side) -> i32 {
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now();
 
     // A pod's segments that change connection state must be its own.
     if side == Side::Pod && is_tcp_control(pkt) && !spoof::source_allowed(ctx, pkt.flow.src_ip_be) {
@@ -563,7 +563,7 @@ fn reply(ctx: &TcContext, pkt: &Packet) -> Reply {
     if entry.kind != conn_kind::REPLY {
         return Reply::NotOne;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now();
     if conntrack::touch(entry, pkt.tcp_flags, pkt.tcp_seq, now) == Touch::OutOfWindow {
         return Reply::Dropped;
     }

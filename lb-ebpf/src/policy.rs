@@ -14,7 +14,6 @@
 //! Traffic from the node itself (kubelet probes, host-network pods) is
 //! always let in, as Kubernetes expects.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::programs::TcContext;
 use lb_common::{
@@ -94,7 +93,7 @@ fn admits(flow: &FlowKey, way: Way) -> bool {
     let Some(isolation) = (unsafe { policy_pods.get(pod) }).copied() else {
         return true;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now();
     if remembered(flow, mark, now) || remembered(&flow.reversed(), reply_mark, now) {
         return true;
     }

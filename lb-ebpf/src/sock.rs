@@ -8,7 +8,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_ANY,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
 use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, SockAddr, SockKey, reason};
@@ -83,7 +83,7 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
         stats::count(reason::ESTABLISHED);
         return ALLOW;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now();
     // Host processes share the node's address: that is their client IP for
     // affinity and Maglev.
     let node_ip = nat_config.get(0).map_or(0, |c| c.snat_ip_be);

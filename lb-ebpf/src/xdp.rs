@@ -19,7 +19,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, bpf_fib_lookup,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
 use lb_common::{
@@ -272,7 +272,7 @@ pub fn handle(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_handle(ctx: &XdpContext, pkt: &XdpPacket) -> Result<u32, ()> {
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now();
     if let Some(entry) = conntrack::lookup(&pkt.flow) {
         let entry = unsafe { &mut *entry };
         let kind = entry.kind;
