@@ -78,7 +78,21 @@ pub struct ApiServer {
     apiserver: Option<Child>,
 }
 
+/// The Services' range: [`SERVICE_CIDR`], unless a benchmark at a scale
+/// beyond its 65 534 addresses sets `SWITCHYARD_TEST_SERVICE_CIDR`.
+fn service_cidr() -> String {
+    std::env::var("SWITCHYARD_TEST_SERVICE_CIDR").unwrap_or_else(|_| SERVICE_CIDR.into())
+}
+
 impl ApiServer {
+    /// (name, pid) of etcd and kube-apiserver while they run.
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        [("etcd", &self.etcd), ("kube-apiserver", &self.apiserver)]
+            .into_iter()
+            .filter_map(|(name, child)| Some((name, child.as_ref()?.id())))
+            .collect()
+    }
+
     /// Starts both servers in `netns`, the API server on `bind`:6443.
     pub fn start_in(netns: &str, bind: Ipv4Addr) -> Result<Self> {
         Self::start(netns.to_string(), false, bind)
@@ -218,7 +232,7 @@ impl ApiServer {
             format!("--service-account-key-file={}", d("sa.pub")),
             format!("--service-account-signing-key-file={}", d("sa.key")),
             "--service-account-issuer=https://kubernetes.default.svc".into(),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--service-cluster-ip-range={}", service_cidr()),
             "--authorization-mode=Node,RBAC".into(),
             "--allow-privileged=true".into(),
             "--profiling=false".into(),

@@ -39,7 +39,8 @@ enum Task {
     /// services), `datapath` (per-packet cost with BPF_PROG_TEST_RUN at 1 to
     /// 100 000 services), `nodeport` (XDP vs tc), `nodeport-soak` (10
     /// million NodePort connections through native XDP, failures counted),
-    /// `controlplane` (10 000 services, 100 000 endpoints), `clusterip`
+    /// `controlplane` (10 000 services, 100 000 endpoints; `--services N
+    /// --endpoints-per-service M`), `clusterip`
     /// (vs the pod IP), `sweep` (conntrack sweeps vs endpoint changes),
     /// `snat` (SNAT port allocation under load), `schedulers` (random,
     /// Maglev, round robin and least connection with one slow backend),
@@ -91,6 +92,10 @@ struct BenchArgs {
         "policy",
     ])]
     which: String,
+    /// Passed to the benchmark (e.g. `controlplane --services 100000
+    /// --endpoints-per-service 10`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -310,7 +315,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
     let bin = workspace_root()
         .join("target/release")
         .join(format!("{}-bench", a.which));
-    run(&mut Command::new(bin))
+    run(Command::new(bin).args(&a.args))
 }
 
 fn soak(a: &SoakArgs) -> Result<()> {

@@ -1,8 +1,10 @@
-//! `cargo xtask bench controlplane`: the agent against a real kube-apiserver
-//! holding 10 000 Services with 100 000 endpoints (one EndpointSlice of 10
-//! each): time to list and program everything (full sync), the agent's
-//! memory, and the propagation delay of single EndpointSlice changes at that
-//! size (API write → maps, stamped at the write). Prints Markdown.
+//! `cargo xtask bench controlplane [--services N] [--endpoints-per-service
+//! M] [--churn-seconds S]`: the agent against a real kube-apiserver holding
+//! N Services (default 10 000) with M endpoints each (default 10, one
+//! EndpointSlice per Service): time to list and program everything (full
+//! sync), the agent's memory and the API server's, and the propagation
+//! delay of EndpointSlice changes written at 10 per second for S seconds
+//! (default 30; API write → maps, stamped at the write). Prints Markdown.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,15 +16,44 @@ use switchyard_tests::measure::percentile;
 use switchyard_tests::scale::{Fillers, rss_mib};
 use switchyard_tests::{AgentOptions, AgentProcess, AgentSource, MultiNode, cleanup_stale, wait};
 
-const SERVICES: usize = 10_000;
-const ENDPOINTS_PER_SERVICE: usize = 10;
-const CHANGES: usize = 100;
 const NAMESPACE: &str = "scale";
+/// Steady churn: EndpointSlice changes per second.
+const CHANGES_PER_SECOND: u64 = 10;
+/// Beyond the default Service range's 65 534 addresses, a /12 (the
+/// largest kube-apiserver takes) clear of the fillers' endpoints.
+const LARGE_SERVICE_CIDR: &str = "10.64.0.0/12";
 
-const FILLERS: Fillers = Fillers {
-    namespace: NAMESPACE,
-    endpoints_per_service: ENDPOINTS_PER_SERVICE,
-};
+/// The size asked for on the command line.
+struct Scale {
+    services: usize,
+    endpoints_per_service: usize,
+    churn_seconds: u64,
+}
+
+impl Scale {
+    fn from_args() -> Result<Self> {
+        let mut scale = Scale {
+            services: 10_000,
+            endpoints_per_service: 10,
+            churn_seconds: 30,
+        };
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+            let n: usize = value
+                .parse()
+                .with_context(|| format!("{flag} {value:?}: not a number"))?;
+            match flag.as_str() {
+                "--services" => scale.services = n,
+                "--endpoints-per-service" => scale.endpoints_per_service = n,
+                "--churn-seconds" => scale.churn_seconds = n as u64,
+                other => anyhow::bail!("unknown argument {other:?}"),
+            }
+        }
+        Ok(scale)
+    }
+}
 
 fn logged(log: &str, key: &str) -> Vec<f64> {
     log.lines()
@@ -39,16 +70,26 @@ fn logged(log: &str, key: &str) -> Vec<f64> {
 }
 
 fn main() -> Result<()> {
+    let scale = Scale::from_args()?;
+    let (services, fillers) = (
+        scale.services,
+        Fillers {
+            namespace: NAMESPACE,
+            endpoints_per_service: scale.endpoints_per_service,
+        },
+    );
+    if services > 60_000 {
+        // SAFETY: set before any thread starts.
+        unsafe { std::env::set_var("SWITCHYARD_TEST_SERVICE_CIDR", LARGE_SERVICE_CIDR) };
+    }
     cleanup_stale();
     let mut cluster = MultiNode::new(1)?;
     let cp = cluster.add_control_plane()?.ns().to_string();
     let api = ApiServer::start_in(&cp, control_plane_ip())?;
     api.kubectl(&["create", "namespace", NAMESPACE])?;
-    eprintln!(
-        "creating {SERVICES} services and {} endpoints",
-        SERVICES * ENDPOINTS_PER_SERVICE
-    );
-    let populate_time = FILLERS.create(&api, 0..SERVICES)?;
+    let endpoints = services * scale.endpoints_per_service;
+    eprintln!("creating {services} services and {endpoints} endpoints");
+    let populate_time = fillers.create(&api, 0..services)?;
     eprintln!("created in {populate_time:?}");
 
     let node = &cluster.nodes[0];
@@ -75,23 +116,40 @@ fn main() -> Result<()> {
         .as_array()
         .map_or(0, |rows| rows.len());
 
-    // Single slice changes, one at a time, each waited for in the log.
+    // Steady churn: slice changes at a fixed rate, not waiting for each;
+    // then until every one is in the maps.
     let writer = api.slice_writer()?;
     let before = logged(&agent.log_text(), "propagation_ms").len();
-    for n in 0..CHANGES {
-        let service = (n * 97) % SERVICES;
-        let mut slice = FILLERS.slice_json(service, 1 + n % 2);
+    let changes = (scale.churn_seconds * CHANGES_PER_SECOND) as usize;
+    let churn_started = Instant::now();
+    for n in 0..changes {
+        let due = Duration::from_millis(n as u64 * 1000 / CHANGES_PER_SECOND);
+        if let Some(wait) = due.checked_sub(churn_started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let service = (n * 9973) % services;
+        let mut slice = fillers.slice_json(service, 1 + n % 2);
         slice["metadata"]["annotations"] = serde_json::json!({
             "endpoints.kubernetes.io/last-change-trigger-time": TRIGGER_TIME_PLACEHOLDER
         });
         writer.apply(&serde_yaml::to_string(&slice)?)?;
-        wait::until(
-            "the change in the maps",
-            Duration::from_secs(30),
-            Duration::from_millis(5),
-            || Ok(logged(&agent.log_text(), "propagation_ms").len() > before + n),
-        )?;
     }
+    let churn_took = churn_started.elapsed();
+    // Two changes in one batch log one delay (the older's): wait until
+    // every change is in, or nothing more comes for 3 s.
+    let mut seen = (0, Instant::now());
+    wait::until(
+        "every change in the maps",
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+        || {
+            let n = logged(&agent.log_text(), "propagation_ms").len();
+            if n != seen.0 {
+                seen = (n, Instant::now());
+            }
+            Ok(n >= before + changes || seen.1.elapsed() > Duration::from_secs(3))
+        },
+    )?;
     let log = agent.log_text();
     let mut delays: Vec<f64> = logged(&log, "propagation_ms")
         .into_iter()
@@ -101,6 +159,11 @@ fn main() -> Result<()> {
     let mut syncs: Vec<f64> = logged(&log, "elapsed_us").into_iter().skip(1).collect();
     syncs.sort_by(f64::total_cmp);
     let rss_end = rss_mib(pid)?;
+    let api_rss: Vec<String> = api
+        .pids()
+        .into_iter()
+        .map(|(name, pid)| format!("{name} {:.0} MiB", rss_mib(pid).unwrap_or(f64::NAN)))
+        .collect();
     // Where the memory went, as the agent logged it at each startup stage.
     let rss_stages: Vec<String> = [
         "agent starting",
@@ -134,9 +197,10 @@ fn main() -> Result<()> {
     );
     table.insert("4 frontends programmed", frontends.to_string());
     table.insert(
-        "5 propagation, API write → maps, 100 single-slice changes",
+        "5 propagation, API write → maps, slice changes at 10/s",
         format!(
-            "median {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            "{changes} changes in {churn_took:.1?} ({} batches): median {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            delays.len(),
             percentile(&delays, 50.0),
             percentile(&delays, 99.0),
             delays.last().copied().unwrap_or(f64::NAN)
@@ -155,10 +219,8 @@ fn main() -> Result<()> {
         format!("{rss_after_sync:.0} MiB after the full sync, {rss_end:.0} MiB at the end"),
     );
     table.insert("8 agent RSS by startup stage (MiB)", rss_stages.join(", "));
-    println!(
-        "| {SERVICES} services, {} endpoints | |",
-        SERVICES * ENDPOINTS_PER_SERVICE
-    );
+    table.insert("9 API server and etcd RSS at the end", api_rss.join(", "));
+    println!("| {services} services, {endpoints} endpoints | |");
     println!("| --- | --- |");
     for (k, v) in table {
         println!("| {} | {v} |", &k[2..]);
