@@ -23,6 +23,7 @@ pub mod map_names {
     pub const INTERFACES: &str = "interfaces";
     pub const SOCK_LB: &str = "sock_lb";
     pub const SOCK_CONFIG: &str = "sock_config";
+    pub const SOCK_PODS: &str = "sock_pods";
     pub const LAYOUT: &str = "layout";
     pub const ADMISSION: &str = "admission";
     pub const CT_SOURCES: &str = "ct_sources";
@@ -36,7 +37,7 @@ pub mod map_names {
     pub const POLICY_STATS: &str = "policy_stats";
     pub const POLICY_HITS: &str = "policy_hits";
     pub const POLICY_NAMES: &str = "policy_names";
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 26] = [
         SERVICES,
         BACKENDS,
         CONNTRACK,
@@ -49,6 +50,7 @@ pub mod map_names {
         INTERFACES,
         SOCK_LB,
         SOCK_CONFIG,
+        SOCK_PODS,
         LAYOUT,
         ADMISSION,
         CT_SOURCES,
@@ -140,6 +142,9 @@ pub const MAX_FRAGMENT_ENTRIES: u32 = 8_192;
 pub const MAX_SOURCE_RANGES: u32 = 16_384;
 /// Socket-level translations (two entries per translated socket).
 pub const MAX_SOCK_LB_ENTRIES: u32 = 65_536;
+/// Pods whose sockets the socket hooks translate (`--socket-lb pods`): one
+/// entry per pod network namespace on the node.
+pub const MAX_SOCK_PODS: u32 = 4_096;
 /// Service IDs (one per frontend: cluster IP, node port, LB or external IP
 /// and port) key `service_stats` and `service_names`; ID 0 is never used.
 /// Both maps allocate per entry, so capacity costs nothing until used.
@@ -838,6 +843,9 @@ pub mod reason {
         POLICY_EGRESS_DENIED = 30, "policy_egress_denied";
         /// A new flow of an isolated pod allowed by a rule.
         POLICY_ALLOWED = 31, "policy_allowed";
+        /// A pod's socket connected (or sent) straight to a backend by the
+        /// socket hooks (`--socket-lb pods`): no NAT, no conntrack entry.
+        SOCK_POD_TRANSLATED = 32, "sock_pod_translated";
     }
 }
 

@@ -10,8 +10,9 @@ use lb_common::{
     Admission, AffinityEntry, AffinityKey, Backend, BackendFlows, BackendId, BackendSlot,
     ConnEntry, FlowKey, FragmentKey, FragmentPorts, InterfaceStatus, MAX_AFFINITY_ENTRIES,
     MAX_BACKENDS, MAX_CONNTRACK_ENTRIES, MAX_CT_SOURCES, MAX_FRAGMENT_ENTRIES, MAX_POD_SOURCES,
-    MAX_SERVICE_ENTRIES, MAX_SERVICES, MAX_SOCK_LB_ENTRIES, MAX_SOURCE_RANGES, NatConfig,
-    PodSource, ServiceCounters, ServiceKey, ServiceName, SockAddr, SockKey, SourceRange, reason,
+    MAX_SERVICE_ENTRIES, MAX_SERVICES, MAX_SOCK_LB_ENTRIES, MAX_SOCK_PODS, MAX_SOURCE_RANGES,
+    NatConfig, PodSource, ServiceCounters, ServiceKey, ServiceName, SockAddr, SockKey, SourceRange,
+    reason,
 };
 use lb_common::{
     MAX_POLICIES, MAX_POLICY_FLOWS, MAX_POLICY_PODS, MAX_POLICY_RULES, PodIsolation,
@@ -119,6 +120,14 @@ pub static sock_lb: LruHashMap<SockKey, SockAddr, { MAX_SOCK_LB_ENTRIES as usize
 /// translate: the node's own. 0 means none (socket LB off).
 #[btf_map]
 pub static sock_config: Array<u64, 1> = Array::new();
+
+/// Network namespace (cookie) of a pod on this node → the pod's address
+/// (network order): the pods whose sockets the socket hooks translate
+/// (`--socket-lb pods`), written by the agent. A namespace not here (another
+/// node's pods sharing the kernel, a pod that opted out, one not found yet)
+/// is left to the tc programs.
+#[btf_map]
+pub static sock_pods: HashMap<u64, u32, { MAX_SOCK_PODS as usize }> = HashMap::new();
 
 /// Index 0: the layout version of these maps (`LAYOUT_VERSION`), written by
 /// user space; read by the next agent before it reuses the pins.

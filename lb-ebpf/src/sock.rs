@@ -1,9 +1,12 @@
-//! Socket-level load balancing for processes in the node's network
-//! namespace (host-network pods, the kubelet, anything on the node): their
-//! traffic to a service never crosses a pod interface, so it is translated
-//! where it starts, in cgroup hooks on connect()/sendmsg(), and shown back
-//! as the service address on recvmsg()/getpeername(). The socket talks to
-//! the backend directly: no per-packet NAT, no conntrack entry.
+//! Socket-level load balancing: a service address is translated where a
+//! connection starts, in cgroup hooks on connect()/sendmsg(), and shown
+//! back as the service address on recvmsg()/getpeername(). The socket
+//! talks to the backend directly: no per-packet NAT, no conntrack entry.
+//! Two kinds of sockets are translated: those of the node's own network
+//! namespace (host-network pods, the kubelet — their traffic never crosses
+//! a pod interface), and with `--socket-lb pods` those of this node's pods
+//! (`sock_pods`), whose packets then pass the tc programs as plain pod-IP
+//! traffic. Every other socket is left to the tc programs.
 
 use aya_ebpf::{
     EbpfContext,
@@ -15,7 +18,7 @@ use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, SockAddr, SockKey, reason};
 
 use crate::{
     affinity, lookup,
-    maps::{nat_config, sock_config, sock_lb},
+    maps::{nat_config, sock_config, sock_lb, sock_pods},
     stats,
 };
 
@@ -24,12 +27,42 @@ const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 
-/// Only the node's own sockets: pods' traffic is handled per packet on their
-/// interfaces, where conntrack and the reply path already see it.
+/// Whose socket this is, as affinity and Maglev know clients: the node
+/// (its SNAT address) for the node's own namespace, the pod's address for
+/// a pod of this node in `sock_pods`; `None` for sockets left to tc.
 #[inline(always)]
-fn in_host_netns(ctx: &SockAddrContext) -> bool {
+fn client_of(ctx: &SockAddrContext) -> Option<Client> {
     let host = sock_config.get(0).copied().unwrap_or(0);
-    host != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == host
+    if host == 0 {
+        return None;
+    }
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    if netns == host {
+        return Some(Client::Node(nat_config.get(0).map_or(0, |c| c.snat_ip_be)));
+    }
+    unsafe { sock_pods.get(netns) }.map(|ip| Client::Pod(*ip))
+}
+
+/// A translated socket's owner.
+#[derive(Clone, Copy)]
+enum Client {
+    Node(u32),
+    Pod(u32),
+}
+
+impl Client {
+    fn ip_be(self) -> u32 {
+        match self {
+            Client::Node(ip) | Client::Pod(ip) => ip,
+        }
+    }
+
+    fn translated_reason(self) -> u32 {
+        match self {
+            Client::Node(_) => reason::SOCK_TRANSLATED,
+            Client::Pod(_) => reason::SOCK_POD_TRANSLATED,
+        }
+    }
 }
 
 #[inline(always)]
@@ -45,17 +78,20 @@ fn protocol(proto: u32) -> Option<u8> {
 #[inline(always)]
 pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
-    if sa.user_family != 2 || !in_host_netns(ctx) {
+    if sa.user_family != 2 {
         return ALLOW;
     }
+    let Some(client) = client_of(ctx) else {
+        return ALLOW;
+    };
     let Some(proto) = protocol(sa.protocol) else {
         return ALLOW;
     };
     let vip = sa.user_ip4;
     // The port sits in the low 16 bits, in network byte order.
     let vport = sa.user_port as u16;
-    // Host processes are inside the cluster: an external frontend's
-    // in-cluster entry applies to them.
+    // Host processes and pods are inside the cluster: an external
+    // frontend's in-cluster entry applies to them.
     let lookup_flow = FlowKey {
         src_ip_be: 0,
         dst_ip_be: vip,
@@ -84,11 +120,10 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     }
     let now = crate::clock::now();
-    // Host processes share the node's address: that is their client IP for
-    // affinity and Maglev.
-    let node_ip = nat_config.get(0).map_or(0, |c| c.snat_ip_be);
+    // Host processes share the node's address, a pod has its own: that is
+    // the client IP for affinity and Maglev, as tc would see it.
     let flow = FlowKey {
-        src_ip_be: node_ip,
+        src_ip_be: client.ip_be(),
         dst_ip_be: vip,
         src_port_be: 0,
         dst_port_be: vport,
@@ -124,7 +159,7 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     // Losing these costs only the cosmetic reverse mapping, never traffic.
     let _ = sock_lb.insert(forward, chosen, BPF_ANY as u64);
     let _ = sock_lb.insert(reverse, service, BPF_ANY as u64);
-    stats::count(reason::SOCK_TRANSLATED);
+    stats::count(client.translated_reason());
     stats::service(master.service_id, |c| c.new_flows += 1);
     ALLOW
 }
@@ -135,7 +170,7 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
 #[inline(always)]
 pub fn to_service(ctx: &SockAddrContext) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
-    if sa.user_family != 2 || !in_host_netns(ctx) {
+    if sa.user_family != 2 || client_of(ctx).is_none() {
         return ALLOW;
     }
     let Some(proto) = protocol(sa.protocol) else {

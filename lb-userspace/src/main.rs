@@ -62,6 +62,19 @@ enum OnOff {
     Off,
 }
 
+/// Whose sockets the socket hooks translate.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum SocketLbMode {
+    /// None: every service packet is translated by tc (and XDP).
+    Off,
+    /// The node's own processes (host-network pods, the kubelet).
+    #[value(alias = "on")]
+    Host,
+    /// The node's processes and this node's pods (except those annotated
+    /// `switchyard.io/socket-lb: "off"`, or in a namespace so annotated).
+    Pods,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -249,11 +262,13 @@ struct AgentArgs {
     /// intermittently in our tests (generic mode and tc are reliable).
     #[arg(long)]
     xdp_snat: bool,
-    /// Socket-level load balancing for processes in the node's own network
-    /// namespace (host-network pods, the kubelet): `on` attaches cgroup
-    /// connect/sendmsg/recvmsg/getpeername hooks to --cgroup.
+    /// Socket-level load balancing: cgroup connect/sendmsg/recvmsg/
+    /// getpeername hooks on --cgroup connect sockets straight to a backend
+    /// (no per-packet NAT, no conntrack entry). `host` (alias `on`): the
+    /// node's own processes (host-network pods, the kubelet); `pods`: this
+    /// node's pods too, found by their network namespaces under /run/netns.
     #[arg(long, value_enum, default_value = "off")]
-    socket_lb: OnOff,
+    socket_lb: SocketLbMode,
     /// Drop pods' connection-changing packets (SYN, FIN, RST, a new flow)
     /// from addresses that are not theirs (per the node's host routes), so
     /// a pod cannot reset or hijack another pod's connection.
@@ -410,7 +425,10 @@ fn main() -> Result<()> {
                 keep_datapath_on_exit: args.keep_datapath_on_exit,
                 owner_daemonset: args.owner_daemonset.clone(),
                 xdp_snat: args.xdp_snat,
-                socket_lb_cgroup: (args.socket_lb == OnOff::On).then(|| args.cgroup.clone()),
+                socket_lb: (args.socket_lb != SocketLbMode::Off).then(|| agent::SocketLb {
+                    cgroup: args.cgroup.clone(),
+                    pods: args.socket_lb == SocketLbMode::Pods,
+                }),
                 pod_source_check: args.pod_source_check == OnOff::On,
                 network_policy: args.network_policy == OnOff::On,
                 selection,

@@ -367,13 +367,33 @@ fn node_processes_reach_cluster_ips_and_node_ports_through_socket_hooks() -> Res
 #[test]
 fn host_udp_sockets_aimed_at_a_removed_backend_are_aborted_or_rebalanced() -> Result<()> {
     let c = TwoNodes::start_with_socket_lb(&["--external-ifaces", "ext0"])?;
-    c.apply("", &endpoints(&c, &["n2b1", "n2b2"]))?;
-    wait_backends(&c, &["n2b1", "n2b2"])?;
     let node1 = c.cluster.node(1).topo.node_ns().to_string();
-    let cgroup = &c.cgroups[0];
+    udp_sockets_of_a_removed_backend(&c, |mode| c.cgroups[0].held_client(&node1, mode, udp_vip()))
+}
+
+/// The same for a pod's sockets (`--socket-lb pods`): they live in the
+/// pod's network namespace, where the agent must look for them.
+#[test]
+fn pod_udp_sockets_aimed_at_a_removed_backend_are_aborted_or_rebalanced() -> Result<()> {
+    let c = TwoNodes::start_with_socket_lb_pods(&["--external-ifaces", "ext0"])?;
+    let pod_ns = c.pod(1, "client1").ns().to_string();
+    udp_sockets_of_a_removed_backend(&c, |mode| {
+        c.cgroups[0].pod_held_client(&pod_ns, mode, udp_vip())
+    })
+}
+
+/// Opens a connected and an unconnected UDP socket to the service with
+/// `open`, removes the backend they went to, and checks that the
+/// connected one is aborted and the unconnected one balanced afresh.
+fn udp_sockets_of_a_removed_backend(
+    c: &TwoNodes,
+    open: impl Fn(&str) -> Result<switchyard_tests::host::HeldClient>,
+) -> Result<()> {
+    c.apply("", &endpoints(c, &["n2b1", "n2b2"]))?;
+    wait_backends(c, &["n2b1", "n2b2"])?;
     let name_of = |line: &str| parse_host_reply(line).0;
-    let mut connected = cgroup.held_client(&node1, "udp", udp_vip())?;
-    let mut unconnected = cgroup.held_client(&node1, "udp-sendto", udp_vip())?;
+    let mut connected = open("udp")?;
+    let mut unconnected = open("udp-sendto")?;
     let first = name_of(&connected.answer()?);
     let first_unconnected = name_of(&unconnected.answer()?);
     assert_eq!(
@@ -383,8 +403,8 @@ fn host_udp_sockets_aimed_at_a_removed_backend_are_aborted_or_rebalanced() -> Re
     );
     let gone = first.clone();
     let survivor = if gone == "n2b1" { "n2b2" } else { "n2b1" };
-    c.apply("", &endpoints(&c, &[survivor]))?;
-    wait_backends(&c, &[survivor])?;
+    c.apply("", &endpoints(c, &[survivor]))?;
+    wait_backends(c, &[survivor])?;
     // The agent acts right after its map sync; give it a moment.
     let mut aborted = false;
     for _ in 0..20 {
@@ -432,4 +452,115 @@ fn host_udp_sockets_aimed_at_a_removed_backend_are_aborted_or_rebalanced() -> Re
         "counted: {metrics}"
     );
     Ok(())
+}
+
+/// `--socket-lb pods`, as a pod's process sees it (run in the pod's own
+/// cgroup below the node's): its connection to a cluster IP goes straight
+/// to a backend — the backend sees the pod's own address, getpeername and
+/// recvfrom show the service, and no conntrack entry is made (tc
+/// translates nothing); with no endpoints, connect() is refused at once.
+/// A pod annotated `switchyard.io/socket-lb: "off"` (a mesh's) keeps the
+/// service address on its sockets and is translated per packet instead.
+#[test]
+fn pod_sockets_connect_straight_to_backends_with_socket_lb_pods() -> Result<()> {
+    let c = TwoNodes::start_with_socket_lb_pods(&["--external-ifaces", "ext0"])?;
+    c.apply("", &c.endpoints())?;
+    wait_backends(&c, &["n1b1", "n2b1", "n2b2"])?;
+    let client1 = c.pod(1, "client1");
+    let (pod_ns, pod_ip) = (client1.ns().to_string(), client1.ip().to_string());
+    let cgroup = &c.cgroups[0];
+    let all: BTreeSet<String> = ["n1b1", "n2b1", "n2b2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let translated =
+        |agent: usize| -> Result<u64> { reason_count(&c, agent, "sock_pod_translated") };
+    for (mode, addr) in [
+        ("tcp", tcp_vip()),
+        ("udp", udp_vip()),
+        ("udp-sendto", udp_vip()),
+    ] {
+        let mut seen = BTreeSet::new();
+        for _ in 0..24 {
+            let line = cgroup.pod_client(&pod_ns, mode, addr)?;
+            let (name, source, peer) = parse_host_reply(&line);
+            assert_eq!(
+                peer,
+                addr.to_string(),
+                "{mode}: the socket shows the service: {line}"
+            );
+            let source_ip = source.split(':').next().unwrap_or_default();
+            assert_eq!(
+                source_ip, pod_ip,
+                "{mode}: backend {name} sees the pod itself"
+            );
+            seen.insert(name);
+        }
+        assert_eq!(seen, all, "{mode} spreads over every backend");
+    }
+    assert_eq!(
+        translated(0)?,
+        72,
+        "every socket translated by node 1's hooks"
+    );
+    assert_eq!(
+        translated(1)?,
+        0,
+        "node 2's agent leaves node 1's pods alone"
+    );
+    let conntrack = c.agents[0].inspect(&["conntrack"])?;
+    assert!(
+        !conntrack.contains(&format!("{pod_ip}:")),
+        "no per-packet state: {conntrack}"
+    );
+
+    // Opted out: the service address stays on the socket, tc translates.
+    let opt_out = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: mesh, annotations: {{switchyard.io/socket-lb: \"off\"}}}}\n---\n{}",
+        switchyard_tests::manifests::pod_yaml("mesh", "client1", &[], client1.ip(), &[])
+    );
+    c.manifests.write("mesh.yaml", &opt_out)?;
+    wait::until(
+        "the opt-out in node 1's agent",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            cgroup.pod_client(&pod_ns, "tcp", tcp_vip())?;
+            Ok(c.agents[0]
+                .inspect(&["conntrack"])?
+                .contains(&format!("{pod_ip}:")))
+        },
+    )?;
+    let before = translated(0)?;
+    let (name, _, peer) = parse_host_reply(&cgroup.pod_client(&pod_ns, "tcp", tcp_vip())?);
+    assert!(all.contains(&name) && peer == tcp_vip().to_string());
+    assert_eq!(
+        translated(0)?,
+        before,
+        "an opted-out pod's socket is left to tc"
+    );
+    c.manifests.write("mesh.yaml", "")?;
+
+    // No endpoints: connect() is refused at once, by the hook.
+    wait::until(
+        "the opt-out withdrawn",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            cgroup.pod_client(&pod_ns, "tcp", tcp_vip())?;
+            Ok(translated(0)? > before)
+        },
+    )?;
+    c.apply("", &[])?;
+    wait_backends(&c, &[])?;
+    assert_eq!(cgroup.pod_client(&pod_ns, "tcp", tcp_vip())?, "refused");
+    assert!(reason_count(&c, 0, "sock_no_backend")? >= 1);
+    Ok(())
+}
+
+/// A datapath reason counter of node `agent` (0-based), from `inspect stats`.
+fn reason_count(c: &TwoNodes, agent: usize, reason: &str) -> Result<u64> {
+    let stats: serde_json::Value =
+        serde_json::from_str(&c.agents[agent].inspect(&["-o", "json", "stats"])?)?;
+    Ok(stats[reason].as_u64().unwrap_or(0))
 }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,6 +15,7 @@ use crate::datapath::capacity::Capacity;
 use crate::datapath::conntrack;
 use crate::datapath::maps::PinnedMaps;
 use crate::datapath::policy_sync::PolicySync;
+use crate::datapath::socket_pods::{PodAddresses, SocketPods};
 use crate::datapath::sync::{MapSync, Scope, SyncReport};
 use crate::health::HealthServers;
 use crate::metrics::{FrontendCounterSource, Metrics, SyncErrorLabel, SyncLabel};
@@ -35,12 +37,41 @@ pub(super) struct Applier {
     /// `--node-ips` given: the Node object's addresses are not added.
     pub(super) static_node_ips: bool,
     pub(super) socket_lb: bool,
+    /// `--socket-lb pods`: the pods whose sockets the hooks translate.
+    pub(super) socket_pods: Option<SocketPods>,
     /// NetworkPolicy: the last state the source gave, and its writer.
     pub(super) policy_state: PolicyState,
     pub(super) policy: PolicySync,
 }
 
 impl Applier {
+    /// This node's pods, as its interfaces and routes show them now.
+    pub(super) fn set_pods(&mut self, pods: PodAddresses) {
+        if let Some(socket_pods) = &mut self.socket_pods {
+            socket_pods.set_pods(pods);
+            self.sync_socket_pods();
+        }
+    }
+
+    /// Brings `sock_pods` in line with the pods found and not opted out.
+    fn sync_socket_pods(&mut self) {
+        let Some(socket_pods) = &mut self.socket_pods else {
+            return;
+        };
+        if let Err(e) = socket_pods.sync(&mut self.sync.maps_mut().sock_pods) {
+            warn!("pods with socket load balancing: {e:#}");
+        }
+    }
+
+    /// Where sockets translated by the hooks live: the node's own network
+    /// namespace (`None`) and each translated pod's.
+    fn socket_namespaces(&self) -> Vec<Option<PathBuf>> {
+        let pods = self.socket_pods.iter().flat_map(|p| p.translated());
+        std::iter::once(None)
+            .chain(pods.map(|(_, pod)| Some(pod.netns.clone())))
+            .collect()
+    }
+
     /// One pass for `delta`; returns how many errors it left (for retries).
     pub(super) fn apply(&mut self, mut delta: StateDelta) -> usize {
         let policy_errors = match delta.policy.take() {
@@ -65,7 +96,8 @@ impl Applier {
             self.node_name.as_deref(),
         ));
         self.record(&report, &delta, elapsed, full);
-        forget_departed(self.sync.maps_mut(), &report, self.socket_lb, &self.metrics);
+        let socket_lb = self.socket_lb.then(|| self.socket_namespaces());
+        forget_departed(self.sync.maps_mut(), &report, socket_lb, &self.metrics);
         report.errors.len() + policy_errors
     }
 
@@ -74,6 +106,10 @@ impl Applier {
     /// not fit are logged by the writer, not retried.
     fn apply_policy(&mut self, state: PolicyState) -> usize {
         self.policy_state = state;
+        if let Some(pods) = &mut self.socket_pods {
+            pods.set_excluded(self.policy_state.socket_lb_excluded.clone());
+            self.sync_socket_pods();
+        }
         match self.policy.apply(self.sync.maps_mut(), &self.policy_state) {
             Ok(_) => 0,
             Err(e) => {
@@ -227,8 +263,14 @@ fn publish_programmed(metrics: &Metrics, sync: &MapSync<PinnedMaps>) {
 
 /// State pinned to backends that left their frontends goes with them, as
 /// kube-proxy flushes conntrack: UDP flows, affinity pins and, with socket
-/// LB, host sockets' cached choices and connected UDP sockets.
-fn forget_departed(maps: &mut PinnedMaps, report: &SyncReport, socket_lb: bool, metrics: &Metrics) {
+/// LB, sockets' cached choices and connected UDP sockets (in the network
+/// namespaces given: the node's and its translated pods').
+fn forget_departed(
+    maps: &mut PinnedMaps,
+    report: &SyncReport,
+    socket_lb: Option<Vec<Option<PathBuf>>>,
+    metrics: &Metrics,
+) {
     let udp_gone = report.udp_backends_gone();
     match conntrack::flush_backends(maps, &udp_gone) {
         Ok(0) => {}
@@ -240,19 +282,19 @@ fn forget_departed(maps: &mut PinnedMaps, report: &SyncReport, socket_lb: bool, 
         Ok(n) => info!(pins = n, "dropped affinity pins to removed backends"),
         Err(e) => warn!("dropping affinity pins to removed backends: {e:#}"),
     }
-    if !socket_lb {
+    let Some(namespaces) = socket_lb else {
         return;
-    }
-    match crate::datapath::socket_lb::forget_departed(maps, &udp_gone) {
+    };
+    match crate::datapath::socket_lb::forget_departed(maps, &udp_gone, &namespaces) {
         Ok(f) if f == Default::default() => {}
         Ok(f) => {
             metrics.socket_lb_aborted.inc_by(f.aborted as u64);
             info!(
                 choices = f.choices,
                 sockets_aborted = f.aborted,
-                "host sockets no longer aimed at removed UDP backends"
+                "sockets no longer aimed at removed UDP backends"
             );
         }
-        Err(e) => warn!("host sockets of removed UDP backends: {e:#}"),
+        Err(e) => warn!("sockets of removed UDP backends: {e:#}"),
     }
 }

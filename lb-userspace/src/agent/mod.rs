@@ -20,7 +20,9 @@ use crate::datapath::ifaces::{self, IfaceGlobs, IfaceRoles};
 use crate::datapath::link_events::LinkEvents;
 use crate::datapath::loader::{self, Datapath, XdpChoice};
 use crate::datapath::maps::PinnedMaps;
+use crate::datapath::pod_netns;
 use crate::datapath::policy_sync::PolicySync;
+use crate::datapath::socket_pods::SocketPods;
 use crate::datapath::sync::{MapSync, Selection};
 use crate::health::HealthServers;
 use crate::metrics::Metrics;
@@ -94,9 +96,17 @@ pub struct AgentConfig {
     pub owner_daemonset: Option<String>,
     /// XDP forwards SNAT flows' client packets itself.
     pub xdp_snat: bool,
-    /// Socket-level load balancing for the node's own processes, on this
-    /// cgroup (v2).
-    pub socket_lb_cgroup: Option<PathBuf>,
+    /// Socket-level load balancing: the cgroup (v2) its hooks attach to,
+    /// and whether this node's pods are translated too.
+    pub socket_lb: Option<SocketLb>,
+}
+
+/// `--socket-lb host|pods` with `--cgroup`.
+#[derive(Clone, Debug)]
+pub struct SocketLb {
+    pub cgroup: PathBuf,
+    /// `pods`: this node's pods' sockets too, not only the node's own.
+    pub pods: bool,
 }
 
 /// The node's addresses: given, or read off its external interfaces.
@@ -270,13 +280,18 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         node_name: cfg.node_name.clone(),
         interface_ips: node_ips,
         static_node_ips: !cfg.node_ips.is_empty(),
-        socket_lb: cfg.socket_lb_cgroup.is_some(),
+        socket_lb: cfg.socket_lb.is_some(),
+        socket_pods: cfg
+            .socket_lb
+            .as_ref()
+            .filter(|s| s.pods)
+            .map(|_| SocketPods::new(pod_netns::NETNS_DIR.into())),
         policy_state: PolicyState::default(),
         policy: PolicySync::default(),
     };
     let mut retry = Retry::default();
     retry.after(applier.apply(first));
-    let roles = attach(&mut datapath, &cfg)?;
+    let roles = attach(&mut datapath, &cfg, &mut applier)?;
     metrics.set_ready();
     trim_memory(&applier, &datapath);
 
@@ -452,10 +467,10 @@ async fn first_complete_state(
 
 /// Attaches the socket hooks and the interface programs; links an earlier
 /// run left on interfaces that are gone are released.
-fn attach(datapath: &mut Datapath, cfg: &AgentConfig) -> Result<IfaceRoles> {
-    if let Some(cgroup) = &cfg.socket_lb_cgroup {
+fn attach(datapath: &mut Datapath, cfg: &AgentConfig, applier: &mut Applier) -> Result<IfaceRoles> {
+    if let Some(socket_lb) = &cfg.socket_lb {
         datapath
-            .attach_socket_lb(cgroup)
+            .attach_socket_lb(&socket_lb.cgroup)
             .context("attaching the socket hooks (--socket-lb)")?;
     }
     let roles = IfaceRoles {
@@ -464,7 +479,10 @@ fn attach(datapath: &mut Datapath, cfg: &AgentConfig) -> Result<IfaceRoles> {
         tunnels: cfg.tunnel_ifaces.clone(),
     };
     match ifaces::reconcile(datapath, &roles) {
-        Ok(()) => datapath.release_stale(),
+        Ok(pods) => {
+            datapath.release_stale();
+            applier.set_pods(pods);
+        }
         Err(e) => warn!("listing interfaces: {e:#}"),
     }
     Ok(roles)
@@ -521,17 +539,19 @@ async fn event_loop(
                 if let Err(e) = changed {
                     warn!("link notifications: {e:#}");
                 }
-                if let Err(e) = ifaces::reconcile(datapath, roles) {
-                    warn!("listing interfaces: {e:#}");
-                }
+                reconcile_interfaces(datapath, roles, applier);
             }
-            _ = iface_tick.tick() => {
-                if let Err(e) = ifaces::reconcile(datapath, roles) {
-                    warn!("listing interfaces: {e:#}");
-                }
-            }
+            _ = iface_tick.tick() => reconcile_interfaces(datapath, roles, applier),
             () = signals.stop() => return Ok(()),
         }
+    }
+}
+
+/// Attaches to new interfaces, and tells the applier which pods are here.
+fn reconcile_interfaces(datapath: &mut Datapath, roles: &IfaceRoles, applier: &mut Applier) {
+    match ifaces::reconcile(datapath, roles) {
+        Ok(pods) => applier.set_pods(pods),
+        Err(e) => warn!("listing interfaces: {e:#}"),
     }
 }
 

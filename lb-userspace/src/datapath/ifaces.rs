@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 use tracing::warn;
 
 use super::loader::{Datapath, Role};
+use super::socket_pods::PodAddresses;
 
 /// Interface names of the common CNIs' host-side pod interfaces.
 pub const DEFAULT_POD_IFACES: &str = "veth*,lxc*,cali*,gke*,eni*,azv*";
@@ -97,8 +98,9 @@ impl IfaceRoles {
 }
 
 /// Attaches to matching interfaces that appeared (or were re-created with a
-/// new index) and forgets the ones that went away.
-pub fn reconcile(datapath: &mut Datapath, roles: &IfaceRoles) -> Result<()> {
+/// new index) and forgets the ones that went away; returns this node's pods
+/// (the addresses routed through each attached pod interface).
+pub fn reconcile(datapath: &mut Datapath, roles: &IfaceRoles) -> Result<PodAddresses> {
     let present: BTreeMap<String, (u32, Role)> = list_interfaces()?
         .into_iter()
         .filter_map(|(name, index)| Some((name.clone(), (index, roles.role_of(&name)?))))
@@ -124,11 +126,22 @@ pub fn reconcile(datapath: &mut Datapath, roles: &IfaceRoles) -> Result<()> {
     // The CNI adds a pod's host route just after its interface: this runs
     // again on that route's notification.
     let table = std::fs::read_to_string("/proc/net/route")?;
-    datapath.update_pod_sources(&super::pod_sources::host_routes(&table))
+    let pods = datapath.pod_addresses(&super::pod_sources::host_routes(&table));
+    datapath.update_pod_sources(pods.clone())?;
+    Ok(pods)
 }
 
 /// IPv4 addresses of the interfaces matching `globs`, in interface order.
 pub fn ipv4_addresses(globs: &IfaceGlobs) -> Result<Vec<std::net::Ipv4Addr>> {
+    ipv4_addresses_of(|name| globs.matches(name))
+}
+
+/// IPv4 addresses of every interface of the calling thread's namespace.
+pub fn all_ipv4_addresses() -> Result<Vec<std::net::Ipv4Addr>> {
+    ipv4_addresses_of(|_| true)
+}
+
+fn ipv4_addresses_of(wanted: impl Fn(&str) -> bool) -> Result<Vec<std::net::Ipv4Addr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
         return Err(std::io::Error::last_os_error().into());
@@ -142,7 +155,7 @@ pub fn ipv4_addresses(globs: &IfaceGlobs) -> Result<Vec<std::net::Ipv4Addr>> {
             continue;
         }
         let name = unsafe { CStr::from_ptr(entry.ifa_name) }.to_string_lossy();
-        if unsafe { (*entry.ifa_addr).sa_family } as i32 != libc::AF_INET || !globs.matches(&name) {
+        if unsafe { (*entry.ifa_addr).sa_family } as i32 != libc::AF_INET || !wanted(&name) {
             continue;
         }
         let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };

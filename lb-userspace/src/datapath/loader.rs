@@ -30,6 +30,7 @@ use crate::datapath::capacity::Capacity;
 use crate::datapath::driver;
 use crate::datapath::layout;
 use crate::datapath::pod_sources::PodSources;
+use crate::datapath::socket_pods::PodAddresses;
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const OBJECT_FILE: &str = "switchyard.bpf.o";
@@ -240,28 +241,6 @@ fn socket_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSo
         .with_context(|| format!("program {name} is not a cgroup sock_addr program"))
 }
 
-/// The cookie of this process's network namespace (SO_NETNS_COOKIE).
-fn own_netns_cookie() -> Result<u64> {
-    let socket =
-        std::net::UdpSocket::bind("127.0.0.1:0").context("a socket to read the netns cookie")?;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: a valid socket and an 8-byte buffer, as SO_NETNS_COOKIE needs.
-    let rc = unsafe {
-        libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&socket),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("getsockopt(SO_NETNS_COOKIE)");
-    }
-    Ok(cookie)
-}
-
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
     ebpf.program_mut(name)
         .with_context(|| format!("program {name} missing from the BPF object"))?
@@ -327,7 +306,7 @@ impl Datapath {
     pub fn attach_socket_lb(&mut self, cgroup: &Path) -> Result<()> {
         let dir = std::fs::File::open(cgroup)
             .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
-        let cookie = own_netns_cookie()?;
+        let cookie = super::pod_netns::own_cookie().context("reading the netns cookie")?;
         {
             let map = self
                 .ebpf
@@ -417,21 +396,21 @@ impl Datapath {
         Ok(())
     }
 
-    /// Records, for each attached pod interface, the addresses the node's
-    /// host routes send through it: its pod may send from those only.
-    pub fn update_pod_sources(
-        &mut self,
-        routes: &BTreeMap<String, BTreeSet<Ipv4Addr>>,
-    ) -> Result<()> {
-        let Some(mut known) = self.pod_sources.take() else {
-            return Ok(());
-        };
-        let wanted: BTreeMap<u32, BTreeSet<Ipv4Addr>> = self
-            .attached
+    /// For each attached pod interface, the addresses the node's host
+    /// routes (`routes`, by interface name) send through it.
+    pub fn pod_addresses(&self, routes: &BTreeMap<String, BTreeSet<Ipv4Addr>>) -> PodAddresses {
+        self.attached
             .iter()
             .filter(|(_, a)| a.role == Role::Pod)
             .filter_map(|(name, a)| Some((a.ifindex, routes.get(name)?.clone())))
-            .collect();
+            .collect()
+    }
+
+    /// Records the addresses each pod interface's pod may send from.
+    pub fn update_pod_sources(&mut self, wanted: PodAddresses) -> Result<()> {
+        let Some(mut known) = self.pod_sources.take() else {
+            return Ok(());
+        };
         let result = self
             .ebpf
             .map_mut(map_names::POD_SOURCES)

@@ -14,10 +14,12 @@ pub mod link_events;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
+pub mod pod_netns;
 pub mod pod_sources;
 pub mod policy_sync;
 pub mod sock_diag;
 pub mod socket_lb;
+pub mod socket_pods;
 pub mod sync;
 
 /// Where the maps are pinned unless `--pin-dir` says otherwise.

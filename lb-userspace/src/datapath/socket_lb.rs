@@ -1,4 +1,4 @@
-//! Host sockets still aimed at UDP backends that left their service. The
+//! Sockets still aimed at UDP backends that left their service. The
 //! socket hooks translate once per socket (connect) or reuse their first
 //! choice (sendmsg): no per-packet state exists that a conntrack flush
 //! could clear. When a UDP backend departs, its cached choices in `sock_lb`
@@ -8,9 +8,11 @@
 //! live backend) — kube-proxy's UDP conntrack flush, for sockets.
 
 use std::collections::{BTreeSet, HashSet};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use lb_common::{PROTO_UDP, SockAddr, SockKey};
+use tracing::warn;
 
 use super::maps::PinnedMaps;
 use super::sock_diag::{self, UdpSocketId};
@@ -79,11 +81,37 @@ fn forget_choices(maps: &mut PinnedMaps, gone: &Departed) -> Result<(usize, Hash
 }
 
 /// Aborts the connected UDP sockets among `cookies` whose peer is a
-/// departed backend.
-fn abort_connected(cookies: &HashSet<u64>, gone: &Departed) -> Result<usize> {
+/// departed backend, in each of `namespaces` (`None`: the agent's own; a
+/// pod's sockets are seen only from inside its namespace).
+fn abort_connected(
+    cookies: &HashSet<u64>,
+    gone: &Departed,
+    namespaces: &[Option<PathBuf>],
+) -> Result<usize> {
     if cookies.is_empty() {
         return Ok(0);
     }
+    let mut aborted = 0;
+    for netns in namespaces {
+        match netns {
+            None => aborted += abort_connected_here(cookies, gone)?,
+            // A pod being deleted takes its sockets with it: not an error
+            // that should keep the others' from being aborted.
+            Some(path) => {
+                match super::pod_netns::inside(path, || abort_connected_here(cookies, gone))
+                    .and_then(|r| r)
+                {
+                    Ok(n) => aborted += n,
+                    Err(e) => warn!(netns = %path.display(), "aborting UDP sockets: {e:#}"),
+                }
+            }
+        }
+    }
+    Ok(aborted)
+}
+
+/// [`abort_connected`] in the calling thread's namespace.
+fn abort_connected_here(cookies: &HashSet<u64>, gone: &Departed) -> Result<usize> {
     let backends: HashSet<Addr> = gone.iter().map(|(_, b)| *b).collect();
     let stale: Vec<UdpSocketId> = sock_diag::connected_udp_sockets()
         .context("listing connected UDP sockets")?
@@ -103,16 +131,17 @@ fn abort_connected(cookies: &HashSet<u64>, gone: &Departed) -> Result<usize> {
 }
 
 /// Forgets cached choices and aborts connected sockets of the UDP backends
-/// in `gone` (frontend, backend that left it).
+/// in `gone` (frontend, backend that left it), in `namespaces`.
 pub fn forget_departed(
     maps: &mut PinnedMaps,
     gone: &[(Frontend, BackendAddr)],
+    namespaces: &[Option<PathBuf>],
 ) -> Result<Forgotten> {
     if gone.is_empty() {
         return Ok(Forgotten::default());
     }
     let gone = departures(gone);
     let (choices, cookies) = forget_choices(maps, &gone)?;
-    let aborted = abort_connected(&cookies, &gone)?;
+    let aborted = abort_connected(&cookies, &gone, namespaces)?;
     Ok(Forgotten { choices, aborted })
 }

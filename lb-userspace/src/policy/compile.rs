@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
@@ -103,6 +103,7 @@ pub fn compile(objects: &ClusterObjects) -> (PolicyState, Vec<ObjectError>) {
         let policy = format!("{namespace}/{name}");
         apply_policy(&cluster, &namespace, &policy, spec, &mut report, &mut state);
     }
+    state.socket_lb_excluded = super::socket_opt_out::excluded(objects, &mut errors);
     (state, errors)
 }
 
@@ -504,16 +505,8 @@ fn ip_block(cidr: &str, except: &[String], field: &str, report: &mut Report) -> 
     block.minus(&excepted)
 }
 
-/// The pod as policies see it, unless it has no part in them.
-fn pod_view(pod: &Pod) -> Option<PodView> {
-    let spec = pod.spec.as_ref()?;
-    if spec.host_network == Some(true) {
-        return None;
-    }
-    let status = pod.status.as_ref()?;
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-        return None;
-    }
+/// A pod's IPv4 addresses: `podIPs`, or `podIP` where only that is set.
+pub(super) fn pod_ipv4s(status: &PodStatus) -> Vec<Ipv4Addr> {
     let mut ips: Vec<Ipv4Addr> = status
         .pod_ips
         .iter()
@@ -528,6 +521,20 @@ fn pod_view(pod: &Pod) -> Option<PodView> {
                 .and_then(|ip| ip.parse::<Ipv4Addr>().ok()),
         );
     }
+    ips
+}
+
+/// The pod as policies see it, unless it has no part in them.
+fn pod_view(pod: &Pod) -> Option<PodView> {
+    let spec = pod.spec.as_ref()?;
+    if spec.host_network == Some(true) {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let ips = pod_ipv4s(status);
     if ips.is_empty() {
         return None;
     }

@@ -13,14 +13,20 @@ use serde::Serialize;
 pub mod cidr;
 pub mod compile;
 pub mod selector;
+pub mod socket_opt_out;
 
 pub use cidr::Cidr;
 pub use compile::compile;
 
-/// Every pod some NetworkPolicy selects, by address.
+/// Every pod some NetworkPolicy selects, by address; and, read from the
+/// same Pods and Namespaces, the pods that opted out of socket-level load
+/// balancing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PolicyState {
     pub pods: BTreeMap<Ipv4Addr, PodPolicy>,
+    /// Addresses of pods annotated `switchyard.io/socket-lb: "off"`, or in
+    /// a namespace so annotated (see [`socket_opt_out`]).
+    pub socket_lb_excluded: BTreeSet<Ipv4Addr>,
 }
 
 /// What NetworkPolicy says about one pod.

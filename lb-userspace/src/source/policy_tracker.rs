@@ -1,5 +1,6 @@
 //! The API-server source's view of what NetworkPolicy is judged by: Pods
-//! (slimmed to labels, addresses, named ports), Namespaces (labels) and
+//! (slimmed to labels, addresses, named ports and the socket-LB opt-out),
+//! Namespaces (labels, annotations) and
 //! NetworkPolicies. A change that can alter the outcome marks it dirty; the
 //! next batch compiles the whole [`PolicyState`] again (`policy::compile`)
 //! and sends it only if it differs from the last one sent.
@@ -67,6 +68,16 @@ pub(super) fn slim_pod(pod: Pod) -> Pod {
             name: pod.metadata.name,
             namespace: pod.metadata.namespace,
             labels: pod.metadata.labels,
+            // The socket-LB opt-out (policy::socket_opt_out), alone.
+            annotations: pod
+                .metadata
+                .annotations
+                .map(|a| {
+                    a.into_iter()
+                        .filter(|(k, _)| k == crate::policy::socket_opt_out::ANNOTATION)
+                        .collect()
+                })
+                .filter(|a: &std::collections::BTreeMap<String, String>| !a.is_empty()),
             ..ObjectMeta::default()
         },
         spec,

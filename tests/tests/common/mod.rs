@@ -32,16 +32,22 @@ impl TwoNodes {
 
     /// `agent_args` go to every node's agent, after `--node-name`.
     pub fn start_with(agent_args: &[&str]) -> Result<Self> {
-        Self::start_inner(agent_args, false)
+        Self::start_inner(agent_args, None)
     }
 
-    /// Agents with socket-level load balancing on a cgroup per node
-    /// ([`TwoNodes::cgroups`]).
+    /// Agents with socket-level load balancing for the node's own processes
+    /// on a cgroup per node ([`TwoNodes::cgroups`]).
     pub fn start_with_socket_lb(agent_args: &[&str]) -> Result<Self> {
-        Self::start_inner(agent_args, true)
+        Self::start_inner(agent_args, Some("host"))
     }
 
-    fn start_inner(agent_args: &[&str], socket_lb: bool) -> Result<Self> {
+    /// Agents with socket-level load balancing for their pods too: a pod's
+    /// processes run in a cgroup of their own below the node's.
+    pub fn start_with_socket_lb_pods(agent_args: &[&str]) -> Result<Self> {
+        Self::start_inner(agent_args, Some("pods"))
+    }
+
+    fn start_inner(agent_args: &[&str], socket_lb: Option<&str>) -> Result<Self> {
         cleanup_stale();
         let mut cluster = MultiNode::new(2)?;
         let mut servers = Vec::new();
@@ -53,7 +59,7 @@ impl TwoNodes {
         }
         let manifests = ManifestDir::new()?;
         let mut cgroups = Vec::new();
-        if socket_lb {
+        if socket_lb.is_some() {
             for _ in &cluster.nodes {
                 cgroups.push(switchyard_tests::host::NodeCgroup::new()?);
             }
@@ -65,7 +71,7 @@ impl TwoNodes {
                 .map(|cg| {
                     vec![
                         "--socket-lb".to_string(),
-                        "on".into(),
+                        socket_lb.unwrap_or("host").into(),
                         "--cgroup".into(),
                         cg.path().display().to_string(),
                     ]

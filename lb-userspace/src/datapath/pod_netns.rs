@@ -1,0 +1,97 @@
+//! The network namespaces of this node's pods, found by their addresses.
+//! The socket hooks know a pod's sockets by their namespace's cookie
+//! (`sock_pods`), and the UDP clean-up must enter a pod's namespace to list
+//! its sockets. Namespaces are looked for where CNI plugins (containerd,
+//! CRI-O) and `ip netns` keep them bound: one directory, `/run/netns`.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+use tracing::debug;
+
+/// Where network namespaces are bound by name.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// A network namespace found under [`NETNS_DIR`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Netns {
+    pub path: PathBuf,
+    /// What `bpf_get_netns_cookie` returns for its sockets.
+    pub cookie: u64,
+    /// Its interfaces' IPv4 addresses.
+    pub addrs: Vec<Ipv4Addr>,
+}
+
+/// Runs `f` on a thread inside the network namespace bound at `path`
+/// (setns moves only the calling thread; this one ends with `f`).
+pub fn inside<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: a valid namespace file descriptor.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error())
+                        .with_context(|| format!("entering {}", path.display()));
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow!("thread in {} panicked", path.display()))?
+    })
+}
+
+/// The cookie of the calling thread's network namespace.
+pub fn own_cookie() -> io::Result<u64> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket and an 8-byte buffer, as SO_NETNS_COOKIE needs.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// Every namespace bound under `dir` with its cookie and addresses; one
+/// that cannot be entered (being deleted) is skipped.
+pub fn list(dir: &Path) -> Vec<Netns> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let path = entry.path();
+            let found = inside(&path, || -> Result<(u64, Vec<Ipv4Addr>)> {
+                let cookie = own_cookie().context("reading the namespace cookie")?;
+                let addrs = super::ifaces::all_ipv4_addresses()?;
+                Ok((cookie, addrs))
+            })
+            .and_then(|r| r);
+            match found {
+                Ok((cookie, addrs)) => Some(Netns {
+                    path,
+                    cookie,
+                    addrs,
+                }),
+                Err(e) => {
+                    debug!(netns = %path.display(), "skipped: {e:#}");
+                    None
+                }
+            }
+        })
+        .collect()
+}
