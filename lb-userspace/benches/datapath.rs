@@ -103,12 +103,32 @@ fn measure(prog_fd: RawFd, services: usize, port_base: u16) -> Result<(f64, f64)
     Ok((first as f64 / f64::from(NEW_FLOWS), f64::from(established)))
 }
 
-/// [tc first, tc established, XDP first, XDP established] ns of `object`
-/// with `scale` services.
-fn measure_object(object: &std::path::Path, scale: usize) -> Result<[f64; 4]> {
+/// What a flow that is not to a service costs in the tc programs of both
+/// ends — the packets of a socket connected straight to a backend by the
+/// socket hooks (`--socket-lb pods`): [from_pod, to_pod] ns, client → pod
+/// IP and the pod's reply, with `scale` services in the maps.
+fn measure_plain(object: &std::path::Path, scale: usize) -> Result<[f64; 2]> {
+    with_object(object, scale, |datapath| {
+        let from_pod = datapath.program_fd(program_names::FROM_POD)?;
+        let to_pod = datapath.program_fd(program_names::TO_POD)?;
+        let out = tcp_packet(CLIENT, 40_000, backend(0), 8080, 0x10);
+        let reply = tcp_packet(backend(0), 8080, CLIENT, 40_000, 0x10);
+        Ok([
+            f64::from(test_run(from_pod, &out, REPEAT)?),
+            f64::from(test_run(to_pod, &reply, REPEAT)?),
+        ])
+    })
+}
+
+/// Loads `object` with `scale` services, runs `f`, unloads.
+fn with_object<T>(
+    object: &std::path::Path,
+    scale: usize,
+    f: impl FnOnce(&mut Datapath) -> Result<T>,
+) -> Result<T> {
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sy-bench-{}", std::process::id()));
     let mut datapath = Datapath::load(object, &pin_dir, XdpChoice::Off, &Default::default())?;
-    let result = (|| -> Result<[f64; 4]> {
+    let result = (|| -> Result<T> {
         let mut sync = MapSync::adopt(PinnedMaps::open(&pin_dir)?)?.with_node(Some("bench".into()));
         let report = sync.apply(&desired(scale));
         if !report.errors.is_empty() {
@@ -117,15 +137,23 @@ fn measure_object(object: &std::path::Path, scale: usize) -> Result<[f64; 4]> {
                 &report.errors[..report.errors.len().min(3)]
             );
         }
+        f(&mut datapath)
+    })();
+    drop(datapath);
+    loader::cleanup(&pin_dir)?;
+    result
+}
+
+/// [tc first, tc established, XDP first, XDP established] ns of `object`
+/// with `scale` services.
+fn measure_object(object: &std::path::Path, scale: usize) -> Result<[f64; 4]> {
+    with_object(object, scale, |datapath| {
         let tc = datapath.program_fd(program_names::FROM_POD)?;
         let xdp = datapath.program_fd(program_names::XDP_WORLD)?;
         let (tc_first, tc_est) = measure(tc, scale, 10_000)?;
         let (xdp_first, xdp_est) = measure(xdp, scale, 30_000)?;
         Ok([tc_first, tc_est, xdp_first, xdp_est])
-    })();
-    drop(datapath);
-    loader::cleanup(&pin_dir)?;
-    result
+    })
 }
 
 /// "281 ns", or "140 ns / 281 ns (0.50×)" against a baseline.
@@ -183,10 +211,44 @@ fn main() -> Result<()> {
         let row: Vec<String> = current.iter().zip(base).map(|(c, b)| cell(*c, b)).collect();
         println!("| {scale} | {} |", row.join(" | "));
     }
+    let tc_floor = median(floors.0);
     println!(
-        "| empty program (floor) | | {:.0} ns | | {:.0} ns |",
-        median(floors.0),
+        "| empty program (floor) | | {tc_floor:.0} ns | | {:.0} ns |",
         median(floors.1)
     );
+    plain_table(&object, baseline.as_deref(), tc_floor)
+}
+
+/// The second table: a flow not to a service (a socket-LB'd pod's).
+fn plain_table(
+    object: &std::path::Path,
+    baseline: Option<&std::path::Path>,
+    floor: f64,
+) -> Result<()> {
+    println!();
+    println!("| services | from_pod, pod → pod IP | to_pod, its reply | empty program |");
+    println!("| --- | --- | --- | --- |");
+    for scale in [1, 100_000] {
+        let mut cells: [Vec<f64>; 2] = Default::default();
+        let mut base_cells: [Vec<f64>; 2] = Default::default();
+        for _ in 0..RUNS {
+            for (cell, v) in cells.iter_mut().zip(measure_plain(object, scale)?) {
+                cell.push(v);
+            }
+            if let Some(b) = baseline {
+                for (cell, v) in base_cells.iter_mut().zip(measure_plain(b, scale)?) {
+                    cell.push(v);
+                }
+            }
+        }
+        let base = base_cells.map(|c| (!c.is_empty()).then(|| median(c)));
+        let row: Vec<String> = cells
+            .map(median)
+            .iter()
+            .zip(base)
+            .map(|(c, b)| cell(*c, b))
+            .collect();
+        println!("| {scale} | {} | {floor:.0} ns |", row.join(" | "));
+    }
     Ok(())
 }

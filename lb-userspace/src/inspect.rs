@@ -53,6 +53,9 @@ pub enum InspectWhat {
     /// NetworkPolicies with the pods they isolate on this node, the new
     /// flows each let through and the packets refused at their pods.
     Policies,
+    /// Pods whose sockets the socket hooks connect straight to backends
+    /// (`--socket-lb pods`), with their network namespace's cookie.
+    SocketPods,
 }
 
 /// The view `what` of the maps pinned in `pin_dir`, ready to print.
@@ -70,6 +73,7 @@ pub fn run(pin_dir: &Path, what: InspectWhat, format: OutputFormat) -> Result<St
         InspectWhat::Stats => render_rows(&stat_rows(&maps), format),
         InspectWhat::Policy => render_rows(&policy::policy(&maps)?, format),
         InspectWhat::Policies => render_rows(&policy::policies(&maps)?, format),
+        InspectWhat::SocketPods => render_rows(&socket_pods(&maps)?, format),
     }
 }
 
@@ -636,6 +640,40 @@ fn link_row(name: &str, pin: String) -> LinkRow {
         hook,
         pin,
     }
+}
+
+// ---- socket pods -----------------------------------------------------------
+
+/// A pod whose sockets are translated at connect().
+#[derive(Serialize)]
+pub struct SocketPodRow {
+    pub pod_ip: String,
+    pub netns_cookie: u64,
+}
+
+impl Row for SocketPodRow {
+    const HEADER: &'static [&'static str] = &["POD", "NETNS COOKIE"];
+
+    fn cells(&self) -> Vec<String> {
+        vec![self.pod_ip.clone(), self.netns_cookie.to_string()]
+    }
+}
+
+/// `sock_pods`, by pod address.
+pub fn socket_pods(maps: &PinnedMaps) -> Result<Vec<SocketPodRow>> {
+    let mut rows = Vec::new();
+    for entry in maps.sock_pods.iter() {
+        let (netns_cookie, ip_be) = entry.context("reading sock_pods")?;
+        rows.push((ip_from_be(ip_be), netns_cookie));
+    }
+    rows.sort();
+    Ok(rows
+        .into_iter()
+        .map(|(ip, netns_cookie)| SocketPodRow {
+            pod_ip: ip.to_string(),
+            netns_cookie,
+        })
+        .collect())
 }
 
 // ---- stats -----------------------------------------------------------------

@@ -269,6 +269,11 @@ struct AgentArgs {
     /// node's pods too, found by their network namespaces under /run/netns.
     #[arg(long, value_enum, default_value = "off")]
     socket_lb: SocketLbMode,
+    /// Where network namespaces are bound by name (`ip netns`, container
+    /// runtimes), for `--socket-lb pods`; pods' namespaces are also found
+    /// through /proc (the agent then needs the host's PID namespace).
+    #[arg(long, default_value = lb_userspace::datapath::pod_netns::NETNS_DIR, value_name = "DIR")]
+    netns_dir: PathBuf,
     /// Drop pods' connection-changing packets (SYN, FIN, RST, a new flow)
     /// from addresses that are not theirs (per the node's host routes), so
     /// a pod cannot reset or hijack another pod's connection.
@@ -428,6 +433,7 @@ fn main() -> Result<()> {
                 socket_lb: (args.socket_lb != SocketLbMode::Off).then(|| agent::SocketLb {
                     cgroup: args.cgroup.clone(),
                     pods: args.socket_lb == SocketLbMode::Pods,
+                    netns_dir: args.netns_dir.clone(),
                 }),
                 pod_source_check: args.pod_source_check == OnOff::On,
                 network_policy: args.network_policy == OnOff::On,

@@ -95,7 +95,30 @@ fn chart_lints_and_renders_a_least_privilege_daemonset() -> Result<()> {
             "{expected} not in {args:?}"
         );
     }
+    assert!(args.contains(&"--socket-lb=host".to_string()), "{args:?}");
+    assert!(
+        pod.get("hostPID").is_none(),
+        "host processes only: no hostPID"
+    );
     check_agent_accepts(&args)?;
+    // Socket LB for pods: their namespaces found through /proc and the
+    // runtime's directory, entered with SYS_ADMIN.
+    let (_, with_pods) = render(&["socketLB.pods=true"])?;
+    let pods_spec = &find(&with_pods, "DaemonSet")?["spec"]["template"]["spec"];
+    assert_eq!(pods_spec["hostPID"], true);
+    let pods_agent = &pods_spec["containers"][0];
+    let pods_args = strings(&pods_agent["args"]);
+    for expected in ["--socket-lb=pods", "--netns-dir=/host/netns"] {
+        assert!(
+            pods_args.contains(&expected.to_string()),
+            "{expected} not in {pods_args:?}"
+        );
+    }
+    assert_eq!(
+        strings(&pods_agent["securityContext"]["capabilities"]["add"]),
+        vec!["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"]
+    );
+    check_agent_accepts(&pods_args)?;
     // The only privileged piece: the init container that mounts bpffs.
     let init = &pod["initContainers"][0];
     assert_eq!(init["name"], "mount-bpffs");

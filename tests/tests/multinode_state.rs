@@ -508,6 +508,11 @@ fn pod_sockets_connect_straight_to_backends_with_socket_lb_pods() -> Result<()> 
         0,
         "node 2's agent leaves node 1's pods alone"
     );
+    let listed = c.agents[0].inspect(&["socket-pods"])?;
+    assert!(
+        listed.contains(&format!("{pod_ip} ")),
+        "the operator sees which pods: {listed}"
+    );
     let conntrack = c.agents[0].inspect(&["conntrack"])?;
     assert!(
         !conntrack.contains(&format!("{pod_ip}:")),
@@ -532,6 +537,11 @@ fn pod_sockets_connect_straight_to_backends_with_socket_lb_pods() -> Result<()> 
         },
     )?;
     let before = translated(0)?;
+    let listed = c.agents[0].inspect(&["socket-pods"])?;
+    assert!(
+        !listed.contains(&format!("{pod_ip} ")),
+        "opted out: {listed}"
+    );
     let (name, _, peer) = parse_host_reply(&cgroup.pod_client(&pod_ns, "tcp", tcp_vip())?);
     assert!(all.contains(&name) && peer == tcp_vip().to_string());
     assert_eq!(

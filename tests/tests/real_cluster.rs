@@ -138,6 +138,7 @@ fn switchyard_in_a_real_cluster() -> Result<()> {
     upstream_conformance_cases()?;
     rolling_update_under_traffic_loses_nothing()?;
     agent_upgrade_keeps_long_lived_connections()?;
+    socket_lb_for_pods()?;
     uninstall_leaves_nothing_behind()?;
     status_names_a_dead_containerd()?;
 
@@ -541,6 +542,133 @@ fn agent_upgrade_keeps_long_lived_connections() -> Result<()> {
         "ok: 8 long-lived connections kept their backends through {rounds} rounds of the agent upgrade ({pods_before} → {pods_after})"
     );
     Ok(())
+}
+
+/// `socketLB.pods=true` on the running cluster (a helm upgrade): each agent
+/// finds its node's real pods — containerd's network namespaces, through
+/// their processes — and a pod's connections to a ClusterIP are connected
+/// straight to the backends: they spread as before, the node's agent counts
+/// them (`sock_pod_translated`) and tracks none of them in conntrack. Then
+/// back to the default (host processes only).
+fn socket_lb_for_pods() -> Result<()> {
+    set_socket_lb_pods(true)?;
+    // The rolling update replaced them.
+    let echo = &backends("echo")?;
+    let client = client_on(1);
+    let client_ip = kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "pod",
+        &client.pod,
+        "-o",
+        "jsonpath={.status.podIP}",
+    ])?;
+    let agent = agent_pod_on(1)?;
+    let listed = |agent: &str| inspect_on(agent, &["socket-pods"]);
+    switchyard_tests::wait::until(
+        "node1's agent to find the client pod's namespace",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || Ok(listed(&agent)?.contains(&format!("{client_ip} "))),
+    )?;
+    let translated = |agent: &str| -> Result<u64> {
+        let stats: serde_json::Value =
+            serde_json::from_str(&inspect_on(agent, &["-o", "json", "stats"])?)?;
+        Ok(stats["sock_pod_translated"].as_u64().unwrap_or(0))
+    };
+    let before = translated(&agent)?;
+    let vip = cluster_ip("echo")?.to_string();
+    let seen: BTreeSet<String> = client
+        .dial_many("http", &vip, 80, SPREAD_REQUESTS)?
+        .into_iter()
+        .collect();
+    ensure!(
+        &seen == echo,
+        "{vip}:80 from {}: answered by {seen:?}",
+        client.pod
+    );
+    let counted = translated(&agent)? - before;
+    ensure!(
+        counted >= SPREAD_REQUESTS as u64,
+        "{counted} of {SPREAD_REQUESTS} connections translated at connect()"
+    );
+    // Entries of the pod's earlier requests (DNS, before) may live on.
+    let conntrack = inspect_on(&agent, &["conntrack"])?;
+    let tracked: Vec<&str> = conntrack
+        .lines()
+        .filter(|l| l.contains(&format!(" {client_ip}:")) && l.contains(&format!(" {vip}:80 ")))
+        .collect();
+    ensure!(
+        tracked.is_empty(),
+        "the pod's connections to {vip}:80 tracked per packet:\n{}",
+        tracked.join("\n")
+    );
+    eprintln!(
+        "ok: socket LB for pods: {counted} connections of {} ({client_ip}) connected straight to {} backends; node1's agent lists:\n{}",
+        client.pod,
+        seen.len(),
+        listed(&agent)?
+    );
+    set_socket_lb_pods(false)
+}
+
+fn set_socket_lb_pods(on: bool) -> Result<()> {
+    let chart = switchyard_tests::chart::chart_dir();
+    realcluster::helm(&[
+        "upgrade",
+        addons::RELEASE,
+        chart.to_str().unwrap_or_default(),
+        "--namespace",
+        addons::NAMESPACE,
+        "--reuse-values",
+        "--set",
+        &format!("socketLB.pods={on}"),
+        "--wait",
+        "--timeout",
+        "180s",
+    ])?;
+    kubectl(&[
+        "-n",
+        addons::NAMESPACE,
+        "rollout",
+        "status",
+        "ds/switchyard",
+        "--timeout=180s",
+    ])
+    .map(|_| ())
+}
+
+/// The agent pod on node `n`.
+fn agent_pod_on(n: u8) -> Result<String> {
+    let name = kubectl(&[
+        "-n",
+        addons::NAMESPACE,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=switchyard",
+        &format!("--field-selector=spec.nodeName=node{n}"),
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ])?;
+    ensure!(!name.trim().is_empty(), "no agent pod on node{n}");
+    Ok(name.trim().to_string())
+}
+
+/// `switchyard inspect ARGS` in agent pod `pod`.
+fn inspect_on(pod: &str, args: &[&str]) -> Result<String> {
+    let mut full = vec![
+        "-n",
+        addons::NAMESPACE,
+        "exec",
+        pod,
+        "--",
+        "switchyard",
+        "inspect",
+    ];
+    full.extend_from_slice(args);
+    kubectl(&full)
 }
 
 /// Program names of the datapath, as `bpftool prog show` lists them.

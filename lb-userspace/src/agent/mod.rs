@@ -20,7 +20,6 @@ use crate::datapath::ifaces::{self, IfaceGlobs, IfaceRoles};
 use crate::datapath::link_events::LinkEvents;
 use crate::datapath::loader::{self, Datapath, XdpChoice};
 use crate::datapath::maps::PinnedMaps;
-use crate::datapath::pod_netns;
 use crate::datapath::policy_sync::PolicySync;
 use crate::datapath::socket_pods::SocketPods;
 use crate::datapath::sync::{MapSync, Selection};
@@ -107,6 +106,9 @@ pub struct SocketLb {
     pub cgroup: PathBuf,
     /// `pods`: this node's pods' sockets too, not only the node's own.
     pub pods: bool,
+    /// Where network namespaces are bound by name (pods' are also found
+    /// through /proc).
+    pub netns_dir: PathBuf,
 }
 
 /// The node's addresses: given, or read off its external interfaces.
@@ -285,7 +287,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             .socket_lb
             .as_ref()
             .filter(|s| s.pods)
-            .map(|_| SocketPods::new(pod_netns::NETNS_DIR.into())),
+            .map(|s| SocketPods::new(s.netns_dir.clone(), "/proc".into())),
         policy_state: PolicyState::default(),
         policy: PolicySync::default(),
     };

@@ -1,8 +1,10 @@
 //! The network namespaces of this node's pods, found by their addresses.
 //! The socket hooks know a pod's sockets by their namespace's cookie
 //! (`sock_pods`), and the UDP clean-up must enter a pod's namespace to list
-//! its sockets. Namespaces are looked for where CNI plugins (containerd,
-//! CRI-O) and `ip netns` keep them bound: one directory, `/run/netns`.
+//! its sockets. Namespaces are looked for where `ip netns` and container
+//! runtimes bind them by name (`--netns-dir`, `/run/netns` by default), and
+//! through every process's `/proc/PID/ns/net` (a pod always has one: its
+//! sandbox's pause process), each namespace entered once.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -65,16 +67,44 @@ pub fn own_cookie() -> io::Result<u64> {
     Ok(cookie)
 }
 
-/// Every namespace bound under `dir` with its cookie and addresses; one
-/// that cannot be entered (being deleted) is skipped.
-pub fn list(dir: &Path) -> Vec<Netns> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
+/// Paths of the namespaces bound under `dir` and of those of the processes
+/// under `proc`, one per namespace (by inode), the caller's own left out.
+pub fn candidates(dir: &Path, proc: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let identity = |path: &Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    let own = identity(&proc.join("self/ns/net"));
+    let bound = std::fs::read_dir(dir)
+        .into_iter()
         .flatten()
-        .filter_map(|entry| {
-            let path = entry.path();
+        .flatten()
+        .map(|e| e.path());
+    let of_processes = std::fs::read_dir(proc)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .map(|e| e.path().join("ns/net"));
+    let mut seen = std::collections::BTreeSet::new();
+    bound
+        .chain(of_processes)
+        .filter(|path| match identity(path) {
+            Some(id) => Some(id) != own && seen.insert(id),
+            None => false,
+        })
+        .collect()
+}
+
+/// Every namespace among `paths` with its cookie and addresses; one that
+/// cannot be entered (being deleted, its process gone) is skipped.
+pub fn list(paths: Vec<PathBuf>) -> Vec<Netns> {
+    paths
+        .into_iter()
+        .filter_map(|path| {
             let found = inside(&path, || -> Result<(u64, Vec<Ipv4Addr>)> {
                 let cookie = own_cookie().context("reading the namespace cookie")?;
                 let addrs = super::ifaces::all_ipv4_addresses()?;

@@ -30,7 +30,9 @@ pub struct SocketPod {
 }
 
 pub struct SocketPods {
+    /// Where namespaces are bound by name, and the processes' directory.
     netns_dir: PathBuf,
+    proc: PathBuf,
     pods: PodAddresses,
     excluded: BTreeSet<Ipv4Addr>,
     /// Namespace cookie → the pod found in it, from the last scan.
@@ -41,9 +43,10 @@ pub struct SocketPods {
 }
 
 impl SocketPods {
-    pub fn new(netns_dir: PathBuf) -> Self {
+    pub fn new(netns_dir: PathBuf, proc: PathBuf) -> Self {
         Self {
             netns_dir,
+            proc,
             pods: PodAddresses::new(),
             excluded: BTreeSet::new(),
             found: BTreeMap::new(),
@@ -95,7 +98,8 @@ impl SocketPods {
 
     fn scan(&mut self) {
         let all: BTreeSet<Ipv4Addr> = self.pods.values().flatten().copied().collect();
-        self.found = pods_in(pod_netns::list(&self.netns_dir), &all);
+        let candidates = pod_netns::candidates(&self.netns_dir, &self.proc);
+        self.found = pods_in(pod_netns::list(candidates), &all);
         self.last_scan = Some(Instant::now());
         debug!(
             found = self.found.len(),

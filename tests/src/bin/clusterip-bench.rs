@@ -1,13 +1,18 @@
 //! `cargo xtask bench clusterip`: a pod's TCP connection rate and request
 //! latency to one backend, directly (the pod IP: the limit) and through a
-//! ClusterIP programmed by Switchyard, with 1, 1 000 and 10 000 services in
-//! the maps; alternating, repeated, median and range. (kube-proxy's side of
-//! issue 6 is not in this benchmark yet.)
+//! ClusterIP programmed by Switchyard — translated per packet by tc (a pod
+//! opted out of socket LB) and at connect() by the socket hooks (`--socket-lb
+//! pods`) — with 1, 1 000 and 10 000 services in the maps; alternating,
+//! repeated, median and range. The benchmark's own process joins the
+//! node's cgroup, under the hooks, since its client threads enter the pods'
+//! namespaces. (kube-proxy's side is in `compare`.)
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use switchyard_tests::host::{NodeCgroup, cgroup2_root};
+use switchyard_tests::manifests::pod_yaml;
 use switchyard_tests::measure::{conn_rate, latency, median_and_range};
 use switchyard_tests::{
     AgentOptions, AgentProcess, AgentSource, EndpointSpec, ManifestDir, ServerPorts, Topology,
@@ -60,17 +65,20 @@ fn main() -> Result<()> {
     // client:port) still lives, and its replies would be rev-NATed.
     topo.add_pod("client", Ipv4Addr::new(10, 244, 0, 10))?;
     topo.add_pod("direct", Ipv4Addr::new(10, 244, 0, 11))?;
+    topo.add_pod("socket", Ipv4Addr::new(10, 244, 0, 12))?;
     let server = topo
         .add_pod("b0", BACKEND)?
         .start_server(&ServerPorts::tcp_udp(8080, 5353))?;
     // Many short connections from one client: reuse TIME_WAIT ports.
-    for pod in ["client", "direct"] {
+    for pod in ["client", "direct", "socket"] {
         switchyard_tests::command::sysctl(topo.pod(pod).ns(), "net.ipv4.tcp_tw_reuse", "1")?;
     }
+    let cgroup = NodeCgroup::new()?;
+    let _inside = JoinedCgroup::join(&cgroup)?;
     println!(
-        "| services | direct conn/s | ClusterIP conn/s | ratio | direct p50/p99 µs | ClusterIP p50/p99 µs |"
+        "| services | direct conn/s | ClusterIP (tc) conn/s | ratio | ClusterIP (socket) conn/s | ratio | direct p50/p99 µs | ClusterIP (tc) p50/p99 µs | ClusterIP (socket) p50/p99 µs |"
     );
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for scale in [1usize, 1_000, 10_000] {
         let manifests = ManifestDir::new()?;
         manifests.write(
@@ -88,13 +96,26 @@ fn main() -> Result<()> {
             ),
         )?;
         manifests.write("fill.yaml", &fillers(scale))?;
+        // The tc client opts out of socket LB.
+        manifests.write(
+            "client.yaml",
+            &pod_yaml("bench", "client", &[], topo.pod("client").ip(), &[]).replace(
+                "labels: {}",
+                "labels: {}, annotations: {switchyard.io/socket-lb: \"off\"}",
+            ),
+        )?;
         let agent = AgentProcess::start_within(
             AgentOptions {
                 node_ns: topo.node_ns().to_string(),
                 pin_dir: format!("/sys/fs/bpf/{}", topo.id()).into(),
                 source: AgentSource::Manifests(manifests.path().to_path_buf()),
                 pod_ifaces: topo.pod_iface_glob(),
-                extra_args: vec![],
+                extra_args: vec![
+                    "--socket-lb".into(),
+                    "pods".into(),
+                    "--cgroup".into(),
+                    cgroup.path().display().to_string(),
+                ],
             },
             Duration::from_secs(120),
         )?;
@@ -104,10 +125,15 @@ fn main() -> Result<()> {
             Duration::from_millis(50),
             || Ok(agent.backends_of("10.96.0.10:80/TCP").is_ok()),
         )?;
+        wait_for_socket_lb(&agent, topo.pod("socket"))?;
         let client = topo.pod("client");
         let direct_client = topo.pod("direct");
-        let (mut direct, mut via) = (Vec::new(), Vec::new());
-        let (mut direct_lat, mut via_lat) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        let socket_client = topo.pod("socket");
+        let (mut direct, mut via, mut sock) = (Vec::new(), Vec::new(), Vec::new());
+        let mut direct_lat = (Vec::new(), Vec::new());
+        let mut via_lat = (Vec::new(), Vec::new());
+        let mut sock_lat = (Vec::new(), Vec::new());
+        let vip = SocketAddrV4::new(VIP, 80);
         for _ in 0..ROUNDS {
             for (from, target, rates, lat) in [
                 (
@@ -116,7 +142,8 @@ fn main() -> Result<()> {
                     &mut direct,
                     &mut direct_lat,
                 ),
-                (client, SocketAddrV4::new(VIP, 80), &mut via, &mut via_lat),
+                (client, vip, &mut via, &mut via_lat),
+                (socket_client, vip, &mut sock, &mut sock_lat),
             ] {
                 let (rate, (p50, p99)) = from
                     .in_netns(move || -> Result<(f64, (f64, f64))> {
@@ -136,25 +163,83 @@ fn main() -> Result<()> {
                 lat.1.push(p99);
             }
         }
-        let ratio = {
-            let mut d = direct.clone();
-            let mut v = via.clone();
-            d.sort_by(f64::total_cmp);
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2] / d[d.len() / 2]
-        };
+        let (tc_ratio, sock_ratio) = (ratio(&via, &direct), ratio(&sock, &direct));
         println!(
-            "| {scale} | {} | {} | {:.1} % | {} / {} | {} / {} |",
+            "| {scale} | {} | {} | {:.1} % | {} | {:.1} % | {} / {} | {} / {} | {} / {} |",
             median_and_range(direct),
             median_and_range(via),
-            ratio * 100.0,
+            tc_ratio * 100.0,
+            median_and_range(sock),
+            sock_ratio * 100.0,
             median_and_range(direct_lat.0),
             median_and_range(direct_lat.1),
             median_and_range(via_lat.0),
-            median_and_range(via_lat.1)
+            median_and_range(via_lat.1),
+            median_and_range(sock_lat.0),
+            median_and_range(sock_lat.1)
         );
+        let stats = agent.inspect(&["stats"])?;
+        let line = |reason: &str| {
+            stats
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(reason))
+                .unwrap_or_default()
+                .to_string()
+        };
+        eprintln!("  {} | {}", line("sock_pod_translated"), line("new_flow"));
         drop(agent);
     }
     drop(server);
     Ok(())
+}
+
+/// Median of `a` over median of `b`.
+fn ratio(a: &[f64], b: &[f64]) -> f64 {
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    median(a) / median(b)
+}
+
+/// Until the socket pod's connections go through the hooks (the agent
+/// finds pods' namespaces after attaching).
+fn wait_for_socket_lb(agent: &AgentProcess, pod: &switchyard_tests::Pod) -> Result<()> {
+    let translated = || -> Result<u64> {
+        let stats: serde_json::Value =
+            serde_json::from_str(&agent.inspect(&["-o", "json", "stats"])?)?;
+        Ok(stats["sock_pod_translated"].as_u64().unwrap_or(0))
+    };
+    wait::until(
+        "socket LB for the socket pod",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let before = translated()?;
+            pod.in_netns(|| std::net::TcpStream::connect(SocketAddrV4::new(VIP, 80)))??;
+            Ok(translated()? > before)
+        },
+    )
+    .map(|_| ())
+}
+
+/// This process in `cgroup` until dropped (then back in the root).
+struct JoinedCgroup;
+
+impl JoinedCgroup {
+    fn join(cgroup: &NodeCgroup) -> Result<Self> {
+        let procs = cgroup.path().join("cgroup.procs");
+        std::fs::write(&procs, std::process::id().to_string())
+            .with_context(|| format!("joining {}", procs.display()))?;
+        Ok(Self)
+    }
+}
+
+impl Drop for JoinedCgroup {
+    fn drop(&mut self) {
+        if let Ok(root) = cgroup2_root() {
+            let _ = std::fs::write(root.join("cgroup.procs"), std::process::id().to_string());
+        }
+    }
 }
