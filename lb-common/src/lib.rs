@@ -24,6 +24,7 @@ pub mod map_names {
     pub const SOCK_LB: &str = "sock_lb";
     pub const SOCK_CONFIG: &str = "sock_config";
     pub const SOCK_PODS: &str = "sock_pods";
+    pub const SOCK_DIRECT: &str = "sock_direct";
     pub const LAYOUT: &str = "layout";
     pub const ADMISSION: &str = "admission";
     pub const CT_SOURCES: &str = "ct_sources";
@@ -37,7 +38,7 @@ pub mod map_names {
     pub const POLICY_STATS: &str = "policy_stats";
     pub const POLICY_HITS: &str = "policy_hits";
     pub const POLICY_NAMES: &str = "policy_names";
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 27] = [
         SERVICES,
         BACKENDS,
         CONNTRACK,
@@ -51,6 +52,7 @@ pub mod map_names {
         SOCK_LB,
         SOCK_CONFIG,
         SOCK_PODS,
+        SOCK_DIRECT,
         LAYOUT,
         ADMISSION,
         CT_SOURCES,
@@ -846,6 +848,10 @@ pub mod reason {
         /// A pod's socket connected (or sent) straight to a backend by the
         /// socket hooks (`--socket-lb pods`): no NAT, no conntrack entry.
         SOCK_POD_TRANSLATED = 32, "sock_pod_translated";
+        /// A pod's packet passed at once by `from_pod`: its socket was
+        /// connected straight to a backend by the socket hooks (no lookup
+        /// needed) and no NetworkPolicy isolates the pod.
+        SOCK_DIRECT_PASSED = 33, "sock_direct_passed";
     }
 }
 

@@ -129,6 +129,10 @@ fn ingress(ctx: &TcContext, side: Side) -> i32 {
     let Some(pkt) = fragment::flow_packet(parsed) else {
         return TC_ACT_OK;
     };
+    if side == Side::Pod && sock::is_direct(ctx, pkt.flow.src_ip_be) {
+        stats::count(reason::SOCK_DIRECT_PASSED);
+        return TC_ACT_OK;
+    }
     let action = forward(ctx, &pkt, side);
     if action != TC_ACT_SHOT {
         fragment::remember(&pkt);

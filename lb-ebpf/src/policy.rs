@@ -212,6 +212,13 @@ fn counted(pod_ip_be: u32, direction: u32, allowed_by: Option<u16>) {
     }
 }
 
+/// Whether some policy isolates `pod_ip` in either direction (its flows
+/// are then remembered both ways, so its replies get back).
+#[inline(always)]
+pub fn isolates(pod_ip_be: u32) -> bool {
+    active() && unsafe { policy_pods.get(pod_ip_be) }.is_some()
+}
+
 /// Whether any pod here is isolated at all.
 #[inline(always)]
 fn active() -> bool {

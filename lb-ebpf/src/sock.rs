@@ -18,7 +18,7 @@ use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, SockAddr, SockKey, reason};
 
 use crate::{
     affinity, lookup,
-    maps::{nat_config, sock_config, sock_lb, sock_pods},
+    maps::{nat_config, sock_config, sock_direct, sock_lb, sock_pods},
     stats,
 };
 
@@ -159,6 +159,9 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     // Losing these costs only the cosmetic reverse mapping, never traffic.
     let _ = sock_lb.insert(forward, chosen, BPF_ANY as u64);
     let _ = sock_lb.insert(reverse, service, BPF_ANY as u64);
+    if let Client::Pod(_) = client {
+        let _ = sock_direct.insert(cookie, 1, BPF_ANY as u64);
+    }
     stats::count(client.translated_reason());
     stats::service(master.service_id, |c| c.new_flows += 1);
     ALLOW
@@ -189,4 +192,16 @@ pub fn to_service(ctx: &SockAddrContext) -> i32 {
         sa.user_port = service.port_be as u32;
     }
     ALLOW
+}
+
+/// A packet leaving a pod from a socket the hooks connected straight to a
+/// backend, of a pod no NetworkPolicy isolates: nothing for `from_pod` to
+/// translate, track or judge. Known by the socket the packet still carries
+/// (the veth keeps it) rather than by a lookup of its flow.
+#[inline(always)]
+pub fn is_direct(ctx: &aya_ebpf::programs::TcContext, src_ip_be: u32) -> bool {
+    let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
+    cookie != 0
+        && unsafe { sock_direct.get(cookie) }.is_some()
+        && !crate::policy::isolates(src_ip_be)
 }

@@ -513,6 +513,11 @@ fn pod_sockets_connect_straight_to_backends_with_socket_lb_pods() -> Result<()> 
         listed.contains(&format!("{pod_ip} ")),
         "the operator sees which pods: {listed}"
     );
+    // Their packets leave the pod without a lookup (the socket they carry
+    // says so): at least the TCP segments and datagrams sent, each socket
+    // sending two or more.
+    let passed = reason_count(&c, 0, "sock_direct_passed")?;
+    assert!(passed >= 72, "{passed} packets passed at once by from_pod");
     let conntrack = c.agents[0].inspect(&["conntrack"])?;
     assert!(
         !conntrack.contains(&format!("{pod_ip}:")),

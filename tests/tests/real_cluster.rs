@@ -87,7 +87,12 @@ fn backends(app: &str) -> Result<BTreeSet<String>> {
 
 /// The names of the agent's pods.
 fn agent_pods() -> Result<String> {
-    kubectl(&[
+    agent_pods_where(&[])
+}
+
+/// The agent's pods matching `selectors` (more `kubectl get` flags).
+fn agent_pods_where(selectors: &[&str]) -> Result<String> {
+    let mut args = vec![
         "-n",
         addons::NAMESPACE,
         "get",
@@ -96,7 +101,9 @@ fn agent_pods() -> Result<String> {
         "app.kubernetes.io/name=switchyard",
         "-o",
         "jsonpath={.items[*].metadata.name}",
-    ])
+    ];
+    args.extend_from_slice(selectors);
+    kubectl(&args)
 }
 
 fn cluster_ip(service: &str) -> Result<std::net::Ipv4Addr> {
@@ -480,22 +487,8 @@ fn agent_upgrade_keeps_long_lived_connections() -> Result<()> {
         Ok(conns)
     })??;
     let pods_before = agent_pods()?;
-    let chart = switchyard_tests::chart::chart_dir();
-    let upgrade = std::thread::spawn(move || {
-        realcluster::helm(&[
-            "upgrade",
-            addons::RELEASE,
-            chart.to_str().unwrap_or_default(),
-            "--namespace",
-            addons::NAMESPACE,
-            "--reuse-values",
-            "--set",
-            "podAnnotations.restartedBy=real-cluster-test",
-            "--wait",
-            "--timeout",
-            "180s",
-        ])
-    });
+    let upgrade =
+        std::thread::spawn(|| helm_upgrade_setting("podAnnotations.restartedBy=real-cluster-test"));
     let mut conns = opened;
     let mut rounds = 0;
     while !upgrade.is_finished() || rounds < 3 {
@@ -514,14 +507,7 @@ fn agent_upgrade_keeps_long_lived_connections() -> Result<()> {
     upgrade
         .join()
         .map_err(|_| anyhow::anyhow!("helm upgrade thread panicked"))??;
-    kubectl(&[
-        "-n",
-        addons::NAMESPACE,
-        "rollout",
-        "status",
-        "ds/switchyard",
-        "--timeout=180s",
-    ])?;
+    agents_rolled_out()?;
     for (i, (c, backend)) in conns.iter_mut().enumerate() {
         let now = c
             .hostname()
@@ -564,14 +550,19 @@ fn socket_lb_for_pods() -> Result<()> {
         "-o",
         "jsonpath={.status.podIP}",
     ])?;
-    let agent = agent_pod_on(1)?;
     let listed = |agent: &str| inspect_on(agent, &["socket-pods"]);
+    // An agent pod of the old template may still be terminating.
     switchyard_tests::wait::until(
         "node1's agent to find the client pod's namespace",
         Duration::from_secs(30),
         Duration::from_millis(500),
-        || Ok(listed(&agent)?.contains(&format!("{client_ip} "))),
+        || {
+            Ok(agent_pod_on(1)
+                .and_then(|agent| listed(&agent))
+                .is_ok_and(|l| l.contains(&format!("{client_ip} "))))
+        },
     )?;
+    let agent = agent_pod_on(1)?;
     let translated = |agent: &str| -> Result<u64> {
         let stats: serde_json::Value =
             serde_json::from_str(&inspect_on(agent, &["-o", "json", "stats"])?)?;
@@ -614,6 +605,12 @@ fn socket_lb_for_pods() -> Result<()> {
 }
 
 fn set_socket_lb_pods(on: bool) -> Result<()> {
+    helm_upgrade_setting(&format!("socketLB.pods={on}"))?;
+    agents_rolled_out()
+}
+
+/// `helm upgrade` of the release with its values and `value` (`key=value`).
+fn helm_upgrade_setting(value: &str) -> Result<String> {
     let chart = switchyard_tests::chart::chart_dir();
     realcluster::helm(&[
         "upgrade",
@@ -623,11 +620,15 @@ fn set_socket_lb_pods(on: bool) -> Result<()> {
         addons::NAMESPACE,
         "--reuse-values",
         "--set",
-        &format!("socketLB.pods={on}"),
+        value,
         "--wait",
         "--timeout",
         "180s",
-    ])?;
+    ])
+}
+
+/// Until every agent pod runs the DaemonSet's current template.
+fn agents_rolled_out() -> Result<()> {
     kubectl(&[
         "-n",
         addons::NAMESPACE,
@@ -641,19 +642,12 @@ fn set_socket_lb_pods(on: bool) -> Result<()> {
 
 /// The agent pod on node `n`.
 fn agent_pod_on(n: u8) -> Result<String> {
-    let name = kubectl(&[
-        "-n",
-        addons::NAMESPACE,
-        "get",
-        "pods",
-        "-l",
-        "app.kubernetes.io/name=switchyard",
-        &format!("--field-selector=spec.nodeName=node{n}"),
-        "-o",
-        "jsonpath={.items[0].metadata.name}",
-    ])?;
-    ensure!(!name.trim().is_empty(), "no agent pod on node{n}");
-    Ok(name.trim().to_string())
+    let name = agent_pods_where(&[&format!("--field-selector=spec.nodeName=node{n}")])?;
+    let mut names = name.split_whitespace();
+    match (names.next(), names.next()) {
+        (Some(one), None) => Ok(one.to_string()),
+        _ => bail!("not one agent pod on node{n}: {name:?}"),
+    }
 }
 
 /// `switchyard inspect ARGS` in agent pod `pod`.

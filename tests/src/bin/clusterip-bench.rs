@@ -75,6 +75,11 @@ fn main() -> Result<()> {
     }
     let cgroup = NodeCgroup::new()?;
     let _inside = JoinedCgroup::join(&cgroup)?;
+    // The kernel's per-program run time (kernel.bpf_stats_enabled) while
+    // this is held: what each client's packets cost in the tc programs.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling BPF run-time statistics")?;
+    let mut per_packet = Vec::new();
     println!(
         "| services | direct conn/s | ClusterIP (tc) conn/s | ratio | ClusterIP (socket) conn/s | ratio | direct p50/p99 µs | ClusterIP (tc) p50/p99 µs | ClusterIP (socket) p50/p99 µs |"
     );
@@ -134,17 +139,24 @@ fn main() -> Result<()> {
         let mut via_lat = (Vec::new(), Vec::new());
         let mut sock_lat = (Vec::new(), Vec::new());
         let vip = SocketAddrV4::new(VIP, 80);
+        let (mut cost_direct, mut cost_tc, mut cost_sock) = (
+            ProgramCost::default(),
+            ProgramCost::default(),
+            ProgramCost::default(),
+        );
         for _ in 0..ROUNDS {
-            for (from, target, rates, lat) in [
+            for (from, target, rates, lat, cost) in [
                 (
                     direct_client,
                     SocketAddrV4::new(BACKEND, 8080),
                     &mut direct,
                     &mut direct_lat,
+                    &mut cost_direct,
                 ),
-                (client, vip, &mut via, &mut via_lat),
-                (socket_client, vip, &mut sock, &mut sock_lat),
+                (client, vip, &mut via, &mut via_lat, &mut cost_tc),
+                (socket_client, vip, &mut sock, &mut sock_lat, &mut cost_sock),
             ] {
+                let before = ProgramCost::now();
                 let (rate, (p50, p99)) = from
                     .in_netns(move || -> Result<(f64, (f64, f64))> {
                         Ok((
@@ -161,6 +173,7 @@ fn main() -> Result<()> {
                 rates.push(rate);
                 lat.0.push(p50);
                 lat.1.push(p99);
+                cost.add_since(&before);
             }
         }
         let (tc_ratio, sock_ratio) = (ratio(&via, &direct), ratio(&sock, &direct));
@@ -186,11 +199,81 @@ fn main() -> Result<()> {
                 .unwrap_or_default()
                 .to_string()
         };
-        eprintln!("  {} | {}", line("sock_pod_translated"), line("new_flow"));
+        eprintln!(
+            "  {} | {} | {}",
+            line("sock_pod_translated"),
+            line("sock_direct_passed"),
+            line("new_flow")
+        );
+        per_packet.push((scale, [cost_direct, cost_tc, cost_sock]));
         drop(agent);
     }
     drop(server);
+    println!();
+    println!(
+        "| services | from_pod ns/run: direct / tc / socket | to_pod ns/run: direct / tc / socket |"
+    );
+    println!("| --- | --- | --- |");
+    for (scale, [d, t, s]) in per_packet {
+        println!(
+            "| {scale} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
+            d.from_pod.average(),
+            t.from_pod.average(),
+            s.from_pod.average(),
+            d.to_pod.average(),
+            t.to_pod.average(),
+            s.to_pod.average()
+        );
+    }
     Ok(())
+}
+
+/// Run time and runs of one program (summed over its loaded copies).
+#[derive(Clone, Copy, Default)]
+struct RunTotals {
+    ns: u64,
+    runs: u64,
+}
+
+impl RunTotals {
+    fn average(&self) -> f64 {
+        self.ns as f64 / self.runs.max(1) as f64
+    }
+}
+
+/// What `from_pod` and `to_pod` ran, as the kernel counts it.
+#[derive(Clone, Copy, Default)]
+struct ProgramCost {
+    from_pod: RunTotals,
+    to_pod: RunTotals,
+}
+
+impl ProgramCost {
+    fn now() -> Self {
+        let mut cost = Self::default();
+        for info in aya::programs::loaded_programs().flatten() {
+            let totals = match info.name_as_str() {
+                Some("from_pod") => &mut cost.from_pod,
+                Some("to_pod") => &mut cost.to_pod,
+                _ => continue,
+            };
+            totals.ns += info.run_time().as_nanos() as u64;
+            totals.runs += info.run_count();
+        }
+        cost
+    }
+
+    /// Adds what ran since `before`.
+    fn add_since(&mut self, before: &Self) {
+        let now = Self::now();
+        for (sum, (now, before)) in [
+            (&mut self.from_pod, (now.from_pod, before.from_pod)),
+            (&mut self.to_pod, (now.to_pod, before.to_pod)),
+        ] {
+            sum.ns += now.ns - before.ns;
+            sum.runs += now.runs - before.runs;
+        }
+    }
 }
 
 /// Median of `a` over median of `b`.
