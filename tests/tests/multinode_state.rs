@@ -524,6 +524,47 @@ fn pod_sockets_connect_straight_to_backends_with_socket_lb_pods() -> Result<()> 
         "no per-packet state: {conntrack}"
     );
 
+    // ClientIP affinity: the pod (its own address, not the node's) sticks
+    // to one backend, and inspect shows the pin.
+    c.apply("  sessionAffinity: ClientIP\n", &c.endpoints())?;
+    wait::until(
+        "affinity in node 1's agent",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || Ok(c.agents[0].inspect(&["services"])?.contains("affinity=")),
+    )?;
+    let name_of = |line: String| parse_host_reply(&line).0;
+    let pinned = name_of(cgroup.pod_client(&pod_ns, "tcp", tcp_vip())?);
+    for _ in 0..10 {
+        let now = name_of(cgroup.pod_client(&pod_ns, "tcp", tcp_vip())?);
+        assert_eq!(now, pinned, "the pod's sockets stick to one backend");
+    }
+    let affinity = c.agents[0].inspect(&["affinity"])?;
+    assert!(
+        affinity
+            .lines()
+            .any(|l| l.contains(&pod_ip) && l.contains("test/web:tcp")),
+        "the pod's own address pinned: {affinity}"
+    );
+    // internalTrafficPolicy: Local: node 1's pod reaches node 1's backend
+    // only, decided at connect() as it would be per packet.
+    c.apply("  internalTrafficPolicy: Local\n", &c.endpoints())?;
+    wait::until(
+        "node-local backends on node 1",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || {
+            Ok(c.agents[0].backends_of("10.96.1.10:80/TCP")?
+                == vec![format!("{}:8080", ip_of(&c, "n1b1"))])
+        },
+    )?;
+    for _ in 0..10 {
+        let now = name_of(cgroup.pod_client(&pod_ns, "tcp", tcp_vip())?);
+        assert_eq!(now, "n1b1", "internalTrafficPolicy Local from a pod");
+    }
+    c.apply("", &c.endpoints())?;
+    wait_backends(&c, &["n1b1", "n2b1", "n2b2"])?;
+
     // Opted out: the service address stays on the socket, tc translates.
     let opt_out = format!(
         "apiVersion: v1\nkind: Namespace\nmetadata: {{name: mesh, annotations: {{switchyard.io/socket-lb: \"off\"}}}}\n---\n{}",
