@@ -174,7 +174,8 @@ impl ApiServer {
             .create(true)
             .append(true)
             .open(self.dir.join(format!("{name}.log")))?;
-        Command::new("nsenter")
+        let mut command = Command::new("nsenter");
+        command
             .arg(format!("--net=/run/netns/{}", self.netns))
             .arg(&bin)
             .args(args)
@@ -183,7 +184,20 @@ impl ApiServer {
             .stderr(log)
             // Its own process group: killed as a whole, never orphaned
             // into the next test.
-            .process_group(0)
+            .process_group(0);
+        // And killed with the test process if that dies without running
+        // destructors (a signal, an abort): nsenter execs the server, which
+        // keeps the death signal. (Tied to the spawning thread.)
+        // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))
     }

@@ -55,6 +55,26 @@ impl Scale {
     }
 }
 
+impl Scale {
+    /// The agent's flags: its node, and maps with room for this size (one
+    /// services entry per frontend and per backend slot, one backends
+    /// entry per address; a quarter more for the churn's new addresses).
+    fn agent_args(&self, node: String) -> Vec<String> {
+        let slots = self.services * (1 + self.endpoints_per_service);
+        let addresses = self.services * self.endpoints_per_service;
+        // Never below the agent's defaults (2^20 and 2^18 entries).
+        let room = |n: usize, default: usize| (n + n / 4).max(default).to_string();
+        vec![
+            "--node-name".into(),
+            node,
+            "--map-size-services".into(),
+            room(slots, 1 << 20),
+            "--map-size-backends".into(),
+            room(addresses, 1 << 18),
+        ]
+    }
+}
+
 fn logged(log: &str, key: &str) -> Vec<f64> {
     log.lines()
         .filter(|l| l.contains("maps synced"))
@@ -100,7 +120,7 @@ fn main() -> Result<()> {
             pin_dir: format!("/sys/fs/bpf/{}", node.topo.id()).into(),
             source: AgentSource::Kubeconfig(api.kubeconfig()),
             pod_ifaces: node.topo.pod_iface_glob(),
-            extra_args: vec!["--node-name".into(), node.name()],
+            extra_args: scale.agent_args(node.name()),
         },
         Duration::from_secs(600),
     )?;
