@@ -129,11 +129,12 @@ pub static sock_config: Array<u64, 1> = Array::new();
 #[btf_map]
 pub static sock_pods: HashMap<u64, u32, { MAX_SOCK_PODS as usize }> = HashMap::new();
 
-/// Cookies of pods' sockets the socket hooks connected (or sent) straight to
-/// a backend: their packets carry the socket across the veth, so `from_pod`
-/// knows them without a flow lookup (sock.rs `is_direct`).
+/// Cookie of a pod's socket the socket hooks connected (or sent) straight to
+/// a backend → the pod's address: its packets carry the socket across the
+/// veth, so `from_pod` knows them without a flow lookup (sock.rs
+/// `is_direct`).
 #[btf_map]
-pub static sock_direct: LruHashMap<u64, u8, { MAX_SOCK_LB_ENTRIES as usize }> = LruHashMap::new();
+pub static sock_direct: LruHashMap<u64, u32, { MAX_SOCK_LB_ENTRIES as usize }> = LruHashMap::new();
 
 /// Index 0: the layout version of these maps (`LAYOUT_VERSION`), written by
 /// user space; read by the next agent before it reuses the pins.

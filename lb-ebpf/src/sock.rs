@@ -159,8 +159,8 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     // Losing these costs only the cosmetic reverse mapping, never traffic.
     let _ = sock_lb.insert(forward, chosen, BPF_ANY as u64);
     let _ = sock_lb.insert(reverse, service, BPF_ANY as u64);
-    if let Client::Pod(_) = client {
-        let _ = sock_direct.insert(cookie, 1, BPF_ANY as u64);
+    if let Client::Pod(pod_ip_be) = client {
+        let _ = sock_direct.insert(cookie, pod_ip_be, BPF_ANY as u64);
     }
     stats::count(client.translated_reason());
     stats::service(master.service_id, |c| c.new_flows += 1);
@@ -195,13 +195,15 @@ pub fn to_service(ctx: &SockAddrContext) -> i32 {
 }
 
 /// A packet leaving a pod from a socket the hooks connected straight to a
-/// backend, of a pod no NetworkPolicy isolates: nothing for `from_pod` to
-/// translate, track or judge. Known by the socket the packet still carries
-/// (the veth keeps it) rather than by a lookup of its flow.
+/// backend, from the pod's own address, of a pod no NetworkPolicy isolates:
+/// nothing for `from_pod` to translate, track or judge. Known by the socket
+/// the packet still carries (the veth keeps it) rather than by a lookup of
+/// its flow. Another source address (a socket bound to a foreign one with
+/// IP_TRANSPARENT) takes the full path, source check included.
 #[inline(always)]
 pub fn is_direct(ctx: &aya_ebpf::programs::TcContext, src_ip_be: u32) -> bool {
     let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
     cookie != 0
-        && unsafe { sock_direct.get(cookie) }.is_some()
+        && unsafe { sock_direct.get(cookie) }.is_some_and(|pod| *pod == src_ip_be)
         && !crate::policy::isolates(src_ip_be)
 }

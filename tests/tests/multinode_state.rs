@@ -607,6 +607,18 @@ fn pod_sockets_connect_straight_to_backends_with_socket_lb_pods() -> Result<()> 
             Ok(translated(0)? > before)
         },
     )?;
+    // A pod forging another pod's address on a socket the hooks connect
+    // (bound with IP_TRANSPARENT): its SYN is not passed at once as the
+    // socket's, the source check drops it.
+    let spoofed = reason_count(&c, 0, "spoofed_source_dropped")?;
+    let victim = ip_of(&c, "n1b1");
+    let forged = cgroup.pod_client(&pod_ns, &format!("tcp-from={victim}"), tcp_vip())?;
+    assert!(forged.starts_with("error="), "{forged}");
+    assert!(
+        reason_count(&c, 0, "spoofed_source_dropped")? > spoofed,
+        "the forged SYN dropped by the source check"
+    );
+
     c.apply("", &[])?;
     wait_backends(&c, &[])?;
     assert_eq!(cgroup.pod_client(&pod_ns, "tcp", tcp_vip())?, "refused");

@@ -8,6 +8,9 @@
 //! connected peer (getpeername), for udp-sendto the reply's source
 //! (recvfrom). A refused connection prints `refused`.
 //!
+//! `tcp-from=SRC` connects from a socket bound to SRC with IP_TRANSPARENT (a
+//! pod forging another's address) and prints `error=<errno>` if that fails.
+//!
 //! The `-hold` modes keep their one socket (connected, or sending with
 //! sendto) and ask again on it for each line read from stdin, printing
 //! `reply=… peer=…` or `error=<errno>` each time, until stdin ends:
@@ -41,6 +44,14 @@ fn main() {
     let timeout = Some(Duration::from_secs(2));
     if let Some(mode) = mode.strip_suffix("-hold") {
         hold(mode, addr, timeout)
+    }
+    if let Some(source) = mode.strip_prefix("tcp-from=") {
+        let Ok(source) = source.parse() else { usage() };
+        match tcp_from(source, addr) {
+            Ok(()) => println!("connected"),
+            Err(e) => println!("error={}", e.raw_os_error().unwrap_or(0)),
+        }
+        std::process::exit(0)
     }
     let outcome: std::io::Result<(String, SocketAddr)> = (|| match mode.as_str() {
         "tcp" => {
@@ -80,6 +91,70 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// Connects to `addr` from `source`, which need not be this namespace's
+/// (IP_TRANSPARENT), giving up after a second.
+fn tcp_from(source: std::net::Ipv4Addr, addr: SocketAddr) -> std::io::Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let SocketAddr::V4(addr) = addr else {
+        return Err(std::io::ErrorKind::Unsupported.into());
+    };
+    let check = |rc: i32| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor owned here.
+    unsafe {
+        let fd = check(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0))?;
+        let _owned = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        check(libc::setsockopt(
+            fd,
+            libc::SOL_IP,
+            libc::IP_TRANSPARENT,
+            (&one as *const libc::c_int).cast(),
+            size,
+        ))?;
+        let limit = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        let tv_size = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+        check(libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&limit as *const libc::timeval).cast(),
+            tv_size,
+        ))?;
+        let from = sockaddr(source, 0);
+        check(libc::bind(
+            fd,
+            (&from as *const libc::sockaddr_in).cast(),
+            len,
+        ))?;
+        let to = sockaddr(*addr.ip(), addr.port());
+        check(libc::connect(
+            fd,
+            (&to as *const libc::sockaddr_in).cast(),
+            len,
+        ))?;
+    }
+    Ok(())
 }
 
 /// One socket, asked again for each line on stdin.
