@@ -8,7 +8,7 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
@@ -46,9 +46,17 @@ pub fn inside<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
     })
 }
 
-/// The cookie of the calling thread's network namespace.
+/// The cookie of the calling thread's network namespace. The socket asked
+/// is never bound: in a pod's namespace a bound one would take a port the
+/// pod's own programs may be binding at that moment.
 pub fn own_cookie() -> io::Result<u64> {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    // SAFETY: a plain socket call; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: a valid socket and an 8-byte buffer, as SO_NETNS_COOKIE needs.

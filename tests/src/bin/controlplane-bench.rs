@@ -171,6 +171,11 @@ fn main() -> Result<()> {
         },
     )?;
     let log = agent.log_text();
+    // Kept for a post-mortem of slow batches (which batch, what else ran).
+    let kept = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/controlplane-bench-agent.log");
+    std::fs::write(&kept, &log).with_context(|| format!("writing {}", kept.display()))?;
+    eprintln!("agent log: {}", kept.display());
     let mut delays: Vec<f64> = logged(&log, "propagation_ms")
         .into_iter()
         .skip(before)
