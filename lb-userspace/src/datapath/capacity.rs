@@ -14,6 +14,19 @@ use lb_common::{
 };
 use tracing::warn;
 
+/// Maps with an entry per entry of another, sized with it: `backend_flows`
+/// holds each backend's open flows. (Left at its compiled size, it refused
+/// every backend past 262 144 however large `--map-size-backends` was.)
+const FOLLOWERS: [(&str, &str); 1] = [(map_names::BACKEND_FLOWS, map_names::BACKENDS)];
+
+/// The map whose size `map` has.
+fn sized_as(map: &str) -> &str {
+    FOLLOWERS
+        .iter()
+        .find(|(follower, _)| *follower == map)
+        .map_or(map, |(_, like)| like)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
     /// Frontend master entries plus their backend slots.
@@ -51,6 +64,7 @@ impl Capacity {
 
     /// The size of `map` (0 for a map that is not sized here).
     pub fn size_of(&self, map: &str) -> u32 {
+        let map = sized_as(map);
         self.rows()
             .into_iter()
             .find(|(name, _, _)| *name == map)
@@ -59,6 +73,7 @@ impl Capacity {
 
     /// The flag that sizes `map`.
     pub fn flag_of(map: &str) -> &'static str {
+        let map = sized_as(map);
         Self::default()
             .rows()
             .into_iter()
@@ -70,6 +85,9 @@ impl Capacity {
     pub fn configure(&self, loader: &mut EbpfLoader<'_>) {
         for (name, entries, _) in self.rows() {
             loader.map_max_entries(name, entries);
+        }
+        for (map, like) in FOLLOWERS {
+            loader.map_max_entries(map, self.size_of(like));
         }
     }
 
@@ -103,6 +121,19 @@ impl Capacity {
                 );
             }
         }
+        for (map, like) in FOLLOWERS {
+            let (have, want) = (read(map)?, actual.size_of(like));
+            if have < want {
+                warn!(
+                    map,
+                    pinned = have,
+                    needed = want,
+                    "map {map} was created by an earlier run with {have} entries, fewer than \
+                     {like}'s {want}: backends past {have} are refused until the datapath is \
+                     re-created (`switchyard agent --cleanup`)"
+                );
+            }
+        }
         Ok(actual)
     }
 }
@@ -114,5 +145,15 @@ mod tests {
     #[test]
     fn each_map_names_the_flag_that_sizes_it() {
         assert_eq!(Capacity::flag_of("conntrack"), "--map-size-conntrack");
+        assert_eq!(Capacity::flag_of("backend_flows"), "--map-size-backends");
+    }
+
+    #[test]
+    fn backend_flows_is_as_large_as_backends() {
+        let capacity = Capacity {
+            backends: 1_250_000,
+            ..Capacity::default()
+        };
+        assert_eq!(capacity.size_of(map_names::BACKEND_FLOWS), 1_250_000);
     }
 }

@@ -54,7 +54,7 @@ impl Drop for Fixture {
     }
 }
 
-fn object() -> PathBuf {
+pub fn object() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/switchyard.bpf.o");
     loader::find_object(p.is_file().then_some(p.as_path()))
         .expect("BPF object: run `cargo xtask build` first")

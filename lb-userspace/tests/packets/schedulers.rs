@@ -5,10 +5,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
+use std::path::PathBuf;
+
 use lb_userspace::datapath::backend_load;
+use lb_userspace::datapath::capacity::Capacity;
 use lb_userspace::datapath::conntrack::{Timeouts, collect_garbage, monotonic_ns};
+use lb_userspace::datapath::loader::{self, Datapath, XdpChoice};
+use lb_userspace::datapath::maps::PinnedMaps;
+use lb_userspace::datapath::sync::MapSync;
 use lb_userspace::datapath::sync::Selection;
 use lb_userspace::model::Algorithm;
+use lb_userspace::model::{DesiredState, Protocol};
 
 use crate::build::*;
 use crate::fixture::*;
@@ -226,4 +233,56 @@ fn a_sweep_keeps_the_flows_opened_after_its_snapshot() {
         "{:?}",
         open_flows(&f)
     );
+}
+
+/// An operator raising `--map-size-backends` past the compiled 262 144 (a
+/// million endpoints) gets every backend programmed: each backend also
+/// needs its open-flows entry (`backend_flows`), which must grow with it.
+/// Before, it kept its compiled size and every backend past 262 144 was
+/// refused with "backend_flows map is full" at each sync and resync.
+#[test]
+fn backends_past_the_compiled_size_are_programmed_when_the_map_is_raised() {
+    const BACKENDS: u32 = 263_000;
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sy-pkt-cap-{}", std::process::id()));
+    let capacity = Capacity {
+        backends: 300_000,
+        services: 300_000,
+        ..Capacity::default()
+    };
+    let datapath =
+        Datapath::load(&object(), &pin_dir, XdpChoice::Off, &capacity).unwrap_or_else(|e| {
+            let _ = loader::cleanup(&pin_dir);
+            panic!("load datapath: {e:?}")
+        });
+    let result = std::panic::catch_unwind(|| {
+        let mut desired = DesiredState::default();
+        // Five services of up to 60 000 backends (the per-frontend limit is
+        // 65 535), every address distinct.
+        let first = u32::from(Ipv4Addr::new(10, 100, 0, 0));
+        let all: Vec<Ipv4Addr> = (0..BACKENDS).map(|i| Ipv4Addr::from(first + i)).collect();
+        for (i, chunk) in all.chunks(60_000).enumerate() {
+            let s = service(
+                Ipv4Addr::new(10, 96, 9, i as u8 + 1),
+                80,
+                Protocol::Tcp,
+                chunk,
+            );
+            desired.services.insert(s.frontend, s);
+        }
+        let mut sync = MapSync::adopt(PinnedMaps::open(&pin_dir).expect("open maps"))
+            .expect("adopt")
+            .with_backend_capacity(capacity.backends);
+        let report = sync.apply(&desired);
+        assert!(
+            report.errors.is_empty(),
+            "{} errors, first: {:?}",
+            report.errors.len(),
+            report.errors.first()
+        );
+    });
+    drop(datapath);
+    let _ = loader::cleanup(&pin_dir);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }
