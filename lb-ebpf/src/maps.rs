@@ -117,9 +117,11 @@ pub static sock_lb: LruHashMap<SockKey, SockAddr, { MAX_SOCK_LB_ENTRIES as usize
     LruHashMap::new();
 
 /// Index 0: the network namespace (cookie) whose sockets the socket hooks
-/// translate: the node's own. 0 means none (socket LB off).
+/// translate: the node's own. 0 means none (socket LB off). Index 1: 1 when
+/// pods' sockets are translated too (`--socket-lb pods`), so that `from_pod`
+/// looks for their packets' sockets only then.
 #[btf_map]
-pub static sock_config: Array<u64, 1> = Array::new();
+pub static sock_config: Array<u64, 2> = Array::new();
 
 /// Network namespace (cookie) of a pod on this node → the pod's address
 /// (network order): the pods whose sockets the socket hooks translate

@@ -27,9 +27,8 @@ const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 
-/// Whose socket this is, as affinity and Maglev know clients: the node
-/// (its SNAT address) for the node's own namespace, the pod's address for
-/// a pod of this node in `sock_pods`; `None` for sockets left to tc.
+/// Whose socket this is: the node's own namespace, a pod of this node in
+/// `sock_pods` (with its address); `None` for sockets left to tc.
 #[inline(always)]
 fn client_of(ctx: &SockAddrContext) -> Option<Client> {
     let host = sock_config.get(0).copied().unwrap_or(0);
@@ -38,7 +37,7 @@ fn client_of(ctx: &SockAddrContext) -> Option<Client> {
     }
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     if netns == host {
-        return Some(Client::Node(nat_config.get(0).map_or(0, |c| c.snat_ip_be)));
+        return Some(Client::Node);
     }
     unsafe { sock_pods.get(netns) }.map(|ip| Client::Pod(*ip))
 }
@@ -46,20 +45,23 @@ fn client_of(ctx: &SockAddrContext) -> Option<Client> {
 /// A translated socket's owner.
 #[derive(Clone, Copy)]
 enum Client {
-    Node(u32),
+    Node,
     Pod(u32),
 }
 
 impl Client {
+    /// The client address affinity and Maglev see, as tc would: the
+    /// node's (SNAT) address for its own processes, a pod's own.
     fn ip_be(self) -> u32 {
         match self {
-            Client::Node(ip) | Client::Pod(ip) => ip,
+            Client::Node => nat_config.get(0).map_or(0, |c| c.snat_ip_be),
+            Client::Pod(ip) => ip,
         }
     }
 
     fn translated_reason(self) -> u32 {
         match self {
-            Client::Node(_) => reason::SOCK_TRANSLATED,
+            Client::Node => reason::SOCK_TRANSLATED,
             Client::Pod(_) => reason::SOCK_POD_TRANSLATED,
         }
     }
@@ -202,6 +204,11 @@ pub fn to_service(ctx: &SockAddrContext) -> i32 {
 /// IP_TRANSPARENT) takes the full path, source check included.
 #[inline(always)]
 pub fn is_direct(ctx: &aya_ebpf::programs::TcContext, src_ip_be: u32) -> bool {
+    // Without `--socket-lb pods` no such socket exists: no helper call and
+    // no lookup on every pod packet.
+    if sock_config.get(1).copied() != Some(1) {
+        return false;
+    }
     let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
     cookie != 0
         && unsafe { sock_direct.get(cookie) }.is_some_and(|pod| *pod == src_ip_be)

@@ -63,15 +63,6 @@ impl Applier {
         }
     }
 
-    /// Where sockets translated by the hooks live: the node's own network
-    /// namespace (`None`) and each translated pod's.
-    fn socket_namespaces(&self) -> Vec<Option<PathBuf>> {
-        let pods = self.socket_pods.iter().flat_map(|p| p.translated());
-        std::iter::once(None)
-            .chain(pods.map(|(_, pod)| Some(pod.netns.clone())))
-            .collect()
-    }
-
     /// One pass for `delta`; returns how many errors it left (for retries).
     pub(super) fn apply(&mut self, mut delta: StateDelta) -> usize {
         let policy_errors = match delta.policy.take() {
@@ -96,7 +87,7 @@ impl Applier {
             self.node_name.as_deref(),
         ));
         self.record(&report, &delta, elapsed, full);
-        let socket_lb = self.socket_lb.then(|| self.socket_namespaces());
+        let socket_lb = self.socket_lb.then_some(self.socket_pods.as_ref());
         forget_departed(self.sync.maps_mut(), &report, socket_lb, &self.metrics);
         report.errors.len() + policy_errors
     }
@@ -263,12 +254,13 @@ fn publish_programmed(metrics: &Metrics, sync: &MapSync<PinnedMaps>) {
 
 /// State pinned to backends that left their frontends goes with them, as
 /// kube-proxy flushes conntrack: UDP flows, affinity pins and, with socket
-/// LB, sockets' cached choices and connected UDP sockets (in the network
-/// namespaces given: the node's and its translated pods').
+/// LB (`socket_lb`: with the pods it covers, if any), sockets' cached
+/// choices and connected UDP sockets, in the node's network namespace and
+/// each translated pod's.
 fn forget_departed(
     maps: &mut PinnedMaps,
     report: &SyncReport,
-    socket_lb: Option<Vec<Option<PathBuf>>>,
+    socket_lb: Option<Option<&SocketPods>>,
     metrics: &Metrics,
 ) {
     let udp_gone = report.udp_backends_gone();
@@ -282,9 +274,16 @@ fn forget_departed(
         Ok(n) => info!(pins = n, "dropped affinity pins to removed backends"),
         Err(e) => warn!("dropping affinity pins to removed backends: {e:#}"),
     }
-    let Some(namespaces) = socket_lb else {
+    let Some(socket_pods) = socket_lb else {
         return;
     };
+    if udp_gone.is_empty() {
+        return;
+    }
+    let pods = socket_pods.iter().flat_map(|p| p.translated());
+    let namespaces: Vec<Option<PathBuf>> = std::iter::once(None)
+        .chain(pods.map(|(_, pod)| Some(pod.netns.clone())))
+        .collect();
     match crate::datapath::socket_lb::forget_departed(maps, &udp_gone, &namespaces) {
         Ok(f) if f == Default::default() => {}
         Ok(f) => {

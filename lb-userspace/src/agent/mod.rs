@@ -472,7 +472,7 @@ async fn first_complete_state(
 fn attach(datapath: &mut Datapath, cfg: &AgentConfig, applier: &mut Applier) -> Result<IfaceRoles> {
     if let Some(socket_lb) = &cfg.socket_lb {
         datapath
-            .attach_socket_lb(&socket_lb.cgroup)
+            .attach_socket_lb(&socket_lb.cgroup, socket_lb.pods)
             .context("attaching the socket hooks (--socket-lb)")?;
     }
     let roles = IfaceRoles {

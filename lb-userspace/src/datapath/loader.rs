@@ -300,10 +300,10 @@ impl Datapath {
         })
     }
 
-    /// Socket-level load balancing for the node's own processes: the
-    /// socket hooks on `cgroup` (normally the cgroup v2 root, so every
-    /// process), translating only sockets of this network namespace.
-    pub fn attach_socket_lb(&mut self, cgroup: &Path) -> Result<()> {
+    /// Socket-level load balancing: the socket hooks on `cgroup` (normally
+    /// the cgroup v2 root, so every process), translating sockets of this
+    /// network namespace and, with `pods`, of the pods in `sock_pods`.
+    pub fn attach_socket_lb(&mut self, cgroup: &Path, pods: bool) -> Result<()> {
         let dir = std::fs::File::open(cgroup)
             .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         let cookie = super::pod_netns::own_cookie().context("reading the netns cookie")?;
@@ -315,6 +315,9 @@ impl Datapath {
             let mut config: aya::maps::Array<&mut aya::maps::MapData, u64> =
                 aya::maps::Array::try_from(map)?;
             config.set(0, cookie, 0).context("writing sock_config")?;
+            config
+                .set(1, u64::from(pods), 0)
+                .context("writing sock_config")?;
         }
         for name in program_names::SOCKET_HOOKS {
             let path = self.links_dir.join(format!("cgroup_{name}"));

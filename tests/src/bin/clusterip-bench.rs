@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use switchyard_tests::host::{NodeCgroup, cgroup2_root};
 use switchyard_tests::manifests::pod_yaml;
-use switchyard_tests::measure::{conn_rate, latency, median_and_range};
+use switchyard_tests::measure::{conn_rate, latency, median, median_and_range};
 use switchyard_tests::{
     AgentOptions, AgentProcess, AgentSource, EndpointSpec, ManifestDir, ServerPorts, Topology,
     cleanup_stale, endpoint_slice_yaml, service_yaml, wait,
@@ -278,12 +278,7 @@ impl ProgramCost {
 
 /// Median of `a` over median of `b`.
 fn ratio(a: &[f64], b: &[f64]) -> f64 {
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    median(a) / median(b)
+    median(a.to_vec()) / median(b.to_vec())
 }
 
 /// Until the socket pod's connections go through the hooks (the agent

@@ -120,27 +120,17 @@ fn tcp_from(source: std::net::Ipv4Addr, addr: SocketAddr) -> std::io::Result<()>
     unsafe {
         let fd = check(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0))?;
         let _owned = OwnedFd::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        check(libc::setsockopt(
+        check(set_option(
             fd,
             libc::SOL_IP,
             libc::IP_TRANSPARENT,
-            (&one as *const libc::c_int).cast(),
-            size,
+            &(1 as libc::c_int),
         ))?;
         let limit = libc::timeval {
             tv_sec: 1,
             tv_usec: 0,
         };
-        let tv_size = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
-        check(libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&limit as *const libc::timeval).cast(),
-            tv_size,
-        ))?;
+        check(set_option(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &limit))?;
         let from = sockaddr(source, 0);
         check(libc::bind(
             fd,
@@ -155,6 +145,16 @@ fn tcp_from(source: std::net::Ipv4Addr, addr: SocketAddr) -> std::io::Result<()>
         ))?;
     }
     Ok(())
+}
+
+/// setsockopt with `value` as the option's bytes.
+///
+/// # Safety
+/// `fd` is an open socket and `T` the type the option expects.
+unsafe fn set_option<T>(fd: i32, level: i32, name: i32, value: &T) -> i32 {
+    let size = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: as the caller promises; `value` lives for the call.
+    unsafe { libc::setsockopt(fd, level, name, (value as *const T).cast(), size) }
 }
 
 /// One socket, asked again for each line on stdin.
